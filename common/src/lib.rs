@@ -1,0 +1,21 @@
+//! Pieces shared by the imgfetch gateway and resolver.
+//!
+//! Everything that crosses the wire is defined here, once, so the two sides cannot drift apart.
+//! `docs/PROTOCOL.md` is the prose version of this crate.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: subject names, header names, the [`protocol::ErrorCode`] enum and the
+//!   [`protocol::FetchRequest`] body.
+//! - [`codec`]: turns request bodies into bytes (msgpack) and back (msgpack or JSON).
+//! - [`validate`]: the rules for network names, request ids, keys and `meta` maps.
+//! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
+//! - [`shutdown`]: one cancellation token fired by SIGTERM or SIGINT.
+//! - [`telemetry`]: tracing-subscriber setup.
+
+pub mod codec;
+pub mod protocol;
+pub mod provision;
+pub mod shutdown;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,217 @@
+//! Subjects, headers, error codes and the request body: the whole wire contract.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Default name of the JetStream stream that holds pending requests.
+pub const DEFAULT_STREAM: &str = "IMGFETCH";
+
+/// Prefix of the request subjects; the last token is the network tag.
+pub const REQUEST_PREFIX: &str = "imgfetch.req";
+/// Prefix of the callback subjects a gateway listens on.
+pub const REPLY_PREFIX: &str = "imgfetch.reply";
+/// Prefix of the liveness subjects resolvers answer on, one per network.
+pub const PING_PREFIX: &str = "imgfetch.ping";
+/// Queue group the resolvers' ping responders share.
+pub const RESOLVER_QUEUE_GROUP: &str = "imgfetch-resolver";
+
+/// Request subject of one network: `imgfetch.req.<network>`.
+pub fn request_subject(network: &str) -> String {
+    format!("{REQUEST_PREFIX}.{network}")
+}
+
+/// The network tag of a request subject, if the subject is one.
+pub fn network_of_subject(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(REQUEST_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+}
+
+/// Callback subject for one request held by one gateway instance.
+pub fn reply_subject(instance: &str, id: &str) -> String {
+    format!("{REPLY_PREFIX}.{instance}.{id}")
+}
+
+/// Wildcard a gateway instance subscribes to for all of its callbacks.
+pub fn reply_wildcard(instance: &str) -> String {
+    format!("{REPLY_PREFIX}.{instance}.>")
+}
+
+/// Liveness subject of one network's resolvers.
+pub fn ping_subject(network: &str) -> String {
+    format!("{PING_PREFIX}.{network}")
+}
+
+/// Name of the durable pull consumer that all resolvers of one network share.
+pub fn consumer_name(network: &str) -> String {
+    format!("imgfetch-{network}")
+}
+
+/// Header names. NATS headers are case-sensitive; these are the exact spellings.
+pub mod header {
+    /// Subject the resolver must reply on. Required on every request.
+    pub const CALLBACK: &str = "Imgfetch-Callback";
+    /// Unix time in milliseconds after which nobody waits for the answer. Optional.
+    pub const DEADLINE: &str = "Imgfetch-Deadline";
+    /// JetStream de-duplication id; set to the request id.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// The request id, on every reply.
+    pub const ID: &str = "Imgfetch-Id";
+    /// `ok` or an [`ErrorCode`](super::ErrorCode), on every reply.
+    pub const STATUS: &str = "Imgfetch-Status";
+    /// The resolver instance that answered.
+    pub const RESOLVER: &str = "Imgfetch-Resolver";
+    /// The network that answered.
+    pub const NETWORK: &str = "Imgfetch-Network";
+    /// The key that was read.
+    pub const KEY: &str = "Imgfetch-Key";
+    /// Sniffed media type of the body of an `ok` reply.
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// Size of the image in bytes.
+    pub const SIZE: &str = "Imgfetch-Size";
+    /// Last modification time reported by the store, RFC 3339.
+    pub const LAST_MODIFIED: &str = "Imgfetch-Last-Modified";
+    /// Entity tag reported by the store.
+    pub const ETAG: &str = "Imgfetch-Etag";
+    /// Prefix of the object's own attributes (S3 user metadata and the like).
+    pub const ATTR_PREFIX: &str = "Imgfetch-Attr-";
+    /// Prefix of the request's `meta` entries, echoed back.
+    pub const META_PREFIX: &str = "Imgfetch-Meta-";
+}
+
+/// The status of a reply: everything but `ok` is one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The key does not exist in the network's store.
+    NotFound,
+    /// The request is malformed: bad JSON or msgpack, bad key, bad id, bad meta.
+    InvalidRequest,
+    /// No resolver has ever registered this network.
+    UnknownNetwork,
+    /// A request with this id was already accepted.
+    DuplicateId,
+    /// The store kept failing after retries.
+    StoreUnavailable,
+    /// The image does not fit in one message.
+    TooLarge,
+    /// The deadline passed before an answer came.
+    Timeout,
+    /// A bug or an unexpected failure.
+    Internal,
+    /// The gateway could not enqueue the request: NATS is down, the queue is full, no resolver
+    /// serves the network, or the gateway is shutting down.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Every code, in documentation order.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::NotFound,
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnknownNetwork,
+        ErrorCode::DuplicateId,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::TooLarge,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+    ];
+
+    /// The wire spelling, as used in `Imgfetch-Status` and JSON `code` fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnknownNetwork => "unknown_network",
+            ErrorCode::DuplicateId => "duplicate_id",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status string that is neither `ok` nor a known code.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for ErrorCode {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// The `Imgfetch-Status` value of a successful reply.
+pub const STATUS_OK: &str = "ok";
+
+/// The body of a request on `imgfetch.req.<network>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    /// The unique data id; also the JetStream de-duplication id.
+    pub id: String,
+    /// The network tag. Optional on the wire because the subject carries it too; when present
+    /// it must equal the subject's last token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The image address in the network's store.
+    pub key: String,
+    /// Free-form strings carried through to the reply.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+/// What a resolver answers on its ping subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverInfo {
+    /// The resolver instance's name.
+    pub instance: String,
+    /// The networks it serves.
+    pub networks: Vec<String>,
+    /// The largest image it sends inline, in bytes.
+    pub max_image_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_through_their_wire_spelling() {
+        for code in ErrorCode::ALL {
+            let parsed: ErrorCode = code.as_str().parse().unwrap();
+            assert_eq!(parsed, code);
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+        assert!("ok".parse::<ErrorCode>().is_err());
+    }
+
+    #[test]
+    fn subjects_compose_and_split() {
+        assert_eq!(request_subject("cams"), "imgfetch.req.cams");
+        assert_eq!(network_of_subject("imgfetch.req.cams"), Some("cams"));
+        assert_eq!(network_of_subject("imgfetch.reqx.cams"), None);
+        assert_eq!(reply_subject("gw1", "abc"), "imgfetch.reply.gw1.abc");
+        assert_eq!(reply_wildcard("gw1"), "imgfetch.reply.gw1.>");
+    }
+}

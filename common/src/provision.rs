@@ -1,0 +1,272 @@
+//! Creating, or only verifying, the JetStream objects imgfetch runs on.
+//!
+//! One stream (work-queue retention) captures `imgfetch.req.<network>` for every network some
+//! resolver has registered, and one durable pull consumer per network is shared by all of that
+//! network's resolvers. A network is *known* exactly when the stream captures its subject, so a
+//! request for any other network is never stored.
+//!
+//! Provisioning is idempotent and safe when many replicas start at once: the subject list is
+//! updated read-modify-write, and each replica re-reads until it sees its own subject.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, consumer,
+    context::GetStreamErrorKind,
+    ErrorCode as JsCode,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+
+use crate::protocol::{consumer_name, network_of_subject, request_subject};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The stream's limits. Discard-new makes a full queue refuse work loudly instead of dropping
+/// old work silently.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamSettings {
+    /// Stream name.
+    pub name: String,
+    /// Most requests the queue holds.
+    pub max_messages: i64,
+    /// Most bytes the queue holds.
+    pub max_bytes: i64,
+    /// Oldest a waiting request may become before the server drops it.
+    pub max_age: Duration,
+    /// Window in which a re-published id is recognised as a duplicate.
+    pub duplicate_window: Duration,
+    /// Largest request message accepted, headers included.
+    pub max_message_size: i32,
+    /// Replicas in a clustered JetStream.
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            name: crate::protocol::DEFAULT_STREAM.to_owned(),
+            max_messages: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_age: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            max_message_size: 64 * 1024,
+            replicas: 1,
+        }
+    }
+}
+
+impl StreamSettings {
+    fn config(&self, subjects: Vec<String>) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects,
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            discard: DiscardPolicy::New,
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            max_message_size: self.max_message_size,
+            num_replicas: self.replicas,
+            description: Some("imgfetch pending image requests".to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
+/// How each network's shared consumer redelivers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsumerSettings {
+    /// How long a resolver may hold a request before it is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries after which the server stops redelivering; a safety net behind the resolver's
+    /// own retry limit.
+    pub max_deliver: i64,
+    /// Requests in flight across all resolvers of the network.
+    pub max_ack_pending: i64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+            max_ack_pending: 1000,
+        }
+    }
+}
+
+/// Why the stream or a consumer could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// The stream exists but is not a work queue; it cannot be converted in place.
+    #[error("stream {stream:?} has {found:?} retention; imgfetch needs work-queue retention")]
+    WrongRetention {
+        /// Stream name.
+        stream: String,
+        /// The retention it has.
+        found: RetentionPolicy,
+    },
+    /// Provisioning is off and the stream does not exist.
+    #[error("stream {0:?} does not exist (provisioning is off: create it, or drop --no-provision)")]
+    MissingStream(String),
+    /// Provisioning is off and the stream does not capture a network's subject.
+    #[error("stream {stream:?} does not capture {subject:?} (provisioning is off)")]
+    MissingSubject {
+        /// Stream name.
+        stream: String,
+        /// The missing subject.
+        subject: String,
+    },
+    /// Provisioning is off and a network's consumer does not exist.
+    #[error("consumer {consumer:?} on stream {stream:?} does not exist (provisioning is off)")]
+    MissingConsumer {
+        /// Stream name.
+        stream: String,
+        /// Consumer name.
+        consumer: String,
+    },
+    /// Other replicas kept changing the stream while this one tried to add its subject.
+    #[error("could not add {subject:?} to stream {stream:?} after {attempts} attempts")]
+    Contention {
+        /// Stream name.
+        stream: String,
+        /// The subject being added.
+        subject: String,
+        /// How many times it tried.
+        attempts: u32,
+    },
+    /// A JetStream API call failed.
+    #[error("JetStream request failed while {action}: {source}")]
+    JetStream {
+        /// What was being done.
+        action: &'static str,
+        /// The client's error.
+        source: BoxError,
+    },
+}
+
+fn js_err(action: &'static str) -> impl FnOnce(BoxError) -> ProvisionError {
+    move |source| ProvisionError::JetStream { action, source }
+}
+
+/// Looks the stream up; `Ok(None)` when it does not exist.
+pub async fn find_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Stream>, ProvisionError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(err) => match err.kind() {
+            GetStreamErrorKind::JetStream(e) if e.error_code() == JsCode::STREAM_NOT_FOUND => {
+                Ok(None)
+            }
+            _ => Err(js_err("looking up the stream")(err.into())),
+        },
+    }
+}
+
+/// The networks a stream's subjects cover.
+pub fn networks_of(config: &stream::Config) -> BTreeSet<String> {
+    config
+        .subjects
+        .iter()
+        .filter_map(|s| network_of_subject(s))
+        .filter(|n| crate::validate::network(n).is_ok())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Makes sure the stream exists and captures `network`'s subject, creating or extending it
+/// when `create` is true, verifying only when it is false.
+pub async fn ensure_network_subject(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+    network: &str,
+    create: bool,
+) -> Result<stream::Stream, ProvisionError> {
+    const ATTEMPTS: u32 = 20;
+    let subject = request_subject(network);
+    for attempt in 0..ATTEMPTS {
+        let Some(mut stream) = find_stream(js, &settings.name).await? else {
+            if !create {
+                return Err(ProvisionError::MissingStream(settings.name.clone()));
+            }
+            // Losing a creation race is fine: the next pass finds the winner's stream.
+            if let Err(err) = js.create_stream(settings.config(vec![subject.clone()])).await {
+                tracing::debug!(%err, attempt, "stream creation raced; re-reading");
+            }
+            continue;
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| js_err("reading the stream")(e.into()))?
+            .clone();
+        if info.config.retention != RetentionPolicy::WorkQueue {
+            return Err(ProvisionError::WrongRetention {
+                stream: settings.name.clone(),
+                found: info.config.retention,
+            });
+        }
+        if info.config.subjects.contains(&subject) {
+            return Ok(stream);
+        }
+        if !create {
+            return Err(ProvisionError::MissingSubject {
+                stream: settings.name.clone(),
+                subject,
+            });
+        }
+        let mut config = info.config;
+        config.subjects.push(subject.clone());
+        if let Err(err) = js.update_stream(config).await {
+            tracing::debug!(%err, attempt, "stream update raced; re-reading");
+        }
+        // Back off a little so that replicas racing on the update spread out.
+        tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;
+    }
+    Err(ProvisionError::Contention {
+        stream: settings.name.clone(),
+        subject,
+        attempts: ATTEMPTS,
+    })
+}
+
+/// Makes sure `network`'s stream subject and shared durable consumer exist.
+pub async fn ensure_network(
+    js: &jetstream::Context,
+    stream_settings: &StreamSettings,
+    consumer_settings: &ConsumerSettings,
+    network: &str,
+    create: bool,
+) -> Result<consumer::PullConsumer, ProvisionError> {
+    let stream = ensure_network_subject(js, stream_settings, network, create).await?;
+    let name = consumer_name(network);
+    if !create {
+        return stream
+            .get_consumer(&name)
+            .await
+            .map_err(|_| ProvisionError::MissingConsumer {
+                stream: stream_settings.name.clone(),
+                consumer: name,
+            });
+    }
+    let config = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("imgfetch resolvers of network {network}")),
+        filter_subject: request_subject(network),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: consumer_settings.ack_wait,
+        max_deliver: consumer_settings.max_deliver,
+        max_ack_pending: consumer_settings.max_ack_pending,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| js_err("creating the network's consumer")(e.into()))
+}

@@ -1,0 +1,174 @@
+//! Gateway configuration: flags and `IMGFETCH_*` variables over built-in defaults, all named in
+//! [`defaults`]. The gateway needs no list of networks: it learns them from JetStream.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use imgfetch_common::telemetry::LogFormat;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// The built-in defaults, in one place.
+pub mod defaults {
+    /// NATS server to connect to.
+    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+    /// Address the HTTP and websocket server listens on.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// How long a client waits for an answer.
+    pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+    /// How long a JetStream publish may take to be acknowledged.
+    pub const PUBLISH_TIMEOUT_MS: u64 = 5_000;
+    /// Open websockets at once.
+    pub const MAX_WEBSOCKETS: usize = 1024;
+    /// Requests in flight on one websocket.
+    pub const MAX_IN_FLIGHT_PER_SOCKET: usize = 32;
+    /// Largest websocket message a client may send.
+    pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
+    /// How long one frame may take to reach a slow client before it is disconnected.
+    pub const SEND_TIMEOUT_MS: u64 = 10_000;
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub const GRACE_MS: u64 = 30_000;
+}
+
+/// Command line of `imgfetch-gateway`.
+#[derive(Debug, Parser)]
+#[command(name = "imgfetch-gateway", version, about = "Accepts image requests over websocket and HTTP and queues them on JetStream")]
+pub struct Args {
+    /// NATS server URL.
+    #[arg(long, env = "IMGFETCH_NATS_URL", default_value = defaults::NATS_URL)]
+    pub nats_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "IMGFETCH_LISTEN", default_value = defaults::LISTEN)]
+    pub listen: SocketAddr,
+    /// Name of this instance; part of its callback subjects, so unique per replica
+    /// [default: gw-<random>].
+    #[arg(long, env = "IMGFETCH_INSTANCE")]
+    pub instance: Option<String>,
+    /// JetStream stream name.
+    #[arg(long, env = "IMGFETCH_STREAM", default_value = imgfetch_common::protocol::DEFAULT_STREAM)]
+    pub stream: String,
+    /// How long a client waits for an answer, in milliseconds.
+    #[arg(long, env = "IMGFETCH_REQUEST_TIMEOUT_MS", default_value_t = defaults::REQUEST_TIMEOUT_MS)]
+    pub request_timeout_ms: u64,
+    /// Open websockets at once.
+    #[arg(long, env = "IMGFETCH_MAX_WEBSOCKETS", default_value_t = defaults::MAX_WEBSOCKETS)]
+    pub max_websockets: usize,
+    /// Requests in flight on one websocket.
+    #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_SOCKET", default_value_t = defaults::MAX_IN_FLIGHT_PER_SOCKET)]
+    pub max_in_flight_per_socket: usize,
+    /// Drain time after SIGTERM, in milliseconds.
+    #[arg(long, env = "IMGFETCH_GRACE_MS", default_value_t = defaults::GRACE_MS)]
+    pub grace_ms: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "IMGFETCH_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Everything `run` needs, resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Instance name, a subject token.
+    pub instance: String,
+    /// JetStream stream name.
+    pub stream: String,
+    /// How long a client waits for an answer.
+    pub request_timeout: Duration,
+    /// How long a publish may take to be acknowledged.
+    pub publish_timeout: Duration,
+    /// Open websockets at once.
+    pub max_websockets: usize,
+    /// Requests in flight on one websocket.
+    pub max_in_flight_per_socket: usize,
+    /// Largest websocket message a client may send.
+    pub max_client_frame_bytes: usize,
+    /// How long one frame may take to reach a client.
+    pub send_timeout: Duration,
+    /// Drain time after SIGTERM.
+    pub grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Where `/metrics` renders from; `None` serves no metrics.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl Config {
+    /// A config with defaults for everything but the NATS URL.
+    pub fn new(nats_url: impl Into<String>) -> Config {
+        Config {
+            nats_url: nats_url.into(),
+            instance: format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            stream: imgfetch_common::protocol::DEFAULT_STREAM.to_owned(),
+            request_timeout: Duration::from_millis(defaults::REQUEST_TIMEOUT_MS),
+            publish_timeout: Duration::from_millis(defaults::PUBLISH_TIMEOUT_MS),
+            max_websockets: defaults::MAX_WEBSOCKETS,
+            max_in_flight_per_socket: defaults::MAX_IN_FLIGHT_PER_SOCKET,
+            max_client_frame_bytes: defaults::MAX_CLIENT_FRAME_BYTES,
+            send_timeout: Duration::from_millis(defaults::SEND_TIMEOUT_MS),
+            grace: Duration::from_millis(defaults::GRACE_MS),
+            log_format: LogFormat::Text,
+            metrics: None,
+        }
+    }
+
+    /// Turns parsed flags into a config, checking what clap cannot.
+    pub fn from_args(args: Args) -> Result<Config, String> {
+        let mut config = Config::new(args.nats_url);
+        if let Some(instance) = args.instance {
+            imgfetch_common::validate::id(&instance).map_err(|e| format!("instance: {}", e.reason))?;
+            config.instance = instance;
+        }
+        if args.stream.is_empty() || args.stream.contains(['.', '*', '>', ' ']) {
+            return Err(format!("stream name {:?} is not a valid JetStream name", args.stream));
+        }
+        if args.request_timeout_ms == 0 || args.max_websockets == 0 || args.max_in_flight_per_socket == 0 {
+            return Err("timeouts and limits must be at least 1".into());
+        }
+        config.stream = args.stream;
+        config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+        config.max_websockets = args.max_websockets;
+        config.max_in_flight_per_socket = args.max_in_flight_per_socket;
+        config.grace = Duration::from_millis(args.grace_ms);
+        config.log_format = match args.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(format!("log format {other:?}: expected text or json")),
+        };
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(list: &[&str]) -> Result<Config, String> {
+        let args = Args::try_parse_from(std::iter::once("imgfetch-gateway").chain(list.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Config::from_args(args)
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.nats_url, defaults::NATS_URL);
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert!(c.instance.starts_with("gw-"));
+        assert_ne!(c.instance, parse(&[]).unwrap().instance, "instances must differ by default");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (list, expect) in [
+            (&["--instance", "a.b"][..], "instance"),
+            (&["--stream", "A.B"][..], "stream"),
+            (&["--log-format", "xml"][..], "log format"),
+            (&["--listen", "nowhere"][..], "invalid"),
+            (&["--request-timeout-ms", "0"][..], "at least 1"),
+        ] {
+            let err = parse(list).unwrap_err();
+            assert!(err.contains(expect), "{list:?}: expected {expect:?} in {err:?}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Which networks exist and whether anyone serves them, learned from NATS alone.
+//!
+//! - A network *exists* when the stream captures `imgfetch.req.<network>`: resolvers add that
+//!   subject when they provision, so a new zone needs no gateway change.
+//! - A network is *served* when a ping on `imgfetch.ping.<network>` gets an answer; with no
+//!   resolver subscribed, NATS says "no responders" at once.
+//!
+//! Both answers are cached briefly; a miss is re-checked against the server before a request is
+//! refused, so a zone that just appeared is never turned away for long.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use imgfetch_common::protocol::{ping_subject, ErrorCode};
+use imgfetch_common::provision;
+
+use crate::outcome::Failure;
+
+/// How long a fetched network list is trusted for a hit.
+const NETWORKS_TTL: Duration = Duration::from_secs(5);
+/// Least time between two fetches of the network list, so unknown names cannot flood JetStream.
+const MIN_REFRESH: Duration = Duration::from_millis(250);
+/// How long a ping answer is trusted.
+const ALIVE_TTL: Duration = Duration::from_secs(2);
+/// How long to wait for a ping answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The gateway's view of the networks.
+#[derive(Debug)]
+pub struct Directory {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    networks: tokio::sync::Mutex<(BTreeSet<String>, Option<Instant>)>,
+    alive: Mutex<HashMap<String, Instant>>,
+}
+
+impl Directory {
+    /// A directory over `stream`.
+    pub fn new(client: async_nats::Client, js: jetstream::Context, stream: String) -> Directory {
+        Directory {
+            client,
+            js,
+            stream,
+            networks: tokio::sync::Mutex::new((BTreeSet::new(), None)),
+            alive: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the stream captures `network`; re-reads the stream on a miss.
+    pub async fn exists(&self, network: &str) -> Result<bool, Failure> {
+        let mut guard = self.networks.lock().await;
+        let (known, fetched) = &mut *guard;
+        let age = fetched.map(|t| t.elapsed());
+        let fresh = age.is_some_and(|a| a < NETWORKS_TTL);
+        if fresh && known.contains(network) {
+            return Ok(true);
+        }
+        if age.is_none_or(|a| a >= MIN_REFRESH) {
+            *known = self.fetch().await?;
+            *fetched = Some(Instant::now());
+        }
+        Ok(known.contains(network))
+    }
+
+    async fn fetch(&self) -> Result<BTreeSet<String>, Failure> {
+        let stream = provision::find_stream(&self.js, &self.stream)
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, format!("cannot reach JetStream: {e}")))?;
+        let Some(mut stream) = stream else {
+            return Ok(BTreeSet::new());
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, format!("cannot read the stream: {e}")))?;
+        Ok(provision::networks_of(&info.config))
+    }
+
+    /// Whether some resolver answers for `network` right now.
+    pub async fn served(&self, network: &str) -> bool {
+        let recent = self
+            .alive
+            .lock()
+            .expect("alive map poisoned")
+            .get(network)
+            .is_some_and(|t| t.elapsed() < ALIVE_TTL);
+        if recent {
+            return true;
+        }
+        let ping = tokio::time::timeout(PING_TIMEOUT, self.client.request(ping_subject(network), bytes::Bytes::new())).await;
+        let ok = matches!(ping, Ok(Ok(_)));
+        if ok {
+            self.alive
+                .lock()
+                .expect("alive map poisoned")
+                .insert(network.to_owned(), Instant::now());
+        }
+        ok
+    }
+
+    /// Refuses a request for a network that does not exist or that nobody serves.
+    pub async fn admit(&self, network: &str) -> Result<(), Failure> {
+        if !self.exists(network).await? {
+            return Err(Failure::new(
+                ErrorCode::UnknownNetwork,
+                format!("no resolver has registered network {network:?}"),
+            ));
+        }
+        if !self.served(network).await {
+            return Err(Failure::new(
+                ErrorCode::Unavailable,
+                format!("no resolver is serving network {network:?} right now"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the stream can be read: the readiness check.
+    pub async fn stream_reachable(&self) -> bool {
+        matches!(provision::find_stream(&self.js, &self.stream).await, Ok(Some(_)))
+    }
+}

@@ -1,0 +1,161 @@
+//! The HTTP surface: `GET /v1/images/{network}/{*key}`, the websocket upgrade on `/v1/ws`,
+//! `/livez`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use imgfetch_common::protocol::{ErrorCode, FetchRequest};
+use imgfetch_common::validate;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::outcome::Failure;
+use crate::ws;
+
+/// Header carrying the request id in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The request side.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Open-websocket slots.
+    pub websockets: Arc<Semaphore>,
+    /// Websocket session limits.
+    pub limits: ws::Limits,
+    /// Largest client websocket message.
+    pub max_client_frame_bytes: usize,
+    /// Fired when draining starts: readiness turns false, sessions wind down.
+    pub draining: CancellationToken,
+    /// NATS connection, for readiness.
+    pub client: async_nats::Client,
+    /// Metrics renderer.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/images/{network}/{*key}", get(get_image))
+        .route("/v1/ws", get(websocket))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// HTTP status of each error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidRequest | ErrorCode::UnknownNetwork => StatusCode::BAD_REQUEST,
+        ErrorCode::DuplicateId => StatusCode::CONFLICT,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::TooLarge => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(id: Option<&str>, failure: &Failure) -> Response {
+    let body = serde_json::json!({ "id": id, "code": failure.code, "message": failure.message });
+    let mut response = (status_of(failure.code), Json(body)).into_response();
+    if let Some(v) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+async fn get_image(
+    State(state): State<AppState>,
+    Path((network, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let id = match headers.get(REQUEST_ID) {
+        Some(v) => match v.to_str().ok().filter(|s| validate::id(s).is_ok()) {
+            Some(s) => s.to_owned(),
+            None => {
+                let f = Failure::new(ErrorCode::InvalidRequest, "X-Request-Id must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_'");
+                return error_response(None, &f);
+            }
+        },
+        None => ws::new_id(),
+    };
+    let request = FetchRequest {
+        id: id.clone(),
+        network: Some(network),
+        key,
+        meta: Default::default(),
+    };
+    let ticket = match state.dispatcher.submit(request).await {
+        Ok(t) => t,
+        Err(f) => return error_response(Some(&id), &f),
+    };
+    match ticket.outcome().await {
+        Ok(image) => {
+            let mut response = Response::new(Body::from(image.bytes));
+            let h = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&image.content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                h.insert(REQUEST_ID, v);
+            }
+            for (name, value) in &image.metadata {
+                let name = format!("imgfetch-{}", name.replace(['.', '_'], "-"));
+                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
+                    h.insert(n, v);
+                }
+            }
+            response
+        }
+        Err(f) => error_response(Some(&id), &f),
+    }
+}
+
+async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let Ok(slot) = state.websockets.clone().try_acquire_owned() else {
+        let f = Failure::new(ErrorCode::Unavailable, "too many open websockets");
+        return error_response(None, &f);
+    };
+    if state.draining.is_cancelled() {
+        return error_response(None, &Failure::new(ErrorCode::Unavailable, "the gateway is shutting down"));
+    }
+    upgrade
+        .max_message_size(state.max_client_frame_bytes)
+        .max_frame_size(state.max_client_frame_bytes)
+        .on_upgrade(move |socket| async move {
+            let (sink, source) = socket.split();
+            ws::session(sink, source, state.dispatcher.clone(), state.limits, state.draining.clone()).await;
+            drop(slot);
+        })
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    if state.client.connection_state() != async_nats::connection::State::Connected {
+        return (StatusCode::SERVICE_UNAVAILABLE, "NATS is not connected").into_response();
+    }
+    if !state.dispatcher.directory().stream_reachable().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the stream is not reachable").into_response();
+    }
+    (StatusCode::OK, "ready").into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => handle.render().into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}

@@ -1,0 +1,101 @@
+//! The imgfetch gateway: the client-facing side. It takes image requests over websocket and
+//! HTTP, puts them on the JetStream queue with a callback subject of its own, and relays each
+//! resolver's answer to the client that asked.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and environment, resolved into a [`Config`].
+//! - [`directory`]: which networks exist and are served, learned from NATS alone.
+//! - [`dispatch`]: enqueue with de-duplication, route callbacks to waiters, enforce deadlines.
+//! - [`outcome`]: the image or the error a request ends in, and how a reply becomes one.
+//! - [`sentinel`]: answers hand-published requests that no stream captured.
+//! - [`ws`]: the websocket session protocol.
+//! - [`http`]: routes, status codes, health and metrics.
+//!
+//! [`run`] takes a bound listener, serves until shutdown, then drains within the grace period.
+
+pub mod config;
+pub mod directory;
+pub mod dispatch;
+pub mod http;
+pub mod outcome;
+pub mod sentinel;
+pub mod ws;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Why the gateway could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// NATS could not be reached.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// Subscribing to callbacks or requests failed.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves on `listener` until `shutdown` fires, then drains.
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("imgfetch-gateway {}", config.instance))
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| RunError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let draining = shutdown.child_token();
+    let dispatcher = dispatch::Dispatcher::start(
+        client.clone(),
+        config.instance.clone(),
+        config.stream.clone(),
+        config.request_timeout,
+        config.publish_timeout,
+        draining.clone(),
+    )
+    .await?;
+    sentinel::start(client.clone(), dispatcher.clone(), draining.clone()).await?;
+
+    let state = http::AppState {
+        dispatcher: dispatcher.clone(),
+        websockets: Arc::new(Semaphore::new(config.max_websockets)),
+        limits: ws::Limits {
+            max_in_flight: config.max_in_flight_per_socket,
+            send_timeout: config.send_timeout,
+        },
+        max_client_frame_bytes: config.max_client_frame_bytes,
+        draining: draining.clone(),
+        client: client.clone(),
+        metrics: config.metrics.clone(),
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, instance = config.instance, "gateway listening");
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move { signal.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    match tokio::time::timeout(config.grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => return Err(err.into()),
+        Ok(Err(join)) => tracing::error!(%join, "server task failed"),
+        Err(_) => tracing::warn!(in_flight = dispatcher.in_flight(), "grace period over; closing remaining connections"),
+    }
+    let _ = client.flush().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

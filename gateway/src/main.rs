@@ -1,0 +1,35 @@
+//! `imgfetch-gateway`: parse flags, set up telemetry, hand over to [`imgfetch_gateway::run`].
+
+use clap::Parser;
+use imgfetch_gateway::config::{Args, Config};
+
+/// Exit status for a configuration that cannot be used (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listen = args.listen;
+    let mut config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("imgfetch-gateway: configuration error: {err}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    imgfetch_common::telemetry::init(config.log_format);
+    config.metrics = Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?);
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("imgfetch-gateway: cannot listen on {listen}: {err}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let shutdown = imgfetch_common::shutdown::on_signals();
+    if let Err(err) = imgfetch_gateway::run(listener, config, shutdown).await {
+        eprintln!("imgfetch-gateway: {err}");
+        std::process::exit(1);
+    }
+    Ok(())
+}

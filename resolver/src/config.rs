@@ -1,0 +1,562 @@
+//! Resolver configuration: flags and `IMGFETCH_*` variables over an optional TOML file over
+//! built-in defaults. Every default is a named constant in [`defaults`].
+//!
+//! Parsing never reads the process environment by itself: [`Args`] comes from clap (which does),
+//! and [`Config::resolve`] only combines what it is given, so tests build configs directly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use imgfetch_common::provision::{ConsumerSettings, StreamSettings};
+use imgfetch_common::telemetry::LogFormat;
+use serde::Deserialize;
+
+/// The built-in defaults, in one place.
+pub mod defaults {
+    /// NATS server to connect to.
+    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+    /// Requests one resolver works on at once, across all its networks.
+    pub const CONCURRENCY: usize = 16;
+    /// Attempts at a store that keeps failing before answering `store_unavailable`.
+    pub const STORE_ATTEMPTS: u32 = 4;
+    /// First delay before retrying a failing store; doubles per attempt.
+    pub const RETRY_DELAY_MS: u64 = 500;
+    /// Longest delay between retries.
+    pub const RETRY_DELAY_MAX_MS: u64 = 8_000;
+    /// Longest a single store read may take.
+    pub const STORE_TIMEOUT_MS: u64 = 20_000;
+    /// Bytes kept free under the server's `max_payload` for headers.
+    pub const PAYLOAD_HEADROOM: u64 = 64 * 1024;
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub const GRACE_MS: u64 = 20_000;
+}
+
+/// Command line of `imgfetch-resolver`.
+#[derive(Debug, Default, Parser)]
+#[command(name = "imgfetch-resolver", version, about = "Serves imgfetch requests of the networks it can reach")]
+pub struct Args {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "IMGFETCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "IMGFETCH_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// A network and its store, as NAME=URL (file:///dir or s3://bucket[/prefix]); repeatable.
+    /// S3 settings come from the standard AWS_* variables.
+    #[arg(long = "network", env = "IMGFETCH_NETWORKS", value_delimiter = ',')]
+    pub networks: Vec<String>,
+    /// Name of this instance, for logs and pings [default: the host name].
+    #[arg(long, env = "IMGFETCH_INSTANCE")]
+    pub instance: Option<String>,
+    /// Requests handled at once [default: 16].
+    #[arg(long, env = "IMGFETCH_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// JetStream stream name [default: IMGFETCH].
+    #[arg(long, env = "IMGFETCH_STREAM")]
+    pub stream: Option<String>,
+    /// Only verify the stream and consumers; never create or change them.
+    #[arg(long, env = "IMGFETCH_NO_PROVISION")]
+    pub no_provision: bool,
+    /// Largest image sent inline [default: the server's max_payload less 64 KiB].
+    #[arg(long, env = "IMGFETCH_MAX_IMAGE_BYTES")]
+    pub max_image_bytes: Option<u64>,
+    /// Attempts at a failing store before answering store_unavailable [default: 4].
+    #[arg(long, env = "IMGFETCH_STORE_ATTEMPTS")]
+    pub store_attempts: Option<u32>,
+    /// First retry delay in milliseconds, doubled per attempt [default: 500].
+    #[arg(long, env = "IMGFETCH_RETRY_DELAY_MS")]
+    pub retry_delay_ms: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "IMGFETCH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// NATS server URL.
+    pub nats_url: Option<String>,
+    /// Instance name.
+    pub instance: Option<String>,
+    /// Requests handled at once.
+    pub concurrency: Option<usize>,
+    /// JetStream stream name.
+    pub stream: Option<String>,
+    /// Create or extend the stream and consumers (default true).
+    pub provision: Option<bool>,
+    /// Largest image sent inline.
+    pub max_image_bytes: Option<u64>,
+    /// Attempts at a failing store.
+    pub store_attempts: Option<u32>,
+    /// First retry delay in milliseconds.
+    pub retry_delay_ms: Option<u64>,
+    /// Log format: text or json.
+    pub log_format: Option<String>,
+    /// The networks, each with its own store.
+    #[serde(default)]
+    pub networks: BTreeMap<String, FileNetwork>,
+}
+
+/// One network in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNetwork {
+    /// `file:///dir` or `s3://bucket[/prefix]`.
+    pub url: String,
+    /// S3 endpoint, for S3-compatible servers.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// S3 access key id.
+    pub access_key_id: Option<String>,
+    /// S3 secret access key.
+    pub secret_access_key: Option<String>,
+    /// File holding the S3 secret access key (a mounted Kubernetes Secret).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// S3 session token.
+    pub session_token: Option<String>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: Option<bool>,
+    /// Use virtual-hosted-style requests instead of path style.
+    pub virtual_hosted_style: Option<bool>,
+}
+
+/// Where one network's images live.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreSpec {
+    /// A directory; keys cannot leave it.
+    File {
+        /// The directory.
+        root: PathBuf,
+    },
+    /// An S3 bucket, optionally under a prefix.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket, without slashes at either end.
+        prefix: Option<String>,
+        /// Connection settings.
+        options: S3Options,
+    },
+}
+
+/// S3 connection settings. Unset fields fall back to the standard `AWS_*` variables only when
+/// `from_env` is set (networks given with `--network`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct S3Options {
+    /// Read `AWS_*` variables first.
+    pub from_env: bool,
+    /// Endpoint URL.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token.
+    pub session_token: Option<String>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: Option<bool>,
+    /// Virtual-hosted-style requests.
+    pub virtual_hosted_style: Option<bool>,
+}
+
+/// One network this resolver serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkSpec {
+    /// The network tag.
+    pub name: String,
+    /// Its store.
+    pub store: StoreSpec,
+}
+
+/// Everything `run` needs, resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Instance name.
+    pub instance: String,
+    /// The networks served.
+    pub networks: Vec<NetworkSpec>,
+    /// Requests handled at once.
+    pub concurrency: usize,
+    /// Create or extend the stream and consumers.
+    pub provision: bool,
+    /// Stream limits.
+    pub stream: StreamSettings,
+    /// Consumer redelivery settings.
+    pub consumer: ConsumerSettings,
+    /// Largest image sent inline; `None` derives it from the server's `max_payload`.
+    pub max_image_bytes: Option<u64>,
+    /// Attempts at a failing store.
+    pub store_attempts: u32,
+    /// First retry delay.
+    pub retry_delay: Duration,
+    /// Longest retry delay.
+    pub retry_delay_max: Duration,
+    /// Longest single store read.
+    pub store_timeout: Duration,
+    /// Drain time after SIGTERM.
+    pub grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A config with defaults for everything but the NATS URL and the networks.
+    pub fn new(nats_url: impl Into<String>, networks: Vec<NetworkSpec>) -> Config {
+        Config {
+            nats_url: nats_url.into(),
+            instance: default_instance(),
+            networks,
+            concurrency: defaults::CONCURRENCY,
+            provision: true,
+            stream: StreamSettings::default(),
+            consumer: ConsumerSettings::default(),
+            max_image_bytes: None,
+            store_attempts: defaults::STORE_ATTEMPTS,
+            retry_delay: Duration::from_millis(defaults::RETRY_DELAY_MS),
+            retry_delay_max: Duration::from_millis(defaults::RETRY_DELAY_MAX_MS),
+            store_timeout: Duration::from_millis(defaults::STORE_TIMEOUT_MS),
+            grace: Duration::from_millis(defaults::GRACE_MS),
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// Combines flags, the file they name (read through `read_file`) and the defaults.
+    pub fn resolve(
+        args: Args,
+        read_file: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = read_file(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Toml {
+                    path: path.clone(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+
+        let mut networks = Vec::new();
+        for (name, net) in file.networks {
+            networks.push(file_network(name, net, &read_file)?);
+        }
+        for arg in &args.networks {
+            networks.push(flag_network(arg)?);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for net in &networks {
+            imgfetch_common::validate::network(&net.name)
+                .map_err(|e| ConfigError::Invalid(format!("network {:?}: {}", net.name, e.reason)))?;
+            if !seen.insert(net.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "network {:?} is configured twice",
+                    net.name
+                )));
+            }
+        }
+        if networks.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no networks: give at least one --network NAME=URL or a [networks.NAME] table"
+                    .into(),
+            ));
+        }
+
+        let mut config = Config::new(
+            args.nats_url
+                .or(file.nats_url)
+                .unwrap_or_else(|| defaults::NATS_URL.to_owned()),
+            networks,
+        );
+        if let Some(instance) = args.instance.or(file.instance) {
+            imgfetch_common::validate::id(&instance)
+                .map_err(|e| ConfigError::Invalid(format!("instance: {}", e.reason)))?;
+            config.instance = instance;
+        }
+        config.concurrency = args
+            .concurrency
+            .or(file.concurrency)
+            .unwrap_or(defaults::CONCURRENCY);
+        if config.concurrency == 0 {
+            return Err(ConfigError::Invalid("concurrency must be at least 1".into()));
+        }
+        if let Some(stream) = args.stream.or(file.stream) {
+            config.stream.name = stream;
+        }
+        config.provision = !args.no_provision && file.provision.unwrap_or(true);
+        config.max_image_bytes = args.max_image_bytes.or(file.max_image_bytes);
+        config.store_attempts = args
+            .store_attempts
+            .or(file.store_attempts)
+            .unwrap_or(defaults::STORE_ATTEMPTS)
+            .max(1);
+        config.retry_delay = Duration::from_millis(
+            args.retry_delay_ms
+                .or(file.retry_delay_ms)
+                .unwrap_or(defaults::RETRY_DELAY_MS),
+        );
+        config.log_format = parse_log_format(args.log_format.or(file.log_format).as_deref())?;
+        Ok(config)
+    }
+}
+
+/// Parses `text` or `json`.
+pub fn parse_log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(ConfigError::Invalid(format!(
+            "log format {other:?}: expected text or json"
+        ))),
+    }
+}
+
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    if host.is_empty() {
+        format!("resolver-{suffix}")
+    } else {
+        format!("{host}-{suffix}")
+    }
+}
+
+fn flag_network(arg: &str) -> Result<NetworkSpec, ConfigError> {
+    let (name, url) = arg.split_once('=').ok_or_else(|| {
+        ConfigError::Invalid(format!("--network {arg:?}: expected NAME=URL"))
+    })?;
+    let store = parse_store_url(
+        name,
+        url,
+        S3Options {
+            from_env: true,
+            ..S3Options::default()
+        },
+    )?;
+    Ok(NetworkSpec {
+        name: name.to_owned(),
+        store,
+    })
+}
+
+fn file_network(
+    name: String,
+    net: FileNetwork,
+    read_file: &impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<NetworkSpec, ConfigError> {
+    let secret = match (net.secret_access_key, net.secret_access_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid(format!(
+                "network {name:?}: give secret_access_key or secret_access_key_file, not both"
+            )))
+        }
+        (Some(s), None) => Some(s),
+        (None, Some(path)) => Some(
+            read_file(&path)
+                .map_err(|source| ConfigError::Read { path, source })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let options = S3Options {
+        from_env: false,
+        endpoint: net.endpoint,
+        region: net.region,
+        access_key_id: net.access_key_id,
+        secret_access_key: secret,
+        session_token: net.session_token,
+        allow_http: net.allow_http,
+        virtual_hosted_style: net.virtual_hosted_style,
+    };
+    let store = parse_store_url(&name, &net.url, options.clone())?;
+    if matches!(store, StoreSpec::File { .. }) && options != S3Options::default() {
+        return Err(ConfigError::Invalid(format!(
+            "network {name:?}: S3 options given for a file:// store"
+        )));
+    }
+    Ok(NetworkSpec { name, store })
+}
+
+/// Parses `file:///dir` or `s3://bucket[/prefix]`.
+pub fn parse_store_url(
+    name: &str,
+    url: &str,
+    options: S3Options,
+) -> Result<StoreSpec, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("network {name:?}: store URL {url:?} {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    match parsed.scheme() {
+        "file" => {
+            if parsed.host_str().is_some_and(|h| !h.is_empty()) {
+                return Err(bad("must be file:///absolute/dir"));
+            }
+            let root = parsed
+                .to_file_path()
+                .map_err(|_| bad("must be file:///absolute/dir"))?;
+            Ok(StoreSpec::File { root })
+        }
+        "s3" => {
+            let bucket = parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| bad("has no bucket"))?
+                .to_owned();
+            if parsed.query().is_some() {
+                return Err(bad("must not have a query; put options in the config file"));
+            }
+            let prefix = parsed.path().trim_matches('/');
+            Ok(StoreSpec::S3 {
+                bucket,
+                prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+                options,
+            })
+        }
+        other => Err(bad(&format!(
+            "has scheme {other:?}; supported: file, s3"
+        ))),
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file is malformed or has unknown keys.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(map: &'static [(&'static str, &'static str)]) -> impl Fn(&Path) -> std::io::Result<String> {
+        move |p: &Path| {
+            map.iter()
+                .find(|(name, _)| Path::new(name) == p)
+                .map(|(_, text)| text.to_string())
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+        }
+    }
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("imgfetch-resolver").chain(list.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn flags_give_networks() {
+        let c = Config::resolve(
+            args(&["--network", "a=file:///srv/a", "--network", "b=s3://bucket/pre/fix"]),
+            files(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.networks.len(), 2);
+        assert_eq!(c.networks[0].store, StoreSpec::File { root: "/srv/a".into() });
+        match &c.networks[1].store {
+            StoreSpec::S3 { bucket, prefix, options } => {
+                assert_eq!(bucket, "bucket");
+                assert_eq!(prefix.as_deref(), Some("pre/fix"));
+                assert!(options.from_env);
+            }
+            other => panic!("expected S3, got {other:?}"),
+        }
+        assert_eq!(c.nats_url, defaults::NATS_URL);
+        assert!(c.provision);
+    }
+
+    #[test]
+    fn file_networks_carry_their_own_credentials_and_flags_override_the_file() {
+        const FILE: &str = r#"
+            nats_url = "nats://file:4222"
+            concurrency = 3
+            [networks.cams]
+            url = "s3://cams"
+            endpoint = "http://127.0.0.1:9000"
+            access_key_id = "AK"
+            secret_access_key_file = "/secret"
+            allow_http = true
+            [networks.dmz]
+            url = "file:///srv/dmz"
+        "#;
+        let c = Config::resolve(
+            args(&["--config", "/c.toml", "--concurrency", "5"]),
+            files(&[("/c.toml", FILE), ("/secret", "SK\n")]),
+        )
+        .unwrap();
+        assert_eq!(c.nats_url, "nats://file:4222");
+        assert_eq!(c.concurrency, 5);
+        let cams = c.networks.iter().find(|n| n.name == "cams").unwrap();
+        match &cams.store {
+            StoreSpec::S3 { options, .. } => {
+                assert_eq!(options.secret_access_key.as_deref(), Some("SK"));
+                assert_eq!(options.allow_http, Some(true));
+                assert!(!options.from_env);
+            }
+            other => panic!("expected S3, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_one_clear_error() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "no networks"),
+            (&["--network", "a"], "expected NAME=URL"),
+            (&["--network", "a=http://x"], "supported: file, s3"),
+            (&["--network", "a.b=file:///x"], "not allowed"),
+            (&["--network", "a=file:///x", "--network", "a=file:///y"], "twice"),
+            (&["--network", "a=s3://"], "no bucket"),
+            (&["--network", "a=file:///x", "--log-format", "xml"], "log format"),
+            (&["--config", "/missing.toml"], "cannot read"),
+        ];
+        for (list, expect) in cases {
+            let err = Config::resolve(args(list), files(&[])).unwrap_err().to_string();
+            assert!(err.contains(expect), "{list:?}: expected {expect:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        const FILE: &str = "[networks.a]\nurl = \"file:///x\"\nendpiont = \"typo\"\n";
+        let err = Config::resolve(args(&["--config", "/c.toml"]), files(&[("/c.toml", FILE)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `endpiont`"), "{err}");
+        const TOP: &str = "colour = 1\n";
+        let err = Config::resolve(args(&["--config", "/c.toml"]), files(&[("/c.toml", TOP)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+}

@@ -1,0 +1,250 @@
+//! What the resolver does with one request message: decide the answer, send it, then settle the
+//! message with JetStream.
+//!
+//! | outcome of the read | reply | then |
+//! | --- | --- | --- |
+//! | image | `ok` with the bytes | ack |
+//! | not found, bad key, bad body, too large, past its deadline | the error | term |
+//! | store failing, attempts left | none | nak with a growing delay |
+//! | store failing, last attempt | `store_unavailable` | term |
+//! | no callback header | none (logged) | term |
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use imgfetch_common::codec;
+use imgfetch_common::protocol::{header, network_of_subject, ErrorCode, FetchRequest, STATUS_OK};
+use imgfetch_common::validate;
+
+use crate::store::{Fetched, Store, StoreErrorKind};
+
+/// What a handler needs besides the message.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The NATS connection replies go out on.
+    pub client: async_nats::Client,
+    /// The network this handler serves.
+    pub network: String,
+    /// This resolver's instance name, sent on every reply.
+    pub instance: String,
+    /// That network's store.
+    pub store: Store,
+    /// Largest image sent inline.
+    pub max_image_bytes: u64,
+    /// Attempts at a failing store before giving up.
+    pub store_attempts: u32,
+    /// First retry delay.
+    pub retry_delay: Duration,
+    /// Longest retry delay.
+    pub retry_delay_max: Duration,
+    /// Longest single read.
+    pub store_timeout: Duration,
+}
+
+/// A reply to send on the callback subject.
+#[derive(Debug)]
+pub struct Reply {
+    /// Headers, status included.
+    pub headers: HeaderMap,
+    /// Image bytes or an error message.
+    pub body: Bytes,
+}
+
+/// How the message is settled once any reply is out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Done.
+    Ack,
+    /// Try again later.
+    Nak(Duration),
+    /// Done, and never redeliver.
+    Term,
+}
+
+/// The decision for one message, before anything is sent.
+#[derive(Debug)]
+pub struct Decision {
+    /// Where the reply goes, when there is a callback and a reply.
+    pub reply: Option<(String, Reply)>,
+    /// How to settle.
+    pub settle: Settle,
+}
+
+/// Handles one message end to end. Errors mean the message was left unsettled and JetStream
+/// will redeliver it after the ack wait.
+pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), async_nats::Error> {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let decision = decide(ctx, &message.subject, message.headers.as_ref(), &message.payload, delivered).await;
+    if let Some((callback, reply)) = decision.reply {
+        ctx.client
+            .publish_with_headers(callback, reply.headers, reply.body)
+            .await?;
+        // Ack only once the reply is on the wire: a crash before this line redelivers.
+        ctx.client.flush().await?;
+    }
+    match decision.settle {
+        Settle::Ack => message.double_ack().await?,
+        Settle::Nak(delay) => message.ack_with(AckKind::Nak(Some(delay))).await?,
+        Settle::Term => message.ack_with(AckKind::Term).await?,
+    }
+    Ok(())
+}
+
+/// Decides the answer to one message. `delivered` counts deliveries, this one included.
+pub async fn decide(
+    ctx: &Context,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    delivered: i64,
+) -> Decision {
+    let callback = headers
+        .and_then(|h| h.get(header::CALLBACK))
+        .map(|v| v.as_str().to_owned())
+        .filter(|c| valid_callback(c));
+    let Some(callback) = callback else {
+        tracing::warn!(subject, "request without a usable {} header; dropped", header::CALLBACK);
+        metrics::counter!("imgfetch_resolver_dropped_total", "reason" => "no_callback").increment(1);
+        return Decision { reply: None, settle: Settle::Term };
+    };
+    let header_id = headers
+        .and_then(|h| h.get(header::MSG_ID))
+        .map(|v| v.as_str().to_owned());
+    let term_with = |id: Option<&str>, code: ErrorCode, message: String| {
+        metrics::counter!("imgfetch_resolver_replies_total", "status" => code.as_str()).increment(1);
+        Decision {
+            reply: Some((callback.clone(), error_reply(id, ctx, code, &message))),
+            settle: Settle::Term,
+        }
+    };
+
+    let request: FetchRequest = match codec::decode(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(subject, error = %e, "malformed request");
+            return term_with(header_id.as_deref(), ErrorCode::InvalidRequest, e.to_string());
+        }
+    };
+    let network = network_of_subject(subject).unwrap_or_default();
+    if let Err(e) = validate::request(&request, network) {
+        let id = validate::id(&request.id).is_ok().then_some(request.id.as_str());
+        return term_with(id, ErrorCode::InvalidRequest, e.to_string());
+    }
+    let id = request.id.as_str();
+    if let Some(deadline) = headers.and_then(|h| h.get(header::DEADLINE)) {
+        if past_deadline(deadline.as_str()) {
+            return term_with(Some(id), ErrorCode::Timeout, "the request's deadline passed before a resolver took it".into());
+        }
+    }
+
+    let read = tokio::time::timeout(ctx.store_timeout, ctx.store.read(&request.key, ctx.max_image_bytes)).await;
+    let err = match read {
+        Ok(Ok(fetched)) => {
+            metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK).increment(1);
+            return Decision {
+                reply: Some((callback, ok_reply(&request, ctx, fetched))),
+                settle: Settle::Ack,
+            };
+        }
+        Ok(Err(e)) => e,
+        Err(_) => {
+            tracing::warn!(id, key = request.key, "store read timed out");
+            return retry_or_give_up(ctx, delivered, callback, id, format!("store read took longer than {:?}", ctx.store_timeout));
+        }
+    };
+    match err.kind() {
+        StoreErrorKind::NotFound => term_with(Some(id), ErrorCode::NotFound, format!("no image at key {:?} in network {:?}", request.key, ctx.network)),
+        StoreErrorKind::InvalidKey => term_with(Some(id), ErrorCode::InvalidRequest, err.to_string()),
+        StoreErrorKind::TooLarge => term_with(Some(id), ErrorCode::TooLarge, err.to_string()),
+        _ => {
+            tracing::warn!(id, key = request.key, error = %err, delivered, "store read failed");
+            retry_or_give_up(ctx, delivered, callback, id, err.to_string())
+        }
+    }
+}
+
+fn retry_or_give_up(ctx: &Context, delivered: i64, callback: String, id: &str, message: String) -> Decision {
+    let delivered = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+    if delivered < ctx.store_attempts {
+        let factor = 2u32.saturating_pow(delivered - 1);
+        let delay = ctx.retry_delay.saturating_mul(factor).min(ctx.retry_delay_max);
+        metrics::counter!("imgfetch_resolver_retries_total").increment(1);
+        return Decision { reply: None, settle: Settle::Nak(delay) };
+    }
+    metrics::counter!("imgfetch_resolver_replies_total", "status" => ErrorCode::StoreUnavailable.as_str()).increment(1);
+    let message = format!("store failed {delivered} times; last error: {message}");
+    Decision {
+        reply: Some((callback, error_reply(Some(id), ctx, ErrorCode::StoreUnavailable, &message))),
+        settle: Settle::Term,
+    }
+}
+
+/// A callback must be a plain subject a reply can be published to: no wildcards, no spaces.
+fn valid_callback(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.len() <= 512
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(|c: char| c.is_whitespace()))
+}
+
+fn past_deadline(value: &str) -> bool {
+    let Ok(deadline_ms) = value.trim().parse::<u128>() else {
+        return false;
+    };
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    now_ms > deadline_ms
+}
+
+fn base_headers(id: Option<&str>, ctx: &Context, status: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = id {
+        headers.insert(header::ID, id);
+    }
+    headers.insert(header::STATUS, status);
+    headers.insert(header::NETWORK, ctx.network.as_str());
+    headers.insert(header::RESOLVER, ctx.instance.as_str());
+    headers
+}
+
+fn error_reply(id: Option<&str>, ctx: &Context, code: ErrorCode, message: &str) -> Reply {
+    let mut headers = base_headers(id, ctx, code.as_str());
+    headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    Reply {
+        headers,
+        body: Bytes::from(message.to_owned()),
+    }
+}
+
+fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched) -> Reply {
+    let mut headers = base_headers(Some(&request.id), ctx, STATUS_OK);
+    let content_type = infer::get(&fetched.bytes)
+        .map(|t| t.mime_type())
+        .unwrap_or("application/octet-stream");
+    headers.insert(header::CONTENT_TYPE, content_type);
+    headers.insert(header::KEY, header_safe(&request.key).as_str());
+    headers.insert(header::SIZE, fetched.bytes.len().to_string().as_str());
+    headers.insert(header::LAST_MODIFIED, fetched.last_modified.as_str());
+    if let Some(e_tag) = &fetched.e_tag {
+        headers.insert(header::ETAG, header_safe(e_tag).as_str());
+    }
+    for (name, value) in &fetched.attributes {
+        if validate::meta(&[(name.clone(), String::new())].into()).is_ok() {
+            headers.insert(format!("{}{}", header::ATTR_PREFIX, name).as_str(), header_safe(value).as_str());
+        }
+    }
+    for (name, value) in &request.meta {
+        headers.insert(format!("{}{}", header::META_PREFIX, name).as_str(), value.as_str());
+    }
+    Reply {
+        headers,
+        body: fetched.bytes,
+    }
+}
+
+/// Header values cannot hold line breaks or other control characters; stores can.
+fn header_safe(value: &str) -> String {
+    value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}

@@ -1,0 +1,146 @@
+//! The imgfetch resolver: deployed inside a network zone, it takes that zone's image requests
+//! off JetStream, reads the images through `object_store`, and answers on each request's
+//! callback subject.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, environment and TOML file, resolved into a [`Config`].
+//! - [`store`]: one `object_store` per network, built once; the single read a request needs.
+//! - [`handler`]: one message in, one reply out, then ack, nak or term.
+//! - [`worker`]: the bounded pull loop of one network's shared durable consumer.
+//! - [`ping`]: the liveness answer gateways use to detect "no resolver".
+//!
+//! [`run`] ties them together and drains in-flight work on shutdown.
+
+pub mod config;
+pub mod handler;
+pub mod ping;
+pub mod store;
+pub mod worker;
+
+use std::sync::Arc;
+
+use imgfetch_common::protocol::ResolverInfo;
+use imgfetch_common::provision::{self, ProvisionError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+use store::{OpenError, Store};
+
+use crate::config::defaults;
+
+/// Why the resolver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// NATS could not be reached.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// The stream or a consumer could not be set up.
+    #[error("network {network:?}: {source}")]
+    Provision {
+        /// The network.
+        network: String,
+        /// Why.
+        source: ProvisionError,
+    },
+    /// The configured image limit does not fit the server.
+    #[error("max image size {configured} bytes does not fit the server's max_payload of {max_payload} bytes with {headroom} bytes of headroom")]
+    ImageLimit {
+        /// What was configured.
+        configured: u64,
+        /// The server's limit.
+        max_payload: u64,
+        /// Kept free for headers.
+        headroom: u64,
+    },
+    /// Subscribing to the ping subject failed.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// Runs the resolver until `shutdown` fires, then lets in-flight requests finish within the
+/// grace period.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let mut stores = Vec::new();
+    for net in &config.networks {
+        stores.push(Store::open(&net.name, &net.store, config.store_timeout).await?);
+    }
+
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("imgfetch-resolver {}", config.instance))
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| RunError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let max_payload = client.server_info().max_payload as u64;
+    let fits = max_payload.saturating_sub(defaults::PAYLOAD_HEADROOM);
+    let max_image_bytes = match config.max_image_bytes {
+        Some(n) if n > fits => {
+            return Err(RunError::ImageLimit {
+                configured: n,
+                max_payload,
+                headroom: defaults::PAYLOAD_HEADROOM,
+            })
+        }
+        Some(n) => n,
+        None => fits,
+    };
+
+    let js = async_nats::jetstream::new(client.clone());
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let tracker = TaskTracker::new();
+    let info = ResolverInfo {
+        instance: config.instance.clone(),
+        networks: config.networks.iter().map(|n| n.name.clone()).collect(),
+        max_image_bytes,
+    };
+    let mut loops = Vec::new();
+    for (net, store) in config.networks.iter().zip(stores) {
+        let consumer = provision::ensure_network(&js, &config.stream, &config.consumer, &net.name, config.provision)
+            .await
+            .map_err(|source| RunError::Provision {
+                network: net.name.clone(),
+                source,
+            })?;
+        let ctx = Arc::new(handler::Context {
+            client: client.clone(),
+            network: net.name.clone(),
+            instance: config.instance.clone(),
+            store,
+            max_image_bytes,
+            store_attempts: config.store_attempts,
+            retry_delay: config.retry_delay,
+            retry_delay_max: config.retry_delay_max,
+            store_timeout: config.store_timeout,
+        });
+        loops.push(tokio::spawn(worker::run(ctx, consumer, slots.clone(), tracker.clone(), shutdown.clone())));
+    }
+    for net in &config.networks {
+        ping::serve(client.clone(), net.name.clone(), info.clone(), shutdown.clone()).await?;
+    }
+    tracing::info!(instance = config.instance, networks = ?info.networks, max_image_bytes, "resolver ready");
+
+    shutdown.cancelled().await;
+    for l in loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(config.grace, tracker.wait()).await.is_err() {
+        tracing::warn!("grace period over with requests still in flight; JetStream will redeliver them");
+    }
+    let _ = client.flush().await;
+    tracing::info!("resolver stopped");
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! `imgfetch-resolver`: parse the configuration, then hand over to [`imgfetch_resolver::run`].
+
+use clap::Parser;
+use imgfetch_resolver::config::{Args, Config};
+
+/// Exit status for a configuration that cannot be used (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = match Config::resolve(Args::parse(), |p| std::fs::read_to_string(p)) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("imgfetch-resolver: configuration error: {err}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    imgfetch_common::telemetry::init(config.log_format);
+    let shutdown = imgfetch_common::shutdown::on_signals();
+    if let Err(err) = imgfetch_resolver::run(config, shutdown).await {
+        eprintln!("imgfetch-resolver: {err}");
+        std::process::exit(1);
+    }
+    Ok(())
+}

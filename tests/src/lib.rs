@@ -1,0 +1,73 @@
+//! Test harness for imgfetch: real servers on random ports, torn down on drop.
+//!
+//! # Layout
+//!
+//! - [`nats`]: a `nats-server` with JetStream in a temp directory.
+//! - [`s3`]: an `s3s-fs` S3 server (it checks SigV4 signatures) in a temp directory.
+//! - [`pipeline`]: resolvers and gateways run in this process through their `run` functions,
+//!   plus the clients the tests talk through.
+//!
+//! Each server's log is written to its temp directory and printed when a test fails, so a
+//! failure can be read.
+
+pub mod nats;
+pub mod pipeline;
+pub mod s3;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The committed sample images, by path under `samples/`.
+pub fn sample(path: &str) -> Vec<u8> {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples").join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("cannot read sample {}: {e}", full.display()))
+}
+
+/// Sends log output of the code under test to the test's captured output.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Finds a binary by an override variable, then on `PATH`, or panics with the install hint.
+pub(crate) fn find_binary(name: &str, override_var: &str, hint: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(override_var) {
+        return path.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` was not found on PATH (or in ${override_var}). Install it: {hint}");
+}
+
+/// A free TCP port on 127.0.0.1, for servers that cannot pick their own.
+pub(crate) fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}

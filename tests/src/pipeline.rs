@@ -1,0 +1,272 @@
+//! Resolvers and gateways run in this process, and the three kinds of client the tests use:
+//! websocket, HTTP, and a hand publisher like the NATS CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::{SinkExt, StreamExt};
+use imgfetch_common::protocol::{header, ping_subject};
+use imgfetch_resolver::config::{NetworkSpec, StoreSpec};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// A resolver running in this process.
+pub struct Resolver {
+    token: CancellationToken,
+    handle: Option<JoinHandle<Result<(), imgfetch_resolver::RunError>>>,
+}
+
+impl Resolver {
+    /// Starts a resolver and waits until every one of its networks answers pings.
+    pub async fn start(config: imgfetch_resolver::Config) -> Resolver {
+        let client = async_nats::connect(&config.nats_url).await.expect("connect for pings");
+        let networks: Vec<String> = config.networks.iter().map(|n| n.name.clone()).collect();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(imgfetch_resolver::run(config, token.clone()));
+        let resolver = Resolver {
+            token,
+            handle: Some(handle),
+        };
+        for net in networks {
+            wait_served(&client, &net).await;
+        }
+        resolver
+    }
+
+    /// Starts a resolver that is expected to fail at start, and returns its error.
+    pub async fn start_err(config: imgfetch_resolver::Config) -> imgfetch_resolver::RunError {
+        let token = CancellationToken::new();
+        match tokio::time::timeout(Duration::from_secs(20), imgfetch_resolver::run(config, token)).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => panic!("expected the resolver to fail at start, but it ran and stopped cleanly"),
+            Err(_) => panic!("expected the resolver to fail at start, but it was still running after 20 s"),
+        }
+    }
+
+    /// Stops it and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("resolver task").expect("resolver ran cleanly");
+        }
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Polls the network's ping subject until a resolver answers.
+pub async fn wait_served(client: &async_nats::Client, network: &str) {
+    crate::eventually(&format!("a resolver serving {network:?}"), Duration::from_secs(20), || async {
+        client.request(ping_subject(network), "".into()).await.ok().map(|_| ())
+    })
+    .await
+}
+
+/// A gateway running in this process.
+pub struct Gateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    handle: Option<JoinHandle<Result<(), imgfetch_gateway::RunError>>>,
+}
+
+impl Gateway {
+    /// Starts a gateway on a random port with defaults, changed by `tweak`.
+    pub async fn start(nats_url: &str, tweak: impl FnOnce(&mut imgfetch_gateway::Config)) -> Gateway {
+        let mut config = imgfetch_gateway::Config::new(nats_url);
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(imgfetch_gateway::run(listener, config, token.clone()));
+        let gateway = Gateway {
+            addr,
+            token,
+            handle: Some(handle),
+        };
+        let url = gateway.http("/livez");
+        crate::eventually("the gateway to answer /livez", Duration::from_secs(10), || async {
+            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await;
+        gateway
+    }
+
+    /// `http://addr{path}`.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The websocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Fires shutdown without waiting.
+    pub fn begin_shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Stops it and waits for the drain.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("gateway task").expect("gateway ran cleanly");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// The committed `samples/` directory.
+pub fn samples_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")
+}
+
+/// A network served from a directory.
+pub fn file_network(name: &str, dir: impl Into<PathBuf>) -> NetworkSpec {
+    NetworkSpec {
+        name: name.into(),
+        store: StoreSpec::File { root: dir.into() },
+    }
+}
+
+/// A resolver config with test-friendly retry timings.
+pub fn resolver_config(nats_url: &str, networks: Vec<NetworkSpec>) -> imgfetch_resolver::Config {
+    let mut config = imgfetch_resolver::Config::new(nats_url, networks);
+    config.retry_delay = Duration::from_millis(50);
+    config.retry_delay_max = Duration::from_millis(200);
+    config.store_timeout = Duration::from_secs(5);
+    config.grace = Duration::from_secs(5);
+    config
+}
+
+/// A websocket client speaking the gateway's protocol.
+pub struct WsClient {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+/// One answer on a websocket: the JSON frame, and the bytes when it was an image.
+#[derive(Debug)]
+pub struct WsAnswer {
+    /// The `image` or `error` frame.
+    pub frame: Value,
+    /// The binary frame after an `image` frame.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl WsClient {
+    /// Connects.
+    pub async fn connect(url: &str) -> WsClient {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+        WsClient { socket }
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends a raw message.
+    pub async fn send(&mut self, message: Message) {
+        self.socket.send(message).await.expect("send");
+    }
+
+    /// Sends a fetch frame.
+    pub async fn fetch(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    /// Next JSON frame (panics on anything else or after 30 s).
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
+                .await
+                .expect("a frame within 30 s")
+                .expect("socket open")
+                .expect("frame ok");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a JSON text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Next frame of any kind, or `None` when the socket closes.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs(30), self.socket.next())
+            .await
+            .expect("a frame within 30 s")
+            .and_then(Result::ok)
+    }
+
+    /// Reads the next answer (skipping `accepted` frames, which it returns separately).
+    pub async fn next_answer(&mut self) -> WsAnswer {
+        loop {
+            let frame = self.next_json().await;
+            match frame["type"].as_str() {
+                Some("accepted") => continue,
+                Some("image") => {
+                    let bytes = match self.next_message().await {
+                        Some(Message::Binary(b)) => b.to_vec(),
+                        other => panic!("expected the binary frame after {frame}, got {other:?}"),
+                    };
+                    return WsAnswer { frame, bytes: Some(bytes) };
+                }
+                Some("error") => return WsAnswer { frame, bytes: None },
+                _ => panic!("unexpected frame {frame}"),
+            }
+        }
+    }
+}
+
+/// Publishes a body to `imgfetch.req.<network>` the way `nats pub -H` does, with the callback
+/// header and a de-duplication id, and returns a subscription on the callback.
+pub async fn hand_publish(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+    callback: Option<&str>,
+    msg_id: Option<&str>,
+) -> Option<async_nats::Subscriber> {
+    let sub = match callback {
+        Some(cb) => Some(client.subscribe(cb.to_owned()).await.expect("subscribe callback")),
+        None => None,
+    };
+    let mut headers = HeaderMap::new();
+    if let Some(cb) = callback {
+        headers.insert(header::CALLBACK, cb);
+    }
+    if let Some(id) = msg_id {
+        headers.insert(header::MSG_ID, id);
+    }
+    client
+        .publish_with_headers(subject.to_owned(), headers, body.to_owned().into())
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+    sub
+}
+
+/// The next message on `sub`, within `timeout`.
+pub async fn next_within(sub: &mut async_nats::Subscriber, timeout: Duration) -> Option<async_nats::Message> {
+    tokio::time::timeout(timeout, sub.next()).await.ok().flatten()
+}
+
+/// A header of a reply, as a string.
+pub fn header_of(msg: &async_nats::Message, name: &str) -> Option<String> {
+    msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+}
