@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self, consumer,
     context::GetStreamErrorKind,
-    ErrorCode as JsCode,
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+    ErrorCode as JsCode,
 };
 
 use crate::protocol::{consumer_name, network_of_subject, request_subject};
@@ -111,7 +111,9 @@ pub enum ProvisionError {
         found: RetentionPolicy,
     },
     /// Provisioning is off and the stream does not exist.
-    #[error("stream {0:?} does not exist (provisioning is off: create it, or drop --no-provision)")]
+    #[error(
+        "stream {0:?} does not exist (provisioning is off: create it, or drop --no-provision)"
+    )]
     MissingStream(String),
     /// Provisioning is off and the stream does not capture a network's subject.
     #[error("stream {stream:?} does not capture {subject:?} (provisioning is off)")]
@@ -196,7 +198,10 @@ pub async fn ensure_network_subject(
                 return Err(ProvisionError::MissingStream(settings.name.clone()));
             }
             // Losing a creation race is fine: the next pass finds the winner's stream.
-            if let Err(err) = js.create_stream(settings.config(vec![subject.clone()])).await {
+            if let Err(err) = js
+                .create_stream(settings.config(vec![subject.clone()]))
+                .await
+            {
                 tracing::debug!(%err, attempt, "stream creation raced; re-reading");
             }
             continue;

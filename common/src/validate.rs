@@ -142,9 +142,7 @@ pub fn request(req: &FetchRequest, subject_network: &str) -> Result<(), Invalid>
         if body_network != subject_network {
             return Err(invalid(
                 "network",
-                format!(
-                    "body says {body_network:?} but the subject says {subject_network:?}"
-                ),
+                format!("body says {body_network:?} but the subject says {subject_network:?}"),
             ));
         }
     }
@@ -158,7 +156,13 @@ mod tests {
 
     #[test]
     fn good_keys_pass() {
-        for k in ["a.jpg", "dir/sub/a b.png", "青岛/港口.jpg", "x..y/z", "100%.png"] {
+        for k in [
+            "a.jpg",
+            "dir/sub/a b.png",
+            "青岛/港口.jpg",
+            "x..y/z",
+            "100%.png",
+        ] {
             assert_eq!(key(k), Ok(()), "{k}");
         }
     }

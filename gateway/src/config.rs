@@ -32,7 +32,11 @@ pub mod defaults {
 
 /// Command line of `imgfetch-gateway`.
 #[derive(Debug, Parser)]
-#[command(name = "imgfetch-gateway", version, about = "Accepts image requests over websocket and HTTP and queues them on JetStream")]
+#[command(
+    name = "imgfetch-gateway",
+    version,
+    about = "Accepts image requests over websocket and HTTP and queues them on JetStream"
+)]
 pub struct Args {
     /// NATS server URL.
     #[arg(long, env = "IMGFETCH_NATS_URL", default_value = defaults::NATS_URL)]
@@ -116,13 +120,20 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Config, String> {
         let mut config = Config::new(args.nats_url);
         if let Some(instance) = args.instance {
-            imgfetch_common::validate::id(&instance).map_err(|e| format!("instance: {}", e.reason))?;
+            imgfetch_common::validate::id(&instance)
+                .map_err(|e| format!("instance: {}", e.reason))?;
             config.instance = instance;
         }
         if args.stream.is_empty() || args.stream.contains(['.', '*', '>', ' ']) {
-            return Err(format!("stream name {:?} is not a valid JetStream name", args.stream));
+            return Err(format!(
+                "stream name {:?} is not a valid JetStream name",
+                args.stream
+            ));
         }
-        if args.request_timeout_ms == 0 || args.max_websockets == 0 || args.max_in_flight_per_socket == 0 {
+        if args.request_timeout_ms == 0
+            || args.max_websockets == 0
+            || args.max_in_flight_per_socket == 0
+        {
             return Err("timeouts and limits must be at least 1".into());
         }
         config.stream = args.stream;
@@ -144,8 +155,9 @@ mod tests {
     use super::*;
 
     fn parse(list: &[&str]) -> Result<Config, String> {
-        let args = Args::try_parse_from(std::iter::once("imgfetch-gateway").chain(list.iter().copied()))
-            .map_err(|e| e.to_string())?;
+        let args =
+            Args::try_parse_from(std::iter::once("imgfetch-gateway").chain(list.iter().copied()))
+                .map_err(|e| e.to_string())?;
         Config::from_args(args)
     }
 
@@ -155,7 +167,11 @@ mod tests {
         assert_eq!(c.nats_url, defaults::NATS_URL);
         assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert!(c.instance.starts_with("gw-"));
-        assert_ne!(c.instance, parse(&[]).unwrap().instance, "instances must differ by default");
+        assert_ne!(
+            c.instance,
+            parse(&[]).unwrap().instance,
+            "instances must differ by default"
+        );
     }
 
     #[test]
@@ -168,7 +184,10 @@ mod tests {
             (&["--request-timeout-ms", "0"][..], "at least 1"),
         ] {
             let err = parse(list).unwrap_err();
-            assert!(err.contains(expect), "{list:?}: expected {expect:?} in {err:?}");
+            assert!(
+                err.contains(expect),
+                "{list:?}: expected {expect:?} in {err:?}"
+            );
         }
     }
 }

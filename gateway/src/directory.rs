@@ -20,12 +20,18 @@ use crate::outcome::Failure;
 
 /// How long a fetched network list is trusted for a hit.
 const NETWORKS_TTL: Duration = Duration::from_secs(5);
-/// Least time between two fetches of the network list, so unknown names cannot flood JetStream.
-const MIN_REFRESH: Duration = Duration::from_millis(250);
 /// How long a ping answer is trusted.
 const ALIVE_TTL: Duration = Duration::from_secs(2);
 /// How long to wait for a ping answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The last stream read.
+#[derive(Debug, Default)]
+struct Known {
+    networks: BTreeSet<String>,
+    max_message_size: Option<i32>,
+    fetched: Option<Instant>,
+}
 
 /// The gateway's view of the networks.
 #[derive(Debug)]
@@ -33,7 +39,7 @@ pub struct Directory {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: String,
-    networks: tokio::sync::Mutex<(BTreeSet<String>, Option<Instant>)>,
+    networks: tokio::sync::Mutex<Known>,
     alive: Mutex<HashMap<String, Instant>>,
 }
 
@@ -44,39 +50,62 @@ impl Directory {
             client,
             js,
             stream,
-            networks: tokio::sync::Mutex::new((BTreeSet::new(), None)),
+            networks: tokio::sync::Mutex::new(Known::default()),
             alive: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether the stream captures `network`; re-reads the stream on a miss.
     pub async fn exists(&self, network: &str) -> Result<bool, Failure> {
-        let mut guard = self.networks.lock().await;
-        let (known, fetched) = &mut *guard;
-        let age = fetched.map(|t| t.elapsed());
-        let fresh = age.is_some_and(|a| a < NETWORKS_TTL);
-        if fresh && known.contains(network) {
+        let asked = Instant::now();
+        let mut known = self.networks.lock().await;
+        let fresh = known.fetched.is_some_and(|t| t.elapsed() < NETWORKS_TTL);
+        if fresh && known.networks.contains(network) {
             return Ok(true);
         }
-        if age.is_none_or(|a| a >= MIN_REFRESH) {
+        // Misses that waited on the lock while another caller re-read the stream share that
+        // read, so a burst of unknown names costs one JetStream call, not one each.
+        if known.fetched.is_none_or(|t| t < asked) {
             *known = self.fetch().await?;
-            *fetched = Some(Instant::now());
         }
-        Ok(known.contains(network))
+        Ok(known.networks.contains(network))
     }
 
-    async fn fetch(&self) -> Result<BTreeSet<String>, Failure> {
+    /// The largest request message the stream stores, as of the last read.
+    pub async fn max_message_size(&self) -> Option<usize> {
+        let known = self.networks.lock().await;
+        known
+            .max_message_size
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+    }
+
+    async fn fetch(&self) -> Result<Known, Failure> {
         let stream = provision::find_stream(&self.js, &self.stream)
             .await
-            .map_err(|e| Failure::new(ErrorCode::Unavailable, format!("cannot reach JetStream: {e}")))?;
+            .map_err(|e| {
+                Failure::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot reach JetStream: {e}"),
+                )
+            })?;
         let Some(mut stream) = stream else {
-            return Ok(BTreeSet::new());
+            return Ok(Known {
+                fetched: Some(Instant::now()),
+                ..Known::default()
+            });
         };
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| Failure::new(ErrorCode::Unavailable, format!("cannot read the stream: {e}")))?;
-        Ok(provision::networks_of(&info.config))
+        let info = stream.info().await.map_err(|e| {
+            Failure::new(
+                ErrorCode::Unavailable,
+                format!("cannot read the stream: {e}"),
+            )
+        })?;
+        Ok(Known {
+            networks: provision::networks_of(&info.config),
+            max_message_size: Some(info.config.max_message_size),
+            fetched: Some(Instant::now()),
+        })
     }
 
     /// Whether some resolver answers for `network` right now.
@@ -90,7 +119,12 @@ impl Directory {
         if recent {
             return true;
         }
-        let ping = tokio::time::timeout(PING_TIMEOUT, self.client.request(ping_subject(network), bytes::Bytes::new())).await;
+        let ping = tokio::time::timeout(
+            PING_TIMEOUT,
+            self.client
+                .request(ping_subject(network), bytes::Bytes::new()),
+        )
+        .await;
         let ok = matches!(ping, Ok(Ok(_)));
         if ok {
             self.alive
@@ -120,6 +154,9 @@ impl Directory {
 
     /// Whether the stream can be read: the readiness check.
     pub async fn stream_reachable(&self) -> bool {
-        matches!(provision::find_stream(&self.js, &self.stream).await, Ok(Some(_)))
+        matches!(
+            provision::find_stream(&self.js, &self.stream).await,
+            Ok(Some(_))
+        )
     }
 }

@@ -49,10 +49,16 @@ impl Ticket {
     pub async fn outcome(mut self) -> Outcome {
         match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Failure::new(ErrorCode::Internal, "the gateway dropped the request")),
+            Ok(Err(_)) => Err(Failure::new(
+                ErrorCode::Internal,
+                "the gateway dropped the request",
+            )),
             Err(_) => {
                 metrics::counter!("imgfetch_gateway_timeouts_total").increment(1);
-                Err(Failure::new(ErrorCode::Timeout, "no answer before the deadline"))
+                Err(Failure::new(
+                    ErrorCode::Timeout,
+                    "no answer before the deadline",
+                ))
             }
         }
     }
@@ -60,7 +66,10 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.pending.lock().expect("pending map poisoned").remove(&self.id);
+        self.pending
+            .lock()
+            .expect("pending map poisoned")
+            .remove(&self.id);
     }
 }
 
@@ -76,7 +85,9 @@ impl Dispatcher {
         draining: CancellationToken,
     ) -> Result<Arc<Dispatcher>, async_nats::SubscribeError> {
         let js = jetstream::new(client.clone());
-        let mut replies = client.subscribe(protocol::reply_wildcard(&instance)).await?;
+        let mut replies = client
+            .subscribe(protocol::reply_wildcard(&instance))
+            .await?;
         let dispatcher = Arc::new(Dispatcher {
             directory: Directory::new(client, js.clone(), stream),
             js,
@@ -99,7 +110,8 @@ impl Dispatcher {
                 let waiter = pending.lock().expect("pending map poisoned").remove(&id);
                 match waiter {
                     Some(tx) => {
-                        let _ = tx.send(outcome::from_reply(&id, msg.headers.as_ref(), msg.payload));
+                        let _ =
+                            tx.send(outcome::from_reply(&id, msg.headers.as_ref(), msg.payload));
                     }
                     None => {
                         metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);
@@ -125,9 +137,13 @@ impl Dispatcher {
     /// image or error, will follow through the ticket.
     pub async fn submit(&self, request: FetchRequest) -> Result<Ticket, Failure> {
         let network = request.network.clone().unwrap_or_default();
-        validate::request(&request, &network).map_err(|e| Failure::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        validate::request(&request, &network)
+            .map_err(|e| Failure::new(ErrorCode::InvalidRequest, e.to_string()))?;
         if self.draining.is_cancelled() {
-            return Err(Failure::new(ErrorCode::Unavailable, "the gateway is shutting down"));
+            return Err(Failure::new(
+                ErrorCode::Unavailable,
+                "the gateway is shutting down",
+            ));
         }
         self.directory.admit(&network).await?;
 
@@ -149,10 +165,19 @@ impl Dispatcher {
         };
 
         let mut headers = HeaderMap::new();
-        headers.insert(header::CALLBACK, protocol::reply_subject(&self.instance, &id).as_str());
+        headers.insert(
+            header::CALLBACK,
+            protocol::reply_subject(&self.instance, &id).as_str(),
+        );
         headers.insert(header::MSG_ID, id.as_str());
-        let deadline_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + self.request_timeout;
-        headers.insert(header::DEADLINE, deadline_ms.as_millis().to_string().as_str());
+        let deadline_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + self.request_timeout;
+        headers.insert(
+            header::DEADLINE,
+            deadline_ms.as_millis().to_string().as_str(),
+        );
 
         let subject = protocol::request_subject(&network);
         let ack = async {
@@ -165,14 +190,19 @@ impl Dispatcher {
             Ok(Ok(ack)) => ack,
             Ok(Err(err)) => {
                 let message = match err.kind() {
-                    PublishErrorKind::StreamNotFound => format!("no stream captures network {network:?}"),
+                    PublishErrorKind::StreamNotFound => {
+                        format!("no stream captures network {network:?}")
+                    }
                     _ => format!("the queue refused the request: {err}"),
                 };
                 tracing::warn!(id, network, %err, "publish failed");
                 return Err(Failure::new(ErrorCode::Unavailable, message));
             }
             Err(_) => {
-                return Err(Failure::new(ErrorCode::Unavailable, "the queue did not acknowledge the request in time"));
+                return Err(Failure::new(
+                    ErrorCode::Unavailable,
+                    "the queue did not acknowledge the request in time",
+                ));
             }
         };
         if ack.duplicate {

@@ -84,7 +84,10 @@ async fn get_image(
         Some(v) => match v.to_str().ok().filter(|s| validate::id(s).is_ok()) {
             Some(s) => s.to_owned(),
             None => {
-                let f = Failure::new(ErrorCode::InvalidRequest, "X-Request-Id must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_'");
+                let f = Failure::new(
+                    ErrorCode::InvalidRequest,
+                    "X-Request-Id must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_'",
+                );
                 return error_response(None, &f);
             }
         },
@@ -128,14 +131,24 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         return error_response(None, &f);
     };
     if state.draining.is_cancelled() {
-        return error_response(None, &Failure::new(ErrorCode::Unavailable, "the gateway is shutting down"));
+        return error_response(
+            None,
+            &Failure::new(ErrorCode::Unavailable, "the gateway is shutting down"),
+        );
     }
     upgrade
         .max_message_size(state.max_client_frame_bytes)
         .max_frame_size(state.max_client_frame_bytes)
         .on_upgrade(move |socket| async move {
             let (sink, source) = socket.split();
-            ws::session(sink, source, state.dispatcher.clone(), state.limits, state.draining.clone()).await;
+            ws::session(
+                sink,
+                source,
+                state.dispatcher.clone(),
+                state.limits,
+                state.draining.clone(),
+            )
+            .await;
             drop(slot);
         })
 }
@@ -148,7 +161,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "NATS is not connected").into_response();
     }
     if !state.dispatcher.directory().stream_reachable().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the stream is not reachable").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the stream is not reachable",
+        )
+            .into_response();
     }
     (StatusCode::OK, "ready").into_response()
 }

@@ -50,7 +50,11 @@ pub enum RunError {
 }
 
 /// Serves on `listener` until `shutdown` fires, then drains.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("imgfetch-gateway {}", config.instance))
         .connect(&config.nats_url)
@@ -86,14 +90,18 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let addr = listener.local_addr()?;
     tracing::info!(%addr, instance = config.instance, "gateway listening");
     let signal = shutdown.clone();
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move { signal.cancelled().await });
+    let server = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move { signal.cancelled().await });
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     match tokio::time::timeout(config.grace, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => return Err(err.into()),
         Ok(Err(join)) => tracing::error!(%join, "server task failed"),
-        Err(_) => tracing::warn!(in_flight = dispatcher.in_flight(), "grace period over; closing remaining connections"),
+        Err(_) => tracing::warn!(
+            in_flight = dispatcher.in_flight(),
+            "grace period over; closing remaining connections"
+        ),
     }
     let _ = client.flush().await;
     tracing::info!("gateway stopped");

@@ -46,7 +46,11 @@ pub type Outcome = Result<Image, Failure>;
 
 /// Reads a resolver's reply.
 pub fn from_reply(id: &str, headers: Option<&HeaderMap>, body: Bytes) -> Outcome {
-    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let get = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
     let status = get(header::STATUS).unwrap_or_default();
     if status != STATUS_OK {
         let code = status.parse::<ErrorCode>().unwrap_or(ErrorCode::Internal);
@@ -66,14 +70,16 @@ pub fn from_reply(id: &str, headers: Option<&HeaderMap>, body: Bytes) -> Outcome
     if let Some(headers) = headers {
         for (name, values) in headers.iter() {
             let name: &str = name.as_ref();
-            if let (Some(attr), Some(v)) = (name.strip_prefix(header::ATTR_PREFIX), values.first()) {
+            if let (Some(attr), Some(v)) = (name.strip_prefix(header::ATTR_PREFIX), values.first())
+            {
                 metadata.insert(format!("attr.{attr}"), v.as_str().to_owned());
             }
         }
     }
     Ok(Image {
         id: id.to_owned(),
-        content_type: get(header::CONTENT_TYPE).unwrap_or_else(|| "application/octet-stream".into()),
+        content_type: get(header::CONTENT_TYPE)
+            .unwrap_or_else(|| "application/octet-stream".into()),
         bytes: body,
         metadata,
     })

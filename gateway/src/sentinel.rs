@@ -3,7 +3,8 @@
 //!
 //! Every gateway subscribes to `imgfetch.req.>` in one queue group, so exactly one sees each
 //! request. It answers only when the stream, read fresh, does not capture the subject: a stored
-//! request is left to the resolvers, and never gets two answers.
+//! request is left to the resolvers, and never gets two answers. Likewise it answers a request
+//! larger than the stream's message limit, which the stream refuses without a word.
 
 use std::sync::Arc;
 
@@ -39,11 +40,28 @@ pub async fn start(
             let callback = callback.as_str().to_owned();
             let network = network_of_subject(&msg.subject).unwrap_or_default();
             let (code, text) = if validate::network(network).is_err() {
-                (ErrorCode::InvalidRequest, format!("subject {:?} names no valid network", msg.subject.as_str()))
+                (
+                    ErrorCode::InvalidRequest,
+                    format!("subject {:?} names no valid network", msg.subject.as_str()),
+                )
             } else {
                 match dispatcher.directory().exists(network).await {
-                    Ok(true) => continue,
-                    Ok(false) => (ErrorCode::UnknownNetwork, format!("no resolver has registered network {network:?}")),
+                    Ok(true) => match dispatcher.directory().max_message_size().await {
+                        // The stream refuses what is over its limit, without telling a core
+                        // publisher; tell them here.
+                        Some(limit) if msg.length > limit => (
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "request of {} bytes is over the queue's limit of {limit} bytes",
+                                msg.length
+                            ),
+                        ),
+                        _ => continue,
+                    },
+                    Ok(false) => (
+                        ErrorCode::UnknownNetwork,
+                        format!("no resolver has registered network {network:?}"),
+                    ),
                     // When JetStream cannot be read we cannot tell whether it stored the request.
                     Err(_) => continue,
                 }
@@ -59,7 +77,10 @@ pub async fn start(
             headers.insert(header::STATUS, code.as_str());
             headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
             tracing::info!(subject = msg.subject.as_str(), ?id, %code, "answered a request no stream captured");
-            if let Err(err) = client.publish_with_headers(callback, headers, text.into()).await {
+            if let Err(err) = client
+                .publish_with_headers(callback, headers, text.into())
+                .await
+            {
                 tracing::debug!(%err, "sentinel reply failed");
             }
         }

@@ -16,8 +16,8 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use imgfetch_common::protocol::{ErrorCode, FetchRequest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::sync::CancellationToken;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
 use crate::outcome::{Failure, Image};
@@ -87,7 +87,9 @@ pub struct Limits {
 }
 
 fn json(frame: &ServerFrame<'_>) -> Message {
-    Message::Text(Utf8Bytes::from(serde_json::to_string(frame).expect("frames serialise")))
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(frame).expect("frames serialise"),
+    ))
 }
 
 fn error_frame(id: Option<&str>, failure: &Failure) -> Message {
@@ -149,7 +151,10 @@ pub async fn session<W, R, E>(
         let text = match next {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
-                let f = Failure::new(ErrorCode::InvalidRequest, "binary frames are not accepted; send JSON text frames");
+                let f = Failure::new(
+                    ErrorCode::InvalidRequest,
+                    "binary frames are not accepted; send JSON text frames",
+                );
                 let _ = out_tx.send(vec![error_frame(None, &f)]).await;
                 continue;
             }
@@ -165,7 +170,12 @@ pub async fn session<W, R, E>(
             }
         };
         let request = match serde_json::from_str::<ClientFrame>(text.as_str()) {
-            Ok(ClientFrame::Fetch { id, network, key, meta }) => FetchRequest {
+            Ok(ClientFrame::Fetch {
+                id,
+                network,
+                key,
+                meta,
+            }) => FetchRequest {
                 id: id.unwrap_or_else(new_id),
                 network: Some(network),
                 key,
@@ -180,7 +190,10 @@ pub async fn session<W, R, E>(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             let f = Failure::new(
                 ErrorCode::Unavailable,
-                format!("too many requests in flight on this connection (limit {})", limits.max_in_flight),
+                format!(
+                    "too many requests in flight on this connection (limit {})",
+                    limits.max_in_flight
+                ),
             );
             let _ = out_tx.send(vec![error_frame(Some(&request.id), &f)]).await;
             continue;
@@ -200,7 +213,11 @@ pub async fn session<W, R, E>(
                     return;
                 }
             };
-            if out.send(vec![json(&ServerFrame::Accepted { id: &id })]).await.is_err() {
+            if out
+                .send(vec![json(&ServerFrame::Accepted { id: &id })])
+                .await
+                .is_err()
+            {
                 return;
             }
             let frames = match ticket.outcome().await {
@@ -227,7 +244,12 @@ pub async fn session<W, R, E>(
     let _ = writer.await;
 }
 
-fn image_frames(image: &Image, network: &str, key: &str, meta: &BTreeMap<String, String>) -> Vec<Message> {
+fn image_frames(
+    image: &Image,
+    network: &str,
+    key: &str,
+    meta: &BTreeMap<String, String>,
+) -> Vec<Message> {
     vec![
         json(&ServerFrame::Image {
             id: &image.id,

@@ -35,7 +35,11 @@ pub mod defaults {
 
 /// Command line of `imgfetch-resolver`.
 #[derive(Debug, Default, Parser)]
-#[command(name = "imgfetch-resolver", version, about = "Serves imgfetch requests of the networks it can reach")]
+#[command(
+    name = "imgfetch-resolver",
+    version,
+    about = "Serves imgfetch requests of the networks it can reach"
+)]
 pub struct Args {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "IMGFETCH_CONFIG")]
@@ -256,8 +260,9 @@ impl Config {
         }
         let mut seen = std::collections::BTreeSet::new();
         for net in &networks {
-            imgfetch_common::validate::network(&net.name)
-                .map_err(|e| ConfigError::Invalid(format!("network {:?}: {}", net.name, e.reason)))?;
+            imgfetch_common::validate::network(&net.name).map_err(|e| {
+                ConfigError::Invalid(format!("network {:?}: {}", net.name, e.reason))
+            })?;
             if !seen.insert(net.name.clone()) {
                 return Err(ConfigError::Invalid(format!(
                     "network {:?} is configured twice",
@@ -288,7 +293,9 @@ impl Config {
             .or(file.concurrency)
             .unwrap_or(defaults::CONCURRENCY);
         if config.concurrency == 0 {
-            return Err(ConfigError::Invalid("concurrency must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "concurrency must be at least 1".into(),
+            ));
         }
         if let Some(stream) = args.stream.or(file.stream) {
             config.stream.name = stream;
@@ -326,7 +333,13 @@ fn default_instance() -> String {
     let host: String = host
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     if host.is_empty() {
@@ -337,9 +350,9 @@ fn default_instance() -> String {
 }
 
 fn flag_network(arg: &str) -> Result<NetworkSpec, ConfigError> {
-    let (name, url) = arg.split_once('=').ok_or_else(|| {
-        ConfigError::Invalid(format!("--network {arg:?}: expected NAME=URL"))
-    })?;
+    let (name, url) = arg
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Invalid(format!("--network {arg:?}: expected NAME=URL")))?;
     let store = parse_store_url(
         name,
         url,
@@ -399,7 +412,8 @@ pub fn parse_store_url(
     url: &str,
     options: S3Options,
 ) -> Result<StoreSpec, ConfigError> {
-    let bad = |why: &str| ConfigError::Invalid(format!("network {name:?}: store URL {url:?} {why}"));
+    let bad =
+        |why: &str| ConfigError::Invalid(format!("network {name:?}: store URL {url:?} {why}"));
     let parsed = url::Url::parse(url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     match parsed.scheme() {
         "file" => {
@@ -427,9 +441,7 @@ pub fn parse_store_url(
                 options,
             })
         }
-        other => Err(bad(&format!(
-            "has scheme {other:?}; supported: file, s3"
-        ))),
+        other => Err(bad(&format!("has scheme {other:?}; supported: file, s3"))),
     }
 }
 
@@ -461,7 +473,9 @@ pub enum ConfigError {
 mod tests {
     use super::*;
 
-    fn files(map: &'static [(&'static str, &'static str)]) -> impl Fn(&Path) -> std::io::Result<String> {
+    fn files(
+        map: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&Path) -> std::io::Result<String> {
         move |p: &Path| {
             map.iter()
                 .find(|(name, _)| Path::new(name) == p)
@@ -478,14 +492,28 @@ mod tests {
     #[test]
     fn flags_give_networks() {
         let c = Config::resolve(
-            args(&["--network", "a=file:///srv/a", "--network", "b=s3://bucket/pre/fix"]),
+            args(&[
+                "--network",
+                "a=file:///srv/a",
+                "--network",
+                "b=s3://bucket/pre/fix",
+            ]),
             files(&[]),
         )
         .unwrap();
         assert_eq!(c.networks.len(), 2);
-        assert_eq!(c.networks[0].store, StoreSpec::File { root: "/srv/a".into() });
+        assert_eq!(
+            c.networks[0].store,
+            StoreSpec::File {
+                root: "/srv/a".into()
+            }
+        );
         match &c.networks[1].store {
-            StoreSpec::S3 { bucket, prefix, options } => {
+            StoreSpec::S3 {
+                bucket,
+                prefix,
+                options,
+            } => {
                 assert_eq!(bucket, "bucket");
                 assert_eq!(prefix.as_deref(), Some("pre/fix"));
                 assert!(options.from_env);
@@ -535,14 +563,25 @@ mod tests {
             (&["--network", "a"], "expected NAME=URL"),
             (&["--network", "a=http://x"], "supported: file, s3"),
             (&["--network", "a.b=file:///x"], "not allowed"),
-            (&["--network", "a=file:///x", "--network", "a=file:///y"], "twice"),
+            (
+                &["--network", "a=file:///x", "--network", "a=file:///y"],
+                "twice",
+            ),
             (&["--network", "a=s3://"], "no bucket"),
-            (&["--network", "a=file:///x", "--log-format", "xml"], "log format"),
+            (
+                &["--network", "a=file:///x", "--log-format", "xml"],
+                "log format",
+            ),
             (&["--config", "/missing.toml"], "cannot read"),
         ];
         for (list, expect) in cases {
-            let err = Config::resolve(args(list), files(&[])).unwrap_err().to_string();
-            assert!(err.contains(expect), "{list:?}: expected {expect:?} in {err:?}");
+            let err = Config::resolve(args(list), files(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expect),
+                "{list:?}: expected {expect:?} in {err:?}"
+            );
         }
     }
 

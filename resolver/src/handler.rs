@@ -76,7 +76,14 @@ pub struct Decision {
 /// will redeliver it after the ack wait.
 pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), async_nats::Error> {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let decision = decide(ctx, &message.subject, message.headers.as_ref(), &message.payload, delivered).await;
+    let decision = decide(
+        ctx,
+        &message.subject,
+        message.headers.as_ref(),
+        &message.payload,
+        delivered,
+    )
+    .await;
     if let Some((callback, reply)) = decision.reply {
         ctx.client
             .publish_with_headers(callback, reply.headers, reply.body)
@@ -105,15 +112,24 @@ pub async fn decide(
         .map(|v| v.as_str().to_owned())
         .filter(|c| valid_callback(c));
     let Some(callback) = callback else {
-        tracing::warn!(subject, "request without a usable {} header; dropped", header::CALLBACK);
-        metrics::counter!("imgfetch_resolver_dropped_total", "reason" => "no_callback").increment(1);
-        return Decision { reply: None, settle: Settle::Term };
+        tracing::warn!(
+            subject,
+            "request without a usable {} header; dropped",
+            header::CALLBACK
+        );
+        metrics::counter!("imgfetch_resolver_dropped_total", "reason" => "no_callback")
+            .increment(1);
+        return Decision {
+            reply: None,
+            settle: Settle::Term,
+        };
     };
     let header_id = headers
         .and_then(|h| h.get(header::MSG_ID))
         .map(|v| v.as_str().to_owned());
     let term_with = |id: Option<&str>, code: ErrorCode, message: String| {
-        metrics::counter!("imgfetch_resolver_replies_total", "status" => code.as_str()).increment(1);
+        metrics::counter!("imgfetch_resolver_replies_total", "status" => code.as_str())
+            .increment(1);
         Decision {
             reply: Some((callback.clone(), error_reply(id, ctx, code, &message))),
             settle: Settle::Term,
@@ -124,25 +140,40 @@ pub async fn decide(
         Ok(r) => r,
         Err(e) => {
             tracing::info!(subject, error = %e, "malformed request");
-            return term_with(header_id.as_deref(), ErrorCode::InvalidRequest, e.to_string());
+            return term_with(
+                header_id.as_deref(),
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            );
         }
     };
     let network = network_of_subject(subject).unwrap_or_default();
     if let Err(e) = validate::request(&request, network) {
-        let id = validate::id(&request.id).is_ok().then_some(request.id.as_str());
+        let id = validate::id(&request.id)
+            .is_ok()
+            .then_some(request.id.as_str());
         return term_with(id, ErrorCode::InvalidRequest, e.to_string());
     }
     let id = request.id.as_str();
     if let Some(deadline) = headers.and_then(|h| h.get(header::DEADLINE)) {
         if past_deadline(deadline.as_str()) {
-            return term_with(Some(id), ErrorCode::Timeout, "the request's deadline passed before a resolver took it".into());
+            return term_with(
+                Some(id),
+                ErrorCode::Timeout,
+                "the request's deadline passed before a resolver took it".into(),
+            );
         }
     }
 
-    let read = tokio::time::timeout(ctx.store_timeout, ctx.store.read(&request.key, ctx.max_image_bytes)).await;
+    let read = tokio::time::timeout(
+        ctx.store_timeout,
+        ctx.store.read(&request.key, ctx.max_image_bytes),
+    )
+    .await;
     let err = match read {
         Ok(Ok(fetched)) => {
-            metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK).increment(1);
+            metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK)
+                .increment(1);
             return Decision {
                 reply: Some((callback, ok_reply(&request, ctx, fetched))),
                 settle: Settle::Ack,
@@ -151,12 +182,27 @@ pub async fn decide(
         Ok(Err(e)) => e,
         Err(_) => {
             tracing::warn!(id, key = request.key, "store read timed out");
-            return retry_or_give_up(ctx, delivered, callback, id, format!("store read took longer than {:?}", ctx.store_timeout));
+            return retry_or_give_up(
+                ctx,
+                delivered,
+                callback,
+                id,
+                format!("store read took longer than {:?}", ctx.store_timeout),
+            );
         }
     };
     match err.kind() {
-        StoreErrorKind::NotFound => term_with(Some(id), ErrorCode::NotFound, format!("no image at key {:?} in network {:?}", request.key, ctx.network)),
-        StoreErrorKind::InvalidKey => term_with(Some(id), ErrorCode::InvalidRequest, err.to_string()),
+        StoreErrorKind::NotFound => term_with(
+            Some(id),
+            ErrorCode::NotFound,
+            format!(
+                "no image at key {:?} in network {:?}",
+                request.key, ctx.network
+            ),
+        ),
+        StoreErrorKind::InvalidKey => {
+            term_with(Some(id), ErrorCode::InvalidRequest, err.to_string())
+        }
         StoreErrorKind::TooLarge => term_with(Some(id), ErrorCode::TooLarge, err.to_string()),
         _ => {
             tracing::warn!(id, key = request.key, error = %err, delivered, "store read failed");
@@ -165,18 +211,33 @@ pub async fn decide(
     }
 }
 
-fn retry_or_give_up(ctx: &Context, delivered: i64, callback: String, id: &str, message: String) -> Decision {
+fn retry_or_give_up(
+    ctx: &Context,
+    delivered: i64,
+    callback: String,
+    id: &str,
+    message: String,
+) -> Decision {
     let delivered = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
     if delivered < ctx.store_attempts {
         let factor = 2u32.saturating_pow(delivered - 1);
-        let delay = ctx.retry_delay.saturating_mul(factor).min(ctx.retry_delay_max);
+        let delay = ctx
+            .retry_delay
+            .saturating_mul(factor)
+            .min(ctx.retry_delay_max);
         metrics::counter!("imgfetch_resolver_retries_total").increment(1);
-        return Decision { reply: None, settle: Settle::Nak(delay) };
+        return Decision {
+            reply: None,
+            settle: Settle::Nak(delay),
+        };
     }
     metrics::counter!("imgfetch_resolver_replies_total", "status" => ErrorCode::StoreUnavailable.as_str()).increment(1);
     let message = format!("store failed {delivered} times; last error: {message}");
     Decision {
-        reply: Some((callback, error_reply(Some(id), ctx, ErrorCode::StoreUnavailable, &message))),
+        reply: Some((
+            callback,
+            error_reply(Some(id), ctx, ErrorCode::StoreUnavailable, &message),
+        )),
         settle: Settle::Term,
     }
 }
@@ -185,16 +246,19 @@ fn retry_or_give_up(ctx: &Context, delivered: i64, callback: String, id: &str, m
 fn valid_callback(subject: &str) -> bool {
     !subject.is_empty()
         && subject.len() <= 512
-        && subject
-            .split('.')
-            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(|c: char| c.is_whitespace()))
+        && subject.split('.').all(|t| {
+            !t.is_empty() && t != "*" && t != ">" && !t.contains(|c: char| c.is_whitespace())
+        })
 }
 
 fn past_deadline(value: &str) -> bool {
     let Ok(deadline_ms) = value.trim().parse::<u128>() else {
         return false;
     };
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     now_ms > deadline_ms
 }
 
@@ -232,11 +296,17 @@ fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched) -> Reply {
     }
     for (name, value) in &fetched.attributes {
         if validate::meta(&[(name.clone(), String::new())].into()).is_ok() {
-            headers.insert(format!("{}{}", header::ATTR_PREFIX, name).as_str(), header_safe(value).as_str());
+            headers.insert(
+                format!("{}{}", header::ATTR_PREFIX, name).as_str(),
+                header_safe(value).as_str(),
+            );
         }
     }
     for (name, value) in &request.meta {
-        headers.insert(format!("{}{}", header::META_PREFIX, name).as_str(), value.as_str());
+        headers.insert(
+            format!("{}{}", header::META_PREFIX, name).as_str(),
+            value.as_str(),
+        );
     }
     Reply {
         headers,
@@ -246,5 +316,8 @@ fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched) -> Reply {
 
 /// Header values cannot hold line breaks or other control characters; stores can.
 fn header_safe(value: &str) -> String {
-    value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

@@ -108,12 +108,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
     let mut loops = Vec::new();
     for (net, store) in config.networks.iter().zip(stores) {
-        let consumer = provision::ensure_network(&js, &config.stream, &config.consumer, &net.name, config.provision)
-            .await
-            .map_err(|source| RunError::Provision {
-                network: net.name.clone(),
-                source,
-            })?;
+        let consumer = provision::ensure_network(
+            &js,
+            &config.stream,
+            &config.consumer,
+            &net.name,
+            config.provision,
+        )
+        .await
+        .map_err(|source| RunError::Provision {
+            network: net.name.clone(),
+            source,
+        })?;
         let ctx = Arc::new(handler::Context {
             client: client.clone(),
             network: net.name.clone(),
@@ -125,10 +131,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             retry_delay_max: config.retry_delay_max,
             store_timeout: config.store_timeout,
         });
-        loops.push(tokio::spawn(worker::run(ctx, consumer, slots.clone(), tracker.clone(), shutdown.clone())));
+        loops.push(tokio::spawn(worker::run(
+            ctx,
+            consumer,
+            slots.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        )));
     }
     for net in &config.networks {
-        ping::serve(client.clone(), net.name.clone(), info.clone(), shutdown.clone()).await?;
+        ping::serve(
+            client.clone(),
+            net.name.clone(),
+            info.clone(),
+            shutdown.clone(),
+        )
+        .await?;
     }
     tracing::info!(instance = config.instance, networks = ?info.networks, max_image_bytes, "resolver ready");
 
@@ -137,8 +155,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         let _ = l.await;
     }
     tracker.close();
-    if tokio::time::timeout(config.grace, tracker.wait()).await.is_err() {
-        tracing::warn!("grace period over with requests still in flight; JetStream will redeliver them");
+    if tokio::time::timeout(config.grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "grace period over with requests still in flight; JetStream will redeliver them"
+        );
     }
     let _ = client.flush().await;
     tracing::info!("resolver stopped");

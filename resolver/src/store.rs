@@ -1,6 +1,7 @@
 //! One object store per network, built once at start and shared, and the one read the resolver
 //! does against it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,25 +91,44 @@ pub struct Fetched {
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
+    /// For directory stores, the canonical root no resolved path may leave, symlinks included.
+    confine: Option<PathBuf>,
 }
 
 impl Store {
     /// Wraps an existing store, e.g. one a test built.
     pub fn from_object_store(inner: Arc<dyn ObjectStore>) -> Store {
-        Store { inner }
+        Store {
+            inner,
+            confine: None,
+        }
     }
 
     /// Builds the store for `spec` and checks that it can be listed.
-    pub async fn open(network: &str, spec: &StoreSpec, timeout: Duration) -> Result<Store, OpenError> {
+    pub async fn open(
+        network: &str,
+        spec: &StoreSpec,
+        timeout: Duration,
+    ) -> Result<Store, OpenError> {
         let fail = |message: String| OpenError {
             network: network.to_owned(),
             message,
         };
+        let mut confine = None;
         let inner: Arc<dyn ObjectStore> = match spec {
-            StoreSpec::File { root } => Arc::new(
-                LocalFileSystem::new_with_prefix(root)
-                    .map_err(|e| fail(format!("cannot open directory {}: {e}", root.display())))?,
-            ),
+            StoreSpec::File { root } => {
+                let canonical = std::fs::canonicalize(root)
+                    .map_err(|e| fail(format!("cannot open directory {}: {e}", root.display())))?;
+                if !canonical.is_dir() {
+                    return Err(fail(format!("{} is not a directory", root.display())));
+                }
+                confine = Some(canonical.clone());
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&canonical).map_err(|e| {
+                        fail(format!("cannot open directory {}: {e}", root.display()))
+                    })?,
+                )
+            }
             StoreSpec::S3 {
                 bucket,
                 prefix,
@@ -128,13 +148,16 @@ impl Store {
         if let Some(Err(e)) = inner.list(None).next().await {
             return Err(fail(format!("store is not readable: {e}")));
         }
-        Ok(Store { inner })
+        Ok(Store { inner, confine })
     }
 
     /// Reads `key`, refusing objects over `max_bytes` before downloading them.
     pub async fn read(&self, key: &str, max_bytes: u64) -> Result<Fetched, StoreError> {
         let path = Path::parse(key)
             .map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, e.to_string()))?;
+        if let Some(root) = &self.confine {
+            confine(root, key).await?;
+        }
         let result = self.inner.get(&path).await?;
         let too_large = |size: u64| {
             StoreError::new(
@@ -175,6 +198,22 @@ impl Store {
             e_tag,
             attributes,
         })
+    }
+}
+
+/// Refuses a key whose real path, symlinks resolved, is outside `root`.
+async fn confine(root: &std::path::Path, key: &str) -> Result<(), StoreError> {
+    match tokio::fs::canonicalize(root.join(key)).await {
+        Ok(real) if real.starts_with(root) => Ok(()),
+        Ok(_) => Err(StoreError::new(
+            StoreErrorKind::InvalidKey,
+            format!("key {key:?} resolves outside the store's directory"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::new(
+            StoreErrorKind::NotFound,
+            format!("no object at {key:?}"),
+        )),
+        Err(e) => Err(StoreError::new(StoreErrorKind::Transient, e.to_string())),
     }
 }
 

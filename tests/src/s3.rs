@@ -49,7 +49,12 @@ impl S3Server {
                     break;
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return S3Server { child, port, root, log };
+                    return S3Server {
+                        child,
+                        port,
+                        root,
+                        log,
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

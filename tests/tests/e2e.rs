@@ -6,14 +6,21 @@ use std::time::Duration;
 
 use imgfetch_common::protocol::header;
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{file_network, hand_publish, header_of, next_within, resolver_config, samples_dir, Gateway, Resolver, WsClient};
+use imgfetch_tests::pipeline::{
+    file_network, hand_publish, header_of, next_within, resolver_config, samples_dir, Gateway,
+    Resolver, WsClient,
+};
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{init_logs, sample};
 use object_store::ObjectStore;
 use serde_json::json;
 
 async fn one_zone(nats: &NatsServer) -> Resolver {
-    Resolver::start(resolver_config(&nats.url(), vec![file_network("harbor", samples_dir().join("harbor"))])).await
+    Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -38,7 +45,12 @@ async fn websocket_client_gets_accepted_then_image_then_bytes() {
     let expected = sample("harbor/quay-east.jpg");
     assert_eq!(frame["size"], expected.len());
     assert_eq!(frame["metadata"]["size"], expected.len().to_string());
-    assert!(frame["metadata"]["last_modified"].as_str().is_some_and(|s| s.contains('T')), "{frame}");
+    assert!(
+        frame["metadata"]["last_modified"]
+            .as_str()
+            .is_some_and(|s| s.contains('T')),
+        "{frame}"
+    );
     assert_eq!(answer.bytes.as_deref(), Some(expected.as_slice()));
 }
 
@@ -51,7 +63,8 @@ async fn websocket_carries_many_requests_at_once_and_makes_ids_when_missing() {
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
     let keys = ["quay-east.jpg", "cranes/crane-07.jpg", "missing.jpg"];
     for key in keys {
-        ws.fetch(json!({"type":"fetch","network":"harbor","key":key})).await;
+        ws.fetch(json!({"type":"fetch","network":"harbor","key":key}))
+            .await;
     }
     let mut accepted = Vec::new();
     let mut answers = Vec::new();
@@ -61,18 +74,45 @@ async fn websocket_carries_many_requests_at_once_and_makes_ids_when_missing() {
             Some("accepted") => accepted.push(frame["id"].as_str().unwrap().to_owned()),
             Some("image") => {
                 let bytes = ws.next_message().await;
-                assert!(matches!(bytes, Some(tokio_tungstenite::tungstenite::Message::Binary(_))), "{bytes:?}");
-                answers.push((frame["key"].as_str().unwrap().to_owned(), "image".to_owned()));
+                assert!(
+                    matches!(
+                        bytes,
+                        Some(tokio_tungstenite::tungstenite::Message::Binary(_))
+                    ),
+                    "{bytes:?}"
+                );
+                answers.push((
+                    frame["key"].as_str().unwrap().to_owned(),
+                    "image".to_owned(),
+                ));
             }
-            Some("error") => answers.push((frame["id"].as_str().unwrap().to_owned(), frame["code"].as_str().unwrap().to_owned())),
+            Some("error") => answers.push((
+                frame["id"].as_str().unwrap().to_owned(),
+                frame["code"].as_str().unwrap().to_owned(),
+            )),
             other => panic!("unexpected frame type {other:?}"),
         }
     }
-    assert_eq!(accepted.len(), 3, "every request is accepted once: {accepted:?}");
+    assert_eq!(
+        accepted.len(),
+        3,
+        "every request is accepted once: {accepted:?}"
+    );
     let unique: std::collections::HashSet<_> = accepted.iter().collect();
     assert_eq!(unique.len(), 3, "generated ids are unique: {accepted:?}");
-    assert_eq!(answers.iter().filter(|(_, kind)| kind == "image").count(), 2, "{answers:?}");
-    assert_eq!(answers.iter().filter(|(_, kind)| kind == "not_found").count(), 1, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|(_, kind)| kind == "image").count(),
+        2,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|(_, kind)| kind == "not_found")
+            .count(),
+        1,
+        "{answers:?}"
+    );
 }
 
 #[tokio::test]
@@ -92,19 +132,36 @@ async fn http_get_returns_bytes_content_type_and_request_id() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/jpeg");
     assert_eq!(response.headers()["x-request-id"], "http-1");
-    assert_eq!(response.bytes().await.unwrap().as_ref(), sample("harbor/cranes/crane-07.jpg").as_slice());
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        sample("harbor/cranes/crane-07.jpg").as_slice()
+    );
 
     // Without an id the gateway makes one and returns it.
-    let response = http.get(gateway.http("/v1/images/harbor/quay-east.jpg")).send().await.unwrap();
+    let response = http
+        .get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(id.len() >= 16, "generated id {id:?}");
 
-    let response = http.get(gateway.http("/v1/images/harbor/nope.jpg")).send().await.unwrap();
+    let response = http
+        .get(gateway.http("/v1/images/harbor/nope.jpg"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "not_found", "{body}");
-    assert!(body["message"].as_str().unwrap().contains("nope.jpg"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("nope.jpg"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -124,12 +181,23 @@ async fn nats_cli_json_publish_with_callback_header_gets_raw_image() {
     )
     .await
     .unwrap();
-    let reply = next_within(&mut sub, Duration::from_secs(10)).await.expect("a reply on the callback");
+    let reply = next_within(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("a reply on the callback");
     assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
     assert_eq!(header_of(&reply, header::ID).as_deref(), Some("cli-1"));
-    assert_eq!(header_of(&reply, header::CONTENT_TYPE).as_deref(), Some("image/jpeg"));
-    assert_eq!(header_of(&reply, "Imgfetch-Meta-who").as_deref(), Some("ops"));
-    assert_eq!(reply.payload.as_ref(), sample("harbor/quay-east.jpg").as_slice());
+    assert_eq!(
+        header_of(&reply, header::CONTENT_TYPE).as_deref(),
+        Some("image/jpeg")
+    );
+    assert_eq!(
+        header_of(&reply, "Imgfetch-Meta-who").as_deref(),
+        Some("ops")
+    );
+    assert_eq!(
+        reply.payload.as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
 }
 
 #[tokio::test]
@@ -147,24 +215,43 @@ async fn two_networks_on_file_and_s3_stores_each_answer_their_own() {
     let _harbor = one_zone(&nats).await;
     let _plant = Resolver::start(resolver_config(
         &nats.url(),
-        vec![imgfetch_resolver::config::NetworkSpec { name: "plant".into(), store: s3.spec("plant") }],
+        vec![imgfetch_resolver::config::NetworkSpec {
+            name: "plant".into(),
+            store: s3.spec("plant"),
+        }],
     ))
     .await;
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let http = reqwest::Client::new();
 
-    let r = http.get(gateway.http("/v1/images/plant/line-3/overview.png")).send().await.unwrap();
+    let r = http
+        .get(gateway.http("/v1/images/plant/line-3/overview.png"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/png");
     assert_eq!(r.bytes().await.unwrap().as_ref(), png.as_slice());
 
-    let r = http.get(gateway.http("/v1/images/harbor/quay-east.jpg")).send().await.unwrap();
+    let r = http
+        .get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // Each zone's store holds only its own images.
-    let r = http.get(gateway.http("/v1/images/plant/quay-east.jpg")).send().await.unwrap();
+    let r = http
+        .get(gateway.http("/v1/images/plant/quay-east.jpg"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = http.get(gateway.http("/v1/images/harbor/line-3/overview.png")).send().await.unwrap();
+    let r = http
+        .get(gateway.http("/v1/images/harbor/line-3/overview.png"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -172,7 +259,10 @@ async fn two_networks_on_file_and_s3_stores_each_answer_their_own() {
 async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
     init_logs();
     let nats = NatsServer::start();
-    let mut a = resolver_config(&nats.url(), vec![file_network("harbor", samples_dir().join("harbor"))]);
+    let mut a = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
     a.instance = "replica-a".into();
     // Few slots each, so that neither replica can take the whole burst in one pull.
     a.concurrency = 4;
@@ -188,7 +278,11 @@ async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
         headers.insert(header::CALLBACK, format!("test.cb.{i}").as_str());
         headers.insert(header::MSG_ID, format!("id-{i}").as_str());
         client
-            .publish_with_headers("imgfetch.req.harbor", headers, format!(r#"{{"id":"id-{i}","key":"quay-east.jpg"}}"#).into())
+            .publish_with_headers(
+                "imgfetch.req.harbor",
+                headers,
+                format!(r#"{{"id":"id-{i}","key":"quay-east.jpg"}}"#).into(),
+            )
             .await
             .unwrap();
     }
@@ -197,9 +291,15 @@ async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut by_replica: HashMap<String, usize> = HashMap::new();
     let mut record = |msg: async_nats::Message| {
-        assert_eq!(header_of(&msg, header::STATUS).as_deref(), Some("ok"), "{msg:?}");
+        assert_eq!(
+            header_of(&msg, header::STATUS).as_deref(),
+            Some("ok"),
+            "{msg:?}"
+        );
         *counts.entry(msg.subject.to_string()).or_default() += 1;
-        *by_replica.entry(header_of(&msg, header::RESOLVER).unwrap_or_default()).or_default() += 1;
+        *by_replica
+            .entry(header_of(&msg, header::RESOLVER).unwrap_or_default())
+            .or_default() += 1;
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut received = 0;
@@ -214,15 +314,26 @@ async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
         record(msg);
     }
     assert_eq!(counts.len(), N, "every request answered: {counts:?}");
-    assert!(counts.values().all(|c| *c == 1), "each answered exactly once: {counts:?}");
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "each answered exactly once: {counts:?}"
+    );
     let mut replicas: Vec<_> = by_replica.keys().cloned().collect();
     replicas.sort();
-    assert_eq!(replicas, ["replica-a", "replica-b"], "both replicas took work: {by_replica:?}");
+    assert_eq!(
+        replicas,
+        ["replica-a", "replica-b"],
+        "both replicas took work: {by_replica:?}"
+    );
 
     let js = async_nats::jetstream::new(client.clone());
     let mut stream = js.get_stream("IMGFETCH").await.unwrap();
     let info = stream.info().await.unwrap();
-    assert_eq!(info.state.messages, 0, "work queue drained: {:?}", info.state);
+    assert_eq!(
+        info.state.messages, 0,
+        "work queue drained: {:?}",
+        info.state
+    );
     ra.stop().await;
     rb.stop().await;
 }

@@ -1,0 +1,169 @@
+//! One conformance suite for the resolver's store layer, run against every backend: a directory
+//! and a real S3 server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgfetch_resolver::config::StoreSpec;
+use imgfetch_resolver::store::{Store, StoreErrorKind};
+use imgfetch_tests::s3::S3Server;
+use imgfetch_tests::sample;
+use object_store::path::Path;
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions};
+
+/// Everything a backend must do the same way. `writer` seeds objects into the same place the
+/// store reads from.
+async fn conformance(name: &str, spec: StoreSpec, writer: Arc<dyn ObjectStore>) {
+    let jpeg = sample("harbor/quay-east.jpg");
+    for key in ["top.jpg", "deep/er/nested.jpg", "青岛/港口.jpg"] {
+        // `parse` keeps Unicode as it is, the way files and objects are really named.
+        writer
+            .put(&Path::parse(key).unwrap(), jpeg.clone().into())
+            .await
+            .unwrap();
+    }
+    let store = Store::open(name, &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    for key in ["top.jpg", "deep/er/nested.jpg", "青岛/港口.jpg"] {
+        let got = store
+            .read(key, 1 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {key}: {e}"));
+        assert_eq!(got.bytes.as_ref(), jpeg.as_slice(), "{name}: {key}");
+        assert!(
+            got.last_modified.contains('T'),
+            "{name}: {}",
+            got.last_modified
+        );
+    }
+
+    let missing = store.read("absent.jpg", 1 << 20).await.unwrap_err();
+    assert_eq!(
+        missing.kind(),
+        StoreErrorKind::NotFound,
+        "{name}: {missing}"
+    );
+    let missing_dir = store.read("nowhere/absent.jpg", 1 << 20).await.unwrap_err();
+    assert_eq!(
+        missing_dir.kind(),
+        StoreErrorKind::NotFound,
+        "{name}: {missing_dir}"
+    );
+
+    let big = store.read("top.jpg", 100).await.unwrap_err();
+    assert_eq!(big.kind(), StoreErrorKind::TooLarge, "{name}: {big}");
+    assert!(
+        big.to_string().contains(&jpeg.len().to_string()),
+        "{name}: {big}"
+    );
+
+    for key in ["../escape.jpg", "a/../../b.jpg", "a//b.jpg"] {
+        let bad = store.read(key, 1 << 20).await.unwrap_err();
+        assert_eq!(
+            bad.kind(),
+            StoreErrorKind::InvalidKey,
+            "{name}: {key}: {bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn file_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    conformance(
+        "file",
+        StoreSpec::File {
+            root: dir.path().into(),
+        },
+        writer,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn s3_store_conforms() {
+    let s3 = S3Server::start();
+    s3.create_bucket("images");
+    conformance("s3", s3.spec("images"), Arc::new(s3.client("images"))).await;
+}
+
+#[tokio::test]
+async fn s3_user_metadata_comes_back_as_attributes() {
+    let s3 = S3Server::start();
+    s3.create_bucket("images");
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        Attribute::Metadata("location".into()),
+        "Qingdao harbor".into(),
+    );
+    attributes.insert(
+        Attribute::Metadata("captured-at".into()),
+        "2026-11-20T08:15:30+08:00".into(),
+    );
+    s3.client("images")
+        .put_opts(
+            &"a.jpg".into(),
+            sample("harbor/quay-east.jpg").into(),
+            PutOptions {
+                attributes,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let store = Store::open("s3", &s3.spec("images"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let got = store.read("a.jpg", 1 << 20).await.unwrap();
+    let attr = |n: &str| {
+        got.attributes
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        attr("location").as_deref(),
+        Some("Qingdao harbor"),
+        "{:?}",
+        got.attributes
+    );
+    assert_eq!(
+        attr("captured-at").as_deref(),
+        Some("2026-11-20T08:15:30+08:00")
+    );
+}
+
+#[tokio::test]
+async fn s3_prefix_confines_keys_to_it() {
+    let s3 = S3Server::start();
+    s3.create_bucket("images");
+    let client = s3.client("images");
+    client
+        .put(
+            &"zone-a/x.jpg".into(),
+            sample("harbor/quay-east.jpg").into(),
+        )
+        .await
+        .unwrap();
+    client
+        .put(&"other/y.jpg".into(), sample("harbor/quay-east.jpg").into())
+        .await
+        .unwrap();
+    let spec = StoreSpec::S3 {
+        bucket: "images".into(),
+        prefix: Some("zone-a".into()),
+        options: s3.options(),
+    };
+    let store = Store::open("s3", &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(store.read("x.jpg", 1 << 20).await.is_ok());
+    assert_eq!(
+        store.read("other/y.jpg", 1 << 20).await.unwrap_err().kind(),
+        StoreErrorKind::NotFound
+    );
+}
