@@ -59,22 +59,31 @@ pub async fn run(
         let mut first_message = batch.next().await;
         if first_message.is_none() {
             permits.truncate(1);
-            first_message = match pull(&consumer, 1, true).await {
+            match pull(&consumer, 1, true).await {
                 Ok(mut b) => {
-                    let m = b.next().await;
+                    // Nothing is delivered yet, so stopping here loses nothing; a message the
+                    // server sends after this is redelivered once its ack wait runs out.
+                    first_message = tokio::select! {
+                        m = b.next() => m,
+                        _ = shutdown.cancelled() => return,
+                    };
                     batch = b;
-                    m
                 }
                 Err(err) => {
                     tracing::warn!(network = ctx.network, %err, "pull failed; retrying");
                     continue;
                 }
-            };
+            }
         }
-        let mut batch = futures::stream::iter(first_message).chain(batch);
+        // An ended batch must not be polled again (it is not fused): nothing came, ask anew.
+        let Some(first_message) = first_message else {
+            continue;
+        };
+        let mut batch = futures::stream::iter([first_message]).chain(batch.fuse());
         // A batch ends by itself within PULL_EXPIRES; finishing it even during shutdown means
         // every message delivered to this client gets a handler.
-        while let Some(next) = batch.next().await {
+        // The timeout guards against a batch that never ends because the connection dropped.
+        while let Ok(Some(next)) = tokio::time::timeout(PULL_EXPIRES * 3, batch.next()).await {
             let message = match next {
                 Ok(m) => m,
                 Err(err) => {

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Starts the whole imgfetch pipeline on this machine, on built-in defaults:
+#   nats-server (nats.conf), one resolver serving two filesystem networks of sample images
+#   (harbor and plant, from samples/), and one gateway on http://127.0.0.1:8080.
+# Ctrl-C stops everything it started. Logs go to .local/logs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+source scripts/setup.sh
+
+HTTP=127.0.0.1:8080
+for port in 4222 8222 8080; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "run-local: port $port on 127.0.0.1 is already in use; stop what holds it first." >&2
+    exit 1
+  fi
+done
+
+echo "run-local: building (cargo build --locked --bins)" >&2
+cargo build --locked --bins --quiet
+bin="$root/target/debug"
+
+mkdir -p .local/logs .local/nats
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "run-local: stopped." >&2
+}
+trap cleanup EXIT INT TERM
+
+wait_for() { # what, check command...
+  local what=$1; shift
+  for _ in $(seq 1 100); do
+    if "$@" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "run-local: $what did not come up; see .local/logs/" >&2
+  exit 1
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1"); }
+http_ok() { # port path
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3
+  head -n1 <&3 | grep -q ' 200 '
+}
+
+"$NATS_SERVER_BIN" -c nats.conf >.local/logs/nats-server.log 2>&1 &
+pids+=($!)
+wait_for "nats-server" port_open 4222
+
+"$bin/imgfetch-resolver" \
+  --nats-url nats://127.0.0.1:4222 \
+  --instance local-resolver \
+  --network "harbor=file://$root/samples/harbor" \
+  --network "plant=file://$root/samples/plant" \
+  >.local/logs/resolver.log 2>&1 &
+pids+=($!)
+
+"$bin/imgfetch-gateway" --nats-url nats://127.0.0.1:4222 --listen "$HTTP" \
+  >.local/logs/gateway.log 2>&1 &
+pids+=($!)
+wait_for "the gateway" http_ok 8080 /readyz
+
+cat <<MSG
+
+imgfetch is running.
+  gateway     http://$HTTP        (ready: http://$HTTP/readyz, metrics: http://$HTTP/metrics)
+  nats-server nats://127.0.0.1:4222 (monitoring: http://127.0.0.1:8222/jsz?streams=1&consumers=1)
+  networks    harbor -> samples/harbor    plant -> samples/plant
+  logs        .local/logs/
+
+Try:
+  curl -o quay.jpg http://$HTTP/v1/images/harbor/quay-east.jpg
+  curl -sS -D - -o overview.png http://$HTTP/v1/images/plant/line-3/overview.png
+  curl -i http://$HTTP/v1/images/harbor/no-such.jpg            # 404, JSON error body
+  curl -i http://$HTTP/v1/images/atlantis/x.jpg                # 400 unknown_network
+
+Websocket (ws://$HTTP/v1/ws), one JSON text frame per request, e.g. with websocat:
+  echo '{"type":"fetch","network":"harbor","key":"cranes/crane-07.jpg"}' | websocat -n1 ws://$HTTP/v1/ws
+
+NATS CLI (see docs/PROTOCOL.md):
+  nats sub --count 1 --raw my.inbox.img1 > crane.jpg &
+  nats pub imgfetch.req.harbor '{"id":"img1","key":"cranes/crane-07.jpg"}' \\
+      -H Imgfetch-Callback:my.inbox.img1 -H Nats-Msg-Id:img1
+
+Press Ctrl-C to stop.
+MSG
+
+# Stop as soon as any of the three exits, and say which.
+wait -n "${pids[@]}" || true
+echo "run-local: a component exited; see .local/logs/" >&2

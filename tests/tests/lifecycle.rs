@@ -1,0 +1,137 @@
+//! Restarts, idling and draining: accepted work is never lost.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use imgfetch_common::protocol::header;
+use imgfetch_tests::init_logs;
+use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::pipeline::{
+    file_network, header_of, next_within, resolver_config, samples_dir, Gateway, Resolver, WsClient,
+};
+use serde_json::json;
+
+fn harbor_config(nats: &NatsServer, instance: &str) -> imgfetch_resolver::Config {
+    let mut c = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    c.instance = instance.into();
+    c
+}
+
+async fn publish_burst(client: &async_nats::Client, n: usize) {
+    for i in 0..n {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(header::CALLBACK, format!("burst.{i}").as_str());
+        headers.insert(header::MSG_ID, format!("b{i}").as_str());
+        client
+            .publish_with_headers(
+                "imgfetch.req.harbor",
+                headers,
+                format!(r#"{{"id":"b{i}","key":"quay-east.jpg"}}"#).into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_resolver_keeps_serving_and_stops_promptly() {
+    init_logs();
+    let nats = NatsServer::start();
+    let resolver = Resolver::start(harbor_config(&nats, "idle")).await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    // Longer than one long poll, so the pull loop has gone round empty at least once.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), resolver.stop())
+        .await
+        .expect("resolver stops within 5 s");
+}
+
+#[tokio::test]
+async fn requests_queued_while_no_resolver_runs_or_across_a_restart_are_each_answered_once() {
+    init_logs();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut replies = client.subscribe("burst.>").await.unwrap();
+
+    // Provision, then stop: the queue keeps what arrives meanwhile.
+    Resolver::start(harbor_config(&nats, "first"))
+        .await
+        .stop()
+        .await;
+    publish_burst(&client, 40).await;
+
+    // A resolver that is stopped in the middle of the burst drains what it took; the next one
+    // takes the rest.
+    let second = Resolver::start(harbor_config(&nats, "second")).await;
+    second.stop().await;
+    let _third = Resolver::start(harbor_config(&nats, "third")).await;
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    while counts.len() < 40 {
+        let msg = next_within(&mut replies, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("only {} of 40 answered: {counts:?}", counts.len()));
+        assert_eq!(header_of(&msg, header::STATUS).as_deref(), Some("ok"));
+        *counts.entry(msg.subject.to_string()).or_default() += 1;
+    }
+    while let Some(msg) = next_within(&mut replies, Duration::from_millis(500)).await {
+        *counts.entry(msg.subject.to_string()).or_default() += 1;
+    }
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "each answered exactly once: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
+    init_logs();
+    let nats = NatsServer::start();
+    Resolver::start(harbor_config(&nats, "provisioner"))
+        .await
+        .stop()
+        .await;
+    // Something answers pings, so the gateway admits the request while no resolver works.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut pings = client.subscribe("imgfetch.ping.harbor").await.unwrap();
+    let responder = client.clone();
+    let ping_task = tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(m) = pings.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, "{}".into()).await;
+            }
+        }
+    });
+    client.flush().await.unwrap();
+
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"drain-1","network":"harbor","key":"quay-east.jpg"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "accepted");
+
+    gateway.begin_shutdown();
+    let r = reqwest::get(gateway.http("/readyz")).await;
+    assert!(
+        r.map(|r| r.status() == 503).unwrap_or(true),
+        "not ready while draining"
+    );
+
+    ping_task.abort();
+    let _resolver = Resolver::start(harbor_config(&nats, "late")).await;
+    let answer = ws.next_answer().await;
+    assert_eq!(answer.frame["type"], "image", "{}", answer.frame);
+    assert_eq!(answer.frame["id"], "drain-1");
+    tokio::time::timeout(Duration::from_secs(10), gateway.stop())
+        .await
+        .expect("gateway stops after draining");
+}
