@@ -61,12 +61,13 @@ pub async fn run(
             permits.truncate(1);
             match pull(&consumer, 1, true).await {
                 Ok(mut b) => {
-                    // Nothing is delivered yet, so stopping here loses nothing; a message the
-                    // server sends after this is redelivered once its ack wait runs out.
-                    first_message = tokio::select! {
-                        m = b.next() => m,
-                        _ = shutdown.cancelled() => return,
-                    };
+                    // Not interrupted by shutdown: a message the server has already sent would
+                    // otherwise sit unhandled until its ack wait ran out. The poll ends by
+                    // itself within PULL_EXPIRES; the timeout guards a dropped connection.
+                    first_message = tokio::time::timeout(PULL_EXPIRES * 3, b.next())
+                        .await
+                        .ok()
+                        .flatten();
                     batch = b;
                 }
                 Err(err) => {

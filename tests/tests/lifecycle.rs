@@ -49,9 +49,10 @@ async fn an_idle_resolver_keeps_serving_and_stops_promptly() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    tokio::time::timeout(Duration::from_secs(5), resolver.stop())
+    // One long poll (2 s) bounds the stop; the rest is slack for a loaded machine.
+    tokio::time::timeout(Duration::from_secs(8), resolver.stop())
         .await
-        .expect("resolver stops within 5 s");
+        .expect("resolver stops within 8 s");
 }
 
 #[tokio::test]
