@@ -10,6 +10,7 @@
 //! - [`codec`]: turns request bodies into bytes (msgpack) and back (msgpack or JSON).
 //! - [`validate`]: the rules for network names, request ids, keys and `meta` maps.
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
+//! - [`store`]: store URLs (`file://`, `s3://`) and building an `object_store` from one.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or SIGINT.
 //! - [`telemetry`]: tracing-subscriber setup.
 
@@ -17,5 +18,6 @@ pub mod codec;
 pub mod protocol;
 pub mod provision;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod validate;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use imgfetch_common::provision::{ConsumerSettings, StreamSettings};
+pub use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
 use serde::Deserialize;
 
@@ -125,47 +126,6 @@ pub struct FileNetwork {
     /// Allow plain-HTTP endpoints.
     pub allow_http: Option<bool>,
     /// Use virtual-hosted-style requests instead of path style.
-    pub virtual_hosted_style: Option<bool>,
-}
-
-/// Where one network's images live.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StoreSpec {
-    /// A directory; keys cannot leave it.
-    File {
-        /// The directory.
-        root: PathBuf,
-    },
-    /// An S3 bucket, optionally under a prefix.
-    S3 {
-        /// Bucket name.
-        bucket: String,
-        /// Key prefix inside the bucket, without slashes at either end.
-        prefix: Option<String>,
-        /// Connection settings.
-        options: S3Options,
-    },
-}
-
-/// S3 connection settings. Unset fields fall back to the standard `AWS_*` variables only when
-/// `from_env` is set (networks given with `--network`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct S3Options {
-    /// Read `AWS_*` variables first.
-    pub from_env: bool,
-    /// Endpoint URL.
-    pub endpoint: Option<String>,
-    /// Region.
-    pub region: Option<String>,
-    /// Access key id.
-    pub access_key_id: Option<String>,
-    /// Secret access key.
-    pub secret_access_key: Option<String>,
-    /// Session token.
-    pub session_token: Option<String>,
-    /// Allow plain-HTTP endpoints.
-    pub allow_http: Option<bool>,
-    /// Virtual-hosted-style requests.
     pub virtual_hosted_style: Option<bool>,
 }
 
@@ -406,43 +366,9 @@ fn file_network(
     Ok(NetworkSpec { name, store })
 }
 
-/// Parses `file:///dir` or `s3://bucket[/prefix]`.
-pub fn parse_store_url(
-    name: &str,
-    url: &str,
-    options: S3Options,
-) -> Result<StoreSpec, ConfigError> {
-    let bad =
-        |why: &str| ConfigError::Invalid(format!("network {name:?}: store URL {url:?} {why}"));
-    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-    match parsed.scheme() {
-        "file" => {
-            if parsed.host_str().is_some_and(|h| !h.is_empty()) {
-                return Err(bad("must be file:///absolute/dir"));
-            }
-            let root = parsed
-                .to_file_path()
-                .map_err(|_| bad("must be file:///absolute/dir"))?;
-            Ok(StoreSpec::File { root })
-        }
-        "s3" => {
-            let bucket = parsed
-                .host_str()
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| bad("has no bucket"))?
-                .to_owned();
-            if parsed.query().is_some() {
-                return Err(bad("must not have a query; put options in the config file"));
-            }
-            let prefix = parsed.path().trim_matches('/');
-            Ok(StoreSpec::S3 {
-                bucket,
-                prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
-                options,
-            })
-        }
-        other => Err(bad(&format!("has scheme {other:?}; supported: file, s3"))),
-    }
+fn parse_store_url(name: &str, url: &str, options: S3Options) -> Result<StoreSpec, ConfigError> {
+    imgfetch_common::store::parse_url(url, options)
+        .map_err(|e| ConfigError::Invalid(format!("network {name:?}: {e}")))
 }
 
 /// A configuration that cannot be used.

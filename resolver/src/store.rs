@@ -6,14 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::local::LocalFileSystem;
+use imgfetch_common::store::{self, StoreSpec};
 use object_store::path::Path;
-use object_store::prefix::PrefixStore;
-use object_store::{Attribute, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
-
-use crate::config::{S3Options, StoreSpec};
+use object_store::{Attribute, ObjectStore};
 
 /// What went wrong reading an image; the caller branches on [`StoreError::kind`].
 #[derive(Debug, thiserror::Error)]
@@ -110,45 +105,18 @@ impl Store {
         spec: &StoreSpec,
         timeout: Duration,
     ) -> Result<Store, OpenError> {
-        let fail = |message: String| OpenError {
+        let fail = |e: store::OpenError| OpenError {
             network: network.to_owned(),
-            message,
+            message: e.to_string(),
         };
-        let mut confine = None;
-        let inner: Arc<dyn ObjectStore> = match spec {
-            StoreSpec::File { root } => {
-                let canonical = std::fs::canonicalize(root)
-                    .map_err(|e| fail(format!("cannot open directory {}: {e}", root.display())))?;
-                if !canonical.is_dir() {
-                    return Err(fail(format!("{} is not a directory", root.display())));
-                }
-                confine = Some(canonical.clone());
-                Arc::new(
-                    LocalFileSystem::new_with_prefix(&canonical).map_err(|e| {
-                        fail(format!("cannot open directory {}: {e}", root.display()))
-                    })?,
-                )
-            }
-            StoreSpec::S3 {
-                bucket,
-                prefix,
-                options,
-            } => {
-                let s3 = s3_builder(bucket, options, timeout)
-                    .build()
-                    .map_err(|e| fail(format!("bad S3 settings for bucket {bucket:?}: {e}")))?;
-                match prefix {
-                    Some(prefix) => Arc::new(PrefixStore::new(s3, prefix.as_str())),
-                    None => Arc::new(s3),
-                }
-            }
-        };
-        // Reading one listing entry proves the directory or bucket exists and that the
-        // credentials work; a broken store stops the resolver at start, in one line.
-        if let Some(Err(e)) = inner.list(None).next().await {
-            return Err(fail(format!("store is not readable: {e}")));
-        }
-        Ok(Store { inner, confine })
+        let opened = store::build(spec, timeout, false).map_err(fail)?;
+        store::check_readable(opened.store.as_ref())
+            .await
+            .map_err(fail)?;
+        Ok(Store {
+            inner: opened.store,
+            confine: opened.root,
+        })
     }
 
     /// Reads `key`, refusing objects over `max_bytes` before downloading them.
@@ -215,54 +183,4 @@ async fn confine(root: &std::path::Path, key: &str) -> Result<(), StoreError> {
         )),
         Err(e) => Err(StoreError::new(StoreErrorKind::Transient, e.to_string())),
     }
-}
-
-fn s3_builder(bucket: &str, options: &S3Options, timeout: Duration) -> AmazonS3Builder {
-    let mut builder = if options.from_env {
-        AmazonS3Builder::from_env()
-    } else {
-        AmazonS3Builder::new()
-    };
-    builder = builder.with_bucket_name(bucket);
-    if let Some(v) = &options.endpoint {
-        builder = builder.with_endpoint(v);
-    }
-    if let Some(v) = &options.region {
-        builder = builder.with_region(v);
-    }
-    if let Some(v) = &options.access_key_id {
-        builder = builder.with_access_key_id(v);
-    }
-    if let Some(v) = &options.secret_access_key {
-        builder = builder.with_secret_access_key(v);
-    }
-    if let Some(v) = &options.session_token {
-        builder = builder.with_token(v);
-    }
-    if let Some(v) = options.allow_http {
-        builder = builder.with_allow_http(v);
-    }
-    if let Some(v) = options.virtual_hosted_style {
-        builder = builder.with_virtual_hosted_style_request(v);
-    }
-    let mut client = ClientOptions::new()
-        .with_timeout(timeout)
-        .with_connect_timeout(Duration::from_secs(5));
-    // Client options replace the ones `from_env` read, so carry AWS_ALLOW_HTTP over by hand.
-    let allow_http = options.allow_http.or_else(|| {
-        builder
-            .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
-            .map(|v| v == "true")
-    });
-    if let Some(v) = allow_http {
-        client = client.with_allow_http(v);
-    }
-    // The resolver retries through JetStream redelivery, with its own backoff; the client's
-    // retries are kept short so that one attempt cannot outlive the message's ack wait.
-    let retry = RetryConfig {
-        max_retries: 1,
-        retry_timeout: timeout,
-        ..RetryConfig::default()
-    };
-    builder.with_client_options(client).with_retry(retry)
 }
