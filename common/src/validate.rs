@@ -134,6 +134,39 @@ pub fn meta(map: &BTreeMap<String, String>) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A callback subject: a plain subject (no wildcards, no spaces, at most 512 bytes) outside
+/// the server's `$` API subjects and imgfetch's own request and ping subjects, so that a request
+/// cannot make a resolver purge a stream or feed requests back into the queue.
+pub fn callback(subject: &str) -> Result<(), Invalid> {
+    const F: &str = "callback";
+    if subject.is_empty() || subject.len() > 512 {
+        return Err(invalid(F, "must be 1 to 512 bytes"));
+    }
+    if subject.split('.').any(|t| {
+        t.is_empty()
+            || t == "*"
+            || t == ">"
+            || t.contains(|c: char| c.is_whitespace() || c.is_control())
+    }) {
+        return Err(invalid(
+            F,
+            "must be a plain subject without wildcards or spaces",
+        ));
+    }
+    if subject.starts_with('$') {
+        return Err(invalid(F, "must not be a server API subject ($...)"));
+    }
+    for own in [
+        crate::protocol::REQUEST_PREFIX,
+        crate::protocol::PING_PREFIX,
+    ] {
+        if subject == own || subject.starts_with(&format!("{own}.")) {
+            return Err(invalid(F, format!("must not be under {own}")));
+        }
+    }
+    Ok(())
+}
+
 /// Every rule at once, for a request that arrived on `subject_network`'s subject.
 pub fn request(req: &FetchRequest, subject_network: &str) -> Result<(), Invalid> {
     id(&req.id)?;
@@ -212,6 +245,26 @@ mod tests {
             .map(|i| (format!("k{i}"), "v".to_string()))
             .collect();
         assert!(meta(&many).is_err());
+    }
+
+    #[test]
+    fn callbacks_cannot_reach_server_apis_or_the_queue() {
+        for ok in ["my.inbox.1", "_INBOX.abc.def", "imgfetch.reply.gw1.x"] {
+            assert!(callback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a.>",
+            "a.*.b",
+            "a..b",
+            "a b",
+            "$JS.API.STREAM.PURGE.IMGFETCH",
+            "$SYS.REQ.SERVER.PING",
+            "imgfetch.req.harbor",
+            "imgfetch.ping.harbor",
+        ] {
+            assert!(callback(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub mod defaults {
     pub const MAX_WEBSOCKETS: usize = 1024;
     /// Requests in flight on one websocket.
     pub const MAX_IN_FLIGHT_PER_SOCKET: usize = 32;
+    /// HTTP image requests waiting for their answer at once.
+    pub const MAX_HTTP_IN_FLIGHT: usize = 1024;
     /// Largest websocket message a client may send.
     pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
     /// How long one frame may take to reach a slow client before it is disconnected.
@@ -60,6 +62,9 @@ pub struct Args {
     /// Requests in flight on one websocket.
     #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_SOCKET", default_value_t = defaults::MAX_IN_FLIGHT_PER_SOCKET)]
     pub max_in_flight_per_socket: usize,
+    /// HTTP image requests waiting for their answer at once.
+    #[arg(long, env = "IMGFETCH_MAX_HTTP_IN_FLIGHT", default_value_t = defaults::MAX_HTTP_IN_FLIGHT)]
+    pub max_http_in_flight: usize,
     /// Drain time after SIGTERM, in milliseconds.
     #[arg(long, env = "IMGFETCH_GRACE_MS", default_value_t = defaults::GRACE_MS)]
     pub grace_ms: u64,
@@ -85,6 +90,8 @@ pub struct Config {
     pub max_websockets: usize,
     /// Requests in flight on one websocket.
     pub max_in_flight_per_socket: usize,
+    /// HTTP image requests waiting at once.
+    pub max_http_in_flight: usize,
     /// Largest websocket message a client may send.
     pub max_client_frame_bytes: usize,
     /// How long one frame may take to reach a client.
@@ -108,6 +115,7 @@ impl Config {
             publish_timeout: Duration::from_millis(defaults::PUBLISH_TIMEOUT_MS),
             max_websockets: defaults::MAX_WEBSOCKETS,
             max_in_flight_per_socket: defaults::MAX_IN_FLIGHT_PER_SOCKET,
+            max_http_in_flight: defaults::MAX_HTTP_IN_FLIGHT,
             max_client_frame_bytes: defaults::MAX_CLIENT_FRAME_BYTES,
             send_timeout: Duration::from_millis(defaults::SEND_TIMEOUT_MS),
             grace: Duration::from_millis(defaults::GRACE_MS),
@@ -133,6 +141,7 @@ impl Config {
         if args.request_timeout_ms == 0
             || args.max_websockets == 0
             || args.max_in_flight_per_socket == 0
+            || args.max_http_in_flight == 0
         {
             return Err("timeouts and limits must be at least 1".into());
         }
@@ -140,6 +149,7 @@ impl Config {
         config.request_timeout = Duration::from_millis(args.request_timeout_ms);
         config.max_websockets = args.max_websockets;
         config.max_in_flight_per_socket = args.max_in_flight_per_socket;
+        config.max_http_in_flight = args.max_http_in_flight;
         config.grace = Duration::from_millis(args.grace_ms);
         config.log_format = match args.log_format.as_str() {
             "text" => LogFormat::Text,

@@ -66,7 +66,15 @@ impl Directory {
         // Misses that waited on the lock while another caller re-read the stream share that
         // read, so a burst of unknown names costs one JetStream call, not one each.
         if known.fetched.is_none_or(|t| t < asked) {
-            *known = self.fetch().await?;
+            match self.fetch().await {
+                Ok(fresh) => *known = fresh,
+                Err(failure) => {
+                    // Callers queued behind a failed read use what was known rather than each
+                    // waiting for another failing read.
+                    known.fetched = Some(Instant::now());
+                    return Err(failure);
+                }
+            }
         }
         Ok(known.networks.contains(network))
     }
@@ -137,6 +145,12 @@ impl Directory {
 
     /// Refuses a request for a network that does not exist or that nobody serves.
     pub async fn admit(&self, network: &str) -> Result<(), Failure> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Failure::new(
+                ErrorCode::Unavailable,
+                "the gateway is not connected to NATS",
+            ));
+        }
         if !self.exists(network).await? {
             return Err(Failure::new(
                 ErrorCode::UnknownNetwork,

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::directory::Directory;
 use crate::outcome::{self, Failure, Outcome};
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Outcome>>>>;
+/// Waiters by request id. The generation tells a waiter's own entry from a later one with the
+/// same id, so a ticket that ends never removes a newer request's entry.
+type Pending = Arc<Mutex<HashMap<String, (u64, oneshot::Sender<Outcome>)>>>;
 
 /// The request side of the gateway, shared by every client connection.
 #[derive(Debug)]
@@ -29,6 +31,7 @@ pub struct Dispatcher {
     instance: String,
     directory: Directory,
     pending: Pending,
+    generation: std::sync::atomic::AtomicU64,
     request_timeout: Duration,
     publish_timeout: Duration,
     draining: CancellationToken,
@@ -42,6 +45,7 @@ pub struct Ticket {
     rx: oneshot::Receiver<Outcome>,
     deadline: Instant,
     pending: Pending,
+    generation: u64,
 }
 
 impl Ticket {
@@ -66,10 +70,13 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .expect("pending map poisoned")
-            .remove(&self.id);
+        let mut pending = self.pending.lock().expect("pending map poisoned");
+        if pending
+            .get(&self.id)
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            pending.remove(&self.id);
+        }
     }
 }
 
@@ -93,6 +100,7 @@ impl Dispatcher {
             js,
             instance,
             pending: Arc::default(),
+            generation: Default::default(),
             request_timeout,
             publish_timeout,
             draining,
@@ -109,7 +117,7 @@ impl Dispatcher {
                     .unwrap_or_default();
                 let waiter = pending.lock().expect("pending map poisoned").remove(&id);
                 match waiter {
-                    Some(tx) => {
+                    Some((_, tx)) => {
                         let _ =
                             tx.send(outcome::from_reply(&id, msg.headers.as_ref(), msg.payload));
                     }
@@ -134,8 +142,10 @@ impl Dispatcher {
     }
 
     /// Validates, admits and enqueues a request. `Ok` means JetStream stored it: an answer,
-    /// image or error, will follow through the ticket.
+    /// image or error, will follow through the ticket. The request's deadline starts here and
+    /// bounds everything, admission and publishing included.
     pub async fn submit(&self, request: FetchRequest) -> Result<Ticket, Failure> {
+        let deadline = Instant::now() + self.request_timeout;
         let network = request.network.clone().unwrap_or_default();
         validate::request(&request, &network)
             .map_err(|e| Failure::new(ErrorCode::InvalidRequest, e.to_string()))?;
@@ -145,23 +155,41 @@ impl Dispatcher {
                 "the gateway is shutting down",
             ));
         }
+        match tokio::time::timeout_at(deadline, self.enqueue(request, network, deadline)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::new(
+                ErrorCode::Timeout,
+                "the request could not be queued before its deadline",
+            )),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        request: FetchRequest,
+        network: String,
+        deadline: Instant,
+    ) -> Result<Ticket, Failure> {
         self.directory.admit(&network).await?;
 
         let id = request.id.clone();
         let (tx, rx) = oneshot::channel();
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut pending = self.pending.lock().expect("pending map poisoned");
             if pending.contains_key(&id) {
                 return Err(duplicate(&id));
             }
-            pending.insert(id.clone(), tx);
+            pending.insert(id.clone(), (generation, tx));
         }
-        let deadline = Instant::now() + self.request_timeout;
         let ticket = Ticket {
             id: id.clone(),
             rx,
             deadline,
             pending: self.pending.clone(),
+            generation,
         };
 
         let mut headers = HeaderMap::new();
@@ -170,46 +198,51 @@ impl Dispatcher {
             protocol::reply_subject(&self.instance, &id).as_str(),
         );
         headers.insert(header::MSG_ID, id.as_str());
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let deadline_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-            + self.request_timeout;
+            + remaining;
         headers.insert(
             header::DEADLINE,
             deadline_ms.as_millis().to_string().as_str(),
         );
-
+        let body = codec::encode(&request);
         let subject = protocol::request_subject(&network);
-        let ack = async {
-            self.js
-                .publish_with_headers(subject, headers, codec::encode(&request))
-                .await?
-                .await
-        };
-        let ack = match tokio::time::timeout(self.publish_timeout, ack).await {
-            Ok(Ok(ack)) => ack,
-            Ok(Err(err)) => {
-                let message = match err.kind() {
-                    PublishErrorKind::StreamNotFound => {
-                        format!("no stream captures network {network:?}")
-                    }
-                    _ => format!("the queue refused the request: {err}"),
-                };
-                tracing::warn!(id, network, %err, "publish failed");
-                return Err(Failure::new(ErrorCode::Unavailable, message));
+
+        // A publish that fails or times out may still have been stored. Publishing again with
+        // the same Nats-Msg-Id settles it: the stream stores it at most once, and a
+        // `duplicate` answer to the second try means the first one got through.
+        let mut last_error = String::new();
+        for attempt in 0..2 {
+            let ack = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                    .await?
+                    .await
+            };
+            match tokio::time::timeout(self.publish_timeout, ack).await {
+                Ok(Ok(ack)) if ack.duplicate && attempt == 0 => return Err(duplicate(&id)),
+                Ok(Ok(_)) => {
+                    metrics::counter!("imgfetch_gateway_accepted_total").increment(1);
+                    return Ok(ticket);
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(id, network, %err, attempt, "publish failed");
+                    last_error = match err.kind() {
+                        PublishErrorKind::StreamNotFound => {
+                            format!("no stream captures network {network:?}")
+                        }
+                        _ => format!("the queue refused the request: {err}"),
+                    };
+                }
+                Err(_) => {
+                    tracing::warn!(id, network, attempt, "publish not acknowledged in time");
+                    last_error = "the queue did not acknowledge the request in time".into();
+                }
             }
-            Err(_) => {
-                return Err(Failure::new(
-                    ErrorCode::Unavailable,
-                    "the queue did not acknowledge the request in time",
-                ));
-            }
-        };
-        if ack.duplicate {
-            return Err(duplicate(&id));
         }
-        metrics::counter!("imgfetch_gateway_accepted_total").increment(1);
-        Ok(ticket)
+        Err(Failure::new(ErrorCode::Unavailable, last_error))
     }
 }
 

@@ -30,6 +30,11 @@ pub struct AppState {
     pub dispatcher: Arc<Dispatcher>,
     /// Open-websocket slots.
     pub websockets: Arc<Semaphore>,
+    /// Slots for HTTP image requests waiting for their answer.
+    pub http_slots: Arc<Semaphore>,
+    /// Websocket sessions, which the server stops tracking once upgraded; `run` waits for them
+    /// when draining so that what they accepted is still answered.
+    pub sessions: tokio_util::task::TaskTracker,
     /// Websocket session limits.
     pub limits: ws::Limits,
     /// Largest client websocket message.
@@ -99,6 +104,10 @@ async fn get_image(
         key,
         meta: Default::default(),
     };
+    let Ok(_slot) = state.http_slots.clone().try_acquire_owned() else {
+        let f = Failure::new(ErrorCode::Unavailable, "too many HTTP requests in flight");
+        return error_response(Some(&id), &f);
+    };
     let ticket = match state.dispatcher.submit(request).await {
         Ok(t) => t,
         Err(f) => return error_response(Some(&id), &f),
@@ -139,17 +148,20 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
     upgrade
         .max_message_size(state.max_client_frame_bytes)
         .max_frame_size(state.max_client_frame_bytes)
-        .on_upgrade(move |socket| async move {
-            let (sink, source) = socket.split();
-            ws::session(
-                sink,
-                source,
-                state.dispatcher.clone(),
-                state.limits,
-                state.draining.clone(),
-            )
-            .await;
-            drop(slot);
+        .on_upgrade(move |socket| {
+            let sessions = state.sessions.clone();
+            sessions.track_future(async move {
+                let (sink, source) = socket.split();
+                ws::session(
+                    sink,
+                    source,
+                    state.dispatcher.clone(),
+                    state.limits,
+                    state.draining.clone(),
+                )
+                .await;
+                drop(slot);
+            })
         })
 }
 

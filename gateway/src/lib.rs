@@ -78,6 +78,8 @@ pub async fn run(
     let state = http::AppState {
         dispatcher: dispatcher.clone(),
         websockets: Arc::new(Semaphore::new(config.max_websockets)),
+        http_slots: Arc::new(Semaphore::new(config.max_http_in_flight)),
+        sessions: tokio_util::task::TaskTracker::new(),
         limits: ws::Limits {
             max_in_flight: config.max_in_flight_per_socket,
             send_timeout: config.send_timeout,
@@ -87,6 +89,7 @@ pub async fn run(
         client: client.clone(),
         metrics: config.metrics.clone(),
     };
+    let sessions = state.sessions.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, instance = config.instance, "gateway listening");
     let signal = shutdown.clone();
@@ -94,7 +97,14 @@ pub async fn run(
         .with_graceful_shutdown(async move { signal.cancelled().await });
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
-    match tokio::time::timeout(config.grace, server).await {
+    // Plain HTTP requests drain with the server; websocket sessions are tracked apart.
+    let drain = async {
+        let served = server.await;
+        sessions.close();
+        sessions.wait().await;
+        served
+    };
+    match tokio::time::timeout(config.grace, drain).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => return Err(err.into()),
         Ok(Err(join)) => tracing::error!(%join, "server task failed"),
@@ -103,7 +113,8 @@ pub async fn run(
             "grace period over; closing remaining connections"
         ),
     }
-    let _ = client.flush().await;
+    // A flush waits for a reconnect that may never come.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
     tracing::info!("gateway stopped");
     Ok(())
 }

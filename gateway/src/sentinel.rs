@@ -38,6 +38,9 @@ pub async fn start(
                 continue;
             };
             let callback = callback.as_str().to_owned();
+            if validate::callback(&callback).is_err() {
+                continue;
+            }
             let network = network_of_subject(&msg.subject).unwrap_or_default();
             let (code, text) = if validate::network(network).is_err() {
                 (
@@ -49,7 +52,7 @@ pub async fn start(
                     Ok(true) => match dispatcher.directory().max_message_size().await {
                         // The stream refuses what is over its limit, without telling a core
                         // publisher; tell them here.
-                        Some(limit) if msg.length > limit => (
+                        Some(limit) if stored_size(&msg) > limit => (
                             ErrorCode::InvalidRequest,
                             format!(
                                 "request of {} bytes is over the queue's limit of {limit} bytes",
@@ -86,4 +89,9 @@ pub async fn start(
         }
     });
     Ok(())
+}
+
+/// Size of a message as JetStream counts it against `max_msg_size`: headers and payload.
+fn stored_size(msg: &async_nats::Message) -> usize {
+    msg.length - msg.subject.len() - msg.reply.as_ref().map_or(0, |r| r.len())
 }

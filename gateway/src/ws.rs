@@ -135,7 +135,8 @@ pub async fn session<W, R, E>(
                 }
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        // A client that stopped reading must not hold the session (and its slot) forever.
+        let _ = tokio::time::timeout(limits.send_timeout, sink.send(Message::Close(None))).await;
     });
 
     let slots = Arc::new(Semaphore::new(limits.max_in_flight));

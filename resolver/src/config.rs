@@ -265,8 +265,13 @@ impl Config {
         config.store_attempts = args
             .store_attempts
             .or(file.store_attempts)
-            .unwrap_or(defaults::STORE_ATTEMPTS)
-            .max(1);
+            .unwrap_or(defaults::STORE_ATTEMPTS);
+        let max_deliver = config.consumer.max_deliver;
+        if config.store_attempts == 0 || i64::from(config.store_attempts) > max_deliver {
+            return Err(ConfigError::Invalid(format!(
+                "store attempts must be 1 to {max_deliver} (the consumer's max_deliver)"
+            )));
+        }
         config.retry_delay = Duration::from_millis(
             args.retry_delay_ms
                 .or(file.retry_delay_ms)
@@ -499,6 +504,10 @@ mod tests {
                 "log format",
             ),
             (&["--config", "/missing.toml"], "cannot read"),
+            (
+                &["--network", "a=file:///x", "--store-attempts", "11"],
+                "store attempts must be 1 to 10",
+            ),
         ];
         for (list, expect) in cases {
             let err = Config::resolve(args(list), files(&[]))

@@ -33,7 +33,8 @@ pub struct Context {
     pub store: Store,
     /// Largest image sent inline.
     pub max_image_bytes: u64,
-    /// Attempts at a failing store before giving up.
+    /// Attempts at a failing store before giving up; never more than the consumer's
+    /// `max_deliver`, after which the server would stop redelivering without an answer.
     pub store_attempts: u32,
     /// First retry delay.
     pub retry_delay: Duration,

@@ -126,7 +126,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             instance: config.instance.clone(),
             store,
             max_image_bytes,
-            store_attempts: config.store_attempts,
+            store_attempts: config
+                .store_attempts
+                .min(u32::try_from(config.consumer.max_deliver).unwrap_or(u32::MAX)),
             retry_delay: config.retry_delay,
             retry_delay_max: config.retry_delay_max,
             store_timeout: config.store_timeout,

@@ -31,6 +31,7 @@ pub async fn run(
 ) {
     loop {
         let first = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(p) => p,
@@ -46,52 +47,31 @@ pub async fn run(
         }
         // Take what is waiting right away; only when nothing is, wait for one request while
         // holding a single slot, so idle slots never sit reserved by a long poll.
-        let mut batch = match pull(&consumer, permits.len(), false).await {
-            Ok(b) => b,
+        let mut messages = match take(&consumer, permits.len(), false).await {
+            Ok(m) => m,
             Err(err) => {
-                tracing::warn!(network = ctx.network, %err, "pull failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                if pause_after_error(&ctx, &err, &shutdown).await {
+                    return;
                 }
+                continue;
             }
         };
-        let mut first_message = batch.next().await;
-        if first_message.is_none() {
+        if messages.is_empty() {
+            if shutdown.is_cancelled() {
+                return;
+            }
             permits.truncate(1);
-            match pull(&consumer, 1, true).await {
-                Ok(mut b) => {
-                    // Not interrupted by shutdown: a message the server has already sent would
-                    // otherwise sit unhandled until its ack wait ran out. The poll ends by
-                    // itself within PULL_EXPIRES; the timeout guards a dropped connection.
-                    first_message = tokio::time::timeout(PULL_EXPIRES * 3, b.next())
-                        .await
-                        .ok()
-                        .flatten();
-                    batch = b;
-                }
-                Err(err) => {
-                    tracing::warn!(network = ctx.network, %err, "pull failed; retrying");
-                    continue;
-                }
-            }
-        }
-        // An ended batch must not be polled again (it is not fused): nothing came, ask anew.
-        let Some(first_message) = first_message else {
-            continue;
-        };
-        let mut batch = futures::stream::iter([first_message]).chain(batch.fuse());
-        // A batch ends by itself within PULL_EXPIRES; finishing it even during shutdown means
-        // every message delivered to this client gets a handler.
-        // The timeout guards against a batch that never ends because the connection dropped.
-        while let Ok(Some(next)) = tokio::time::timeout(PULL_EXPIRES * 3, batch.next()).await {
-            let message = match next {
+            messages = match take(&consumer, 1, true).await {
                 Ok(m) => m,
                 Err(err) => {
-                    tracing::debug!(network = ctx.network, %err, "pull ended early");
-                    break;
+                    if pause_after_error(&ctx, &err, &shutdown).await {
+                        return;
+                    }
+                    continue;
                 }
             };
+        }
+        for message in messages {
             let Some(permit) = permits.pop() else {
                 // The server never sends more than asked for; if it did, let it redeliver.
                 tracing::error!(
@@ -111,24 +91,59 @@ pub async fn run(
     }
 }
 
-/// One pull request: `wait` long-polls up to [`PULL_EXPIRES`], otherwise only what is waiting
-/// now is returned.
-async fn pull(
+/// Logs a failed pull and waits a second before the next, so that a consumer that keeps
+/// failing (deleted, leader change, server gone) is not hammered. Returns true on shutdown.
+async fn pause_after_error(ctx: &Context, err: &PullError, shutdown: &CancellationToken) -> bool {
+    tracing::warn!(network = ctx.network, %err, "pull failed; retrying in 1 s");
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+    }
+}
+
+type PullError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One pull request, read to its end: `wait` long-polls up to [`PULL_EXPIRES`], otherwise only
+/// what is waiting now is returned.
+///
+/// A pull is never abandoned half-way, not even for shutdown: a message the server has already
+/// sent would otherwise sit unhandled until its ack wait ran out. Each step has a timeout in
+/// case the connection drops and the server's end-of-pull status never comes.
+async fn take(
     consumer: &PullConsumer,
     max: usize,
     wait: bool,
-) -> Result<
-    async_nats::jetstream::consumer::pull::Batch,
-    async_nats::jetstream::consumer::pull::BatchError,
-> {
-    if wait {
-        consumer
-            .batch()
-            .max_messages(max)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-    } else {
-        consumer.fetch().max_messages(max).messages().await
+) -> Result<Vec<async_nats::jetstream::Message>, PullError> {
+    let step = PULL_EXPIRES * 3;
+    let request = async {
+        if wait {
+            consumer
+                .batch()
+                .max_messages(max)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+        } else {
+            consumer.fetch().max_messages(max).messages().await
+        }
+    };
+    let mut batch = tokio::time::timeout(step, request)
+        .await
+        .map_err(|_| "pull request timed out")??;
+    let mut messages = Vec::with_capacity(max);
+    loop {
+        match tokio::time::timeout(step, batch.next()).await {
+            Ok(Some(Ok(message))) => messages.push(message),
+            Ok(None) => return Ok(messages),
+            // Messages already taken are still handed on; the error shows on the next pull.
+            Ok(Some(Err(err))) if !messages.is_empty() => {
+                tracing::debug!(%err, "pull ended early");
+                return Ok(messages);
+            }
+            Ok(Some(Err(err))) => return Err(err),
+            Err(_) if !messages.is_empty() => return Ok(messages),
+            Err(_) => return Err("pull timed out waiting for the server".into()),
+        }
     }
 }

@@ -541,6 +541,13 @@ async fn nats_down_is_503_and_not_ready() {
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "unavailable", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not connected to NATS"),
+        "{body}"
+    );
     eventually(
         "readiness to turn false",
         Duration::from_secs(10),

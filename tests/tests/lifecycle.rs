@@ -72,10 +72,14 @@ async fn requests_queued_while_no_resolver_runs_or_across_a_restart_are_each_ans
     // A resolver that is stopped in the middle of the burst drains what it took; the next one
     // takes the rest.
     let second = Resolver::start(harbor_config(&nats, "second")).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let msg = next_within(&mut replies, Duration::from_secs(15))
+        .await
+        .expect("the second resolver answers before it is stopped");
+    *counts.entry(msg.subject.to_string()).or_default() += 1;
     second.stop().await;
     let _third = Resolver::start(harbor_config(&nats, "third")).await;
 
-    let mut counts: HashMap<String, usize> = HashMap::new();
     while counts.len() < 40 {
         let msg = next_within(&mut replies, Duration::from_secs(15))
             .await
@@ -115,16 +119,23 @@ async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
     client.flush().await.unwrap();
 
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let addr = gateway.addr;
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
     ws.fetch(json!({"type":"fetch","id":"drain-1","network":"harbor","key":"quay-east.jpg"}))
         .await;
     assert_eq!(ws.next_json().await["type"], "accepted");
 
-    gateway.begin_shutdown();
-    let r = reqwest::get(gateway.http("/readyz")).await;
+    let stop = tokio::spawn(gateway.stop());
+    let r = reqwest::get(format!("http://{addr}/readyz")).await;
     assert!(
         r.map(|r| r.status() == 503).unwrap_or(true),
         "not ready while draining"
+    );
+    // The gateway must keep running for the request it accepted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stop.is_finished(),
+        "the gateway stopped with an accepted request unanswered"
     );
 
     ping_task.abort();
@@ -132,7 +143,8 @@ async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
     let answer = ws.next_answer().await;
     assert_eq!(answer.frame["type"], "image", "{}", answer.frame);
     assert_eq!(answer.frame["id"], "drain-1");
-    tokio::time::timeout(Duration::from_secs(10), gateway.stop())
+    tokio::time::timeout(Duration::from_secs(10), stop)
         .await
-        .expect("gateway stops after draining");
+        .expect("gateway stops after draining")
+        .expect("stop task");
 }
