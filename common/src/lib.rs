@@ -8,6 +8,7 @@
 //! - [`protocol`]: subject names, header names, the [`protocol::ErrorCode`] enum and the
 //!   [`protocol::FetchRequest`] body.
 //! - [`codec`]: turns request bodies into bytes (msgpack) and back (msgpack or JSON).
+//! - [`info`]: the associated information of an image (place, time, device) as one record.
 //! - [`validate`]: the rules for network names, request ids, keys and `meta` maps.
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
 //! - [`store`]: store URLs (`file://`, `s3://`) and building an `object_store` from one.
@@ -15,6 +16,7 @@
 //! - [`telemetry`]: tracing-subscriber setup.
 
 pub mod codec;
+pub mod info;
 pub mod protocol;
 pub mod provision;
 pub mod shutdown;

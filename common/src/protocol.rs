@@ -76,8 +76,18 @@ pub mod header {
     pub const LAST_MODIFIED: &str = "Imgfetch-Last-Modified";
     /// Entity tag reported by the store.
     pub const ETAG: &str = "Imgfetch-Etag";
-    /// Prefix of the object's own attributes (S3 user metadata and the like).
-    pub const ATTR_PREFIX: &str = "Imgfetch-Attr-";
+    /// Place name where the image was taken.
+    pub const LOCATION: &str = "Imgfetch-Location";
+    /// Latitude in decimal degrees.
+    pub const LATITUDE: &str = "Imgfetch-Latitude";
+    /// Longitude in decimal degrees.
+    pub const LONGITUDE: &str = "Imgfetch-Longitude";
+    /// Capture time, RFC 3339.
+    pub const CAPTURED_AT: &str = "Imgfetch-Captured-At";
+    /// Capturing device.
+    pub const DEVICE: &str = "Imgfetch-Device";
+    /// Prefix of other associated information.
+    pub const EXTRA_PREFIX: &str = "Imgfetch-Extra-";
     /// Prefix of the request's `meta` entries, echoed back.
     pub const META_PREFIX: &str = "Imgfetch-Meta-";
 }

@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::archive::ArchiveConfig;
 
 /// The built-in defaults, in one place.
 pub mod defaults {
@@ -30,6 +33,8 @@ pub mod defaults {
     pub const SEND_TIMEOUT_MS: u64 = 10_000;
     /// How long in-flight requests may take to finish after SIGTERM.
     pub const GRACE_MS: u64 = 30_000;
+    /// The archive, relative to the working directory.
+    pub const ARCHIVE: &str = "archive";
 }
 
 /// Command line of `imgfetch-gateway`.
@@ -71,6 +76,16 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "IMGFETCH_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Where fetched images are archived: a directory, file:///dir or s3://bucket[/prefix]
+    /// (S3 settings from the AWS_* variables), or `off`.
+    #[arg(long, env = "IMGFETCH_ARCHIVE", default_value = defaults::ARCHIVE)]
+    pub archive: String,
+    /// Directory template of the archive; placeholders are listed in docs/ARCHIVE.md.
+    #[arg(long, env = "IMGFETCH_ARCHIVE_DIR_TEMPLATE", default_value = crate::template::DEFAULT_DIR)]
+    pub archive_dir_template: String,
+    /// File name template of the archive.
+    #[arg(long, env = "IMGFETCH_ARCHIVE_FILE_TEMPLATE", default_value = crate::template::DEFAULT_FILE)]
+    pub archive_file_template: String,
 }
 
 /// Everything `run` needs, resolved.
@@ -100,6 +115,8 @@ pub struct Config {
     pub grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// The archive; `None` archives nothing.
+    pub archive: Option<ArchiveConfig>,
     /// Where `/metrics` renders from; `None` serves no metrics.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -120,6 +137,7 @@ impl Config {
             send_timeout: Duration::from_millis(defaults::SEND_TIMEOUT_MS),
             grace: Duration::from_millis(defaults::GRACE_MS),
             log_format: LogFormat::Text,
+            archive: None,
             metrics: None,
         }
     }
@@ -151,6 +169,11 @@ impl Config {
         config.max_in_flight_per_socket = args.max_in_flight_per_socket;
         config.max_http_in_flight = args.max_http_in_flight;
         config.grace = Duration::from_millis(args.grace_ms);
+        config.archive = archive_config(
+            &args.archive,
+            args.archive_dir_template,
+            args.archive_file_template,
+        )?;
         config.log_format = match args.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -158,6 +181,39 @@ impl Config {
         };
         Ok(config)
     }
+}
+
+/// `off`, a plain directory (relative to the working directory), or a store URL.
+fn archive_config(
+    target: &str,
+    dir_template: String,
+    file_template: String,
+) -> Result<Option<ArchiveConfig>, String> {
+    if target == "off" {
+        return Ok(None);
+    }
+    let store = if target.contains("://") {
+        imgfetch_common::store::parse_url(
+            target,
+            S3Options {
+                from_env: true,
+                ..S3Options::default()
+            },
+        )
+        .map_err(|e| format!("archive: {e}"))?
+    } else {
+        let dir = std::path::absolute(target)
+            .map_err(|e| format!("archive: directory {target:?}: {e}"))?;
+        StoreSpec::File { root: dir }
+    };
+    // Templates are checked now, so that a typo stops the gateway at start.
+    crate::template::Template::parse(&dir_template, true).map_err(|e| format!("archive {e}"))?;
+    crate::template::Template::parse(&file_template, false).map_err(|e| format!("archive {e}"))?;
+    Ok(Some(ArchiveConfig {
+        store,
+        dir_template,
+        file_template,
+    }))
 }
 
 #[cfg(test)]
@@ -182,6 +238,14 @@ mod tests {
             parse(&[]).unwrap().instance,
             "instances must differ by default"
         );
+        let archive = c.archive.expect("the binary archives by default");
+        assert_eq!(
+            archive.store,
+            StoreSpec::File {
+                root: std::env::current_dir().unwrap().join("archive")
+            }
+        );
+        assert!(parse(&["--archive", "off"]).unwrap().archive.is_none());
     }
 
     #[test]
@@ -192,6 +256,15 @@ mod tests {
             (&["--log-format", "xml"][..], "log format"),
             (&["--listen", "nowhere"][..], "invalid"),
             (&["--request-timeout-ms", "0"][..], "at least 1"),
+            (
+                &["--archive-dir-template", "{network}/{city}"][..],
+                "unknown placeholder {city}",
+            ),
+            (
+                &["--archive-file-template", "{id}/{ext}"][..],
+                "cannot contain '/'",
+            ),
+            (&["--archive", "ftp://x/y"][..], "supported: file, s3"),
         ] {
             let err = parse(list).unwrap_err();
             assert!(

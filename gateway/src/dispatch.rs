@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::Archive;
 use crate::directory::Directory;
 use crate::outcome::{self, Failure, Outcome};
 
@@ -83,8 +84,10 @@ impl Drop for Ticket {
 impl Dispatcher {
     /// Subscribes to this instance's callbacks and returns the dispatcher with the task that
     /// routes replies (it ends when the subscription does).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         client: async_nats::Client,
+        archive: Option<Arc<Archive>>,
         instance: String,
         stream: String,
         request_timeout: Duration,
@@ -118,8 +121,18 @@ impl Dispatcher {
                 let waiter = pending.lock().expect("pending map poisoned").remove(&id);
                 match waiter {
                     Some((_, tx)) => {
-                        let _ =
-                            tx.send(outcome::from_reply(&id, msg.headers.as_ref(), msg.payload));
+                        let mut outcome =
+                            outcome::from_reply(&id, msg.headers.as_ref(), msg.payload);
+                        if let (Ok(image), Some(archive)) = (&mut outcome, &archive) {
+                            image.archived = archive.store(
+                                &image.id,
+                                &image.key,
+                                &image.content_type,
+                                &image.info,
+                                image.bytes.clone(),
+                            );
+                        }
+                        let _ = tx.send(outcome);
                     }
                     None => {
                         metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);

@@ -10,18 +10,52 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
+use imgfetch_common::info::ImageInfo;
 use imgfetch_common::protocol::{ErrorCode, FetchRequest};
 use imgfetch_common::validate;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::Archived;
 use crate::dispatch::Dispatcher;
 use crate::outcome::Failure;
 use crate::ws;
 
 /// Header carrying the request id in and out.
 pub const REQUEST_ID: &str = "x-request-id";
+/// Header naming where the archive copy is written.
+pub const ARCHIVED_AS: &str = "imgfetch-archived-as";
+/// Header saying why there is no archive copy.
+pub const ARCHIVE_ERROR: &str = "imgfetch-archive-error";
+
+/// Characters escaped in header values: controls, `%` itself, and everything outside ASCII
+/// (HTTP header values are ASCII; UTF-8 place names arrive percent-encoded).
+const HEADER_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+fn insert_encoded(headers: &mut HeaderMap, name: &str, value: &str) {
+    let encoded = percent_encoding::utf8_percent_encode(value, HEADER_ESCAPES).to_string();
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::try_from(name.to_ascii_lowercase()),
+        HeaderValue::from_str(&encoded),
+    ) {
+        headers.insert(n, v);
+    }
+}
+
+/// The associated information as HTTP headers, by the same names as on NATS.
+fn info_headers(info: &ImageInfo) -> Vec<(String, String)> {
+    let mut nats = async_nats::HeaderMap::new();
+    info.write_headers(&mut nats);
+    nats.iter()
+        .filter_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .first()
+                .map(|v| (name.to_owned(), v.as_str().to_owned()))
+        })
+        .collect()
+}
 
 /// Shared state of the handlers.
 #[derive(Clone, Debug)]
@@ -123,10 +157,16 @@ async fn get_image(
                 h.insert(REQUEST_ID, v);
             }
             for (name, value) in &image.metadata {
-                let name = format!("imgfetch-{}", name.replace(['.', '_'], "-"));
-                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
-                    h.insert(n, v);
-                }
+                let name = format!("imgfetch-{}", name.replace('_', "-"));
+                insert_encoded(h, &name, value);
+            }
+            for (name, value) in info_headers(&image.info) {
+                insert_encoded(h, &name, &value);
+            }
+            match &image.archived {
+                Archived::Planned { path, .. } => insert_encoded(h, ARCHIVED_AS, path),
+                Archived::Failed(why) => insert_encoded(h, ARCHIVE_ERROR, why),
+                Archived::Disabled => {}
             }
             response
         }

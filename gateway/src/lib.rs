@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! - [`config`]: flags and environment, resolved into a [`Config`].
+//! - [`archive`]: writes each fetched image under a path chosen from its information.
+//! - [`template`]: archive path templates and the sanitising of untrusted values.
 //! - [`directory`]: which networks exist and are served, learned from NATS alone.
 //! - [`dispatch`]: enqueue with de-duplication, route callbacks to waiters, enforce deadlines.
 //! - [`outcome`]: the image or the error a request ends in, and how a reply becomes one.
@@ -14,12 +16,14 @@
 //!
 //! [`run`] takes a bound listener, serves until shutdown, then drains within the grace period.
 
+pub mod archive;
 pub mod config;
 pub mod directory;
 pub mod dispatch;
 pub mod http;
 pub mod outcome;
 pub mod sentinel;
+pub mod template;
 pub mod ws;
 
 use std::sync::Arc;
@@ -44,6 +48,9 @@ pub enum RunError {
     /// Subscribing to callbacks or requests failed.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// The archive could not be set up.
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -55,6 +62,10 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let archive = match &config.archive {
+        Some(spec) => Some(Arc::new(archive::Archive::open(spec).await?)),
+        None => None,
+    };
     let client = async_nats::ConnectOptions::new()
         .name(format!("imgfetch-gateway {}", config.instance))
         .connect(&config.nats_url)
@@ -66,6 +77,7 @@ pub async fn run(
     let draining = shutdown.child_token();
     let dispatcher = dispatch::Dispatcher::start(
         client.clone(),
+        archive.clone(),
         config.instance.clone(),
         config.stream.clone(),
         config.request_timeout,
@@ -112,6 +124,14 @@ pub async fn run(
             in_flight = dispatcher.in_flight(),
             "grace period over; closing remaining connections"
         ),
+    }
+    if let Some(archive) = &archive {
+        if tokio::time::timeout(config.grace, archive.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over with archive writes still running");
+        }
     }
     // A flush waits for a reconnect that may never come.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;

@@ -5,20 +5,29 @@ use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use imgfetch_common::info::ImageInfo;
 use imgfetch_common::protocol::{header, ErrorCode, STATUS_OK};
+
+use crate::archive::Archived;
 use serde::Serialize;
 
 /// A fetched image with its metadata.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Image {
     /// The request id.
     pub id: String,
+    /// The key that was read.
+    pub key: String,
     /// Media type sniffed by the resolver.
     pub content_type: String,
     /// The bytes.
     pub bytes: Bytes,
-    /// What the store reported: `size`, `last_modified`, `etag` and `attr.<name>` entries.
+    /// What the store reported: `size`, `last_modified` and `etag`.
     pub metadata: BTreeMap<String, String>,
+    /// The associated information: place, time, device, extras, the request's meta.
+    pub info: ImageInfo,
+    /// What became of the archive copy.
+    pub archived: Archived,
 }
 
 /// A terminal error, with a code the client can branch on and a message for people.
@@ -67,20 +76,14 @@ pub fn from_reply(id: &str, headers: Option<&HeaderMap>, body: Bytes) -> Outcome
             metadata.insert(key.to_owned(), v);
         }
     }
-    if let Some(headers) = headers {
-        for (name, values) in headers.iter() {
-            let name: &str = name.as_ref();
-            if let (Some(attr), Some(v)) = (name.strip_prefix(header::ATTR_PREFIX), values.first())
-            {
-                metadata.insert(format!("attr.{attr}"), v.as_str().to_owned());
-            }
-        }
-    }
     Ok(Image {
         id: id.to_owned(),
+        key: get(header::KEY).unwrap_or_default(),
         content_type: get(header::CONTENT_TYPE)
             .unwrap_or_else(|| "application/octet-stream".into()),
         bytes: body,
         metadata,
+        info: headers.map(ImageInfo::from_headers).unwrap_or_default(),
+        archived: Archived::Disabled,
     })
 }

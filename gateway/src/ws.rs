@@ -13,12 +13,14 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use imgfetch_common::info::ImageInfo;
 use imgfetch_common::protocol::{ErrorCode, FetchRequest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::Archived;
 use crate::dispatch::Dispatcher;
 use crate::outcome::{Failure, Image};
 
@@ -65,6 +67,23 @@ pub enum ServerFrame<'a> {
         metadata: &'a BTreeMap<String, String>,
         /// The request's own `meta`.
         meta: &'a BTreeMap<String, String>,
+        /// Where and when it was taken, and by what.
+        info: &'a ImageInfo,
+        /// Where the archive copy is being written.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        archived_as: Option<&'a str>,
+        /// Why there will be no archive copy.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        archive_error: Option<&'a str>,
+    },
+    /// The archive write announced in an `image` frame failed afterwards.
+    ArchiveFailed {
+        /// Request id.
+        id: &'a str,
+        /// The path that was not written.
+        archived_as: &'a str,
+        /// Why.
+        message: &'a str,
     },
     /// The request ended in an error.
     Error {
@@ -221,11 +240,31 @@ pub async fn session<W, R, E>(
             {
                 return;
             }
-            let frames = match ticket.outcome().await {
-                Ok(image) => image_frames(&image, &network, &key, &meta),
-                Err(f) => vec![error_frame(Some(&id), &f)],
+            let image = match ticket.outcome().await {
+                Ok(image) => image,
+                Err(f) => {
+                    let _ = out.send(vec![error_frame(Some(&id), &f)]).await;
+                    return;
+                }
             };
-            let _ = out.send(frames).await;
+            if out
+                .send(image_frames(&image, &network, &key, &meta))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // The archive write runs behind the image; report it only if it fails.
+            if let Archived::Planned { path, written } = image.archived {
+                if let Ok(Err(message)) = written.await {
+                    let frame = json(&ServerFrame::ArchiveFailed {
+                        id: &id,
+                        archived_as: &path,
+                        message: &message,
+                    });
+                    let _ = out.send(vec![frame]).await;
+                }
+            }
         });
     }
     if client_left {
@@ -251,6 +290,11 @@ fn image_frames(
     key: &str,
     meta: &BTreeMap<String, String>,
 ) -> Vec<Message> {
+    let (archived_as, archive_error) = match &image.archived {
+        Archived::Planned { path, .. } => (Some(path.as_str()), None),
+        Archived::Failed(why) => (None, Some(why.as_str())),
+        Archived::Disabled => (None, None),
+    };
     vec![
         json(&ServerFrame::Image {
             id: &image.id,
@@ -260,6 +304,9 @@ fn image_frames(
             size: image.bytes.len(),
             metadata: &image.metadata,
             meta,
+            info: &image.info,
+            archived_as,
+            archive_error,
         }),
         Message::Binary(image.bytes.clone()),
     ]

@@ -18,7 +18,9 @@ use imgfetch_common::codec;
 use imgfetch_common::protocol::{header, network_of_subject, ErrorCode, FetchRequest, STATUS_OK};
 use imgfetch_common::validate;
 
-use crate::store::{Fetched, Store, StoreErrorKind};
+use crate::info;
+use crate::store::{Fetched, Store, StoreError, StoreErrorKind};
+use imgfetch_common::info::ImageInfo;
 
 /// What a handler needs besides the message.
 #[derive(Clone, Debug)]
@@ -166,17 +168,13 @@ pub async fn decide(
         }
     }
 
-    let read = tokio::time::timeout(
-        ctx.store_timeout,
-        ctx.store.read(&request.key, ctx.max_image_bytes),
-    )
-    .await;
+    let read = tokio::time::timeout(ctx.store_timeout, read_with_info(ctx, &request)).await;
     let err = match read {
-        Ok(Ok(fetched)) => {
+        Ok(Ok((fetched, info))) => {
             metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK)
                 .increment(1);
             return Decision {
-                reply: Some((callback, ok_reply(&request, ctx, fetched))),
+                reply: Some((callback, ok_reply(&request, ctx, fetched, &info))),
                 settle: Settle::Ack,
             };
         }
@@ -283,7 +281,7 @@ fn error_reply(id: Option<&str>, ctx: &Context, code: ErrorCode, message: &str) 
     }
 }
 
-fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched) -> Reply {
+fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched, info: &ImageInfo) -> Reply {
     let mut headers = base_headers(Some(&request.id), ctx, STATUS_OK);
     let content_type = infer::get(&fetched.bytes)
         .map(|t| t.mime_type())
@@ -295,24 +293,47 @@ fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched) -> Reply {
     if let Some(e_tag) = &fetched.e_tag {
         headers.insert(header::ETAG, header_safe(e_tag).as_str());
     }
-    for (name, value) in &fetched.attributes {
-        if validate::meta(&[(name.clone(), String::new())].into()).is_ok() {
-            headers.insert(
-                format!("{}{}", header::ATTR_PREFIX, name).as_str(),
-                header_safe(value).as_str(),
-            );
-        }
-    }
-    for (name, value) in &request.meta {
-        headers.insert(
-            format!("{}{}", header::META_PREFIX, name).as_str(),
-            value.as_str(),
-        );
-    }
+    info.write_headers(&mut headers);
     Reply {
         headers,
         body: fetched.bytes,
     }
+}
+
+/// Reads the image, then its sidecar, and gathers the associated information.
+async fn read_with_info(
+    ctx: &Context,
+    request: &FetchRequest,
+) -> Result<(Fetched, ImageInfo), StoreError> {
+    let fetched = ctx.store.read(&request.key, ctx.max_image_bytes).await?;
+    let sidecar_key = format!("{}{}", request.key, info::SIDECAR_SUFFIX);
+    let sidecar = match ctx.store.read(&sidecar_key, info::MAX_SIDECAR_BYTES).await {
+        Ok(found) => match info::from_sidecar(&found.bytes) {
+            Ok(partial) => partial,
+            Err(err) => {
+                tracing::warn!(key = sidecar_key, %err, "sidecar is not a JSON object; ignored");
+                info::Partial::default()
+            }
+        },
+        // A store that fails now fails the request, so that it is retried with the sidecar
+        // rather than archived without it.
+        Err(err) if err.kind() == StoreErrorKind::Transient => return Err(err),
+        Err(err) => {
+            if err.kind() != StoreErrorKind::NotFound {
+                tracing::warn!(key = sidecar_key, %err, "sidecar unreadable; ignored");
+            }
+            info::Partial::default()
+        }
+    };
+    let store_metadata = info::from_fields(
+        fetched
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), info::FieldValue::Text(v))),
+    );
+    let exif = info::from_exif(&fetched.bytes);
+    let merged = info::merge(&ctx.network, &request.meta, [sidecar, store_metadata, exif]);
+    Ok((fetched, merged))
 }
 
 /// Header values cannot hold line breaks or other control characters; stores can.

@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: flags, environment and TOML file, resolved into a [`Config`].
 //! - [`store`]: one `object_store` per network, built once; the single read a request needs.
+//! - [`info`]: the associated information: sidecar, store metadata and EXIF, merged.
 //! - [`handler`]: one message in, one reply out, then ack, nak or term.
 //! - [`worker`]: the bounded pull loop of one network's shared durable consumer.
 //! - [`ping`]: the liveness answer gateways use to detect "no resolver".
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod info;
 pub mod ping;
 pub mod store;
 pub mod worker;

@@ -78,7 +78,7 @@ pub struct Fetched {
     pub last_modified: String,
     /// Entity tag, when the store has one.
     pub e_tag: Option<String>,
-    /// The object's attributes: user metadata and standard attributes, by lower-case name.
+    /// The object's user metadata, by lower-case name.
     pub attributes: Vec<(String, String)>,
 }
 
@@ -138,21 +138,16 @@ impl Store {
         }
         let last_modified = result.meta.last_modified.to_rfc3339();
         let e_tag = result.meta.e_tag.clone();
+        // User metadata (S3 `x-amz-meta-*`); the content type is sniffed from the bytes
+        // instead of trusted from the store.
         let attributes = result
             .attributes
             .iter()
-            .filter_map(|(attr, value)| {
-                let name = match attr {
-                    Attribute::Metadata(name) => name.to_ascii_lowercase(),
-                    Attribute::ContentDisposition => "content-disposition".into(),
-                    Attribute::ContentEncoding => "content-encoding".into(),
-                    Attribute::ContentLanguage => "content-language".into(),
-                    Attribute::CacheControl => "cache-control".into(),
-                    Attribute::StorageClass => "storage-class".into(),
-                    // The content type is sniffed from the bytes, not trusted from the store.
-                    _ => return None,
-                };
-                Some((name, value.as_ref().to_owned()))
+            .filter_map(|(attr, value)| match attr {
+                Attribute::Metadata(name) => {
+                    Some((name.to_ascii_lowercase(), value.as_ref().to_owned()))
+                }
+                _ => None,
             })
             .collect();
         let bytes = result.bytes().await?;

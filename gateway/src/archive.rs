@@ -1,0 +1,321 @@
+//! The archive: every image fetched successfully is written to an `object_store` under a
+//! directory and a name chosen from its associated information.
+//!
+//! - **Where:** [`Archive::plan`] renders the directory and file templates (see
+//!   `docs/ARCHIVE.md`). The same image and id always give the same path, so a repeated write
+//!   replaces the file with the same bytes instead of adding a copy.
+//! - **Atomic:** object_store writes a local file under a temporary name and renames it; an S3
+//!   PUT is all-or-nothing. No half-written file is ever visible under its final name.
+//! - **Off the latency path:** the write runs in the background; the client gets the image at
+//!   once, with the planned path, and hears of a failure afterwards.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use imgfetch_common::info::ImageInfo;
+use imgfetch_common::store::{self, StoreSpec};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+use time::OffsetDateTime;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::template::{self, Template, TemplateError};
+
+/// Writes waiting or running at once; beyond this an image is not archived (and the client is
+/// told).
+const MAX_PENDING_WRITES: usize = 256;
+/// Longest a single write may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Archive settings.
+#[derive(Clone, Debug)]
+pub struct ArchiveConfig {
+    /// Where the archive lives.
+    pub store: StoreSpec,
+    /// Directory template.
+    pub dir_template: String,
+    /// File template.
+    pub file_template: String,
+}
+
+impl ArchiveConfig {
+    /// An archive at `store` with the default templates.
+    pub fn new(store: StoreSpec) -> ArchiveConfig {
+        ArchiveConfig {
+            store,
+            dir_template: template::DEFAULT_DIR.to_owned(),
+            file_template: template::DEFAULT_FILE.to_owned(),
+        }
+    }
+}
+
+/// Why the archive could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A template is invalid.
+    #[error("archive {0}")]
+    Template(#[from] TemplateError),
+    /// The store could not be built or written.
+    #[error("archive store: {0}")]
+    Store(String),
+}
+
+/// What became of an image's archive copy.
+#[derive(Debug)]
+pub enum Archived {
+    /// No archive is configured.
+    Disabled,
+    /// Being written at `path`; `written` says how it ended.
+    Planned {
+        /// The path in the archive.
+        path: String,
+        /// The write's result.
+        written: oneshot::Receiver<Result<(), String>>,
+    },
+    /// The image will not be archived.
+    Failed(String),
+}
+
+/// The archive writer, shared by the whole gateway.
+#[derive(Debug)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    dir: Template,
+    file: Template,
+    slots: Arc<Semaphore>,
+    writes: TaskTracker,
+}
+
+impl Archive {
+    /// Parses the templates, builds the store and proves it can be written.
+    pub async fn open(config: &ArchiveConfig) -> Result<Archive, ArchiveError> {
+        let dir = Template::parse(&config.dir_template, true)?;
+        let file = Template::parse(&config.file_template, false)?;
+        let opened = store::build(&config.store, Duration::from_secs(30), true)
+            .map_err(|e| ArchiveError::Store(e.to_string()))?;
+        store::check_readable(opened.store.as_ref())
+            .await
+            .map_err(|e| ArchiveError::Store(e.to_string()))?;
+        Ok(Archive {
+            store: opened.store,
+            dir,
+            file,
+            slots: Arc::new(Semaphore::new(MAX_PENDING_WRITES)),
+            writes: TaskTracker::new(),
+        })
+    }
+
+    /// The path an image goes to. `received` stands in for a missing capture time.
+    pub fn plan(
+        &self,
+        id: &str,
+        key: &str,
+        content_type: &str,
+        info: &ImageInfo,
+        received: OffsetDateTime,
+    ) -> String {
+        let values = placeholder_values(id, key, content_type, info, received);
+        let mut segments = self.dir.render(&values);
+        segments.extend(self.file.render(&values));
+        segments.join("/")
+    }
+
+    /// Plans the path and starts the write in the background.
+    pub fn store(
+        &self,
+        id: &str,
+        key: &str,
+        content_type: &str,
+        info: &ImageInfo,
+        bytes: Bytes,
+    ) -> Archived {
+        let path = self.plan(id, key, content_type, info, OffsetDateTime::now_utc());
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
+            tracing::warn!(id, path, "archive queue full; image not archived");
+            return Archived::Failed("the archive has too many writes pending".into());
+        };
+        let object = match Path::parse(&path) {
+            Ok(p) => p,
+            Err(e) => return Archived::Failed(format!("bad archive path {path:?}: {e}")),
+        };
+        let (tx, written) = oneshot::channel();
+        let store = self.store.clone();
+        let id = id.to_owned();
+        let logged_path = path.clone();
+        self.writes.spawn(async move {
+            let put = store.put(&object, PutPayload::from_bytes(bytes));
+            let result = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("write took longer than {WRITE_TIMEOUT:?}")),
+            };
+            match &result {
+                Ok(()) => metrics::counter!("imgfetch_gateway_archived_total").increment(1),
+                Err(err) => {
+                    metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
+                    tracing::warn!(id, path = logged_path, err, "archive write failed");
+                }
+            }
+            let _ = tx.send(result);
+            drop(slot);
+        });
+        Archived::Planned { path, written }
+    }
+
+    /// Waits for writes in progress, e.g. during shutdown.
+    pub async fn drain(&self) {
+        self.writes.close();
+        self.writes.wait().await;
+    }
+}
+
+fn placeholder_values(
+    id: &str,
+    key: &str,
+    content_type: &str,
+    info: &ImageInfo,
+    received: OffsetDateTime,
+) -> BTreeMap<&'static str, String> {
+    let when = info.captured().unwrap_or(received);
+    let location = match (
+        &info.location.name,
+        info.location.latitude,
+        info.location.longitude,
+    ) {
+        (Some(name), _, _) => name.clone(),
+        (None, Some(lat), Some(lon)) => format!(
+            "{:.3}{}_{:.3}{}",
+            lat.abs(),
+            if lat < 0.0 { 'S' } else { 'N' },
+            lon.abs(),
+            if lon < 0.0 { 'W' } else { 'E' }
+        ),
+        _ => "unknown-location".to_owned(),
+    };
+    let file_name = key.rsplit('/').next().unwrap_or(key);
+    let key_stem = file_name.rsplit_once('.').map_or(file_name, |(s, _)| s);
+    [
+        ("network", info.network.clone()),
+        ("location", template::segment(&location, "unknown-location")),
+        (
+            "capture_date",
+            format!(
+                "{:04}-{:02}-{:02}",
+                when.year(),
+                u8::from(when.month()),
+                when.day()
+            ),
+        ),
+        (
+            "capture_time",
+            format!(
+                "{:04}{:02}{:02}T{:02}{:02}{:02}",
+                when.year(),
+                u8::from(when.month()),
+                when.day(),
+                when.hour(),
+                when.minute(),
+                when.second()
+            ),
+        ),
+        ("year", format!("{:04}", when.year())),
+        ("month", format!("{:02}", u8::from(when.month()))),
+        ("day", format!("{:02}", when.day())),
+        (
+            "device",
+            info.device
+                .clone()
+                .unwrap_or_else(|| "unknown-device".into()),
+        ),
+        ("id", id.to_owned()),
+        ("ext", extension(content_type).to_owned()),
+        ("key_stem", key_stem.to_owned()),
+    ]
+    .into()
+}
+
+/// File extension for a sniffed media type.
+pub fn extension(content_type: &str) -> &'static str {
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        "image/tiff" => "tif",
+        "image/bmp" => "bmp",
+        "image/heif" => "heic",
+        "image/avif" => "avif",
+        "image/x-icon" | "image/vnd.microsoft.icon" => "ico",
+        _ => "bin",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imgfetch_common::info::Location;
+
+    fn archive() -> Archive {
+        Archive {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            dir: Template::parse(template::DEFAULT_DIR, true).unwrap(),
+            file: Template::parse(template::DEFAULT_FILE, false).unwrap(),
+            slots: Arc::new(Semaphore::new(1)),
+            writes: TaskTracker::new(),
+        }
+    }
+
+    fn received() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap()
+    }
+
+    #[test]
+    fn default_layout_uses_place_and_local_capture_time() {
+        let info = ImageInfo {
+            network: "harbor".into(),
+            location: Location {
+                name: Some("青岛市".into()),
+                ..Location::default()
+            },
+            captured_at: Some("2026-11-20T08:15:30+08:00".into()),
+            ..ImageInfo::default()
+        };
+        assert_eq!(
+            archive().plan("r1", "a/b.jpg", "image/jpeg", &info, received()),
+            "harbor/青岛市/2026-11-20/青岛市_20261120T081530_r1.jpg"
+        );
+    }
+
+    #[test]
+    fn missing_information_falls_back() {
+        let info = ImageInfo {
+            network: "plant".into(),
+            ..ImageInfo::default()
+        };
+        let r = received();
+        let date = format!("{:04}-{:02}-{:02}", r.year(), u8::from(r.month()), r.day());
+        let path = archive().plan("r2", "x.png", "image/png", &info, r);
+        assert!(
+            path.starts_with(&format!("plant/unknown-location/{date}/unknown-location_")),
+            "{path}"
+        );
+        assert!(path.ends_with("_r2.png"), "{path}");
+
+        let coords = ImageInfo {
+            network: "plant".into(),
+            location: Location {
+                name: None,
+                latitude: Some(-33.8688),
+                longitude: Some(151.2093),
+            },
+            ..ImageInfo::default()
+        };
+        let path = archive().plan("r3", "x.gif", "image/gif", &coords, r);
+        assert!(path.starts_with("plant/33.869S_151.209E/"), "{path}");
+        assert!(path.ends_with(".gif"), "{path}");
+    }
+}
