@@ -59,6 +59,7 @@ wait_for "nats-server" port_open 4222
 pids+=($!)
 
 "$bin/imgfetch-gateway" --nats-url nats://127.0.0.1:4222 --listen "$HTTP" \
+  --archive "$root/.local/archive" \
   >.local/logs/gateway.log 2>&1 &
 pids+=($!)
 wait_for "the gateway" http_ok 8080 /readyz
@@ -69,11 +70,13 @@ imgfetch is running.
   gateway     http://$HTTP        (ready: http://$HTTP/readyz, metrics: http://$HTTP/metrics)
   nats-server nats://127.0.0.1:4222 (monitoring: http://127.0.0.1:8222/jsz?streams=1&consumers=1)
   networks    harbor -> samples/harbor    plant -> samples/plant
+  archive     .local/archive/ (every image fetched, filed by place and capture date)
   logs        .local/logs/
 
 Try:
   curl -o quay.jpg http://$HTTP/v1/images/harbor/quay-east.jpg
   curl -sS -D - -o overview.png http://$HTTP/v1/images/plant/line-3/overview.png
+  find .local/archive -type f                                   # where they were archived
   curl -i http://$HTTP/v1/images/harbor/no-such.jpg            # 404, JSON error body
   curl -i http://$HTTP/v1/images/atlantis/x.jpg                # 400 unknown_network
 

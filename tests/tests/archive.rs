@@ -1,0 +1,488 @@
+//! Associated information and the archive, through every client path, on real stores.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgfetch_common::protocol::header;
+use imgfetch_common::store::StoreSpec;
+use imgfetch_gateway::archive::ArchiveConfig;
+use imgfetch_resolver::config::NetworkSpec;
+use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::pipeline::{
+    file_network, hand_publish, header_of, next_within, resolver_config, samples_dir, Gateway,
+    Resolver, WsClient,
+};
+use imgfetch_tests::s3::S3Server;
+use imgfetch_tests::{eventually, init_logs, sample};
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions};
+use serde_json::json;
+
+/// A directory store holding one sample image, optionally with a sidecar.
+fn zone_with(image: &str, key: &str, sidecar: Option<serde_json::Value>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, sample(image)).unwrap();
+    if let Some(sidecar) = sidecar {
+        std::fs::write(format!("{}.json", path.display()), sidecar.to_string()).unwrap();
+    }
+    dir
+}
+
+fn archive_at(dir: &Path) -> ArchiveConfig {
+    ArchiveConfig::new(StoreSpec::File {
+        root: dir.to_path_buf(),
+    })
+}
+
+/// Every file under `root`, as paths relative to it.
+fn files_under(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+async fn archived_file(root: &Path, rel: &str) -> Vec<u8> {
+    let full: PathBuf = root.join(rel);
+    eventually(
+        &format!("{rel} in the archive"),
+        Duration::from_secs(10),
+        || {
+            let full = full.clone();
+            async move { std::fs::read(full).ok() }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn exif_alone_places_the_image_by_coordinates_and_capture_time() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    ))
+    .await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.archive = Some(archive_at(archive.path()))
+    })
+    .await;
+
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"exif-1","network":"harbor","key":"cranes/crane-07.jpg"}))
+        .await;
+    let answer = ws.next_answer().await;
+    let frame = &answer.frame;
+    assert_eq!(frame["type"], "image", "{frame}");
+    let info = &frame["info"];
+    assert_eq!(info["network"], "harbor");
+    assert!(
+        (info["location"]["latitude"].as_f64().unwrap() - 36.0702).abs() < 1e-3,
+        "{info}"
+    );
+    assert!(
+        (info["location"]["longitude"].as_f64().unwrap() - 120.3911).abs() < 1e-3,
+        "{info}"
+    );
+    assert!(info["location"].get("name").is_none(), "{info}");
+    assert_eq!(info["captured_at"], "2026-11-21T14:02:11+08:00");
+    assert_eq!(info["device"], "Axis P1468-LE (serial AX-7781)");
+
+    let expected = "harbor/36.070N_120.391E/2026-11-21/36.070N_120.391E_20261121T140211_exif-1.jpg";
+    assert_eq!(frame["archived_as"], expected, "{frame}");
+    assert_eq!(
+        archived_file(archive.path(), expected).await,
+        sample("harbor/cranes/crane-07.jpg")
+    );
+}
+
+#[tokio::test]
+async fn a_sidecar_overrides_exif_and_http_reports_the_archive_path() {
+    init_logs();
+    let nats = NatsServer::start();
+    let zone = zone_with(
+        "harbor/quay-east.jpg",
+        "cams/east.jpg",
+        Some(json!({"location": "青岛市", "operator": "Li Wei", "shift": 3})),
+    );
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", zone.path())],
+    ))
+    .await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.archive = Some(archive_at(archive.path()))
+    })
+    .await;
+
+    let r = reqwest::Client::new()
+        .get(gateway.http("/v1/images/harbor/cams/east.jpg"))
+        .header("X-Request-Id", "side-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    let decode = |name: &str| {
+        let raw = h
+            .get(name)
+            .unwrap_or_else(|| panic!("header {name}"))
+            .to_str()
+            .unwrap();
+        percent_decode(raw)
+    };
+    let expected = "harbor/青岛市/2026-11-20/青岛市_20261120T081530_side-1.jpg";
+    assert_eq!(decode("imgfetch-archived-as"), expected);
+    assert_eq!(decode("imgfetch-location"), "青岛市");
+    assert_eq!(decode("imgfetch-extra-operator"), "Li Wei");
+    assert_eq!(decode("imgfetch-captured-at"), "2026-11-20T08:15:30+08:00");
+    assert!(
+        h.get("imgfetch-extra-shift").is_none(),
+        "numbers are not extras"
+    );
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
+    assert_eq!(
+        archived_file(archive.path(), expected).await,
+        sample("harbor/quay-east.jpg")
+    );
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .expect("UTF-8 header value")
+        .into_owned()
+}
+
+#[tokio::test]
+async fn s3_metadata_sidecar_and_exif_merge_by_precedence_and_the_archive_can_be_s3() {
+    init_logs();
+    let nats = NatsServer::start();
+    let s3 = S3Server::start();
+    s3.create_bucket("cams");
+    s3.create_bucket("archive");
+    let cams = s3.client("cams");
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        Attribute::Metadata("location".into()),
+        "metadata place".into(),
+    );
+    attributes.insert(
+        Attribute::Metadata("captured-at".into()),
+        "2026-01-02T03:04:05-05:00".into(),
+    );
+    attributes.insert(Attribute::Metadata("camera-group".into()), "north".into());
+    cams.put_opts(
+        &"line/weld.jpg".into(),
+        sample("plant/line-3/weld-0001.jpg").into(),
+        PutOptions {
+            attributes,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    cams.put(
+        &"line/weld.jpg.json".into(),
+        json!({"location": "sidecar place"}).to_string().into(),
+    )
+    .await
+    .unwrap();
+
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![NetworkSpec {
+            name: "cams".into(),
+            store: s3.spec("cams"),
+        }],
+    ))
+    .await;
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.archive = Some(ArchiveConfig::new(s3.spec("archive")));
+    })
+    .await;
+
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"s3-1","network":"cams","key":"line/weld.jpg"}))
+        .await;
+    let answer = ws.next_answer().await;
+    let info = &answer.frame["info"];
+    assert_eq!(
+        info["location"]["name"], "sidecar place",
+        "sidecar wins: {info}"
+    );
+    assert_eq!(
+        info["captured_at"], "2026-01-02T03:04:05-05:00",
+        "store metadata beats EXIF: {info}"
+    );
+    assert_eq!(
+        info["device"], "Basler acA2440 (serial BS-1203)",
+        "EXIF fills the rest: {info}"
+    );
+    assert!(
+        (info["location"]["latitude"].as_f64().unwrap() - 31.2304).abs() < 1e-3,
+        "{info}"
+    );
+    assert_eq!(info["extras"]["camera_group"], "north", "{info}");
+
+    let expected = "cams/sidecar-place/2026-01-02/sidecar-place_20260102T030405_s3-1.jpg";
+    assert_eq!(answer.frame["archived_as"], expected);
+    let archive = s3.client("archive");
+    let stored = eventually("the archived object in S3", Duration::from_secs(10), || {
+        let archive = archive.clone();
+        async move { archive.get(&expected.into()).await.ok()?.bytes().await.ok() }
+    })
+    .await;
+    assert_eq!(
+        stored.as_ref(),
+        sample("plant/line-3/weld-0001.jpg").as_slice()
+    );
+}
+
+#[tokio::test]
+async fn hostile_metadata_never_leaves_the_archive_or_breaks_a_segment() {
+    init_logs();
+    let nats = NatsServer::start();
+    let long = "很长".repeat(200);
+    let zone = zone_with(
+        "plant/line-3/overview.png",
+        "evil.png",
+        Some(json!({
+            "location": "../../../etc/\u{202e}gnp.exe",
+            "device": format!("cam\u{0}\n{long}"),
+            "captured_at": "not a time",
+        })),
+    );
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("plant", zone.path())],
+    ))
+    .await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&nats.url(), |c| {
+        let mut a = archive_at(archive.path());
+        a.dir_template = "{network}/{device}".into();
+        a.file_template = "{location}-{id}.{ext}".into();
+        c.archive = Some(a);
+    })
+    .await;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"evil-1","network":"plant","key":"evil.png"}))
+        .await;
+    let answer = ws.next_answer().await;
+    let path = answer.frame["archived_as"].as_str().unwrap().to_owned();
+    let segments: Vec<&str> = path.split('/').collect();
+    assert_eq!(segments.len(), 3, "{path}");
+    assert_eq!(segments[0], "plant");
+    // Control characters are dropped when the information is read; the rest is kept.
+    assert!(segments[1].starts_with("cam很长很长"), "{path}");
+    assert!(segments[1].chars().count() <= 64, "{path}");
+    assert_eq!(segments[2], "etc-gnp.exe-evil-1.png", "{path}");
+    assert!(!path.contains(".."), "{path}");
+    assert_eq!(
+        answer.frame["info"].get("captured_at"),
+        None,
+        "an invalid time is dropped"
+    );
+    archived_file(archive.path(), &path).await;
+    assert_eq!(files_under(archive.path()), [path]);
+}
+
+#[tokio::test]
+async fn the_nats_cli_sees_the_associated_information_as_headers() {
+    init_logs();
+    let nats = NatsServer::start();
+    let zone = zone_with(
+        "harbor/quay-east.jpg",
+        "a.jpg",
+        Some(json!({"location":"Quay East"})),
+    );
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", zone.path())],
+    ))
+    .await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = hand_publish(
+        &client,
+        "imgfetch.req.harbor",
+        r#"{"id":"cli-i","key":"a.jpg"}"#,
+        Some("me.i"),
+        Some("cli-i"),
+    )
+    .await
+    .unwrap();
+    let reply = next_within(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("reply");
+    assert_eq!(
+        header_of(&reply, header::LOCATION).as_deref(),
+        Some("Quay East")
+    );
+    assert_eq!(
+        header_of(&reply, header::CAPTURED_AT).as_deref(),
+        Some("2026-11-20T08:15:30+08:00")
+    );
+    assert_eq!(
+        header_of(&reply, header::LATITUDE).map(|v| v.starts_with("36.067")),
+        Some(true)
+    );
+    assert_eq!(
+        header_of(&reply, header::DEVICE).as_deref(),
+        Some("Hikvision DS-2CD2387 (serial HK-0042)")
+    );
+}
+
+#[tokio::test]
+async fn archiving_the_same_id_again_writes_the_same_path_once() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start();
+    s3.create_bucket("archive");
+    for config in [
+        archive_at(dir.path()),
+        ArchiveConfig::new(s3.spec("archive")),
+    ] {
+        let archive = imgfetch_gateway::archive::Archive::open(&config)
+            .await
+            .unwrap();
+        let info = imgfetch_common::info::ImageInfo {
+            network: "harbor".into(),
+            captured_at: Some("2026-11-20T08:15:30+08:00".into()),
+            ..Default::default()
+        };
+        let bytes = bytes::Bytes::from(sample("harbor/quay-east.jpg"));
+        let mut paths = Vec::new();
+        for _ in 0..3 {
+            match archive.store("same", "a.jpg", "image/jpeg", &info, bytes.clone()) {
+                imgfetch_gateway::archive::Archived::Planned { path, written } => {
+                    written.await.unwrap().unwrap();
+                    paths.push(path);
+                }
+                other => panic!("expected a planned write, got {other:?}"),
+            }
+        }
+        assert!(paths.iter().all(|p| p == &paths[0]), "{paths:?}");
+        let listing: Vec<_> = {
+            use futures::TryStreamExt;
+            let store: Arc<dyn ObjectStore> = match &config.store {
+                StoreSpec::File { root } => {
+                    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root).unwrap())
+                }
+                _ => Arc::new(s3.client("archive")),
+            };
+            store.list(None).try_collect().await.unwrap()
+        };
+        assert_eq!(listing.len(), 1, "one copy: {listing:?}");
+        assert_eq!(listing[0].location.as_ref(), paths[0]);
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_keeps_the_archive_consistent() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    ))
+    .await;
+    let archive = tempfile::tempdir().unwrap();
+    let mut written = Vec::new();
+    for (round, id) in ["before-restart", "after-restart"].iter().enumerate() {
+        let gateway = Gateway::start(&nats.url(), |c| {
+            c.archive = Some(archive_at(archive.path()))
+        })
+        .await;
+        let r = reqwest::Client::new()
+            .get(gateway.http("/v1/images/harbor/cranes/crane-07.jpg"))
+            .header("X-Request-Id", *id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "round {round}");
+        let path = percent_decode(r.headers()["imgfetch-archived-as"].to_str().unwrap());
+        gateway.stop().await;
+        // Stopping drains archive writes: the file is complete once the gateway is gone.
+        assert_eq!(
+            std::fs::read(archive.path().join(&path)).unwrap(),
+            sample("harbor/cranes/crane-07.jpg")
+        );
+        written.push(path);
+    }
+    written.sort();
+    assert_eq!(
+        files_under(archive.path()),
+        written,
+        "no temporary or partial files"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_archive_never_keeps_the_image_from_the_client() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    ))
+    .await;
+    let s3 = S3Server::start();
+    s3.create_bucket("archive");
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.archive = Some(ArchiveConfig::new(s3.spec("archive")))
+    })
+    .await;
+    drop(s3); // the archive dies after the gateway started
+
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"af-1","network":"harbor","key":"quay-east.jpg"}))
+        .await;
+    let answer = ws.next_answer().await;
+    assert_eq!(answer.frame["type"], "image");
+    assert_eq!(
+        answer.bytes.as_deref(),
+        Some(sample("harbor/quay-east.jpg").as_slice())
+    );
+    let failed = ws.next_json().await;
+    assert_eq!(failed["type"], "archive_failed", "{failed}");
+    assert_eq!(failed["id"], "af-1");
+    assert_eq!(failed["archived_as"], answer.frame["archived_as"]);
+
+    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "HTTP clients get the image too");
+}
+
+#[tokio::test]
+async fn a_bad_archive_stops_the_gateway_at_start() {
+    let nats = NatsServer::start();
+    let mut config = imgfetch_gateway::Config::new(nats.url());
+    let mut a = archive_at(Path::new("/proc/imgfetch-cannot-create"));
+    a.file_template = "{id}.{ext}".into();
+    config.archive = Some(a);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = imgfetch_gateway::run(listener, config, Default::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot create directory"), "{err}");
+}
