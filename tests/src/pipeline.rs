@@ -177,6 +177,15 @@ pub fn file_network(name: &str, dir: impl Into<PathBuf>) -> NetworkSpec {
     }
 }
 
+/// A resolver serving the committed `samples/<network>` directory as `network`.
+pub async fn sample_resolver(nats_url: &str, network: &str) -> Resolver {
+    Resolver::start(resolver_config(
+        nats_url,
+        vec![file_network(network, samples_dir().join(network))],
+    ))
+    .await
+}
+
 /// A resolver config with test-friendly retry timings.
 pub fn resolver_config(nats_url: &str, networks: Vec<NetworkSpec>) -> imgfetch_resolver::Config {
     let mut config = imgfetch_resolver::Config::new(nats_url, networks);

@@ -10,7 +10,7 @@ use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_resolver::config::NetworkSpec;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, hand_publish, header_of, next_within, resolver_config, samples_dir, Gateway,
+    file_network, hand_publish, header_of, next_within, resolver_config, sample_resolver, Gateway,
     Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
@@ -71,11 +71,7 @@ async fn archived_file(root: &Path, rel: &str) -> Vec<u8> {
 async fn exif_alone_places_the_image_by_coordinates_and_capture_time() {
     init_logs();
     let nats = NatsServer::start();
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", samples_dir().join("harbor"))],
-    ))
-    .await;
+    let _r = sample_resolver(&nats.url(), "harbor").await;
     let archive = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&nats.url(), |c| {
         c.archive = Some(archive_at(archive.path()))
@@ -400,11 +396,7 @@ async fn archiving_the_same_id_again_writes_the_same_path_once() {
 async fn a_restarted_gateway_keeps_the_archive_consistent() {
     init_logs();
     let nats = NatsServer::start();
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", samples_dir().join("harbor"))],
-    ))
-    .await;
+    let _r = sample_resolver(&nats.url(), "harbor").await;
     let archive = tempfile::tempdir().unwrap();
     let mut written = Vec::new();
     for (round, id) in ["before-restart", "after-restart"].iter().enumerate() {
@@ -440,11 +432,7 @@ async fn a_restarted_gateway_keeps_the_archive_consistent() {
 async fn a_failing_archive_never_keeps_the_image_from_the_client() {
     init_logs();
     let nats = NatsServer::start();
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", samples_dir().join("harbor"))],
-    ))
-    .await;
+    let _r = sample_resolver(&nats.url(), "harbor").await;
     let s3 = S3Server::start();
     s3.create_bucket("archive");
     let gateway = Gateway::start(&nats.url(), |c| {

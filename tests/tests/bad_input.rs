@@ -7,19 +7,15 @@ use futures::StreamExt;
 use imgfetch_common::protocol::{header, request_subject, ErrorCode};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, hand_publish, header_of, next_within, resolver_config, samples_dir, Gateway,
-    Resolver, WsClient,
+    file_network, hand_publish, header_of, next_within, resolver_config, sample_resolver,
+    samples_dir, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs};
 use serde_json::json;
 
 async fn harbor(nats: &NatsServer) -> Resolver {
-    Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", samples_dir().join("harbor"))],
-    ))
-    .await
+    sample_resolver(&nats.url(), "harbor").await
 }
 
 /// Waits until the stream holds no message and the network's consumer has nothing pending.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use imgfetch_common::protocol::header;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, hand_publish, header_of, next_within, resolver_config, samples_dir, Gateway,
-    Resolver, WsClient,
+    file_network, hand_publish, header_of, next_within, resolver_config, sample_resolver,
+    samples_dir, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{init_logs, sample};
@@ -16,11 +16,7 @@ use object_store::ObjectStore;
 use serde_json::json;
 
 async fn one_zone(nats: &NatsServer) -> Resolver {
-    Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", samples_dir().join("harbor"))],
-    ))
-    .await
+    sample_resolver(&nats.url(), "harbor").await
 }
 
 #[tokio::test]
