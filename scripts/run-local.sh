@@ -28,7 +28,8 @@ cleanup() {
   wait 2>/dev/null || true
   echo "run-local: stopped." >&2
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 wait_for() { # what, check command...
   local what=$1; shift
