@@ -474,3 +474,44 @@ async fn a_bad_archive_stops_the_gateway_at_start() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot create directory"), "{err}");
 }
+
+#[tokio::test]
+async fn a_redelivered_reply_for_the_same_id_is_not_archived_again() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _r = sample_resolver(&nats.url(), "harbor").await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.instance = "gw-redeliver".into();
+        c.archive = Some(archive_at(archive.path()));
+    })
+    .await;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"again","network":"harbor","key":"cranes/crane-07.jpg"}))
+        .await;
+    let answer = ws.next_answer().await;
+    let path = answer.frame["archived_as"].as_str().unwrap().to_owned();
+    let original = archived_file(archive.path(), &path).await;
+
+    // What a resolver that crashed before its ack would send on redelivery: another reply for
+    // the same id, here with other bytes so that a second write would show.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(header::ID, "again");
+    headers.insert(header::STATUS, "ok");
+    headers.insert(header::NETWORK, "harbor");
+    headers.insert(header::CONTENT_TYPE, "image/png");
+    client
+        .publish_with_headers(
+            "imgfetch.reply.gw-redeliver.again",
+            headers,
+            sample("plant/line-3/overview.png").into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    gateway.stop().await; // drains any archive write
+
+    assert_eq!(files_under(archive.path()), [path.clone()]);
+    assert_eq!(std::fs::read(archive.path().join(&path)).unwrap(), original);
+}

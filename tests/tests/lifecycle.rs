@@ -148,3 +148,52 @@ async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
         .expect("gateway stops after draining")
         .expect("stop task");
 }
+
+#[tokio::test]
+async fn without_provisioning_a_resolver_only_verifies() {
+    init_logs();
+    let nats = NatsServer::start();
+    let mut verify_only = harbor_config(&nats, "verifier");
+    verify_only.provision = false;
+    let err = Resolver::start_err(verify_only.clone()).await;
+    assert!(
+        err.to_string()
+            .contains("does not exist (provisioning is off"),
+        "{err}"
+    );
+
+    // Once the stream and consumer exist (here made by a provisioning resolver), it runs.
+    Resolver::start(harbor_config(&nats, "provisioner"))
+        .await
+        .stop()
+        .await;
+    let resolver = Resolver::start(verify_only).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = imgfetch_tests::pipeline::hand_publish(
+        &client,
+        "imgfetch.req.harbor",
+        r#"{"id":"v1","key":"quay-east.jpg"}"#,
+        Some("me.v1"),
+        Some("v1"),
+    )
+    .await
+    .unwrap();
+    let reply = next_within(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("reply");
+    assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
+    resolver.stop().await;
+
+    // A network the stream does not capture is refused, not added.
+    let mut other = resolver_config(
+        &nats.url(),
+        vec![file_network("plant", samples_dir().join("plant"))],
+    );
+    other.provision = false;
+    let err = Resolver::start_err(other).await;
+    assert!(
+        err.to_string()
+            .contains("does not capture \"imgfetch.req.plant\""),
+        "{err}"
+    );
+}
