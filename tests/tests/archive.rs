@@ -512,6 +512,6 @@ async fn a_redelivered_reply_for_the_same_id_is_not_archived_again() {
     client.flush().await.unwrap();
     gateway.stop().await; // drains any archive write
 
-    assert_eq!(files_under(archive.path()), [path.clone()]);
+    assert_eq!(files_under(archive.path()), std::slice::from_ref(&path));
     assert_eq!(std::fs::read(archive.path().join(&path)).unwrap(), original);
 }
