@@ -35,6 +35,8 @@ pub struct Context {
     pub store: Store,
     /// Largest image sent inline.
     pub max_image_bytes: u64,
+    /// The server's `max_payload`: the largest message, headers included.
+    pub max_payload: u64,
     /// Attempts at a failing store before giving up; never more than the consumer's
     /// `max_deliver`, after which the server would stop redelivering without an answer.
     pub store_attempts: u32,
@@ -171,10 +173,24 @@ pub async fn decide(
     let read = tokio::time::timeout(ctx.store_timeout, read_with_info(ctx, &request)).await;
     let err = match read {
         Ok(Ok((fetched, info))) => {
+            let reply = ok_reply(&request, ctx, fetched, &info);
+            // Headers (metadata, meta) usually fit the headroom; when they do not, the message
+            // could never be published, so say so instead of failing forever.
+            let size = reply.body.len() + header_bytes(&reply.headers);
+            if size as u64 > ctx.max_payload {
+                return term_with(
+                    Some(id),
+                    ErrorCode::TooLarge,
+                    format!(
+                        "image and metadata take {size} bytes, over the server's {}-byte limit",
+                        ctx.max_payload
+                    ),
+                );
+            }
             metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK)
                 .increment(1);
             return Decision {
-                reply: Some((callback, ok_reply(&request, ctx, fetched, &info))),
+                reply: Some((callback, reply)),
                 settle: Settle::Ack,
             };
         }
@@ -334,6 +350,21 @@ async fn read_with_info(
     let exif = info::from_exif(&fetched.bytes);
     let merged = info::merge(&ctx.network, &request.meta, [sidecar, store_metadata, exif]);
     Ok((fetched, merged))
+}
+
+/// Bytes the headers take on the wire, near enough: `Name: value\r\n` each, plus the preamble.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    lines + 16
 }
 
 /// Header values cannot hold line breaks or other control characters; stores can.

@@ -128,6 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             instance: config.instance.clone(),
             store,
             max_image_bytes,
+            max_payload,
             store_attempts: config
                 .store_attempts
                 .min(u32::try_from(config.consumer.max_deliver).unwrap_or(u32::MAX)),

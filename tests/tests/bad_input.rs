@@ -11,7 +11,7 @@ use imgfetch_tests::pipeline::{
     samples_dir, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
-use imgfetch_tests::{eventually, init_logs};
+use imgfetch_tests::{eventually, init_logs, sample};
 use serde_json::json;
 
 async fn harbor(nats: &NatsServer) -> Resolver {
@@ -553,4 +553,60 @@ async fn nats_down_is_503_and_not_ready() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn metadata_that_would_overflow_the_message_is_too_large_not_a_retry_loop() {
+    init_logs();
+    // 68 KiB messages leave 4 KiB for the image after the 64 KiB headroom: enough for the PNG,
+    // not for the PNG plus 64 KiB of extras and meta.
+    let nats = NatsServer::start_with("max_payload: 69632");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.png"),
+        sample("plant/line-3/overview.png"),
+    )
+    .unwrap();
+    let wide = "\u{1d11e}".repeat(256); // 4 bytes each, at the 256-character cap
+    let mut sidecar = serde_json::Map::new();
+    sidecar.insert("location".into(), json!(wide));
+    sidecar.insert("device".into(), json!(wide));
+    for i in 0..32 {
+        sidecar.insert(format!("extra_{i}"), json!(wide));
+    }
+    std::fs::write(
+        dir.path().join("a.png.json"),
+        serde_json::Value::Object(sidecar).to_string(),
+    )
+    .unwrap();
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("plant", dir.path())],
+    ))
+    .await;
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let meta: serde_json::Map<_, _> = (0..32)
+        .map(|i| (format!("m{i}"), json!("x".repeat(1000))))
+        .collect();
+    let body = json!({"id":"wide","key":"a.png","meta":meta}).to_string();
+    let mut sub = hand_publish(
+        &client,
+        "imgfetch.req.plant",
+        &body,
+        Some("me.wide"),
+        Some("wide"),
+    )
+    .await
+    .unwrap();
+    let reply = next_within(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("an answer, not silence");
+    assert_eq!(
+        header_of(&reply, header::STATUS).as_deref(),
+        Some("too_large"),
+        "{:?}",
+        reply.payload
+    );
+    queue_drained(&client).await;
 }
