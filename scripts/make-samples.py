@@ -68,6 +68,24 @@ def main():
     png = os.path.join(ROOT, "plant/line-3/overview.png")
     scene(240, 160, 0.3, 9).save(png, "PNG", optimize=True)
 
+    # Test fixtures for the EXIF edge cases (tests/fixtures/).
+    fixtures = os.path.join(ROOT, "..", "tests", "fixtures")
+    os.makedirs(fixtures, exist_ok=True)
+    # No OffsetTimeOriginal, but a GPS clock (UTC) 8 hours behind the camera's.
+    e = exif(31.2304, 121.4737, "2026:11:22 23:59:59", "+08:00", "Basler", "acA2440", "BS-1203")
+    del e.get_ifd(0x8769)[0x9011]
+    gps = e.get_ifd(0x8825)
+    gps[7] = (15.0, 59.0, 59.0)  # GPSTimeStamp
+    gps[29] = "2026:11:22"  # GPSDateStamp
+    scene(64, 48, 0.5, 4).save(os.path.join(fixtures, "gps-clock.jpg"), "JPEG", quality=60, exif=e)
+    # No fix: status void, zero coordinates, no hemisphere references.
+    e = exif(0.0, 0.0, "2026:11:23 10:00:00", "+01:00", "Acme", "Cam", "X1")
+    gps = e.get_ifd(0x8825)
+    del gps[1]
+    del gps[3]
+    gps[9] = "V"  # GPSStatus
+    scene(64, 48, 0.5, 5).save(os.path.join(fixtures, "no-fix.jpg"), "JPEG", quality=60, exif=e)
+
 
 if __name__ == "__main__":
     main()

@@ -2,10 +2,12 @@
 //! directory and a name chosen from its associated information.
 //!
 //! - **Where:** [`Archive::plan`] renders the directory and file templates (see
-//!   `docs/ARCHIVE.md`). The same image and id always give the same path, so a repeated write
-//!   replaces the file with the same bytes instead of adding a copy.
-//! - **Atomic:** object_store writes a local file under a temporary name and renames it; an S3
-//!   PUT is all-or-nothing. No half-written file is ever visible under its final name.
+//!   `docs/ARCHIVE.md`). For an image with a capture time, the same information and id always
+//!   give the same path, so a repeated write replaces the file with the same bytes instead of
+//!   adding a copy. Ids are used whole, so two ids never share a path.
+//! - **Whole files only:** object_store writes a local file under a staging name and renames it
+//!   into place; an S3 PUT is all-or-nothing. No half-written file is visible under its final
+//!   name. (Local writes are not fsynced; a power cut can lose a recent copy.)
 //! - **Off the latency path:** the write runs in the background; the client gets the image at
 //!   once, with the planned path, and hears of a failure afterwards.
 
@@ -24,11 +26,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::template::{self, Template, TemplateError};
 
-/// Writes waiting or running at once; beyond this an image is not archived (and the client is
-/// told).
-const MAX_PENDING_WRITES: usize = 256;
-/// Longest a single write may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Image bytes waiting to be written, at most, in KiB; beyond this an image is not archived
+/// (and the client is told). A write holds its share until it has really finished.
+const MAX_PENDING_KIB: usize = 256 * 1024;
+/// Name of the object written and deleted at start to prove the archive can be written.
+const PROBE: &str = ".imgfetch-write-probe";
 
 /// Archive settings.
 #[derive(Clone, Debug)]
@@ -90,7 +92,7 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Parses the templates, builds the store and proves it can be written.
+    /// Parses the templates, builds the store, and proves it can be listed and written.
     pub async fn open(config: &ArchiveConfig) -> Result<Archive, ArchiveError> {
         let dir = Template::parse(&config.dir_template, true)?;
         let file = Template::parse(&config.file_template, false)?;
@@ -99,11 +101,18 @@ impl Archive {
         store::check_readable(opened.store.as_ref())
             .await
             .map_err(|e| ArchiveError::Store(e.to_string()))?;
+        let probe = Path::from(PROBE);
+        opened
+            .store
+            .put(&probe, PutPayload::from_static(b"imgfetch"))
+            .await
+            .map_err(|e| ArchiveError::Store(format!("cannot write: {e}")))?;
+        let _ = opened.store.delete(&probe).await;
         Ok(Archive {
             store: opened.store,
             dir,
             file,
-            slots: Arc::new(Semaphore::new(MAX_PENDING_WRITES)),
+            slots: Arc::new(Semaphore::new(MAX_PENDING_KIB)),
             writes: TaskTracker::new(),
         })
     }
@@ -116,11 +125,19 @@ impl Archive {
         content_type: &str,
         info: &ImageInfo,
         received: OffsetDateTime,
-    ) -> String {
+    ) -> Result<String, String> {
         let values = placeholder_values(id, key, content_type, info, received);
-        let mut segments = self.dir.render(&values);
-        segments.extend(self.file.render(&values));
-        segments.join("/")
+        let mut segments = self.dir.render(&values, &["id"])?;
+        segments.extend(self.file.render(&values, &["id"])?);
+        let path = segments.join("/");
+        if path.len() > template::MAX_PATH_BYTES {
+            return Err(format!(
+                "archive path of {} bytes is over the {}-byte limit",
+                path.len(),
+                template::MAX_PATH_BYTES
+            ));
+        }
+        Ok(path)
     }
 
     /// Plans the path and starts the write in the background.
@@ -132,27 +149,35 @@ impl Archive {
         info: &ImageInfo,
         bytes: Bytes,
     ) -> Archived {
-        let path = self.plan(id, key, content_type, info, OffsetDateTime::now_utc());
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+        let fail = |why: String| {
             metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
-            tracing::warn!(id, path, "archive queue full; image not archived");
-            return Archived::Failed("the archive has too many writes pending".into());
+            tracing::warn!(id, why, "image not archived");
+            Archived::Failed(why)
+        };
+        let path = match self.plan(id, key, content_type, info, OffsetDateTime::now_utc()) {
+            Ok(p) => p,
+            Err(why) => return fail(why),
         };
         let object = match Path::parse(&path) {
             Ok(p) => p,
-            Err(e) => return Archived::Failed(format!("bad archive path {path:?}: {e}")),
+            Err(e) => return fail(format!("bad archive path {path:?}: {e}")),
+        };
+        let kib = u32::try_from(bytes.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let Ok(slot) = self.slots.clone().try_acquire_many_owned(kib) else {
+            return fail("the archive has too many writes pending".into());
         };
         let (tx, written) = oneshot::channel();
         let store = self.store.clone();
         let id = id.to_owned();
         let logged_path = path.clone();
         self.writes.spawn(async move {
-            let put = store.put(&object, PutPayload::from_bytes(bytes));
-            let result = match tokio::time::timeout(WRITE_TIMEOUT, put).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("write took longer than {WRITE_TIMEOUT:?}")),
-            };
+            // No timeout here: a dropped local write would go on in its blocking thread, and the
+            // slot must stay taken until it really ends. S3 requests time out in the client.
+            let result = store
+                .put(&object, PutPayload::from_bytes(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             match &result {
                 Ok(()) => metrics::counter!("imgfetch_gateway_archived_total").increment(1),
                 Err(err) => {
@@ -264,7 +289,7 @@ mod tests {
             store: Arc::new(object_store::memory::InMemory::new()),
             dir: Template::parse(template::DEFAULT_DIR, true).unwrap(),
             file: Template::parse(template::DEFAULT_FILE, false).unwrap(),
-            slots: Arc::new(Semaphore::new(1)),
+            slots: Arc::new(Semaphore::new(1024)),
             writes: TaskTracker::new(),
         }
     }
@@ -285,7 +310,9 @@ mod tests {
             ..ImageInfo::default()
         };
         assert_eq!(
-            archive().plan("r1", "a/b.jpg", "image/jpeg", &info, received()),
+            archive()
+                .plan("r1", "a/b.jpg", "image/jpeg", &info, received())
+                .unwrap(),
             "harbor/青岛市/2026-11-20/青岛市_20261120T081530_r1.jpg"
         );
     }
@@ -298,7 +325,9 @@ mod tests {
         };
         let r = received();
         let date = format!("{:04}-{:02}-{:02}", r.year(), u8::from(r.month()), r.day());
-        let path = archive().plan("r2", "x.png", "image/png", &info, r);
+        let path = archive()
+            .plan("r2", "x.png", "image/png", &info, r)
+            .unwrap();
         assert!(
             path.starts_with(&format!("plant/unknown-location/{date}/unknown-location_")),
             "{path}"
@@ -314,7 +343,9 @@ mod tests {
             },
             ..ImageInfo::default()
         };
-        let path = archive().plan("r3", "x.gif", "image/gif", &coords, r);
+        let path = archive()
+            .plan("r3", "x.gif", "image/gif", &coords, r)
+            .unwrap();
         assert!(path.starts_with("plant/33.869S_151.209E/"), "{path}");
         assert!(path.ends_with(".gif"), "{path}");
     }

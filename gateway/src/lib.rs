@@ -116,7 +116,9 @@ pub async fn run(
         sessions.wait().await;
         served
     };
-    match tokio::time::timeout(config.grace, drain).await {
+    // One grace period for everything: sessions, then archive writes.
+    let grace_ends = tokio::time::Instant::now() + config.grace;
+    match tokio::time::timeout_at(grace_ends, drain).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => return Err(err.into()),
         Ok(Err(join)) => tracing::error!(%join, "server task failed"),

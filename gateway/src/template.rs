@@ -28,8 +28,13 @@ pub const DEFAULT_FILE: &str = "{location}_{capture_time}_{id}.{ext}";
 
 /// Longest value of one placeholder, in characters, after sanitising.
 pub const MAX_VALUE_CHARS: usize = 64;
-/// Longest rendered path segment, in bytes.
-pub const MAX_SEGMENT_BYTES: usize = 255;
+/// Longest value of one placeholder, in bytes (64 characters of a 4-byte script would be 256).
+pub const MAX_VALUE_BYTES: usize = 96;
+/// Longest rendered path segment, in bytes: 255, the usual file-name limit, less room for the
+/// suffix of the staging file a local write renames into place.
+pub const MAX_SEGMENT_BYTES: usize = 248;
+/// Longest whole path, in bytes (S3 keys end at 1024).
+pub const MAX_PATH_BYTES: usize = 1000;
 
 /// A template that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,8 +111,15 @@ impl Template {
         Ok(Template { segments })
     }
 
-    /// Renders with `values`; each value is made a safe piece of one segment.
-    pub fn render(&self, values: &BTreeMap<&'static str, String>) -> Vec<String> {
+    /// Renders with `values`; each value is made a safe piece of one segment. `exact` values
+    /// (ids, already restricted to `A-Z a-z 0-9 - _`) are used as they are, never trimmed or
+    /// cut, so that two ids can never render alike. A segment that comes out too long is an
+    /// error, never cut short, for the same reason.
+    pub fn render(
+        &self,
+        values: &BTreeMap<&'static str, String>,
+        exact: &[&str],
+    ) -> Result<Vec<String>, String> {
         self.segments
             .iter()
             .map(|pieces| {
@@ -115,13 +127,23 @@ impl Template {
                 for piece in pieces {
                     match piece {
                         Piece::Text(t) => out.push_str(t),
-                        Piece::Value(name) => out.push_str(&segment(
-                            values.get(name).map(String::as_str).unwrap_or(""),
-                            "unknown",
-                        )),
+                        Piece::Value(name) => {
+                            let value = values.get(name).map(String::as_str).unwrap_or("");
+                            if exact.contains(name) {
+                                out.push_str(value);
+                            } else {
+                                out.push_str(&segment(value, "unknown"));
+                            }
+                        }
                     }
                 }
-                truncate_bytes(&out, MAX_SEGMENT_BYTES)
+                if out.len() > MAX_SEGMENT_BYTES {
+                    return Err(format!(
+                        "path segment of {} bytes is over the {MAX_SEGMENT_BYTES}-byte limit",
+                        out.len()
+                    ));
+                }
+                Ok(out)
             })
             .collect()
     }
@@ -139,7 +161,13 @@ fn literal(text: &str) -> Result<String, String> {
 }
 
 fn keep(c: char) -> bool {
-    c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '+')
+    c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '+') || joins(c)
+}
+
+/// Combining marks (accents, vowel signs, viramas) and the zero-width (non-)joiners belong to
+/// the letters around them in many scripts.
+fn joins(c: char) -> bool {
+    unicode_normalization::char::is_combining_mark(c) || matches!(c, '\u{200C}' | '\u{200D}')
 }
 
 /// Device names Windows reserves, which no segment may be.
@@ -156,9 +184,11 @@ const RESERVED: [&str; 22] = [
 /// so `..` cannot survive; the result is cut to 64 characters; a reserved device name gets a
 /// `_` appended; an empty result becomes `fallback`.
 pub fn segment(value: &str, fallback: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
     let mut out = String::new();
     let mut pending_dash = false;
-    for c in value.chars() {
+    // NFC first, so that a decomposed "São" and a composed one name the same directory.
+    for c in value.nfc() {
         if keep(c) {
             if pending_dash && !out.is_empty() {
                 out.push('-');
@@ -169,12 +199,21 @@ pub fn segment(value: &str, fallback: &str) -> String {
             pending_dash = true;
         }
     }
-    let trimmed: String = out
-        .trim_matches(['-', '.', '_'])
+    // A mark may end a word (a vowel sign) but cannot start one.
+    let is_edge = |c: char| matches!(c, '-' | '.' | '_' | '\u{200C}' | '\u{200D}');
+    let mut trimmed = String::new();
+    let start = out.trim_start_matches(|c| is_edge(c) || joins(c));
+    for c in start
+        .trim_end_matches(is_edge)
         .chars()
         .take(MAX_VALUE_CHARS)
-        .collect();
-    let trimmed = trimmed.trim_end_matches(['-', '.', '_']).to_owned();
+    {
+        if trimmed.len() + c.len_utf8() > MAX_VALUE_BYTES {
+            break;
+        }
+        trimmed.push(c);
+    }
+    let trimmed = trimmed.trim_end_matches(is_edge).to_owned();
     if trimmed.is_empty() {
         return fallback.to_owned();
     }
@@ -183,17 +222,6 @@ pub fn segment(value: &str, fallback: &str) -> String {
         return format!("{trimmed}_");
     }
     trimmed
-}
-
-fn truncate_bytes(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 #[cfg(test)]
@@ -232,6 +260,9 @@ mod tests {
             ("evil\u{202e}gpj.exe", "evil-gpj.exe"),
             ("青岛市", "青岛市"),
             ("São Paulo", "São-Paulo"),
+            ("Sa\u{303}o Paulo", "São-Paulo"),
+            ("दिल्ली", "दिल्ली"),
+            ("می\u{200c}خواهم", "می\u{200c}خواهم"),
             ("CON", "CON_"),
             ("nul.txt", "nul.txt_"),
             ("  spaced  out ", "spaced-out"),
@@ -240,7 +271,10 @@ mod tests {
             assert_eq!(segment(value, "unknown"), expect, "{value:?}");
         }
         let long = segment(&"长".repeat(500), "unknown");
-        assert_eq!(long.chars().count(), MAX_VALUE_CHARS);
+        assert_eq!(long.chars().count(), MAX_VALUE_BYTES / 3);
+        let wide = segment(&"\u{20000}".repeat(100), "unknown");
+        assert_eq!(wide.len(), MAX_VALUE_BYTES);
+        assert_eq!(segment(&"a".repeat(100), "unknown").len(), MAX_VALUE_CHARS);
     }
 
     #[test]
@@ -252,7 +286,10 @@ mod tests {
             ("capture_date", "2026-11-20".to_string()),
         ]
         .into();
-        assert_eq!(t.render(&values), ["harbor", "青岛市-港口", "2026-11-20"]);
+        assert_eq!(
+            t.render(&values, &[]).unwrap(),
+            ["harbor", "青岛市-港口", "2026-11-20"]
+        );
         let f = Template::parse("{location}_{capture_time}_{id}.{ext}", false).unwrap();
         let values: BTreeMap<_, _> = [
             ("location", "".to_string()),
@@ -261,6 +298,31 @@ mod tests {
             ("ext", "jpg".to_string()),
         ]
         .into();
-        assert_eq!(f.render(&values), ["unknown_20261120T081530_r1.jpg"]);
+        assert_eq!(
+            f.render(&values, &["id"]).unwrap(),
+            ["unknown_20261120T081530_r1.jpg"]
+        );
+    }
+
+    #[test]
+    fn ids_are_kept_whole_and_long_segments_are_refused_not_cut() {
+        let f = Template::parse("{location}_{id}.{ext}", false).unwrap();
+        let mut values: BTreeMap<_, _> = [
+            ("location", "\u{20000}".repeat(64)),
+            ("id", "_a-".to_string()),
+            ("ext", "jpg".to_string()),
+        ]
+        .into();
+        let name = f.render(&values, &["id"]).unwrap().remove(0);
+        assert!(name.ends_with("__a-.jpg"), "{name}");
+        values.insert("id", "x".repeat(128));
+        let name = f.render(&values, &["id"]).unwrap().remove(0);
+        assert!(
+            name.ends_with(&format!("_{}.jpg", "x".repeat(128))),
+            "{name}"
+        );
+        let many = Template::parse("{location}{location}{location}", false).unwrap();
+        let err = many.render(&values, &["id"]).unwrap_err();
+        assert!(err.contains("over the 248-byte limit"), "{err}");
     }
 }

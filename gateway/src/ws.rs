@@ -221,7 +221,6 @@ pub async fn session<W, R, E>(
         let dispatcher = dispatcher.clone();
         let out = out_tx.clone();
         tasks.spawn(async move {
-            let _permit = permit;
             let id = request.id.clone();
             let network = request.network.clone().unwrap_or_default();
             let key = request.key.clone();
@@ -254,6 +253,8 @@ pub async fn session<W, R, E>(
             {
                 return;
             }
+            // The request is answered; the archive report below must not hold its slot.
+            drop(permit);
             // The archive write runs behind the image; report it only if it fails.
             if let Archived::Planned { path, written } = image.archived {
                 if let Ok(Err(message)) = written.await {

@@ -316,14 +316,18 @@ fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched, info: &Imag
     }
 }
 
-/// Reads the image, then its sidecar, and gathers the associated information.
+/// Reads the image and its sidecar (at once), and gathers the associated information.
 async fn read_with_info(
     ctx: &Context,
     request: &FetchRequest,
 ) -> Result<(Fetched, ImageInfo), StoreError> {
-    let fetched = ctx.store.read(&request.key, ctx.max_image_bytes).await?;
     let sidecar_key = format!("{}{}", request.key, info::SIDECAR_SUFFIX);
-    let sidecar = match ctx.store.read(&sidecar_key, info::MAX_SIDECAR_BYTES).await {
+    let (image, sidecar) = tokio::join!(
+        ctx.store.read(&request.key, ctx.max_image_bytes),
+        ctx.store.read(&sidecar_key, info::MAX_SIDECAR_BYTES),
+    );
+    let fetched = image?;
+    let sidecar = match sidecar {
         Ok(found) => match info::from_sidecar(&found.bytes) {
             Ok(partial) => partial,
             Err(err) => {
@@ -331,15 +335,16 @@ async fn read_with_info(
                 info::Partial::default()
             }
         },
-        // A store that fails now fails the request, so that it is retried with the sidecar
-        // rather than archived without it.
-        Err(err) if err.kind() == StoreErrorKind::Transient => return Err(err),
-        Err(err) => {
-            if err.kind() != StoreErrorKind::NotFound {
+        Err(err) => match err.kind() {
+            StoreErrorKind::NotFound => info::Partial::default(),
+            // A store that fails now fails the request, so that it is retried with the sidecar
+            // rather than archived without it.
+            StoreErrorKind::Transient => return Err(err),
+            _ => {
                 tracing::warn!(key = sidecar_key, %err, "sidecar unreadable; ignored");
+                info::Partial::default()
             }
-            info::Partial::default()
-        }
+        },
     };
     let store_metadata = info::from_fields(
         fetched

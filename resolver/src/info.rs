@@ -48,7 +48,7 @@ pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, FieldValue<'a>
     for (name, value) in fields {
         let name = name.trim().to_ascii_lowercase().replace('-', "_");
         let text = match value {
-            FieldValue::Text(s) => s.to_owned(),
+            FieldValue::Text(s) => decode_encoded_word(s),
             FieldValue::Number(n) => n.to_string(),
         };
         match name.as_str() {
@@ -70,6 +70,52 @@ pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, FieldValue<'a>
     }
     partial.coordinates = lat.zip(lon);
     partial
+}
+
+/// S3 returns non-ASCII user metadata as an RFC 2047 encoded word (`=?UTF-8?B?6Z2S5bKb?=` or
+/// `=?UTF-8?Q?S=C3=A3o?=`), since HTTP headers are ASCII; anything else is returned as it is.
+pub fn decode_encoded_word(value: &str) -> String {
+    use base64::Engine;
+    let decoded = (|| {
+        let inner = value.trim().strip_prefix("=?")?.strip_suffix("?=")?;
+        let mut parts = inner.splitn(3, '?');
+        let charset = parts.next()?;
+        let encoding = parts.next()?;
+        let text = parts.next()?;
+        if !charset.eq_ignore_ascii_case("utf-8") {
+            return None;
+        }
+        let bytes = match encoding {
+            "B" | "b" => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?,
+            "Q" | "q" => {
+                let spaced = text.replace('_', " ");
+                percent_like_decode(&spaced)?
+            }
+            _ => return None,
+        };
+        String::from_utf8(bytes).ok()
+    })();
+    decoded.unwrap_or_else(|| value.to_owned())
+}
+
+/// The `=XX` escapes of RFC 2047's Q encoding.
+fn percent_like_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// A field's value in a sidecar (strings and numbers) or in store metadata (strings).
@@ -107,27 +153,42 @@ pub fn from_exif(bytes: &[u8]) -> Partial {
             _ => None,
         }
     };
-    let degrees = |tag: Tag, reference: Tag, negative: &str, limit: f64| -> Option<f64> {
+    // A coordinate counts only with its hemisphere; cameras without a fix write no reference,
+    // a void status, or zeros.
+    let degrees = |tag: Tag, reference: Tag, (pos, neg): (&str, &str), limit: f64| {
         let Value::Rational(parts) = &exif.get_field(tag, In::PRIMARY)?.value else {
             return None;
         };
         let [d, m, s] = parts.as_slice() else {
             return None;
         };
-        let mut v = d.to_f64() + m.to_f64() / 60.0 + s.to_f64() / 3600.0;
-        if text(reference).is_some_and(|r| r.eq_ignore_ascii_case(negative)) {
-            v = -v;
-        }
-        (v.is_finite() && v.abs() <= limit).then_some(v)
+        let v = d.to_f64() + m.to_f64() / 60.0 + s.to_f64() / 3600.0;
+        let sign = match text(reference)?.to_ascii_uppercase() {
+            r if r == pos => 1.0,
+            r if r == neg => -1.0,
+            _ => return None,
+        };
+        (v.is_finite() && v <= limit).then_some(sign * v)
     };
-    let latitude = degrees(Tag::GPSLatitude, Tag::GPSLatitudeRef, "S", 90.0);
-    let longitude = degrees(Tag::GPSLongitude, Tag::GPSLongitudeRef, "W", 180.0);
+    let void = text(Tag::GPSStatus).is_some_and(|s| s.eq_ignore_ascii_case("V"));
+    let coordinates = degrees(Tag::GPSLatitude, Tag::GPSLatitudeRef, ("N", "S"), 90.0)
+        .zip(degrees(
+            Tag::GPSLongitude,
+            Tag::GPSLongitudeRef,
+            ("E", "W"),
+            180.0,
+        ))
+        .filter(|&(lat, lon)| !void && (lat, lon) != (0.0, 0.0));
 
-    // "2026:11:20 08:15:30" plus "+08:00"; without an offset the time is taken as UTC.
+    // "2026:11:20 08:15:30" plus "+08:00". Without an offset, the GPS clock (always UTC) tells
+    // it, to the quarter hour; without either, the time is taken as UTC.
     let captured_at = text(Tag::DateTimeOriginal).and_then(|dt| {
         let (date, time) = dt.split_once(' ')?;
-        let offset = text(Tag::OffsetTimeOriginal).unwrap_or_else(|| "Z".into());
-        normalise_time(&format!("{}T{time}{offset}", date.replace(':', "-")))
+        let local = format!("{}T{time}", date.replace(':', "-"));
+        let offset = text(Tag::OffsetTimeOriginal)
+            .or_else(|| offset_from_gps(&exif, &local))
+            .unwrap_or_else(|| "Z".into());
+        normalise_time(&format!("{local}{offset}"))
     });
 
     let make = text(Tag::Make);
@@ -146,11 +207,45 @@ pub fn from_exif(bytes: &[u8]) -> Partial {
     }
     Partial {
         location: None,
-        coordinates: latitude.zip(longitude),
+        coordinates,
         captured_at,
         device: device.and_then(|d| clean_text(&d)),
         extras: BTreeMap::new(),
     }
+}
+
+/// The offset between a camera-local time and the GPS (UTC) time of the same shot, rounded
+/// to 15 minutes, as `+08:00`.
+fn offset_from_gps(exif: &exif::Exif, local: &str) -> Option<String> {
+    let date = match &exif.get_field(Tag::GPSDateStamp, In::PRIMARY)?.value {
+        Value::Ascii(parts) => String::from_utf8_lossy(parts.first()?).replace(':', "-"),
+        _ => return None,
+    };
+    let Value::Rational(hms) = &exif.get_field(Tag::GPSTimeStamp, In::PRIMARY)?.value else {
+        return None;
+    };
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    let utc = format!(
+        "{date}T{:02}:{:02}:{:02}Z",
+        h.to_f64() as u32,
+        m.to_f64() as u32,
+        s.to_f64() as u32
+    );
+    let fmt = time::format_description::well_known::Rfc3339;
+    let utc = time::OffsetDateTime::parse(&utc, &fmt).ok()?;
+    let local = time::OffsetDateTime::parse(&format!("{local}Z"), &fmt).ok()?;
+    let minutes = ((local - utc).whole_seconds() as f64 / 900.0).round() as i64 * 15;
+    if minutes.abs() > 14 * 60 {
+        return None;
+    }
+    let sign = if minutes < 0 { '-' } else { '+' };
+    Some(format!(
+        "{sign}{:02}:{:02}",
+        minutes.abs() / 60,
+        minutes.abs() % 60
+    ))
 }
 
 /// Merges sources, highest precedence first.
@@ -161,13 +256,18 @@ pub fn merge(network: &str, meta: &BTreeMap<String, String>, sources: [Partial; 
         ..ImageInfo::default()
     };
     let mut coordinates = None;
-    // Lowest precedence first, so that higher sources overwrite extras.
-    for source in sources.into_iter().rev() {
-        info.location.name = source.location.or(info.location.name);
-        coordinates = source.coordinates.or(coordinates);
-        info.captured_at = source.captured_at.or(info.captured_at);
-        info.device = source.device.or(info.device);
-        info.extras.extend(source.extras);
+    for source in sources {
+        info.location.name = info.location.name.or(source.location);
+        coordinates = coordinates.or(source.coordinates);
+        info.captured_at = info.captured_at.or(source.captured_at);
+        info.device = info.device.or(source.device);
+        // Higher sources fill the extras first, so a lower one can never crowd them out.
+        for (name, value) in source.extras {
+            if info.extras.len() >= MAX_EXTRAS {
+                break;
+            }
+            info.extras.entry(name).or_insert(value);
+        }
     }
     if let Some((lat, lon)) = coordinates {
         info.location = Location {
@@ -175,9 +275,6 @@ pub fn merge(network: &str, meta: &BTreeMap<String, String>, sources: [Partial; 
             latitude: Some(lat),
             longitude: Some(lon),
         };
-    }
-    while info.extras.len() > MAX_EXTRAS {
-        info.extras.pop_last();
     }
     info
 }
@@ -245,6 +342,56 @@ mod tests {
         assert_eq!(info.device.as_deref(), Some("exif cam"));
         assert_eq!(info.extras["a"], "sidecar");
         assert_eq!(info.extras["b"], "store");
+    }
+
+    #[test]
+    fn s3_encoded_words_are_decoded() {
+        assert_eq!(decode_encoded_word("=?UTF-8?B?6Z2S5bKb5riv?="), "青岛港");
+        assert_eq!(
+            decode_encoded_word("=?utf-8?Q?S=C3=A3o_Paulo?="),
+            "São Paulo"
+        );
+        assert_eq!(decode_encoded_word("=?UTF-8?B?!!!?="), "=?UTF-8?B?!!!?=");
+        assert_eq!(decode_encoded_word("plain"), "plain");
+    }
+
+    #[test]
+    fn lower_sources_cannot_crowd_out_higher_extras() {
+        let sidecar = Partial {
+            extras: [("zone".to_string(), "sidecar".to_string())].into(),
+            ..Partial::default()
+        };
+        let store = Partial {
+            extras: (0..MAX_EXTRAS)
+                .map(|i| (format!("a{i:02}"), "store".to_string()))
+                .collect(),
+            ..Partial::default()
+        };
+        let info = merge("n", &BTreeMap::new(), [sidecar, store, Partial::default()]);
+        assert_eq!(info.extras.len(), MAX_EXTRAS);
+        assert_eq!(info.extras["zone"], "sidecar");
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn exif_without_an_offset_takes_it_from_the_gps_clock() {
+        let p = from_exif(&fixture("gps-clock.jpg"));
+        assert_eq!(p.captured_at.as_deref(), Some("2026-11-22T23:59:59+08:00"));
+        assert!(p.coordinates.is_some());
+    }
+
+    #[test]
+    fn exif_without_a_fix_has_no_coordinates() {
+        let p = from_exif(&fixture("no-fix.jpg"));
+        assert_eq!(p.coordinates, None);
+        assert_eq!(p.captured_at.as_deref(), Some("2026-11-23T10:00:00+01:00"));
     }
 
     #[test]

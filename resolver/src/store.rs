@@ -31,6 +31,11 @@ pub enum StoreErrorKind {
     /// The object is larger than fits in one message: answer `too_large`.
     #[error("too large")]
     TooLarge,
+    /// The store refused access (bad credentials, a per-object policy). For an image this is
+    /// retried like [`Transient`](StoreErrorKind::Transient), since credentials get fixed; for a
+    /// sidecar it means "no sidecar".
+    #[error("access denied")]
+    Denied,
     /// The store failed in a way that may pass: retry, then answer `store_unavailable`.
     #[error("store unavailable")]
     Transient,
@@ -55,6 +60,8 @@ impl From<object_store::Error> for StoreError {
         let kind = match &err {
             object_store::Error::NotFound { .. } => StoreErrorKind::NotFound,
             object_store::Error::InvalidPath { .. } => StoreErrorKind::InvalidKey,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => StoreErrorKind::Denied,
             _ => StoreErrorKind::Transient,
         };
         StoreError::new(kind, err.to_string())

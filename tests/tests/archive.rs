@@ -186,6 +186,11 @@ async fn s3_metadata_sidecar_and_exif_merge_by_precedence_and_the_archive_can_be
         "2026-01-02T03:04:05-05:00".into(),
     );
     attributes.insert(Attribute::Metadata("camera-group".into()), "north".into());
+    // How S3 returns non-ASCII metadata: an RFC 2047 encoded word ("北区").
+    attributes.insert(
+        Attribute::Metadata("district".into()),
+        "=?UTF-8?B?5YyX5Yy6?=".into(),
+    );
     cams.put_opts(
         &"line/weld.jpg".into(),
         sample("plant/line-3/weld-0001.jpg").into(),
@@ -238,6 +243,7 @@ async fn s3_metadata_sidecar_and_exif_merge_by_precedence_and_the_archive_can_be
         "{info}"
     );
     assert_eq!(info["extras"]["camera_group"], "north", "{info}");
+    assert_eq!(info["extras"]["district"], "北区", "{info}");
 
     let expected = "cams/sidecar-place/2026-01-02/sidecar-place_20260102T030405_s3-1.jpg";
     assert_eq!(answer.frame["archived_as"], expected);
@@ -389,6 +395,10 @@ async fn archiving_the_same_id_again_writes_the_same_path_once() {
         };
         assert_eq!(listing.len(), 1, "one copy: {listing:?}");
         assert_eq!(listing[0].location.as_ref(), paths[0]);
+        if let StoreSpec::File { root } = &config.store {
+            // object_store's listing hides staging files; the directory itself must not have any.
+            assert_eq!(files_under(root), std::slice::from_ref(&paths[0]));
+        }
     }
 }
 
@@ -510,8 +520,47 @@ async fn a_redelivered_reply_for_the_same_id_is_not_archived_again() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    gateway.stop().await; // drains any archive write
+    // The gateway must have seen the late reply before it stops and drains its writes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway.stop().await;
 
     assert_eq!(files_under(archive.path()), std::slice::from_ref(&path));
     assert_eq!(std::fs::read(archive.path().join(&path)).unwrap(), original);
+}
+
+#[tokio::test]
+async fn long_names_in_wide_scripts_keep_the_whole_id_and_extension() {
+    init_logs();
+    let nats = NatsServer::start();
+    let zone = zone_with(
+        "harbor/quay-east.jpg",
+        "a.jpg",
+        Some(json!({ "location": "\u{20000}".repeat(64) })),
+    );
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", zone.path())],
+    ))
+    .await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.archive = Some(archive_at(archive.path()))
+    })
+    .await;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    let mut paths = Vec::new();
+    for id in ["x".repeat(127) + "1", "x".repeat(127) + "2"] {
+        ws.fetch(json!({"type":"fetch","id":id,"network":"harbor","key":"a.jpg"}))
+            .await;
+        let answer = ws.next_answer().await;
+        let path = answer.frame["archived_as"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", answer.frame))
+            .to_owned();
+        assert!(path.ends_with(&format!("_{id}.jpg")), "{path}");
+        archived_file(archive.path(), &path).await;
+        paths.push(path);
+    }
+    assert_ne!(paths[0], paths[1]);
+    assert_eq!(files_under(archive.path()).len(), 2);
 }
