@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
 use imgfetch_common::info::ImageInfo;
-use imgfetch_common::protocol::{ErrorCode, FetchRequest};
+use imgfetch_common::protocol::{header as header_names, ErrorCode, FetchRequest};
 use imgfetch_common::validate;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
@@ -29,12 +29,22 @@ pub const ARCHIVED_AS: &str = "imgfetch-archived-as";
 /// Header saying why there is no archive copy.
 pub const ARCHIVE_ERROR: &str = "imgfetch-archive-error";
 
+/// Bytes of associated-information headers an HTTP response carries at most (extras beyond
+/// are left out and `Imgfetch-Info-Truncated: true` says so).
+pub const MAX_INFO_HEADER_BYTES: usize = 8 * 1024;
+/// Header saying that some extras were left out.
+pub const INFO_TRUNCATED: &str = "imgfetch-info-truncated";
+
 /// Characters escaped in header values: controls, `%` itself, and everything outside ASCII
 /// (HTTP header values are ASCII; UTF-8 place names arrive percent-encoded).
 const HEADER_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
+fn encoded(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, HEADER_ESCAPES).to_string()
+}
+
 fn insert_encoded(headers: &mut HeaderMap, name: &str, value: &str) {
-    let encoded = percent_encoding::utf8_percent_encode(value, HEADER_ESCAPES).to_string();
+    let encoded = encoded(value);
     if let (Ok(n), Ok(v)) = (
         HeaderName::try_from(name.to_ascii_lowercase()),
         HeaderValue::from_str(&encoded),
@@ -160,7 +170,20 @@ async fn get_image(
                 let name = format!("imgfetch-{}", name.replace('_', "-"));
                 insert_encoded(h, &name, value);
             }
+            // Percent-encoding can make wide-script metadata many times longer; proxies refuse
+            // responses with large headers, so extras stop at a budget (websocket clients and
+            // the archive still get them all).
+            let mut budget = MAX_INFO_HEADER_BYTES;
             for (name, value) in info_headers(&image.info) {
+                let cost = name.len() + encoded(&value).len();
+                if name.starts_with(header_names::EXTRA_PREFIX) && cost > budget {
+                    h.insert(
+                        HeaderName::from_static(INFO_TRUNCATED),
+                        HeaderValue::from_static("true"),
+                    );
+                    continue;
+                }
+                budget = budget.saturating_sub(cost);
                 insert_encoded(h, &name, &value);
             }
             match &image.archived {

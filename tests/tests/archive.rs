@@ -564,3 +564,43 @@ async fn long_names_in_wide_scripts_keep_the_whole_id_and_extension() {
     assert_ne!(paths[0], paths[1]);
     assert_eq!(files_under(archive.path()).len(), 2);
 }
+
+#[tokio::test]
+async fn http_keeps_its_headers_small_when_extras_are_huge() {
+    init_logs();
+    let nats = NatsServer::start();
+    let mut sidecar = serde_json::Map::new();
+    sidecar.insert("location".into(), json!("Quay"));
+    for i in 0..32 {
+        sidecar.insert(format!("note_{i:02}"), json!("\u{20000}".repeat(256)));
+    }
+    let zone = zone_with(
+        "harbor/quay-east.jpg",
+        "a.jpg",
+        Some(serde_json::Value::Object(sidecar)),
+    );
+    let _r = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", zone.path())],
+    ))
+    .await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let r = reqwest::get(gateway.http("/v1/images/harbor/a.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["imgfetch-info-truncated"], "true");
+    assert_eq!(h["imgfetch-location"], "Quay");
+    let total: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    assert!(total < 12 * 1024, "{total} bytes of headers");
+    // The websocket gets every extra.
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","network":"harbor","key":"a.jpg"}))
+        .await;
+    let answer = ws.next_answer().await;
+    assert_eq!(
+        answer.frame["info"]["extras"].as_object().unwrap().len(),
+        32
+    );
+}
