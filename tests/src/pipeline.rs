@@ -186,6 +186,11 @@ pub async fn sample_resolver(nats_url: &str, network: &str) -> Resolver {
     .await
 }
 
+/// A resolver serving `dir` as `network`.
+pub async fn dir_resolver(nats_url: &str, network: &str, dir: &std::path::Path) -> Resolver {
+    Resolver::start(resolver_config(nats_url, vec![file_network(network, dir)])).await
+}
+
 /// A resolver config with test-friendly retry timings.
 pub fn resolver_config(nats_url: &str, networks: Vec<NetworkSpec>) -> imgfetch_resolver::Config {
     let mut config = imgfetch_resolver::Config::new(nats_url, networks);
@@ -314,6 +319,23 @@ pub async fn hand_publish(
         .expect("publish");
     client.flush().await.expect("flush");
     sub
+}
+
+/// Publishes `body` by hand with id `id` (callback `me.<id>`, `Nats-Msg-Id: <id>`) and returns
+/// the answer, panicking if none comes within 10 s.
+pub async fn ask(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+    id: &str,
+) -> async_nats::Message {
+    let callback = format!("me.{id}");
+    let mut sub = hand_publish(client, subject, body, Some(&callback), Some(id))
+        .await
+        .expect("a callback subscription");
+    next_within(&mut sub, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no answer within 10 s to {body}"))
 }
 
 /// The next message on `sub`, within `timeout`.

@@ -10,7 +10,7 @@ use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_resolver::config::NetworkSpec;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, hand_publish, header_of, next_within, resolver_config, sample_resolver, Gateway,
+    dir_resolver, hand_publish, header_of, next_within, resolver_config, sample_resolver, Gateway,
     Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
@@ -115,11 +115,7 @@ async fn a_sidecar_overrides_exif_and_http_reports_the_archive_path() {
         "cams/east.jpg",
         Some(json!({"location": "青岛市", "operator": "Li Wei", "shift": 3})),
     );
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", zone.path())],
-    ))
-    .await;
+    let _r = dir_resolver(&nats.url(), "harbor", zone.path()).await;
     let archive = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&nats.url(), |c| {
         c.archive = Some(archive_at(archive.path()))
@@ -273,11 +269,7 @@ async fn hostile_metadata_never_leaves_the_archive_or_breaks_a_segment() {
             "captured_at": "not a time",
         })),
     );
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("plant", zone.path())],
-    ))
-    .await;
+    let _r = dir_resolver(&nats.url(), "plant", zone.path()).await;
     let archive = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&nats.url(), |c| {
         let mut a = archive_at(archive.path());
@@ -317,11 +309,7 @@ async fn the_nats_cli_sees_the_associated_information_as_headers() {
         "a.jpg",
         Some(json!({"location":"Quay East"})),
     );
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", zone.path())],
-    ))
-    .await;
+    let _r = dir_resolver(&nats.url(), "harbor", zone.path()).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = hand_publish(
         &client,
@@ -537,11 +525,7 @@ async fn long_names_in_wide_scripts_keep_the_whole_id_and_extension() {
         "a.jpg",
         Some(json!({ "location": "\u{20000}".repeat(64) })),
     );
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", zone.path())],
-    ))
-    .await;
+    let _r = dir_resolver(&nats.url(), "harbor", zone.path()).await;
     let archive = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&nats.url(), |c| {
         c.archive = Some(archive_at(archive.path()))
@@ -579,11 +563,7 @@ async fn http_keeps_its_headers_small_when_extras_are_huge() {
         "a.jpg",
         Some(serde_json::Value::Object(sidecar)),
     );
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", zone.path())],
-    ))
-    .await;
+    let _r = dir_resolver(&nats.url(), "harbor", zone.path()).await;
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let r = reqwest::get(gateway.http("/v1/images/harbor/a.jpg"))
         .await

@@ -7,8 +7,8 @@ use futures::StreamExt;
 use imgfetch_common::protocol::{header, request_subject, ErrorCode};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, hand_publish, header_of, next_within, resolver_config, sample_resolver,
-    samples_dir, Gateway, Resolver, WsClient,
+    ask, dir_resolver, file_network, hand_publish, header_of, next_within, resolver_config,
+    sample_resolver, samples_dir, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs, sample};
@@ -129,19 +129,7 @@ async fn hostile_keys_are_invalid_requests_at_the_gateway_and_at_the_resolver() 
     // Published by hand, the resolver applies the same rules, answers, and terms the message.
     for (i, key) in keys.iter().enumerate() {
         let body = json!({"id": format!("h{i}"), "key": key}).to_string();
-        let cb = format!("me.keys.{i}");
-        let mut sub = hand_publish(
-            &client,
-            "imgfetch.req.harbor",
-            &body,
-            Some(&cb),
-            Some(&format!("h{i}")),
-        )
-        .await
-        .unwrap();
-        let reply = next_within(&mut sub, Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|| panic!("reply for key {key:?}"));
+        let reply = ask(&client, "imgfetch.req.harbor", &body, &format!("h{i}")).await;
         assert_eq!(
             header_of(&reply, header::STATUS).as_deref(),
             Some("invalid_request"),
@@ -159,11 +147,7 @@ async fn hostile_keys_are_invalid_requests_at_the_gateway_and_at_the_resolver() 
         dir.path().join("link.jpg"),
     )
     .unwrap();
-    let _vault = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("vault", dir.path())],
-    ))
-    .await;
+    let _vault = dir_resolver(&nats.url(), "vault", dir.path()).await;
     let r = reqwest::get(gateway.http("/v1/images/vault/link.jpg"))
         .await
         .unwrap();
@@ -193,19 +177,7 @@ async fn malformed_bodies_and_missing_callbacks_never_block_the_queue() {
     .iter()
     .enumerate()
     {
-        let cb = format!("me.bad.{i}");
-        let mut sub = hand_publish(
-            &client,
-            "imgfetch.req.harbor",
-            body,
-            Some(&cb),
-            Some(&format!("bad{i}")),
-        )
-        .await
-        .unwrap();
-        let reply = next_within(&mut sub, Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|| panic!("reply for {body:?}"));
+        let reply = ask(&client, "imgfetch.req.harbor", body, &format!("bad{i}")).await;
         assert_eq!(
             header_of(&reply, header::STATUS).as_deref(),
             Some("invalid_request"),
@@ -579,11 +551,7 @@ async fn metadata_that_would_overflow_the_message_is_too_large_not_a_retry_loop(
         serde_json::Value::Object(sidecar).to_string(),
     )
     .unwrap();
-    let _r = Resolver::start(resolver_config(
-        &nats.url(),
-        vec![file_network("plant", dir.path())],
-    ))
-    .await;
+    let _r = dir_resolver(&nats.url(), "plant", dir.path()).await;
 
     let client = async_nats::connect(nats.url()).await.unwrap();
     let meta: serde_json::Map<_, _> = (0..32)
