@@ -60,18 +60,13 @@ async fn unknown_network_is_refused_at_once_on_every_path_and_never_queued() {
 
     // By hand: the gateway's sentinel answers, since no stream stores the request.
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut sub = hand_publish(
+    let reply = ask(
         &client,
         "imgfetch.req.atlantis",
         r#"{"id":"u2","key":"a.jpg"}"#,
-        Some("me.u2"),
-        Some("u2"),
+        "u2",
     )
-    .await
-    .unwrap();
-    let reply = next_within(&mut sub, Duration::from_secs(5))
-        .await
-        .expect("sentinel reply");
+    .await;
     assert_eq!(
         header_of(&reply, header::STATUS).as_deref(),
         Some("unknown_network")
@@ -205,18 +200,13 @@ async fn malformed_bodies_and_missing_callbacks_never_block_the_queue() {
     .await;
 
     // The queue still works after all of that.
-    let mut sub = hand_publish(
+    let reply = ask(
         &client,
         "imgfetch.req.harbor",
         r#"{"id":"good","key":"quay-east.jpg"}"#,
-        Some("me.good"),
-        Some("good"),
+        "good",
     )
-    .await
-    .unwrap();
-    let reply = next_within(&mut sub, Duration::from_secs(5))
-        .await
-        .expect("good request answered");
+    .await;
     assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
     queue_drained(&client).await;
 }
@@ -254,18 +244,7 @@ async fn oversized_requests_and_frames_are_refused() {
     // By hand, over the stream's 64 KiB message limit: the sentinel says so.
     let body =
         json!({"id":"big","key":"quay-east.jpg","meta":{"pad":"x".repeat(70 * 1024)}}).to_string();
-    let mut sub = hand_publish(
-        &client,
-        "imgfetch.req.harbor",
-        &body,
-        Some("me.big"),
-        Some("big"),
-    )
-    .await
-    .unwrap();
-    let reply = next_within(&mut sub, Duration::from_secs(5))
-        .await
-        .expect("a reply for an oversized request");
+    let reply = ask(&client, "imgfetch.req.harbor", &body, "big").await;
     assert_eq!(
         header_of(&reply, header::STATUS).as_deref(),
         Some("invalid_request")
@@ -558,18 +537,7 @@ async fn metadata_that_would_overflow_the_message_is_too_large_not_a_retry_loop(
         .map(|i| (format!("m{i}"), json!("x".repeat(1000))))
         .collect();
     let body = json!({"id":"wide","key":"a.png","meta":meta}).to_string();
-    let mut sub = hand_publish(
-        &client,
-        "imgfetch.req.plant",
-        &body,
-        Some("me.wide"),
-        Some("wide"),
-    )
-    .await
-    .unwrap();
-    let reply = next_within(&mut sub, Duration::from_secs(10))
-        .await
-        .expect("an answer, not silence");
+    let reply = ask(&client, "imgfetch.req.plant", &body, "wide").await;
     assert_eq!(
         header_of(&reply, header::STATUS).as_deref(),
         Some("too_large"),
