@@ -128,7 +128,7 @@ pub async fn run(
         ),
     }
     if let Some(archive) = &archive {
-        if tokio::time::timeout(config.grace, archive.drain())
+        if tokio::time::timeout_at(grace_ends, archive.drain())
             .await
             .is_err()
         {
