@@ -265,3 +265,8 @@ fn duplicate(id: &str) -> Failure {
         format!("a request with id {id:?} was already accepted; use a new id"),
     )
 }
+
+/// A fresh request id, for clients that send none.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

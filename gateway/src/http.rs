@@ -140,7 +140,7 @@ async fn get_image(
                 return error_response(None, &f);
             }
         },
-        None => ws::new_id(),
+        None => crate::dispatch::new_id(),
     };
     let request = FetchRequest {
         id: id.clone(),

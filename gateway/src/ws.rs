@@ -196,7 +196,7 @@ pub async fn session<W, R, E>(
                 key,
                 meta,
             }) => FetchRequest {
-                id: id.unwrap_or_else(new_id),
+                id: id.unwrap_or_else(crate::dispatch::new_id),
                 network: Some(network),
                 key,
                 meta,
@@ -311,9 +311,4 @@ fn image_frames(
         }),
         Message::Binary(image.bytes.clone()),
     ]
-}
-
-/// A fresh request id.
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }

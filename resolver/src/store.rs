@@ -98,14 +98,6 @@ pub struct Store {
 }
 
 impl Store {
-    /// Wraps an existing store, e.g. one a test built.
-    pub fn from_object_store(inner: Arc<dyn ObjectStore>) -> Store {
-        Store {
-            inner,
-            confine: None,
-        }
-    }
-
     /// Builds the store for `spec` and checks that it can be listed.
     pub async fn open(
         network: &str,

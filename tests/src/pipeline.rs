@@ -164,6 +164,13 @@ impl Drop for Gateway {
     }
 }
 
+/// GETs `url`, checks the status, and returns the JSON error body.
+pub async fn error_body(url: &str, status: u16) -> Value {
+    let r = reqwest::get(url).await.expect("HTTP request");
+    assert_eq!(r.status(), status, "status of {url}");
+    r.json().await.expect("a JSON error body")
+}
+
 /// The committed `samples/` directory.
 pub fn samples_dir() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")

@@ -7,8 +7,8 @@ use futures::StreamExt;
 use imgfetch_common::protocol::{header, request_subject, ErrorCode};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    ask, dir_resolver, file_network, hand_publish, header_of, next_within, resolver_config,
-    sample_resolver, samples_dir, Gateway, Resolver, WsClient,
+    ask, dir_resolver, error_body, file_network, hand_publish, header_of, next_within,
+    resolver_config, sample_resolver, samples_dir, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs, sample};
@@ -40,11 +40,7 @@ async fn unknown_network_is_refused_at_once_on_every_path_and_never_queued() {
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
 
     let started = Instant::now();
-    let r = reqwest::get(gateway.http("/v1/images/atlantis/a.jpg"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = error_body(&gateway.http("/v1/images/atlantis/a.jpg"), 400).await;
     assert_eq!(body["code"], "unknown_network", "{body}");
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
@@ -143,11 +139,7 @@ async fn hostile_keys_are_invalid_requests_at_the_gateway_and_at_the_resolver() 
     )
     .unwrap();
     let _vault = dir_resolver(&nats.url(), "vault", dir.path()).await;
-    let r = reqwest::get(gateway.http("/v1/images/vault/link.jpg"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = error_body(&gateway.http("/v1/images/vault/link.jpg"), 400).await;
     assert!(
         body["message"].as_str().unwrap().contains("outside"),
         "{body}"
@@ -267,11 +259,7 @@ async fn images_over_the_inline_limit_are_too_large() {
     config.max_image_bytes = Some(1000);
     let _r = Resolver::start(config).await;
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
-    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = error_body(&gateway.http("/v1/images/harbor/quay-east.jpg"), 502).await;
     assert_eq!(body["code"], "too_large", "{body}");
     assert!(body["message"].as_str().unwrap().contains("1000"), "{body}");
 
@@ -304,11 +292,7 @@ async fn a_dead_store_is_retried_then_answered_store_unavailable() {
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     drop(s3); // the store dies after the resolver started
 
-    let r = reqwest::get(gateway.http("/v1/images/cams/a.jpg"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = error_body(&gateway.http("/v1/images/cams/a.jpg"), 503).await;
     assert_eq!(body["code"], "store_unavailable", "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("failed 3 times"),
@@ -419,11 +403,7 @@ async fn no_resolver_is_503_and_a_silent_one_is_504() {
     })
     .await;
 
-    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = error_body(&gateway.http("/v1/images/harbor/quay-east.jpg"), 503).await;
     assert_eq!(body["code"], "unavailable", "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("no resolver"),
@@ -443,11 +423,7 @@ async fn no_resolver_is_503_and_a_silent_one_is_504() {
     });
     client.flush().await.unwrap();
     let started = Instant::now();
-    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 504);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = error_body(&gateway.http("/v1/images/harbor/quay-east.jpg"), 504).await;
     assert_eq!(body["code"], "timeout", "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -482,11 +458,7 @@ async fn nats_down_is_503_and_not_ready() {
         200
     );
     drop(nats);
-    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = error_body(&gateway.http("/v1/images/harbor/quay-east.jpg"), 503).await;
     assert_eq!(body["code"], "unavailable", "{body}");
     assert!(
         body["message"]
