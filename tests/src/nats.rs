@@ -87,6 +87,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, for reading its CPU time and memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's temp directory.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

@@ -1,0 +1,126 @@
+//! The ways a benchmark asks for an image: HTTP GET and websocket through the gateway, and a
+//! direct `object_store` read (the floor no pipeline can beat).
+
+use std::sync::Arc;
+
+use futures::{FutureExt, SinkExt, StreamExt};
+use object_store::{local::LocalFileSystem, ObjectStore};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::corpus;
+use crate::load::Fetch;
+
+/// `concurrency` HTTP workers sharing one keep-alive pool, all asking `network`.
+pub fn http(base: &str, network: &str, images: usize, concurrency: usize) -> Vec<Fetch> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("HTTP client");
+    let prefix: Arc<str> = format!("{base}/v1/images/{network}/").into();
+    (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let prefix = prefix.clone();
+            let fetch: Fetch = Box::new(move |n| {
+                let url = format!("{prefix}{}", corpus::key(corpus::pick(n, images)));
+                let client = client.clone();
+                async move {
+                    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+                    let status = response.status();
+                    let body = response.bytes().await.map_err(|e| e.to_string())?;
+                    if !status.is_success() {
+                        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                    }
+                    Ok(body.len())
+                }
+                .boxed()
+            });
+            fetch
+        })
+        .collect()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a websocket to the gateway.
+pub async fn connect_ws(base: &str) -> anyhow::Result<Socket> {
+    let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+    let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+    Ok(socket)
+}
+
+/// `concurrency` websocket workers, one connection each, one request in flight on each.
+pub async fn websocket(
+    base: &str,
+    network: &str,
+    images: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Fetch>> {
+    let mut fetches = Vec::new();
+    for w in 0..concurrency {
+        let socket = Arc::new(Mutex::new(connect_ws(base).await?));
+        let network: Arc<str> = network.into();
+        let fetch: Fetch = Box::new(move |n| {
+            let socket = socket.clone();
+            let network = network.clone();
+            async move {
+                let mut socket = socket.lock().await;
+                let id = format!("ws{w}-{}", crate::load::unique());
+                let frame = serde_json::json!({
+                    "type": "fetch", "id": id, "network": &*network,
+                    "key": corpus::key(corpus::pick(n, images)),
+                });
+                socket
+                    .send(Message::Text(frame.to_string().into()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                loop {
+                    let message = socket
+                        .next()
+                        .await
+                        .ok_or("the gateway closed the websocket")?
+                        .map_err(|e| e.to_string())?;
+                    match message {
+                        Message::Text(text) => {
+                            let v: serde_json::Value =
+                                serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+                            match v["type"].as_str() {
+                                Some("accepted") | Some("image") => continue,
+                                _ => return Err(format!("websocket answer: {text}")),
+                            }
+                        }
+                        Message::Binary(bytes) => return Ok(bytes.len()),
+                        _ => continue,
+                    }
+                }
+            }
+            .boxed()
+        });
+        fetches.push(fetch);
+    }
+    Ok(fetches)
+}
+
+/// `concurrency` workers reading the store directly through `object_store`.
+pub fn floor(root: &std::path::Path, images: usize, concurrency: usize) -> Vec<Fetch> {
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(root).expect("store root"));
+    (0..concurrency)
+        .map(|_| {
+            let store = store.clone();
+            let fetch: Fetch = Box::new(move |n| {
+                let store = store.clone();
+                async move {
+                    let path = object_store::path::Path::from(corpus::key(corpus::pick(n, images)));
+                    let got = store.get(&path).await.map_err(|e| e.to_string())?;
+                    let bytes = got.bytes().await.map_err(|e| e.to_string())?;
+                    Ok(bytes.len())
+                }
+                .boxed()
+            });
+            fetch
+        })
+        .collect()
+}
