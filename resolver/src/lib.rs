@@ -8,7 +8,8 @@
 //! - [`store`]: one `object_store` per network, built once; the single read a request needs.
 //! - [`info`]: the associated information: sidecar, store metadata and EXIF, merged.
 //! - [`handler`]: one message in, one reply out, then ack, nak or term.
-//! - [`worker`]: the bounded pull loop of one network's shared durable consumer.
+//! - [`worker`]: one network's persistent pull on its shared durable consumer, with credit
+//!   per network and slots shared by all.
 //! - [`ping`]: the liveness answer gateways use to detect "no resolver".
 //!
 //! [`run`] ties them together and drains in-flight work on shutdown.
@@ -73,9 +74,11 @@ pub enum RunError {
 /// Runs the resolver until `shutdown` fires, then lets in-flight requests finish within the
 /// grace period.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Each request holds at most one reader at a time, so as many readers as slots.
+    let readers = store::ReadPool::new(config.concurrency);
     let mut stores = Vec::new();
     for net in &config.networks {
-        stores.push(Store::open(&net.name, &net.store, config.store_timeout).await?);
+        stores.push(Store::open(&net.name, &net.store, config.store_timeout, &readers).await?);
     }
 
     let client = async_nats::ConnectOptions::new()
@@ -124,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         })?;
         let ctx = Arc::new(handler::Context {
             client: client.clone(),
+            js: js.clone(),
             network: net.name.clone(),
             instance: config.instance.clone(),
             store,
@@ -139,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         loops.push(tokio::spawn(worker::run(
             ctx,
             consumer,
+            config.concurrency,
             slots.clone(),
             tracker.clone(),
             shutdown.clone(),
@@ -168,7 +173,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             "grace period over with requests still in flight; JetStream will redeliver them"
         );
     }
-    let _ = client.flush().await;
+    // Replies and acks of the last requests are still in the client's buffer; a flush waits
+    // for a reconnect that may never come, so it is bounded.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
     tracing::info!("resolver stopped");
     Ok(())
 }

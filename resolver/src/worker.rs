@@ -1,149 +1,232 @@
-//! The pull loop of one network: take as many requests as there are free slots, hand each to
-//! [`handler::handle`](crate::handler::handle), repeat until shutdown.
+//! The pull loop of one network: one persistent pull on one inbox, topped up as requests
+//! finish, each request handed to [`handler::handle`](crate::handler::handle).
 //!
-//! Pulling in bounded batches, only for free slots, means a resolver never holds a request it is
-//! not working on, so a stopping resolver leaves nothing stranded in its client buffer.
+//! - **Credit, per network.** A network asks the server for at most `limit` requests beyond
+//!   those it is working on, and asks again only when half of that is used up, so a busy
+//!   network pulls in batches and a lone client's request is delivered at once (a pull is
+//!   always waiting at the server).
+//! - **Slots, shared.** A request takes one of the resolver's slots only when it has arrived,
+//!   so an idle network's waiting pull holds no slot and cannot starve a busy one.
+//! - **Stopping.** The inbox is drained (unsubscribe, then a ping round trip), so every request
+//!   the server sent before it saw the unsubscribe is still handled; the server drops the
+//!   waiting pulls of an inbox nobody listens on. Nothing is left to wait for its ack timeout.
+//! - **Lost pulls.** Every pull ends with a message or a status within [`PULL_EXPIRES`]; if the
+//!   inbox hears nothing for longer (a server restart), the credit is taken as lost and asked
+//!   for again.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::StatusCode;
+use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::handler::{self, Context};
 
-/// How long one pull waits for requests before asking again.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// Most requests taken in one pull.
-const MAX_BATCH: usize = 64;
+/// How long one pull waits at the server before it ends with a timeout status.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Silence after which outstanding pulls are taken as lost.
+const PULL_LOST_AFTER: Duration = Duration::from_secs(15);
+/// Longest wait for the server to confirm the unsubscribe when stopping.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a pull loop had to start over.
+#[derive(Debug, thiserror::Error)]
+enum PullError {
+    #[error("cannot subscribe to the pull inbox: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("cannot send a pull request: {0}")]
+    Publish(#[from] async_nats::PublishError),
+    #[error("the server ended the pull: {status} {description}")]
+    Status {
+        status: StatusCode,
+        description: String,
+    },
+}
 
 /// Runs the pull loop until `shutdown` fires. Handlers run on `tracker`, so the caller can wait
-/// for them to finish.
+/// for them to finish. `limit` bounds this network's requests in flight plus those asked for.
 pub async fn run(
     ctx: Arc<Context>,
     consumer: PullConsumer,
+    limit: usize,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let mut permits = vec![first];
-        while permits.len() < MAX_BATCH {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-        // Take what is waiting right away; only when nothing is, wait for one request while
-        // holding a single slot, so idle slots never sit reserved by a long poll.
-        let mut messages = match take(&consumer, permits.len(), false).await {
-            Ok(m) => m,
-            Err(err) => {
-                if pause_after_error(&ctx, &err, &shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if messages.is_empty() {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            permits.truncate(1);
-            messages = match take(&consumer, 1, true).await {
-                Ok(m) => m,
-                Err(err) => {
-                    if pause_after_error(&ctx, &err, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-        }
-        for message in messages {
-            let Some(permit) = permits.pop() else {
-                // The server never sends more than asked for; if it did, let it redeliver.
-                tracing::error!(
-                    network = ctx.network,
-                    "server sent more messages than requested"
-                );
-                break;
-            };
-            let ctx = ctx.clone();
-            tracker.spawn(async move {
-                if let Err(err) = handler::handle(&ctx, message).await {
-                    tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
-                }
-                drop(permit);
-            });
-        }
-    }
-}
-
-/// Logs a failed pull and waits a second before the next, so that a consumer that keeps
-/// failing (deleted, leader change, server gone) is not hammered. Returns true on shutdown.
-async fn pause_after_error(ctx: &Context, err: &PullError, shutdown: &CancellationToken) -> bool {
-    tracing::warn!(network = ctx.network, %err, "pull failed; retrying in 1 s");
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(Duration::from_secs(1)) => false,
-    }
-}
-
-type PullError = Box<dyn std::error::Error + Send + Sync>;
-
-/// One pull request, read to its end: `wait` long-polls up to [`PULL_EXPIRES`], otherwise only
-/// what is waiting now is returned.
-///
-/// A pull is never abandoned half-way, not even for shutdown: a message the server has already
-/// sent would otherwise sit unhandled until its ack wait ran out. Each step has a timeout in
-/// case the connection drops and the server's end-of-pull status never comes.
-async fn take(
-    consumer: &PullConsumer,
-    max: usize,
-    wait: bool,
-) -> Result<Vec<async_nats::jetstream::Message>, PullError> {
-    let step = PULL_EXPIRES * 3;
-    let request = async {
-        if wait {
-            consumer
-                .batch()
-                .max_messages(max)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await
-        } else {
-            consumer.fetch().max_messages(max).messages().await
-        }
+    let info = consumer.cached_info();
+    let puller = Puller {
+        subject: format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            info.stream_name, info.name
+        ),
+        limit: limit.max(1),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        freed: Arc::new(Notify::new()),
+        ctx,
+        slots,
+        tracker,
     };
-    let mut batch = tokio::time::timeout(step, request)
-        .await
-        .map_err(|_| "pull request timed out")??;
-    let mut messages = Vec::with_capacity(max);
     loop {
-        match tokio::time::timeout(step, batch.next()).await {
-            Ok(Some(Ok(message))) => messages.push(message),
-            Ok(None) => return Ok(messages),
-            // Messages already taken are still handed on; the error shows on the next pull.
-            Ok(Some(Err(err))) if !messages.is_empty() => {
-                tracing::debug!(%err, "pull ended early");
-                return Ok(messages);
+        match puller.pull(&shutdown).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(network = puller.ctx.network, %err, "pull failed; retrying in 1 s");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
-            Ok(Some(Err(err))) => return Err(err),
-            Err(_) if !messages.is_empty() => return Ok(messages),
-            Err(_) => return Err("pull timed out waiting for the server".into()),
         }
+    }
+}
+
+struct Puller {
+    subject: String,
+    limit: usize,
+    in_flight: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+    ctx: Arc<Context>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl Puller {
+    /// One persistent pull: returns `Ok` after a clean stop, `Err` when it must start over.
+    async fn pull(&self, shutdown: &CancellationToken) -> Result<(), PullError> {
+        let client = &self.ctx.client;
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(inbox.clone()).await?;
+        // Requests asked for and not yet delivered or expired.
+        let mut outstanding = 0usize;
+        let mut heard = Instant::now();
+        let result = loop {
+            let busy = self.in_flight.load(Ordering::Acquire);
+            if busy + outstanding <= self.limit / 2 {
+                let batch = self.limit - busy - outstanding;
+                let request = pull_request(batch);
+                if let Err(err) = client
+                    .publish_with_reply(self.subject.clone(), inbox.clone(), request)
+                    .await
+                {
+                    break Err(err.into());
+                }
+                if outstanding == 0 {
+                    heard = Instant::now();
+                }
+                outstanding += batch;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                message = sub.next() => {
+                    let Some(message) = message else {
+                        break Ok(());
+                    };
+                    heard = Instant::now();
+                    match message.status {
+                        None | Some(StatusCode::OK) => {
+                            outstanding = outstanding.saturating_sub(1);
+                            self.dispatch(message).await;
+                        }
+                        Some(StatusCode::IDLE_HEARTBEAT) => {}
+                        Some(status) => {
+                            // A pull that ended early says how much of it was left unused.
+                            match pending_of(&message) {
+                                Some(left) => outstanding = outstanding.saturating_sub(left),
+                                None => outstanding = 0,
+                            }
+                            if !matches!(status, StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED)
+                                || message.description.as_deref() == Some("Consumer Deleted")
+                            {
+                                break Err(PullError::Status {
+                                    status,
+                                    description: message.description.clone().unwrap_or_default(),
+                                });
+                            }
+                        }
+                    }
+                }
+                _ = self.freed.notified() => {}
+                _ = tokio::time::sleep_until(heard + PULL_LOST_AFTER), if outstanding > 0 => {
+                    tracing::debug!(network = self.ctx.network, outstanding, "pulls unanswered; asking again");
+                    outstanding = 0;
+                }
+            }
+        };
+        // Unsubscribe and take whatever the server sent before it saw that.
+        if sub.drain().await.is_ok() {
+            while let Ok(Some(message)) = tokio::time::timeout(DRAIN_TIMEOUT, sub.next()).await {
+                if matches!(message.status, None | Some(StatusCode::OK)) {
+                    self.dispatch(message).await;
+                }
+            }
+        }
+        result
+    }
+
+    /// Waits for a slot, then handles `message` on the tracker.
+    async fn dispatch(&self, message: async_nats::Message) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Slots free up as other requests finish, each within its store timeout.
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed");
+        let message = async_nats::jetstream::Message {
+            message,
+            context: self.ctx.js.clone(),
+        };
+        let ctx = self.ctx.clone();
+        let in_flight = self.in_flight.clone();
+        let freed = self.freed.clone();
+        self.tracker.spawn(async move {
+            if let Err(err) = handler::handle(&ctx, message).await {
+                tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
+            }
+            drop(permit);
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            freed.notify_one();
+        });
+    }
+}
+
+/// `{"batch":n,"expires":ns}` for the JetStream pull API.
+fn pull_request(batch: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"batch":{batch},"expires":{}}}"#,
+        PULL_EXPIRES.as_nanos()
+    ))
+}
+
+/// The unused part of a pull that the server ended, from its status headers.
+fn pending_of(message: &async_nats::Message) -> Option<usize> {
+    message
+        .headers
+        .as_ref()?
+        .get("Nats-Pending-Messages")?
+        .as_str()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_requests_carry_batch_and_expiry_in_nanoseconds() {
+        let body: serde_json::Value = serde_json::from_slice(&pull_request(8)).unwrap();
+        assert_eq!(body["batch"], 8);
+        assert_eq!(body["expires"], 10_000_000_000u64);
     }
 }

@@ -197,3 +197,36 @@ async fn without_provisioning_a_resolver_only_verifies() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn idle_networks_hold_no_slot_that_a_busy_network_needs() {
+    init_logs();
+    let nats = NatsServer::start();
+    let plant = samples_dir().join("plant");
+    let mut config = resolver_config(
+        &nats.url(),
+        vec![
+            file_network("idle-a", &plant),
+            file_network("idle-b", &plant),
+            file_network("idle-c", &plant),
+            file_network("harbor", samples_dir().join("harbor")),
+        ],
+    );
+    // One slot for four networks: if an idle network's waiting pull held it, every request on
+    // the busy one would wait for idle pulls to expire, seconds each.
+    config.concurrency = 1;
+    let _resolver = Resolver::start(config).await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "fetch {i}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "10 fetches on the busy network took {took:?}; expected well under 5 s"
+    );
+}
