@@ -25,8 +25,10 @@ use imgfetch_common::info::ImageInfo;
 /// What a handler needs besides the message.
 #[derive(Clone, Debug)]
 pub struct Context {
-    /// The NATS connection replies go out on.
+    /// The NATS connection replies and acks go out on.
     pub client: async_nats::Client,
+    /// JetStream on that connection, for settling messages.
+    pub js: jetstream::Context,
     /// The network this handler serves.
     pub network: String,
     /// This resolver's instance name, sent on every reply.
@@ -89,15 +91,17 @@ pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), as
         delivered,
     )
     .await;
+    // The reply and the settle go out on the same connection, so the server sees them in that
+    // order: an ack never arrives before its reply, and a connection lost before either leaves
+    // the request to be redelivered. No flush or ack round trip waits here; an ack lost on the
+    // way means one redelivery and a second reply, which the gateway drops by id.
     if let Some((callback, reply)) = decision.reply {
         ctx.client
             .publish_with_headers(callback, reply.headers, reply.body)
             .await?;
-        // Ack only once the reply is on the wire: a crash before this line redelivers.
-        ctx.client.flush().await?;
     }
     match decision.settle {
-        Settle::Ack => message.double_ack().await?,
+        Settle::Ack => message.ack().await?,
         Settle::Nak(delay) => message.ack_with(AckKind::Nak(Some(delay))).await?,
         Settle::Term => message.ack_with(AckKind::Term).await?,
     }
@@ -322,10 +326,15 @@ async fn read_with_info(
     request: &FetchRequest,
 ) -> Result<(Fetched, ImageInfo), StoreError> {
     let sidecar_key = format!("{}{}", request.key, info::SIDECAR_SUFFIX);
-    let (image, sidecar) = tokio::join!(
-        ctx.store.read(&request.key, ctx.max_image_bytes),
-        ctx.store.read(&sidecar_key, info::MAX_SIDECAR_BYTES),
-    );
+    let (image, sidecar) = ctx
+        .store
+        .read_pair(
+            &request.key,
+            ctx.max_image_bytes,
+            &sidecar_key,
+            info::MAX_SIDECAR_BYTES,
+        )
+        .await;
     let fetched = image?;
     let sidecar = match sidecar {
         Ok(found) => match info::from_sidecar(&found.bytes) {
