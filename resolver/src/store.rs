@@ -1,8 +1,14 @@
 //! One object store per network, built once at start and shared, and the one read the resolver
 //! does against it.
+//!
+//! Reads of a directory store run whole on one [`ReadPool`] thread: `object_store` does local
+//! file I/O inline when it is called outside the tokio runtime, and on tokio's blocking pool
+//! (one hand-off per step) inside it. One hand-off per request instead of five (confine, open,
+//! read, and the sidecar's confine and open) was the largest single saving in the resolver;
+//! see `docs/PERFORMANCE.md`. S3 stores are asynchronous and are read on the runtime.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -89,20 +95,65 @@ pub struct Fetched {
     pub attributes: Vec<(String, String)>,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads outside the tokio runtime that run directory-store reads from start to end.
+#[derive(Debug)]
+pub struct ReadPool {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl ReadPool {
+    /// Starts `threads` reader threads; they end when the pool is dropped.
+    pub fn new(threads: usize) -> Arc<ReadPool> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("imgfetch-reader-{i}"))
+                .spawn(move || loop {
+                    let job = queue.lock().expect("reader queue poisoned").recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .expect("cannot start a reader thread");
+        }
+        Arc::new(ReadPool { jobs })
+    }
+
+    /// Runs `f` on a reader thread and waits for its result; `None` if the pool is gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
 /// One network's store.
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// For directory stores, the canonical root no resolved path may leave, symlinks included.
     confine: Option<PathBuf>,
+    /// For directory stores, where reads run.
+    readers: Option<Arc<ReadPool>>,
 }
 
 impl Store {
-    /// Builds the store for `spec` and checks that it can be listed.
+    /// Builds the store for `spec` and checks that it can be listed. Directory stores read on
+    /// `readers`.
     pub async fn open(
         network: &str,
         spec: &StoreSpec,
         timeout: Duration,
+        readers: &Arc<ReadPool>,
     ) -> Result<Store, OpenError> {
         let fail = |e: store::OpenError| OpenError {
             network: network.to_owned(),
@@ -113,6 +164,7 @@ impl Store {
             .await
             .map_err(fail)?;
         Ok(Store {
+            readers: opened.root.is_some().then(|| readers.clone()),
             inner: opened.store,
             confine: opened.root,
         })
@@ -120,12 +172,62 @@ impl Store {
 
     /// Reads `key`, refusing objects over `max_bytes` before downloading them.
     pub async fn read(&self, key: &str, max_bytes: u64) -> Result<Fetched, StoreError> {
-        let path = Path::parse(key)
-            .map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, e.to_string()))?;
+        let Some(readers) = &self.readers else {
+            return self.fetch(key, max_bytes).await;
+        };
+        let this = self.clone();
+        let key = key.to_owned();
+        readers
+            .run(move || this.read_here(&key, max_bytes))
+            .await
+            .unwrap_or_else(|| Err(reader_gone()))
+    }
+
+    /// Reads an image and its sidecar: for a directory in one hand-off, for S3 at once.
+    pub async fn read_pair(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        sidecar: &str,
+        max_sidecar_bytes: u64,
+    ) -> (Result<Fetched, StoreError>, Result<Fetched, StoreError>) {
+        let Some(readers) = &self.readers else {
+            return tokio::join!(
+                self.fetch(key, max_bytes),
+                self.fetch(sidecar, max_sidecar_bytes)
+            );
+        };
+        let this = self.clone();
+        let (key, sidecar) = (key.to_owned(), sidecar.to_owned());
+        readers
+            .run(move || {
+                (
+                    this.read_here(&key, max_bytes),
+                    this.read_here(&sidecar, max_sidecar_bytes),
+                )
+            })
+            .await
+            .unwrap_or_else(|| (Err(reader_gone()), Err(reader_gone())))
+    }
+
+    /// A directory-store read on the calling (reader) thread, where `object_store` does its
+    /// file I/O inline.
+    fn read_here(&self, key: &str, max_bytes: u64) -> Result<Fetched, StoreError> {
+        let path = parse(key)?;
         if let Some(root) = &self.confine {
-            confine(root, key).await?;
+            confine(root, key)?;
         }
-        let result = self.inner.get(&path).await?;
+        futures::executor::block_on(self.get(&path, max_bytes))
+    }
+
+    /// A read on the runtime, for stores that are asynchronous.
+    async fn fetch(&self, key: &str, max_bytes: u64) -> Result<Fetched, StoreError> {
+        self.get(&parse(key)?, max_bytes).await
+    }
+
+    /// The `object_store` part of a read.
+    async fn get(&self, path: &Path, max_bytes: u64) -> Result<Fetched, StoreError> {
+        let result = self.inner.get(path).await?;
         let too_large = |size: u64| {
             StoreError::new(
                 StoreErrorKind::TooLarge,
@@ -163,9 +265,17 @@ impl Store {
     }
 }
 
+fn parse(key: &str) -> Result<Path, StoreError> {
+    Path::parse(key).map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, e.to_string()))
+}
+
+fn reader_gone() -> StoreError {
+    StoreError::new(StoreErrorKind::Transient, "the reader threads have stopped")
+}
+
 /// Refuses a key whose real path, symlinks resolved, is outside `root`.
-async fn confine(root: &std::path::Path, key: &str) -> Result<(), StoreError> {
-    match tokio::fs::canonicalize(root.join(key)).await {
+fn confine(root: &std::path::Path, key: &str) -> Result<(), StoreError> {
+    match std::fs::canonicalize(root.join(key)) {
         Ok(real) if real.starts_with(root) => Ok(()),
         Ok(_) => Err(StoreError::new(
             StoreErrorKind::InvalidKey,

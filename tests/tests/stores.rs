@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgfetch_resolver::config::StoreSpec;
-use imgfetch_resolver::store::{Store, StoreErrorKind};
+use imgfetch_resolver::store::{ReadPool, Store, StoreErrorKind};
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::sample;
 use object_store::path::Path;
@@ -22,7 +22,7 @@ async fn conformance(name: &str, spec: StoreSpec, writer: Arc<dyn ObjectStore>) 
             .await
             .unwrap();
     }
-    let store = Store::open(name, &spec, Duration::from_secs(5))
+    let store = Store::open(name, &spec, Duration::from_secs(5), &ReadPool::new(2))
         .await
         .unwrap();
 
@@ -115,9 +115,14 @@ async fn s3_user_metadata_comes_back_as_attributes() {
         )
         .await
         .unwrap();
-    let store = Store::open("s3", &s3.spec("images"), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = Store::open(
+        "s3",
+        &s3.spec("images"),
+        Duration::from_secs(5),
+        &ReadPool::new(2),
+    )
+    .await
+    .unwrap();
     let got = store.read("a.jpg", 1 << 20).await.unwrap();
     let attr = |n: &str| {
         got.attributes
@@ -158,7 +163,7 @@ async fn s3_prefix_confines_keys_to_it() {
         prefix: Some("zone-a".into()),
         options: s3.options(),
     };
-    let store = Store::open("s3", &spec, Duration::from_secs(5))
+    let store = Store::open("s3", &spec, Duration::from_secs(5), &ReadPool::new(2))
         .await
         .unwrap();
     assert!(store.read("x.jpg", 1 << 20).await.is_ok());
