@@ -32,6 +32,10 @@ pub const ARCHIVE_ERROR: &str = "imgfetch-archive-error";
 /// Bytes of associated-information headers an HTTP response carries at most (extras beyond
 /// are left out and `Imgfetch-Info-Truncated: true` says so).
 pub const MAX_INFO_HEADER_BYTES: usize = 8 * 1024;
+/// Initial read buffer of a websocket connection; it grows for a larger frame, up to the
+/// client frame limit.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// Header saying that some extras were left out.
 pub const INFO_TRUNCATED: &str = "imgfetch-info-truncated";
 
@@ -209,6 +213,9 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         );
     }
     upgrade
+        // Client frames are small JSON requests; tungstenite's default 128 KiB read buffer,
+        // allocated per connection up front, is what made idle clients expensive.
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(state.max_client_frame_bytes)
         .max_frame_size(state.max_client_frame_bytes)
         .on_upgrade(move |socket| {

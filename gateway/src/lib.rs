@@ -28,6 +28,7 @@ pub mod ws;
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +106,13 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, instance = config.instance, "gateway listening");
     let signal = shutdown.clone();
+    // Without TCP_NODELAY a websocket answer (a JSON frame, then the image) waits for the
+    // client's delayed ACK: 40 ms per small image.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move { signal.cancelled().await });
     let server = tokio::spawn(async move { server.await });

@@ -138,19 +138,24 @@ pub async fn session<W, R, E>(
     let writer_gone = gone.clone();
     let writer = tokio::spawn(async move {
         while let Some(frames) = out_rx.recv().await {
-            for frame in frames {
-                match tokio::time::timeout(limits.send_timeout, sink.send(frame)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        writer_gone.cancel();
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!("websocket client too slow; disconnecting");
-                        metrics::counter!("imgfetch_gateway_slow_clients_total").increment(1);
-                        writer_gone.cancel();
-                        return;
-                    }
+            // An image's JSON and binary frames go out in one write.
+            let write = async {
+                for frame in frames {
+                    sink.feed(frame).await?;
+                }
+                sink.flush().await
+            };
+            match tokio::time::timeout(limits.send_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    writer_gone.cancel();
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!("websocket client too slow; disconnecting");
+                    metrics::counter!("imgfetch_gateway_slow_clients_total").increment(1);
+                    writer_gone.cancel();
+                    return;
                 }
             }
         }
