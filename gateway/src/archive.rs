@@ -29,6 +29,10 @@ use crate::template::{self, Template, TemplateError};
 /// Image bytes waiting to be written, at most, in KiB; beyond this an image is not archived
 /// (and the client is told). A write holds its share until it has really finished.
 const MAX_PENDING_KIB: usize = 256 * 1024;
+/// Archive writes running at once; the rest wait their turn (their bytes count against
+/// [`MAX_PENDING_KIB`]). Dozens of threads creating files in one directory at once cost the
+/// kernel far more per file than a few do (docs/PERFORMANCE.md).
+const WRITERS: usize = 16;
 /// Name of the object written and deleted at start to prove the archive can be written.
 const PROBE: &str = ".imgfetch-write-probe";
 
@@ -88,6 +92,7 @@ pub struct Archive {
     dir: Template,
     file: Template,
     slots: Arc<Semaphore>,
+    writers: Arc<Semaphore>,
     writes: TaskTracker,
 }
 
@@ -113,6 +118,7 @@ impl Archive {
             dir,
             file,
             slots: Arc::new(Semaphore::new(MAX_PENDING_KIB)),
+            writers: Arc::new(Semaphore::new(WRITERS)),
             writes: TaskTracker::new(),
         })
     }
@@ -168,9 +174,11 @@ impl Archive {
         };
         let (tx, written) = oneshot::channel();
         let store = self.store.clone();
+        let writers = self.writers.clone();
         let id = id.to_owned();
         let logged_path = path.clone();
         self.writes.spawn(async move {
+            let _writer = writers.acquire().await;
             // No timeout here: a dropped local write would go on in its blocking thread, and the
             // slot must stay taken until it really ends. S3 requests time out in the client.
             let result = store
@@ -290,6 +298,7 @@ mod tests {
             dir: Template::parse(template::DEFAULT_DIR, true).unwrap(),
             file: Template::parse(template::DEFAULT_FILE, false).unwrap(),
             slots: Arc::new(Semaphore::new(1024)),
+            writers: Arc::new(Semaphore::new(WRITERS)),
             writes: TaskTracker::new(),
         }
     }
