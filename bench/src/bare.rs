@@ -105,7 +105,10 @@ impl Bare {
                     let mut replies = replies.lock().await;
                     let mut headers = HeaderMap::new();
                     headers.insert(CALLBACK, inbox.as_str());
-                    headers.insert("Nats-Msg-Id", format!("bare-{}", crate::load::unique()).as_str());
+                    headers.insert(
+                        "Nats-Msg-Id",
+                        format!("bare-{}", crate::load::unique()).as_str(),
+                    );
                     let index = crate::corpus::pick(n, images);
                     js.publish_with_headers(SUBJECT, headers, index.to_string().into())
                         .await

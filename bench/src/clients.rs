@@ -28,9 +28,17 @@ pub fn http(base: &str, network: &str, images: usize, concurrency: usize) -> Vec
                 async move {
                     let response = client.get(url).send().await.map_err(|e| e.to_string())?;
                     let status = response.status();
+                    // An image the archive refused (its queue full) is a failure of the run.
+                    let archive_error = response
+                        .headers()
+                        .get("imgfetch-archive-error")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                     let body = response.bytes().await.map_err(|e| e.to_string())?;
                     if !status.is_success() {
                         return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                    }
+                    if let Some(why) = archive_error {
+                        return Err(format!("not archived: {why}"));
                     }
                     Ok(body.len())
                 }

@@ -1,6 +1,8 @@
-//! The images a benchmark serves: `count` files of `size` bytes under a temp directory, with
-//! bytes that do not compress and a JPEG signature, so content sniffing and EXIF parsing do
-//! what they do for a real photo without metadata.
+//! The images a benchmark serves: `count` files of `size` bytes under a temp directory, each a
+//! well-formed JPEG as a camera writes it: the headers of a committed sample photo (its EXIF
+//! with place, time and device included), then random entropy-coded data with the JPEG byte
+//! stuffing, then the end marker. Content sniffing, EXIF parsing and the archive's directory
+//! choice do for them what they do for a real photo, and the bytes do not compress.
 
 use std::path::{Path, PathBuf};
 
@@ -72,25 +74,43 @@ impl XorShift {
         self.0
     }
 
-    /// A JPEG start-of-image and JFIF marker, then random bytes, then end-of-image.
+    /// The sample's headers, random scan data, end of image.
     fn image(&mut self, size: usize) -> Vec<u8> {
-        let head: &[u8] = &[
-            0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0,
-            0,
-        ];
+        let head = jpeg_head();
         let mut bytes = Vec::with_capacity(size);
-        bytes.extend_from_slice(&head[..head.len().min(size)]);
-        while bytes.len() + 8 <= size.saturating_sub(2) {
-            bytes.extend_from_slice(&self.next().to_le_bytes());
+        bytes.extend_from_slice(&head[..head.len().min(size.saturating_sub(2))]);
+        while bytes.len() + 2 < size {
+            let b = self.next() as u8;
+            bytes.push(b);
+            // A 0xFF in scan data is followed by 0x00, as in every JPEG.
+            if b == 0xFF {
+                bytes.push(0);
+            }
         }
-        while bytes.len() < size.saturating_sub(2) {
-            bytes.push(self.next() as u8);
+        bytes.truncate(size.saturating_sub(2));
+        if bytes.last() == Some(&0xFF) {
+            bytes.pop();
+            bytes.push(0);
         }
-        while bytes.len() < size {
-            bytes.push(if bytes.len() + 1 == size { 0xD9 } else { 0xFF });
-        }
+        bytes.extend_from_slice(&[0xFF, 0xD9][..size.min(2)]);
         bytes
     }
+}
+
+/// A committed sample photo's bytes up to the end of its start-of-scan header: SOI, JFIF, EXIF
+/// (GPS, capture time, camera), tables and frame header.
+fn jpeg_head() -> &'static [u8] {
+    const SAMPLE: &[u8] = include_bytes!("../../samples/harbor/quay-east.jpg");
+    let mut i = 2;
+    while i + 4 <= SAMPLE.len() && SAMPLE[i] == 0xFF {
+        let code = SAMPLE[i + 1];
+        let len = usize::from(u16::from_be_bytes([SAMPLE[i + 2], SAMPLE[i + 3]]));
+        i += 2 + len;
+        if code == 0xDA {
+            return &SAMPLE[..i];
+        }
+    }
+    &SAMPLE[..2]
 }
 
 #[cfg(test)]
@@ -98,13 +118,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn images_have_the_asked_size_and_a_jpeg_signature() {
-        let corpus = Corpus::create(1000, 3).unwrap();
+    fn images_are_jpegs_of_the_asked_size_with_the_sample_exif() {
+        let corpus = Corpus::create(4000, 3).unwrap();
         for i in 0..3 {
             let bytes = corpus.read(i).unwrap();
-            assert_eq!(bytes.len(), 1000);
+            assert_eq!(bytes.len(), 4000);
             assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF]);
-            assert_eq!(&bytes[998..], &[0xFF, 0xD9]);
+            assert_eq!(&bytes[3998..], &[0xFF, 0xD9]);
+            let scan = &bytes[jpeg_head().len()..3998];
+            assert!(
+                scan.windows(2).all(|w| w[0] != 0xFF || w[1] == 0),
+                "scan data is byte-stuffed"
+            );
+            let exif = exif::Reader::new()
+                .read_from_container(&mut std::io::Cursor::new(&bytes))
+                .expect("EXIF readable");
+            assert!(exif
+                .get_field(exif::Tag::GPSLatitude, exif::In::PRIMARY)
+                .is_some());
         }
         assert_ne!(corpus.read(0).unwrap(), corpus.read(1).unwrap());
     }

@@ -225,11 +225,7 @@ impl Bench<'_> {
     /// Floor, ceiling, and the pipeline with the archive off and on, at one image size.
     async fn one_size(&mut self, size: usize) -> anyhow::Result<()> {
         let o = self.options;
-        self.say(&format!(
-            "{} images of {}",
-            o.images,
-            report::human(size)
-        ));
+        self.say(&format!("{} images of {}", o.images, report::human(size)));
         let corpus = Corpus::create(size, o.images)?;
         for &c in &o.concurrency {
             let (s, cpu) = measure(
@@ -242,19 +238,18 @@ impl Bench<'_> {
             .await;
             self.push(Row::new("floor", size, c, 0, &s), cpu, None);
         }
-        {
-            let images = (0..o.images)
-                .map(|i| corpus.read(i).map(bytes::Bytes::from))
-                .collect::<Result<Vec<_>, _>>()?;
-            let bare = bare::Bare::start(&self.nats.url(), images).await?;
-            for &c in &o.concurrency {
-                let fetches = bare.fetches(o.images, c).await?;
-                let (s, cpu) = measure(o, fetches, size, None, &self.watched(None)).await;
-                self.push(Row::new("bare", size, c, 1, &s), cpu, None);
-            }
+        let images = (0..o.images)
+            .map(|i| corpus.read(i).map(bytes::Bytes::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bare = bare::Bare::start(&self.nats.url(), images).await?;
+        for &c in &o.concurrency {
+            let fetches = bare.fetches(o.images, c).await?;
+            let (s, cpu) = measure(o, fetches, size, None, &self.watched(None)).await;
+            self.push(Row::new("bare", size, c, 1, &s), cpu, None);
         }
         let nets = vec!["bench".to_owned()];
-        {
+        let c = *o.concurrency.iter().max().unwrap_or(&1);
+        let half_peak = {
             let p = self.pipeline(&corpus, &nets, false).await?;
             let watched = self.watched(Some(&p));
             let mut peak = 0.0f64;
@@ -270,11 +265,16 @@ impl Bench<'_> {
                 self.push(Row::new("ws", size, c, 1, &s), cpu, Some(&p));
             }
             // Latency at half of the peak, paced, so queueing at saturation does not hide it.
-            let c = *o.concurrency.iter().max().unwrap_or(&1);
             let fetches = clients::http(&p.base, "bench", o.images, c);
             let (s, cpu) = measure(o, fetches, size, Some(peak / 2.0), &watched).await;
             self.push(Row::new("http paced", size, c, 1, &s), cpu, Some(&p));
-        }
+            peak / 2.0
+        };
+        // The ceiling's latency at the same paced rate, with the pipeline stopped.
+        let fetches = bare.fetches(o.images, c).await?;
+        let (s, cpu) = measure(o, fetches, size, Some(half_peak), &self.watched(None)).await;
+        self.push(Row::new("bare paced", size, c, 1, &s), cpu, None);
+        drop(bare);
         {
             let p = self.pipeline(&corpus, &nets, true).await?;
             let watched = self.watched(Some(&p));
@@ -299,8 +299,10 @@ impl Bench<'_> {
             let nets: Vec<String> = (0..n).map(|i| format!("net{i:02}")).collect();
             let p = self.pipeline(&corpus, &nets, false).await?;
             // Let every idle network settle into its idle state first.
-            tokio::time::sleep(Duration::from_secs(3).min(Duration::from_secs_f64(o.seconds * 3.0)))
-                .await;
+            tokio::time::sleep(
+                Duration::from_secs(3).min(Duration::from_secs_f64(o.seconds * 3.0)),
+            )
+            .await;
             let fetches = clients::http(&p.base, "net00", o.images, 1);
             let (s, cpu) = measure(o, fetches, size, None, &self.watched(Some(&p))).await;
             self.push(Row::new("http 1 busy", size, 1, n, &s), cpu, Some(&p));

@@ -42,7 +42,9 @@ impl Sample {
 
     /// The slowest correct answer, in milliseconds.
     pub fn max_ms(&self) -> f64 {
-        self.latencies_us.last().map_or(0.0, |v| f64::from(*v) / 1000.0)
+        self.latencies_us
+            .last()
+            .map_or(0.0, |v| f64::from(*v) / 1000.0)
     }
 }
 
@@ -125,7 +127,9 @@ pub async fn drive(clock: Arc<Clock>, fetches: Vec<Fetch>, expect: usize) -> Sam
                     Ok(len) if len == expect => {
                         sample.done += 1;
                         let us = done.duration_since(due).as_micros();
-                        sample.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        sample
+                            .latencies_us
+                            .push(u32::try_from(us).unwrap_or(u32::MAX));
                     }
                     Ok(len) => {
                         sample.errors += 1;

@@ -172,15 +172,21 @@ impl Pipeline {
         let client = async_nats::connect(spec.nats_url).await?;
         for net in spec.networks {
             let subject = imgfetch_common::protocol::ping_subject(net);
-            wait_until(&format!("the resolver to serve {net}"), &mut resolver, || {
-                let client = client.clone();
-                let subject = subject.clone();
-                async move { client.request(subject, bytes::Bytes::new()).await.is_ok() }
-            })
+            wait_until(
+                &format!("the resolver to serve {net}"),
+                &mut resolver,
+                || {
+                    let client = client.clone();
+                    let subject = subject.clone();
+                    async move { client.request(subject, bytes::Bytes::new()).await.is_ok() }
+                },
+            )
             .await?;
         }
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let archive = spec.archive.then(tempfile::tempdir).transpose()?;
         let archive_arg = match &archive {
             Some(dir) => dir.path().display().to_string(),
@@ -231,7 +237,8 @@ where
 {
     let start = Instant::now();
     loop {
-        proc.check_alive().with_context(|| format!("waiting for {what}"))?;
+        proc.check_alive()
+            .with_context(|| format!("waiting for {what}"))?;
         if check().await {
             return Ok(());
         }

@@ -43,7 +43,8 @@ pub struct Row {
     pub max_ms: f64,
     /// Throughput over the bare ceiling's at the same size and concurrency.
     pub ratio_to_ceiling: Option<f64>,
-    /// p50 over the bare ceiling's p50 at the same size and concurrency.
+    /// p50 over the bare ceiling's p50 at the same size and concurrency (paced runs: at the
+    /// same rate).
     pub p50_over_ceiling: Option<f64>,
     /// Requests that failed.
     pub errors: u64,
@@ -117,16 +118,23 @@ impl Report {
 
     /// Fills in the ratios to the bare ceiling of the same size and concurrency.
     pub fn relate_to_ceiling(&mut self) {
-        let bare: Vec<Row> = self.rows.iter().filter(|r| r.path == "bare").cloned().collect();
+        let bare: Vec<Row> = self
+            .rows
+            .iter()
+            .filter(|r| r.path.starts_with("bare"))
+            .cloned()
+            .collect();
         for row in &mut self.rows {
-            if row.path == "bare" {
+            if row.path.starts_with("bare") {
                 continue;
             }
-            if let Some(b) = bare
-                .iter()
-                .find(|b| b.size == row.size && b.concurrency == row.concurrency)
-            {
-                if row.path != "http paced" {
+            // Paced runs compare with the ceiling paced at the same rate.
+            let paced = row.path.ends_with("paced");
+            let ceiling = if paced { "bare paced" } else { "bare" };
+            if let Some(b) = bare.iter().find(|b| {
+                b.path == ceiling && b.size == row.size && b.concurrency == row.concurrency
+            }) {
+                if !paced {
                     row.ratio_to_ceiling = Some(row.req_per_s / b.req_per_s.max(1e-9));
                 }
                 row.p50_over_ceiling = Some(row.p50_ms / b.p50_ms.max(1e-9));
@@ -228,7 +236,10 @@ mod tests {
         report.relate_to_ceiling();
         let http = &report.rows[2];
         assert_eq!(http.ratio_to_ceiling, Some(0.75));
-        assert!((http.p50_over_ceiling.unwrap() - 3.0).abs() < 1e-9, "{http:?}");
+        assert!(
+            (http.p50_over_ceiling.unwrap() - 3.0).abs() < 1e-9,
+            "{http:?}"
+        );
         assert!(report.table().contains("0.75"));
         assert_eq!(human(65536), "64K");
         assert_eq!(human(1 << 20), "1M");

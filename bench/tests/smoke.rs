@@ -27,8 +27,21 @@ async fn the_smoke_run_measures_every_path_without_a_failed_request() {
     assert_eq!(report.failed_requests(), 0, "{}", report.table());
     let paths: std::collections::BTreeSet<&str> =
         report.rows.iter().map(|r| r.path.as_str()).collect();
-    for path in ["floor", "bare", "http", "ws", "http paced", "http+archive", "http 1 busy"] {
-        assert!(paths.contains(path), "no {path:?} run in:\n{}", report.table());
+    for path in [
+        "floor",
+        "bare",
+        "http",
+        "ws",
+        "http paced",
+        "bare paced",
+        "http+archive",
+        "http 1 busy",
+    ] {
+        assert!(
+            paths.contains(path),
+            "no {path:?} run in:\n{}",
+            report.table()
+        );
     }
     for row in &report.rows {
         assert!(row.req_per_s > 0.0, "nothing answered in {row:?}");
@@ -36,10 +49,16 @@ async fn the_smoke_run_measures_every_path_without_a_failed_request() {
     }
     let http = report.rows.iter().find(|r| r.path == "http").unwrap();
     assert!(http.ratio_to_ceiling.is_some_and(|r| r > 0.0), "{http:?}");
-    assert!(http.gateway_peak_rss_mib.is_some_and(|m| m > 1.0), "{http:?}");
+    assert!(
+        http.gateway_peak_rss_mib.is_some_and(|m| m > 1.0),
+        "{http:?}"
+    );
     let idle = report.idle_websockets.as_ref().expect("idle websocket run");
     assert_eq!(idle.clients, 20);
-    assert!(idle.fetch_ok && idle.gateway_rss_with_clients_mib > 0.0, "{idle:?}");
+    assert!(
+        idle.fetch_ok && idle.gateway_rss_with_clients_mib > 0.0,
+        "{idle:?}"
+    );
 
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("JSON report written")).unwrap();
