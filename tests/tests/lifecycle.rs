@@ -230,3 +230,32 @@ async fn idle_networks_hold_no_slot_that_a_busy_network_needs() {
         "10 fetches on the busy network took {took:?}; expected well under 5 s"
     );
 }
+
+#[tokio::test]
+async fn after_nats_server_restarts_the_pipeline_serves_again_within_seconds() {
+    init_logs();
+    let mut nats = NatsServer::start();
+    let _resolver = Resolver::start(harbor_config(&nats, "survivor")).await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let url = gateway.http("/v1/images/harbor/quay-east.jpg");
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+
+    // The server forgets every waiting pull; the resolver must notice and pull again, rather
+    // than wait for pulls that will never be answered.
+    nats.restart();
+    let http = reqwest::Client::new();
+    imgfetch_tests::eventually(
+        "a fetch answered after the restart",
+        Duration::from_secs(10),
+        || async {
+            let r = http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+}
