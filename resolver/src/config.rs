@@ -32,6 +32,8 @@ pub mod defaults {
     pub const PAYLOAD_HEADROOM: u64 = 64 * 1024;
     /// How long in-flight requests may take to finish after SIGTERM.
     pub const GRACE_MS: u64 = 20_000;
+    /// How long a waiting pull lasts at the server before it ends and is renewed.
+    pub const PULL_EXPIRES_MS: u64 = 10_000;
 }
 
 /// Command line of `imgfetch-resolver`.
@@ -167,6 +169,9 @@ pub struct Config {
     pub store_timeout: Duration,
     /// Drain time after SIGTERM.
     pub grace: Duration,
+    /// How long a waiting pull lasts at the server (not a flag: the default suits every
+    /// deployment; tests shorten it to exercise renewal).
+    pub pull_expires: Duration,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -188,6 +193,7 @@ impl Config {
             retry_delay_max: Duration::from_millis(defaults::RETRY_DELAY_MAX_MS),
             store_timeout: Duration::from_millis(defaults::STORE_TIMEOUT_MS),
             grace: Duration::from_millis(defaults::GRACE_MS),
+            pull_expires: Duration::from_millis(defaults::PULL_EXPIRES_MS),
             log_format: LogFormat::Text,
         }
     }

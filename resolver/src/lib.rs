@@ -144,6 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             ctx,
             consumer,
             config.concurrency,
+            config.pull_expires,
             slots.clone(),
             tracker.clone(),
             shutdown.clone(),

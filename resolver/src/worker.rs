@@ -12,8 +12,8 @@
 //!   waiting pulls of an inbox nobody listens on. Nothing is left to wait for its ack timeout.
 //! - **Lost pulls.** A reconnect (the server may have restarted and forgotten every waiting
 //!   pull) resets the credit and asks again within [`RECONNECT_CHECK`]. Besides, every pull ends
-//!   with a message or a status within [`PULL_EXPIRES`]; if the inbox hears nothing for longer,
-//!   the credit is taken as lost and asked for again.
+//!   with a message or a status within its expiry (`Config::pull_expires`); if the inbox hears
+//!   nothing for [`PULL_LOST_SLACK`] longer, the credit is taken as lost and asked for again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,10 +30,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::handler::{self, Context};
 
-/// How long one pull waits at the server before it ends with a timeout status.
-pub const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Silence after which outstanding pulls are taken as lost.
-const PULL_LOST_AFTER: Duration = Duration::from_secs(15);
+/// Silence beyond a pull's expiry after which outstanding pulls are taken as lost.
+const PULL_LOST_SLACK: Duration = Duration::from_secs(5);
 /// How often the connection's reconnect count is looked at.
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// Longest wait for the server to confirm the unsubscribe when stopping.
@@ -59,6 +57,7 @@ pub async fn run(
     ctx: Arc<Context>,
     consumer: PullConsumer,
     limit: usize,
+    expires: Duration,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -70,6 +69,7 @@ pub async fn run(
             info.stream_name, info.name
         ),
         limit: limit.max(1),
+        expires,
         in_flight: Arc::new(AtomicUsize::new(0)),
         freed: Arc::new(Notify::new()),
         ctx,
@@ -94,6 +94,7 @@ pub async fn run(
 struct Puller {
     subject: String,
     limit: usize,
+    expires: Duration,
     in_flight: Arc<AtomicUsize>,
     freed: Arc<Notify>,
     ctx: Arc<Context>,
@@ -118,7 +119,7 @@ impl Puller {
             let busy = self.in_flight.load(Ordering::Acquire);
             if busy + outstanding <= self.limit / 2 {
                 let batch = self.limit - busy - outstanding;
-                let request = pull_request(batch);
+                let request = pull_request(batch, self.expires);
                 if let Err(err) = client
                     .publish_with_reply(self.subject.clone(), inbox.clone(), request)
                     .await
@@ -170,7 +171,7 @@ impl Puller {
                         outstanding = 0;
                     }
                 }
-                _ = tokio::time::sleep_until(heard + PULL_LOST_AFTER), if outstanding > 0 => {
+                _ = tokio::time::sleep_until(heard + self.expires + PULL_LOST_SLACK), if outstanding > 0 => {
                     tracing::debug!(network = self.ctx.network, outstanding, "pulls unanswered; asking again");
                     outstanding = 0;
                 }
@@ -216,10 +217,10 @@ impl Puller {
 }
 
 /// `{"batch":n,"expires":ns}` for the JetStream pull API.
-fn pull_request(batch: usize) -> Bytes {
+fn pull_request(batch: usize, expires: Duration) -> Bytes {
     Bytes::from(format!(
         r#"{{"batch":{batch},"expires":{}}}"#,
-        PULL_EXPIRES.as_nanos()
+        expires.as_nanos()
     ))
 }
 
@@ -240,7 +241,8 @@ mod tests {
 
     #[test]
     fn pull_requests_carry_batch_and_expiry_in_nanoseconds() {
-        let body: serde_json::Value = serde_json::from_slice(&pull_request(8)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&pull_request(8, Duration::from_secs(10))).unwrap();
         assert_eq!(body["batch"], 8);
         assert_eq!(body["expires"], 10_000_000_000u64);
     }

@@ -41,15 +41,24 @@ async fn publish_burst(client: &async_nats::Client, n: usize) {
 async fn an_idle_resolver_keeps_serving_and_stops_promptly() {
     init_logs();
     let nats = NatsServer::start();
-    let resolver = Resolver::start(harbor_config(&nats, "idle")).await;
+    let mut config = harbor_config(&nats, "idle");
+    // Waiting pulls expire at the server every 500 ms here (10 s by default), so that the wait
+    // below sees several of them end and be renewed.
+    config.pull_expires = Duration::from_millis(500);
+    let resolver = Resolver::start(config).await;
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
-    // Longer than one long poll, so the pull loop has gone round empty at least once.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+    // A renewed pull is waiting, so the answer comes at once; a resolver that lost count of its
+    // pulls would only ask again seconds later.
+    let r = reqwest::Client::new()
+        .get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .timeout(Duration::from_secs(2))
+        .send()
         .await
-        .unwrap();
+        .expect("answered within 2 s of asking");
     assert_eq!(r.status(), 200);
-    // One long poll (2 s) bounds the stop; the rest is slack for a loaded machine.
+    // Stopping drains the pull inbox; nothing waits for a pull to expire. The bound is slack
+    // for a loaded machine.
     tokio::time::timeout(Duration::from_secs(8), resolver.stop())
         .await
         .expect("resolver stops within 8 s");
