@@ -32,8 +32,9 @@ pub mod defaults {
     pub const PAYLOAD_HEADROOM: u64 = 64 * 1024;
     /// How long in-flight requests may take to finish after SIGTERM.
     pub const GRACE_MS: u64 = 20_000;
-    /// How long a waiting pull lasts at the server before it ends and is renewed.
-    pub const PULL_EXPIRES_MS: u64 = 10_000;
+    /// How long a waiting pull lasts at the server before it ends and is renewed; a stopping
+    /// resolver waits this long at most for its pulls to end.
+    pub const PULL_EXPIRES_MS: u64 = 5_000;
 }
 
 /// Command line of `imgfetch-resolver`.

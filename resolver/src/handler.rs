@@ -92,9 +92,10 @@ pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), as
     )
     .await;
     // The reply and the settle go out on the same connection, so the server sees them in that
-    // order: an ack never arrives before its reply, and a connection lost before either leaves
-    // the request to be redelivered. No flush or ack round trip waits here; an ack lost on the
-    // way means one redelivery and a second reply, which the gateway drops by id.
+    // order. No flush or ack round trip waits here; an ack lost on the way means one
+    // redelivery and a second reply, which the gateway drops by id. A reconnect between the
+    // two can drop an unwritten reply while the ack goes out on the new connection: a known
+    // gap (docs/PROTOCOL.md, Guarantees).
     if let Some((callback, reply)) = decision.reply {
         ctx.client
             .publish_with_headers(callback, reply.headers, reply.body)

@@ -143,8 +143,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         loops.push(tokio::spawn(worker::run(
             ctx,
             consumer,
-            config.concurrency,
-            config.pull_expires,
+            worker::PullSettings {
+                limit: config.concurrency,
+                expires: config.pull_expires,
+                ack_wait: config.consumer.ack_wait,
+            },
             slots.clone(),
             tracker.clone(),
             shutdown.clone(),

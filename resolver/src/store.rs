@@ -8,6 +8,7 @@
 //! see `docs/PERFORMANCE.md`. S3 stores are asynchronous and are read on the runtime.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -98,40 +99,113 @@ pub struct Fetched {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads outside the tokio runtime that run directory-store reads from start to end.
+///
+/// `min` threads are always there; when every thread is busy (a slow disk, a hung network
+/// mount) another is started, up to [`MAX_READERS`], so one stuck read cannot stop the reads of
+/// every network. Threads beyond `min` end after [`READER_IDLE`] without work. A job whose
+/// caller has given up (its store timeout passed) is skipped, and a job that panics costs its
+/// caller an error, not the thread.
 #[derive(Debug)]
 pub struct ReadPool {
     jobs: mpsc::Sender<Job>,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    /// Threads running, and threads waiting for a job.
+    threads: Arc<AtomicUsize>,
+    idle: Arc<AtomicUsize>,
+    min: usize,
 }
 
+/// Most reader threads, as tokio's own blocking pool allows.
+pub const MAX_READERS: usize = 512;
+/// How long a reader thread beyond the minimum waits for work before it ends.
+const READER_IDLE: Duration = Duration::from_secs(10);
+
 impl ReadPool {
-    /// Starts `threads` reader threads; they end when the pool is dropped.
-    pub fn new(threads: usize) -> Arc<ReadPool> {
+    /// Starts `min` reader threads; they end when the pool is dropped.
+    pub fn new(min: usize) -> Arc<ReadPool> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
-        for i in 0..threads.max(1) {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("imgfetch-reader-{i}"))
-                .spawn(move || loop {
-                    let job = queue.lock().expect("reader queue poisoned").recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                })
-                .expect("cannot start a reader thread");
+        let pool = Arc::new(ReadPool {
+            jobs,
+            queue: Arc::new(Mutex::new(queue)),
+            threads: Arc::new(AtomicUsize::new(0)),
+            idle: Arc::new(AtomicUsize::new(0)),
+            min: min.max(1),
+        });
+        for _ in 0..pool.min {
+            pool.start_thread();
         }
-        Arc::new(ReadPool { jobs })
+        pool
     }
 
-    /// Runs `f` on a reader thread and waits for its result; `None` if the pool is gone.
+    fn start_thread(&self) {
+        let n = self.threads.fetch_add(1, Ordering::AcqRel);
+        self.idle.fetch_add(1, Ordering::AcqRel);
+        let (queue, threads, idle, min) = (
+            self.queue.clone(),
+            self.threads.clone(),
+            self.idle.clone(),
+            self.min,
+        );
+        let started = std::thread::Builder::new()
+            .name(format!("imgfetch-reader-{n}"))
+            .spawn(move || loop {
+                let job = {
+                    let queue = queue.lock().expect("reader queue poisoned");
+                    if threads.load(Ordering::Acquire) > min {
+                        queue
+                            .recv_timeout(READER_IDLE)
+                            .map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected))
+                    } else {
+                        queue.recv().map_err(|_| true)
+                    }
+                };
+                match job {
+                    Ok(job) => {
+                        idle.fetch_sub(1, Ordering::AcqRel);
+                        // A panic ends the job, whose caller then sees the pool's error.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        idle.fetch_add(1, Ordering::AcqRel);
+                    }
+                    // The pool is gone, or idle too long with more threads than the minimum.
+                    Err(gone) => {
+                        let leave = gone
+                            || threads
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                                    (t > min).then(|| t - 1)
+                                })
+                                .is_ok();
+                        if leave {
+                            if gone {
+                                threads.fetch_sub(1, Ordering::AcqRel);
+                            }
+                            idle.fetch_sub(1, Ordering::AcqRel);
+                            return;
+                        }
+                    }
+                }
+            });
+        if let Err(err) = started {
+            self.threads.fetch_sub(1, Ordering::AcqRel);
+            self.idle.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(%err, "cannot start a reader thread");
+        }
+    }
+
+    /// Runs `f` on a reader thread and waits for its result; `None` if it could not run.
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move || {
-                let _ = tx.send(f());
+                if !tx.is_closed() {
+                    let _ = tx.send(f());
+                }
             }))
             .ok()?;
+        if self.idle.load(Ordering::Acquire) == 0
+            && self.threads.load(Ordering::Acquire) < MAX_READERS
+        {
+            self.start_thread();
+        }
         rx.await.ok()
     }
 }
@@ -276,7 +350,15 @@ fn reader_gone() -> StoreError {
 /// Refuses a key whose real path, symlinks resolved, is outside `root`.
 fn confine(root: &std::path::Path, key: &str) -> Result<(), StoreError> {
     match std::fs::canonicalize(root.join(key)) {
-        Ok(real) if real.starts_with(root) => Ok(()),
+        // Opening a FIFO or a device would block or read without end: only files are images.
+        Ok(real) if real.starts_with(root) => match std::fs::metadata(&real) {
+            Ok(meta) if meta.is_file() => Ok(()),
+            Ok(_) => Err(StoreError::new(
+                StoreErrorKind::NotFound,
+                format!("no file at {key:?}"),
+            )),
+            Err(e) => Err(StoreError::new(StoreErrorKind::Transient, e.to_string())),
+        },
         Ok(_) => Err(StoreError::new(
             StoreErrorKind::InvalidKey,
             format!("key {key:?} resolves outside the store's directory"),
@@ -286,5 +368,54 @@ fn confine(root: &std::path::Path, key: &str) -> Result<(), StoreError> {
             format!("no object at {key:?}"),
         )),
         Err(e) => Err(StoreError::new(StoreErrorKind::Transient, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stuck_read_does_not_stop_the_others_and_a_panic_costs_no_thread() {
+        let pool = ReadPool::new(1);
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let blocked = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(move || stuck.recv().is_ok()).await })
+        };
+        // The only thread is now blocked; the pool must grow for the next job.
+        let answer = tokio::time::timeout(Duration::from_secs(5), pool.run(|| 42))
+            .await
+            .expect("a second job ran while the first was stuck");
+        assert_eq!(answer, Some(42));
+        let panicked = pool.run(|| -> u8 { panic!("a job fails") }).await;
+        assert_eq!(panicked, None, "a panicking job answers nothing");
+        assert_eq!(pool.run(|| 7).await, Some(7), "the pool still works");
+        release.send(()).unwrap();
+        assert_eq!(blocked.await.unwrap(), Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_key_naming_a_fifo_is_not_found_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("pipe.jpg"))
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        std::fs::write(dir.path().join("real.jpg"), b"jpeg").unwrap();
+        let spec = StoreSpec::File {
+            root: dir.path().to_path_buf(),
+        };
+        let store = Store::open("t", &spec, Duration::from_secs(5), &ReadPool::new(1))
+            .await
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(5), store.read("pipe.jpg", 1 << 20))
+            .await
+            .expect("the read returned instead of blocking on the FIFO")
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::NotFound, "{err}");
+        let ok = store.read("real.jpg", 1 << 20).await.unwrap();
+        assert_eq!(&ok.bytes[..], b"jpeg");
     }
 }

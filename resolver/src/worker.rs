@@ -6,20 +6,27 @@
 //!   network pulls in batches and a lone client's request is delivered at once (a pull is
 //!   always waiting at the server).
 //! - **Slots, shared.** A request takes one of the resolver's slots only when it has arrived,
-//!   so an idle network's waiting pull holds no slot and cannot starve a busy one.
-//! - **Stopping.** The inbox is drained (unsubscribe, then a ping round trip), so every request
-//!   the server sent before it saw the unsubscribe is still handled; the server drops the
-//!   waiting pulls of an inbox nobody listens on. Nothing is left to wait for its ack timeout.
-//! - **Lost pulls.** A reconnect (the server may have restarted and forgotten every waiting
-//!   pull) resets the credit and asks again within [`RECONNECT_CHECK`]. Besides, every pull ends
-//!   with a message or a status within its expiry (`Config::pull_expires`); if the inbox hears
-//!   nothing for [`PULL_LOST_SLACK`] longer, the credit is taken as lost and asked for again.
+//!   so an idle network's waiting pull holds no slot and cannot starve a busy one. A request
+//!   that waits for a slot tells the server it is in progress, so it is not redelivered while
+//!   it waits.
+//! - **Stopping.** No new pulls go out; the loop keeps taking what the waiting pulls deliver
+//!   until each has ended (they expire within `expires`), and only then unsubscribes, so no
+//!   request is sent to an inbox nobody listens on.
+//! - **Lost pulls.** Each pull's reply subject carries a generation. A reconnect (the server may
+//!   have restarted and forgotten every waiting pull) starts a new generation within
+//!   [`RECONNECT_CHECK`] and asks again; end-of-pull statuses of older generations no longer
+//!   count, so the credit cannot drift. If the inbox hears nothing for [`PULL_LOST_SLACK`]
+//!   beyond a pull's expiry, the credit is taken as lost the same way.
+//! - **Refusals.** A status that ends a pull without saying what was left of it (a consumer
+//!   limit such as max waiting, a deleted consumer) ends the loop, which starts over after a
+//!   second.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::AckKind;
 use async_nats::StatusCode;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -34,8 +41,20 @@ use crate::handler::{self, Context};
 const PULL_LOST_SLACK: Duration = Duration::from_secs(5);
 /// How often the connection's reconnect count is looked at.
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
-/// Longest wait for the server to confirm the unsubscribe when stopping.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a pull request may wait to be handed to the connection.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How one network pulls.
+#[derive(Clone, Copy, Debug)]
+pub struct PullSettings {
+    /// Requests in flight plus requests asked for, at most.
+    pub limit: usize,
+    /// How long a waiting pull lasts at the server.
+    pub expires: Duration,
+    /// The consumer's ack wait: a request waiting for a slot says it is in progress well
+    /// before this runs out.
+    pub ack_wait: Duration,
+}
 
 /// Why a pull loop had to start over.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +63,8 @@ enum PullError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("cannot send a pull request: {0}")]
     Publish(#[from] async_nats::PublishError),
+    #[error("a pull request could not be sent within {0:?}")]
+    PublishTimeout(Duration),
     #[error("the server ended the pull: {status} {description}")]
     Status {
         status: StatusCode,
@@ -52,12 +73,11 @@ enum PullError {
 }
 
 /// Runs the pull loop until `shutdown` fires. Handlers run on `tracker`, so the caller can wait
-/// for them to finish. `limit` bounds this network's requests in flight plus those asked for.
+/// for them to finish.
 pub async fn run(
     ctx: Arc<Context>,
     consumer: PullConsumer,
-    limit: usize,
-    expires: Duration,
+    settings: PullSettings,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -68,8 +88,10 @@ pub async fn run(
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             info.stream_name, info.name
         ),
-        limit: limit.max(1),
-        expires,
+        settings: PullSettings {
+            limit: settings.limit.max(1),
+            ..settings
+        },
         in_flight: Arc::new(AtomicUsize::new(0)),
         freed: Arc::new(Notify::new()),
         ctx,
@@ -93,8 +115,7 @@ pub async fn run(
 
 struct Puller {
     subject: String,
-    limit: usize,
-    expires: Duration,
+    settings: PullSettings,
     in_flight: Arc<AtomicUsize>,
     freed: Arc<Notify>,
     ctx: Arc<Context>,
@@ -106,58 +127,94 @@ impl Puller {
     /// One persistent pull: returns `Ok` after a clean stop, `Err` when it must start over.
     async fn pull(&self, shutdown: &CancellationToken) -> Result<(), PullError> {
         let client = &self.ctx.client;
+        let PullSettings { limit, expires, .. } = self.settings;
         let inbox = client.new_inbox();
-        let mut sub = client.subscribe(inbox.clone()).await?;
-        // Requests asked for and not yet delivered or expired.
+        let mut sub = client.subscribe(format!("{inbox}.*")).await?;
+        // Requests asked for in this generation and not yet delivered or ended.
         let mut outstanding = 0usize;
+        let mut generation = 0u64;
         let mut heard = Instant::now();
         let statistics = client.statistics();
         let mut connects = statistics.connects.load(Ordering::Relaxed);
         let mut check = tokio::time::interval(RECONNECT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let result = loop {
+        // Once stopping: when the last pull of this generation has surely ended.
+        let mut stop_by: Option<Instant> = None;
+        // When the newest pull went out: every pull has ended by this plus `expires`.
+        let mut last_pull = Instant::now();
+        loop {
             let busy = self.in_flight.load(Ordering::Acquire);
-            if busy + outstanding <= self.limit / 2 {
-                let batch = self.limit - busy - outstanding;
-                let request = pull_request(batch, self.expires);
-                if let Err(err) = client
-                    .publish_with_reply(self.subject.clone(), inbox.clone(), request)
-                    .await
-                {
-                    break Err(err.into());
+            if stop_by.is_none() && busy + outstanding <= limit / 2 {
+                let batch = limit - busy - outstanding;
+                let reply = format!("{inbox}.{generation}");
+                let send = client.publish_with_reply(
+                    self.subject.clone(),
+                    reply,
+                    pull_request(batch, expires),
+                );
+                match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return Err(err.into()),
+                    Err(_) => return Err(PullError::PublishTimeout(PUBLISH_TIMEOUT)),
                 }
                 if outstanding == 0 {
                     heard = Instant::now();
                 }
                 outstanding += batch;
+                last_pull = Instant::now();
             }
+            if stop_by.is_some() && outstanding == 0 {
+                return Ok(());
+            }
+            let lost_at = heard + expires + PULL_LOST_SLACK;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = shutdown.cancelled(), if stop_by.is_none() => {
+                    // Unsubscribing now could strand a request the server is sending; let
+                    // the waiting pulls end first.
+                    stop_by = Some(last_pull + expires + Duration::from_secs(1));
+                }
+                _ = tokio::time::sleep_until(stop_by.unwrap_or(lost_at)), if stop_by.is_some() => {
+                    return Ok(());
+                }
                 message = sub.next() => {
                     let Some(message) = message else {
-                        break Ok(());
+                        return Ok(());
                     };
                     heard = Instant::now();
                     match message.status {
                         None | Some(StatusCode::OK) => {
                             outstanding = outstanding.saturating_sub(1);
-                            self.dispatch(message).await;
+                            self.dispatch(message);
                         }
                         Some(StatusCode::IDLE_HEARTBEAT) => {}
                         Some(status) => {
-                            // A pull that ended early says how much of it was left unused.
+                            let current = message
+                                .subject
+                                .rsplit('.')
+                                .next()
+                                .and_then(|g| g.parse::<u64>().ok())
+                                == Some(generation);
+                            let deleted = message.description.as_deref() == Some("Consumer Deleted");
                             match pending_of(&message) {
-                                Some(left) => outstanding = outstanding.saturating_sub(left),
-                                None => outstanding = 0,
-                            }
-                            if !matches!(status, StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED)
-                                || message.description.as_deref() == Some("Consumer Deleted")
-                            {
-                                break Err(PullError::Status {
-                                    status,
-                                    description: message.description.clone().unwrap_or_default(),
-                                });
+                                // A pull that ended says how much of it was left unused.
+                                Some(left) if !deleted => {
+                                    if current {
+                                        outstanding = outstanding.saturating_sub(left);
+                                    }
+                                }
+                                // An expiry without the count: ask afresh.
+                                None if status == StatusCode::TIMEOUT => {
+                                    if current {
+                                        outstanding = 0;
+                                    }
+                                }
+                                _ => {
+                                    return Err(PullError::Status {
+                                        status,
+                                        description: message.description.clone().unwrap_or_default(),
+                                    });
+                                }
                             }
                         }
                     }
@@ -168,44 +225,45 @@ impl Puller {
                     if now != connects {
                         tracing::debug!(network = self.ctx.network, "reconnected; pulling again");
                         connects = now;
+                        generation += 1;
                         outstanding = 0;
                     }
                 }
-                _ = tokio::time::sleep_until(heard + self.expires + PULL_LOST_SLACK), if outstanding > 0 => {
+                _ = tokio::time::sleep_until(lost_at), if outstanding > 0 && stop_by.is_none() => {
                     tracing::debug!(network = self.ctx.network, outstanding, "pulls unanswered; asking again");
+                    generation += 1;
                     outstanding = 0;
                 }
             }
-        };
-        // Unsubscribe and take whatever the server sent before it saw that.
-        if sub.drain().await.is_ok() {
-            while let Ok(Some(message)) = tokio::time::timeout(DRAIN_TIMEOUT, sub.next()).await {
-                if matches!(message.status, None | Some(StatusCode::OK)) {
-                    self.dispatch(message).await;
-                }
-            }
         }
-        result
     }
 
-    /// Waits for a slot, then handles `message` on the tracker.
-    async fn dispatch(&self, message: async_nats::Message) {
+    /// Hands `message` to a task that waits for a slot, then handles it.
+    fn dispatch(&self, message: async_nats::Message) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        // Slots free up as other requests finish, each within its store timeout.
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the slot semaphore is never closed");
         let message = async_nats::jetstream::Message {
             message,
             context: self.ctx.js.clone(),
         };
         let ctx = self.ctx.clone();
+        let slots = self.slots.clone();
         let in_flight = self.in_flight.clone();
         let freed = self.freed.clone();
+        let progress_every = self.settings.ack_wait / 3;
         self.tracker.spawn(async move {
+            let permit = loop {
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => {
+                        break permit.expect("the slot semaphore is never closed");
+                    }
+                    // Busy with other networks' requests: keep this one from being redelivered.
+                    _ = tokio::time::sleep(progress_every) => {
+                        if let Err(err) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(network = ctx.network, %err, "progress ack failed");
+                        }
+                    }
+                }
+            };
             if let Err(err) = handler::handle(&ctx, message).await {
                 tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
             }
