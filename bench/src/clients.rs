@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use object_store::{local::LocalFileSystem, ObjectStore};
+use object_store::{local::LocalFileSystem, ObjectStore, ObjectStoreExt};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -12,7 +12,7 @@ use imgfetch_tests::pipeline::{
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{init_logs, sample};
-use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
 use serde_json::json;
 
 async fn one_zone(nats: &NatsServer) -> Resolver {
