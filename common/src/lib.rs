@@ -8,6 +8,7 @@
 //! - [`protocol`]: subject names, header names, the [`protocol::ErrorCode`] enum and the
 //!   [`protocol::FetchRequest`] body.
 //! - [`codec`]: turns request bodies into bytes (msgpack) and back (msgpack or JSON).
+//! - [`digest`]: the SHA-256 every image travels with.
 //! - [`info`]: the associated information of an image (place, time, device) as one record.
 //! - [`validate`]: the rules for network names, request ids, keys and `meta` maps.
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: tracing-subscriber setup.
 
 pub mod codec;
+pub mod digest;
 pub mod info;
 pub mod protocol;
 pub mod provision;

@@ -90,6 +90,26 @@ pub mod header {
     pub const EXTRA_PREFIX: &str = "Imgfetch-Extra-";
     /// Prefix of the request's `meta` entries, echoed back.
     pub const META_PREFIX: &str = "Imgfetch-Meta-";
+    /// SHA-256 of the image, lower-case hex: on an inline `ok` reply, and on the end of a
+    /// streamed one.
+    pub const SHA256: &str = "Imgfetch-Sha256";
+
+    /// On a request: the sender can take a streamed answer (value `1`). Without it, an image
+    /// over the inline limit is answered `too_large`.
+    pub const ACCEPT_STREAM: &str = "Imgfetch-Accept-Stream";
+    /// On every message of a streamed answer: the resolver's flow subject, where the receiver
+    /// sends credit and cancels. It also tells one stream from another for the same id.
+    pub const FLOW: &str = "Imgfetch-Flow";
+    /// On the head of a streamed answer: bytes per chunk (the last may be shorter).
+    pub const CHUNK_SIZE: &str = "Imgfetch-Chunk-Size";
+    /// On the head of a streamed answer: how many chunks follow.
+    pub const CHUNKS: &str = "Imgfetch-Chunks";
+    /// On a chunk: its number, from 1.
+    pub const SEQ: &str = "Imgfetch-Seq";
+    /// On a flow message: the resolver may send chunks up to and including this number.
+    pub const CREDIT: &str = "Imgfetch-Credit";
+    /// On a flow message: stop sending; the value says why.
+    pub const CANCEL: &str = "Imgfetch-Cancel";
 }
 
 /// The status of a reply: everything but `ok` is one of these.
@@ -107,10 +127,14 @@ pub enum ErrorCode {
     DuplicateId,
     /// The store kept failing after retries.
     StoreUnavailable,
-    /// The image does not fit in one message.
+    /// The image is over the resolver's size limit, or over its inline limit for a request
+    /// that does not accept streams.
     TooLarge,
-    /// The deadline passed before an answer came.
+    /// The deadline passed before an answer came, or a streamed answer stalled.
     Timeout,
+    /// A streamed image arrived damaged: a checksum mismatch, a missing or extra chunk. It is
+    /// never delivered as `ok` nor archived.
+    Integrity,
     /// A bug or an unexpected failure.
     Internal,
     /// The gateway could not enqueue the request: NATS is down, the queue is full, no resolver
@@ -120,7 +144,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownNetwork,
@@ -128,6 +152,7 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
         ErrorCode::TooLarge,
         ErrorCode::Timeout,
+        ErrorCode::Integrity,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
     ];
@@ -142,6 +167,7 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Integrity => "integrity",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -197,8 +223,12 @@ pub struct ResolverInfo {
     pub instance: String,
     /// The networks it serves.
     pub networks: Vec<String>,
-    /// The largest image it sends inline, in bytes.
+    /// The largest image it serves, in bytes.
     pub max_image_bytes: u64,
+    /// The largest image it sends inline, in one message; larger ones are streamed to those
+    /// who accept streams, and answered `too_large` to others.
+    #[serde(default)]
+    pub max_inline_bytes: u64,
 }
 
 #[cfg(test)]
