@@ -30,6 +30,13 @@ pub mod defaults {
     pub const STORE_TIMEOUT_MS: u64 = 20_000;
     /// Bytes kept free under the server's `max_payload` for headers.
     pub const PAYLOAD_HEADROOM: u64 = 64 * 1024;
+    /// Largest image served at all: 1 GiB.
+    pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
+    /// Bytes in one chunk of a streamed image (smaller when the server's `max_payload` less
+    /// the headroom is smaller); chosen by measurement, see `docs/PROTOCOL.md`.
+    pub const CHUNK_BYTES: u64 = 256 * 1024;
+    /// How long a stream waits for the receiver's credit before it gives up.
+    pub const STREAM_IDLE_MS: u64 = 30_000;
     /// How long in-flight requests may take to finish after SIGTERM.
     pub const GRACE_MS: u64 = 20_000;
     /// How long a waiting pull lasts at the server before it ends and is renewed; a stopping
@@ -67,9 +74,19 @@ pub struct Args {
     /// Only verify the stream and consumers; never create or change them.
     #[arg(long, env = "IMGFETCH_NO_PROVISION")]
     pub no_provision: bool,
-    /// Largest image sent inline [default: the server's max_payload less 64 KiB].
+    /// Largest image served at all [default: 1 GiB].
     #[arg(long, env = "IMGFETCH_MAX_IMAGE_BYTES")]
     pub max_image_bytes: Option<u64>,
+    /// Largest image sent inline, in one reply; larger ones are streamed in chunks
+    /// [default: the server's max_payload less 64 KiB].
+    #[arg(long, env = "IMGFETCH_MAX_INLINE_BYTES")]
+    pub max_inline_bytes: Option<u64>,
+    /// Bytes per chunk of a streamed image [default: 256 KiB, less if max_payload is small].
+    #[arg(long, env = "IMGFETCH_CHUNK_BYTES")]
+    pub chunk_bytes: Option<u64>,
+    /// Milliseconds a stream waits for the receiver's credit before giving up [default: 30000].
+    #[arg(long, env = "IMGFETCH_STREAM_IDLE_MS")]
+    pub stream_idle_ms: Option<u64>,
     /// Attempts at a failing store before answering store_unavailable [default: 4].
     #[arg(long, env = "IMGFETCH_STORE_ATTEMPTS")]
     pub store_attempts: Option<u32>,
@@ -95,8 +112,14 @@ pub struct FileConfig {
     pub stream: Option<String>,
     /// Create or extend the stream and consumers (default true).
     pub provision: Option<bool>,
-    /// Largest image sent inline.
+    /// Largest image served at all.
     pub max_image_bytes: Option<u64>,
+    /// Largest image sent inline.
+    pub max_inline_bytes: Option<u64>,
+    /// Bytes per chunk of a streamed image.
+    pub chunk_bytes: Option<u64>,
+    /// Milliseconds a stream waits for credit.
+    pub stream_idle_ms: Option<u64>,
     /// Attempts at a failing store.
     pub store_attempts: Option<u32>,
     /// First retry delay in milliseconds.
@@ -158,8 +181,14 @@ pub struct Config {
     pub stream: StreamSettings,
     /// Consumer redelivery settings.
     pub consumer: ConsumerSettings,
+    /// Largest image served at all.
+    pub max_image_bytes: u64,
     /// Largest image sent inline; `None` derives it from the server's `max_payload`.
-    pub max_image_bytes: Option<u64>,
+    pub max_inline_bytes: Option<u64>,
+    /// Bytes per chunk of a streamed image, at most; never more than the server carries.
+    pub chunk_bytes: u64,
+    /// How long a stream waits for credit (or anything) from its receiver.
+    pub stream_idle: Duration,
     /// Attempts at a failing store.
     pub store_attempts: u32,
     /// First retry delay.
@@ -188,7 +217,10 @@ impl Config {
             provision: true,
             stream: StreamSettings::default(),
             consumer: ConsumerSettings::default(),
-            max_image_bytes: None,
+            max_image_bytes: defaults::MAX_IMAGE_BYTES,
+            max_inline_bytes: None,
+            chunk_bytes: defaults::CHUNK_BYTES,
+            stream_idle: Duration::from_millis(defaults::STREAM_IDLE_MS),
             store_attempts: defaults::STORE_ATTEMPTS,
             retry_delay: Duration::from_millis(defaults::RETRY_DELAY_MS),
             retry_delay_max: Duration::from_millis(defaults::RETRY_DELAY_MAX_MS),
@@ -268,7 +300,25 @@ impl Config {
             config.stream.name = stream;
         }
         config.provision = !args.no_provision && file.provision.unwrap_or(true);
-        config.max_image_bytes = args.max_image_bytes.or(file.max_image_bytes);
+        config.max_image_bytes = args
+            .max_image_bytes
+            .or(file.max_image_bytes)
+            .unwrap_or(defaults::MAX_IMAGE_BYTES);
+        config.max_inline_bytes = args.max_inline_bytes.or(file.max_inline_bytes);
+        config.chunk_bytes = args
+            .chunk_bytes
+            .or(file.chunk_bytes)
+            .unwrap_or(defaults::CHUNK_BYTES);
+        if config.chunk_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "chunk bytes must be at least 1024".into(),
+            ));
+        }
+        config.stream_idle = Duration::from_millis(
+            args.stream_idle_ms
+                .or(file.stream_idle_ms)
+                .unwrap_or(defaults::STREAM_IDLE_MS),
+        );
         config.store_attempts = args
             .store_attempts
             .or(file.store_attempts)

@@ -3,7 +3,9 @@
 //!
 //! | outcome of the read | reply | then |
 //! | --- | --- | --- |
-//! | image | `ok` with the bytes | ack |
+//! | image within the inline limit | `ok` with the bytes | ack |
+//! | larger image, request accepts streams | a stream ([`stream`](crate::stream)) | ack, or term if the receiver leaves |
+//! | larger image, request does not accept streams | `too_large` | term |
 //! | not found, bad key, bad body, too large, past its deadline | the error | term |
 //! | store failing, attempts left | none | nak with a growing delay |
 //! | store failing, last attempt | `store_unavailable` | term |
@@ -15,11 +17,13 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use imgfetch_common::codec;
+use imgfetch_common::digest::sha256_hex;
 use imgfetch_common::protocol::{header, network_of_subject, ErrorCode, FetchRequest, STATUS_OK};
 use imgfetch_common::validate;
 
 use crate::info;
-use crate::store::{Fetched, Store, StoreError, StoreErrorKind};
+use crate::store::{Fetched, Limits, Store, StoreError, StoreErrorKind};
+use crate::stream::{self, Outgoing};
 use imgfetch_common::info::ImageInfo;
 
 /// What a handler needs besides the message.
@@ -35,10 +39,18 @@ pub struct Context {
     pub instance: String,
     /// That network's store.
     pub store: Store,
-    /// Largest image sent inline.
+    /// Largest image served at all.
     pub max_image_bytes: u64,
+    /// Largest image sent inline.
+    pub max_inline_bytes: u64,
     /// The server's `max_payload`: the largest message, headers included.
     pub max_payload: u64,
+    /// Bytes per chunk of a streamed image.
+    pub chunk_bytes: u64,
+    /// How long a stream waits for its receiver.
+    pub stream_idle: Duration,
+    /// The consumer's ack wait; a stream sends progress acks well within it.
+    pub ack_wait: Duration,
     /// Attempts at a failing store before giving up; never more than the consumer's
     /// `max_deliver`, after which the server would stop redelivering without an answer.
     pub store_attempts: u32,
@@ -77,6 +89,8 @@ pub struct Decision {
     pub reply: Option<(String, Reply)>,
     /// How to settle.
     pub settle: Settle,
+    /// An image to stream instead of a reply; the stream decides how to settle.
+    pub stream: Option<Outgoing>,
 }
 
 /// Handles one message end to end. Errors mean the message was left unsettled and JetStream
@@ -101,7 +115,11 @@ pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), as
             .publish_with_headers(callback, reply.headers, reply.body)
             .await?;
     }
-    match decision.settle {
+    let settle = match decision.stream {
+        Some(out) => stream::send(ctx, &message, out).await?,
+        None => decision.settle,
+    };
+    match settle {
         Settle::Ack => message.ack().await?,
         Settle::Nak(delay) => message.ack_with(AckKind::Nak(Some(delay))).await?,
         Settle::Term => message.ack_with(AckKind::Term).await?,
@@ -132,6 +150,7 @@ pub async fn decide(
         return Decision {
             reply: None,
             settle: Settle::Term,
+            stream: None,
         };
     };
     let header_id = headers
@@ -143,8 +162,12 @@ pub async fn decide(
         Decision {
             reply: Some((callback.clone(), error_reply(id, ctx, code, &message))),
             settle: Settle::Term,
+            stream: None,
         }
     };
+    let accepts_stream = headers
+        .and_then(|h| h.get(header::ACCEPT_STREAM))
+        .is_some_and(|v| v.as_str().trim() == "1");
 
     let request: FetchRequest = match codec::decode(payload) {
         Ok(r) => r,
@@ -177,6 +200,45 @@ pub async fn decide(
 
     let read = tokio::time::timeout(ctx.store_timeout, read_with_info(ctx, &request)).await;
     let err = match read {
+        Ok(Ok((fetched, info))) if fetched.body.is_some() => {
+            if !accepts_stream {
+                return term_with(
+                    Some(id),
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the image is {} bytes, over the {}-byte limit of one message; ask \
+                         through the gateway (HTTP or websocket), which takes it in chunks",
+                        fetched.size, ctx.max_inline_bytes
+                    ),
+                );
+            }
+            let headers = ok_headers(&request, ctx, &fetched, &info);
+            if header_bytes(&headers) as u64 > ctx.max_payload {
+                return term_with(
+                    Some(id),
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the image's metadata takes more than the server's {}-byte limit",
+                        ctx.max_payload
+                    ),
+                );
+            }
+            let Some(body) = fetched.body else {
+                unreachable!("matched on a body")
+            };
+            return Decision {
+                reply: None,
+                settle: Settle::Ack,
+                stream: Some(Outgoing {
+                    id: id.to_owned(),
+                    callback,
+                    head: headers,
+                    size: fetched.size,
+                    first: fetched.bytes,
+                    body,
+                }),
+            };
+        }
         Ok(Ok((fetched, info))) => {
             let reply = ok_reply(&request, ctx, fetched, &info);
             // Headers (metadata, meta) usually fit the headroom; when they do not, the message
@@ -197,6 +259,7 @@ pub async fn decide(
             return Decision {
                 reply: Some((callback, reply)),
                 settle: Settle::Ack,
+                stream: None,
             };
         }
         Ok(Err(e)) => e,
@@ -249,6 +312,7 @@ fn retry_or_give_up(
         return Decision {
             reply: None,
             settle: Settle::Nak(delay),
+            stream: None,
         };
     }
     metrics::counter!("imgfetch_resolver_replies_total", "status" => ErrorCode::StoreUnavailable.as_str()).increment(1);
@@ -259,6 +323,7 @@ fn retry_or_give_up(
             error_reply(Some(id), ctx, ErrorCode::StoreUnavailable, &message),
         )),
         settle: Settle::Term,
+        stream: None,
     }
 }
 
@@ -302,19 +367,31 @@ fn error_reply(id: Option<&str>, ctx: &Context, code: ErrorCode, message: &str) 
     }
 }
 
-fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched, info: &ImageInfo) -> Reply {
+/// The headers of an `ok` answer, inline or the head of a stream.
+fn ok_headers(
+    request: &FetchRequest,
+    ctx: &Context,
+    fetched: &Fetched,
+    info: &ImageInfo,
+) -> HeaderMap {
     let mut headers = base_headers(Some(&request.id), ctx, STATUS_OK);
     let content_type = infer::get(&fetched.bytes)
         .map(|t| t.mime_type())
         .unwrap_or("application/octet-stream");
     headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::KEY, header_safe(&request.key).as_str());
-    headers.insert(header::SIZE, fetched.bytes.len().to_string().as_str());
+    headers.insert(header::SIZE, fetched.size.to_string().as_str());
     headers.insert(header::LAST_MODIFIED, fetched.last_modified.as_str());
     if let Some(e_tag) = &fetched.e_tag {
         headers.insert(header::ETAG, header_safe(e_tag).as_str());
     }
     info.write_headers(&mut headers);
+    headers
+}
+
+fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched, info: &ImageInfo) -> Reply {
+    let mut headers = ok_headers(request, ctx, &fetched, info);
+    headers.insert(header::SHA256, sha256_hex(&fetched.bytes).as_str());
     Reply {
         headers,
         body: fetched.bytes,
@@ -331,7 +408,10 @@ async fn read_with_info(
         .store
         .read_pair(
             &request.key,
-            ctx.max_image_bytes,
+            Limits {
+                max: ctx.max_image_bytes,
+                inline: ctx.max_inline_bytes,
+            },
             &sidecar_key,
             info::MAX_SIDECAR_BYTES,
         )

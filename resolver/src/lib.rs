@@ -8,6 +8,7 @@
 //! - [`store`]: one `object_store` per network, built once; the single read a request needs.
 //! - [`info`]: the associated information: sidecar, store metadata and EXIF, merged.
 //! - [`handler`]: one message in, one reply out, then ack, nak or term.
+//! - [`stream`]: an image over the inline limit, sent in chunks at the receiver's pace.
 //! - [`worker`]: one network's persistent pull on its shared durable consumer, with credit
 //!   per network and slots shared by all.
 //! - [`ping`]: the liveness answer gateways use to detect "no resolver".
@@ -19,6 +20,7 @@ pub mod handler;
 pub mod info;
 pub mod ping;
 pub mod store;
+pub mod stream;
 pub mod worker;
 
 use std::sync::Arc;
@@ -57,7 +59,7 @@ pub enum RunError {
         source: ProvisionError,
     },
     /// The configured image limit does not fit the server.
-    #[error("max image size {configured} bytes does not fit the server's max_payload of {max_payload} bytes with {headroom} bytes of headroom")]
+    #[error("max inline size {configured} bytes does not fit the server's max_payload of {max_payload} bytes with {headroom} bytes of headroom")]
     ImageLimit {
         /// What was configured.
         configured: u64,
@@ -91,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         })?;
     let max_payload = client.server_info().max_payload as u64;
     let fits = max_payload.saturating_sub(defaults::PAYLOAD_HEADROOM);
-    let max_image_bytes = match config.max_image_bytes {
+    let max_inline_bytes = match config.max_inline_bytes {
         Some(n) if n > fits => {
             return Err(RunError::ImageLimit {
                 configured: n,
@@ -102,6 +104,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         Some(n) => n,
         None => fits,
     };
+    let max_image_bytes = config.max_image_bytes;
+    // A chunk carries a few short headers; it never needs the inline headroom.
+    let chunk_bytes = config
+        .chunk_bytes
+        .min(max_payload.saturating_sub(4096))
+        .max(1024);
 
     let js = async_nats::jetstream::new(client.clone());
     let slots = Arc::new(Semaphore::new(config.concurrency));
@@ -110,6 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         instance: config.instance.clone(),
         networks: config.networks.iter().map(|n| n.name.clone()).collect(),
         max_image_bytes,
+        max_inline_bytes,
     };
     let mut loops = Vec::new();
     for (net, store) in config.networks.iter().zip(stores) {
@@ -132,7 +141,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             instance: config.instance.clone(),
             store,
             max_image_bytes,
+            max_inline_bytes,
             max_payload,
+            chunk_bytes,
+            stream_idle: config.stream_idle,
+            ack_wait: config.consumer.ack_wait,
             store_attempts: config
                 .store_attempts
                 .min(u32::try_from(config.consumer.max_deliver).unwrap_or(u32::MAX)),
@@ -162,7 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         )
         .await?;
     }
-    tracing::info!(instance = config.instance, networks = ?info.networks, max_image_bytes, "resolver ready");
+    tracing::info!(instance = config.instance, networks = ?info.networks, max_image_bytes, max_inline_bytes, chunk_bytes, "resolver ready");
 
     shutdown.cancelled().await;
     for l in loops {

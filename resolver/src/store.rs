@@ -7,6 +7,8 @@
 //! read, and the sidecar's confine and open) was the largest single saving in the resolver;
 //! see `docs/PERFORMANCE.md`. S3 stores are asynchronous and are read on the runtime.
 
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -15,7 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use imgfetch_common::store::{self, StoreSpec};
 use object_store::path::Path;
-use object_store::{Attribute, ObjectStore};
+use object_store::{
+    Attribute, GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt,
+};
 
 /// What went wrong reading an image; the caller branches on [`StoreError::kind`].
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +39,7 @@ pub enum StoreErrorKind {
     /// The key is not a valid path for this store: answer `invalid_request`.
     #[error("invalid key")]
     InvalidKey,
-    /// The object is larger than fits in one message: answer `too_large`.
+    /// The object is larger than the resolver serves: answer `too_large`.
     #[error("too large")]
     TooLarge,
     /// The store refused access (bad credentials, a per-object policy). For an image this is
@@ -86,14 +90,114 @@ pub struct OpenError {
 /// An image and what the store knows about it.
 #[derive(Debug)]
 pub struct Fetched {
-    /// The image bytes.
+    /// The whole image when [`body`](Fetched::body) is `None`; otherwise its first bytes (at
+    /// most [`HEAD_BYTES`]), for sniffing the type and reading EXIF.
     pub bytes: Bytes,
+    /// The image's size.
+    pub size: u64,
+    /// For an image over the inline limit: where the rest is read from, a range at a time.
+    pub body: Option<Body>,
     /// Last modification time, RFC 3339.
     pub last_modified: String,
     /// Entity tag, when the store has one.
     pub e_tag: Option<String>,
     /// The object's user metadata, by lower-case name.
     pub attributes: Vec<(String, String)>,
+}
+
+/// Bytes read from the start of a large image before it is streamed: EXIF sits in the first
+/// 64 KiB of a JPEG, and the media type in the first few bytes of anything.
+pub const HEAD_BYTES: u64 = 128 * 1024;
+
+/// The rest of a large image, read by ranges.
+///
+/// A directory store keeps the file it opened, so a file replaced while it streams is still read
+/// whole from the old inode. An S3 store reads each range with `If-Match` on the first read's
+/// entity tag, so an object replaced meanwhile fails the read instead of mixing two images.
+#[derive(Clone, Debug)]
+pub struct Body {
+    source: Source,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    File {
+        file: Arc<std::fs::File>,
+        readers: Arc<ReadPool>,
+    },
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        e_tag: Option<String>,
+        size: u64,
+    },
+}
+
+impl Body {
+    /// Reads `range`, which must lie within the image.
+    pub async fn read(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
+        match &self.source {
+            Source::File { file, readers } => {
+                let file = file.clone();
+                // The buffer is allocated here, on the runtime, where it is also freed once
+                // sent: allocated on a reader thread, every reader's allocator would keep some
+                // freed chunks (measured: +15 MiB peak at 16 readers; docs/PERFORMANCE.md).
+                let len = usize::try_from(range.end - range.start).map_err(|_| changed())?;
+                let buf = vec![0u8; len];
+                readers
+                    .run(move || fill_at(&file, range.start, buf))
+                    .await
+                    .unwrap_or_else(|| Err(reader_gone()))
+            }
+            Source::Remote {
+                store,
+                path,
+                e_tag,
+                size,
+            } => {
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    if_match: e_tag.clone(),
+                    ..GetOptions::default()
+                };
+                let result = store.get_opts(path, options).await?;
+                // Not every S3-compatible server honours If-Match: check the tag and size too.
+                if result.meta.size != *size
+                    || (e_tag.is_some() && result.meta.e_tag.as_ref() != e_tag.as_ref())
+                {
+                    return Err(changed());
+                }
+                let bytes = result.bytes().await?;
+                if bytes.len() as u64 != range.end - range.start {
+                    return Err(changed());
+                }
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+fn read_at(file: &std::fs::File, range: Range<u64>) -> Result<Bytes, StoreError> {
+    let len = usize::try_from(range.end - range.start).map_err(|_| changed())?;
+    fill_at(file, range.start, vec![0u8; len])
+}
+
+fn fill_at(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> Result<Bytes, StoreError> {
+    file.read_exact_at(&mut buf, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            changed()
+        } else {
+            StoreError::new(StoreErrorKind::Transient, e.to_string())
+        }
+    })?;
+    Ok(Bytes::from(buf))
+}
+
+fn changed() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Transient,
+        "the image changed while it was being read",
+    )
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -244,15 +348,16 @@ impl Store {
         })
     }
 
-    /// Reads `key`, refusing objects over `max_bytes` before downloading them.
-    pub async fn read(&self, key: &str, max_bytes: u64) -> Result<Fetched, StoreError> {
+    /// Reads `key`, refusing objects over `limits.max` before downloading them. An object over
+    /// `limits.inline` is not read whole: see [`Fetched::body`].
+    pub async fn read(&self, key: &str, limits: Limits) -> Result<Fetched, StoreError> {
         let Some(readers) = &self.readers else {
-            return self.fetch(key, max_bytes).await;
+            return self.fetch(key, limits).await;
         };
         let this = self.clone();
         let key = key.to_owned();
         readers
-            .run(move || this.read_here(&key, max_bytes))
+            .run(move || this.read_here(&key, limits))
             .await
             .unwrap_or_else(|| Err(reader_gone()))
     }
@@ -261,23 +366,24 @@ impl Store {
     pub async fn read_pair(
         &self,
         key: &str,
-        max_bytes: u64,
+        limits: Limits,
         sidecar: &str,
         max_sidecar_bytes: u64,
     ) -> (Result<Fetched, StoreError>, Result<Fetched, StoreError>) {
+        let sidecar_limits = Limits {
+            max: max_sidecar_bytes,
+            inline: max_sidecar_bytes,
+        };
         let Some(readers) = &self.readers else {
-            return tokio::join!(
-                self.fetch(key, max_bytes),
-                self.fetch(sidecar, max_sidecar_bytes)
-            );
+            return tokio::join!(self.fetch(key, limits), self.fetch(sidecar, sidecar_limits));
         };
         let this = self.clone();
         let (key, sidecar) = (key.to_owned(), sidecar.to_owned());
         readers
             .run(move || {
                 (
-                    this.read_here(&key, max_bytes),
-                    this.read_here(&sidecar, max_sidecar_bytes),
+                    this.read_here(&key, limits),
+                    this.read_here(&sidecar, sidecar_limits),
                 )
             })
             .await
@@ -286,31 +392,33 @@ impl Store {
 
     /// A directory-store read on the calling (reader) thread, where `object_store` does its
     /// file I/O inline.
-    fn read_here(&self, key: &str, max_bytes: u64) -> Result<Fetched, StoreError> {
+    fn read_here(&self, key: &str, limits: Limits) -> Result<Fetched, StoreError> {
         let path = parse(key)?;
         if let Some(root) = &self.confine {
             confine(root, key)?;
         }
-        futures::executor::block_on(self.get(&path, max_bytes))
+        futures::executor::block_on(self.get(&path, limits))
     }
 
     /// A read on the runtime, for stores that are asynchronous.
-    async fn fetch(&self, key: &str, max_bytes: u64) -> Result<Fetched, StoreError> {
-        self.get(&parse(key)?, max_bytes).await
+    async fn fetch(&self, key: &str, limits: Limits) -> Result<Fetched, StoreError> {
+        self.get(&parse(key)?, limits).await
     }
 
     /// The `object_store` part of a read.
-    async fn get(&self, path: &Path, max_bytes: u64) -> Result<Fetched, StoreError> {
+    async fn get(&self, path: &Path, limits: Limits) -> Result<Fetched, StoreError> {
+        let max_bytes = limits.max;
         let result = self.inner.get(path).await?;
         let too_large = |size: u64| {
             StoreError::new(
                 StoreErrorKind::TooLarge,
-                format!("{size} bytes is over the {max_bytes}-byte limit for one message"),
+                format!("{size} bytes is over the resolver's {max_bytes}-byte limit"),
             )
         };
         if result.meta.size > max_bytes {
             return Err(too_large(result.meta.size));
         }
+        let size = result.meta.size;
         let last_modified = result.meta.last_modified.to_rfc3339();
         let e_tag = result.meta.e_tag.clone();
         // User metadata (S3 `x-amz-meta-*`); the content type is sniffed from the bytes
@@ -325,17 +433,66 @@ impl Store {
                 _ => None,
             })
             .collect();
+        if size > limits.inline {
+            let head = 0..size.min(HEAD_BYTES);
+            let source = match result.payload {
+                // Directory stores are read on a reader thread: the file is already open.
+                GetResultPayload::File(file, _) => Source::File {
+                    file: Arc::new(file),
+                    readers: self.readers.clone().ok_or_else(reader_gone)?,
+                },
+                // The GET's body is dropped unread; the image is read by ranges instead, each
+                // within the client's request timeout however slowly the receiver takes it.
+                GetResultPayload::Stream(_) => Source::Remote {
+                    store: self.inner.clone(),
+                    path: path.clone(),
+                    e_tag: e_tag.clone(),
+                    size,
+                },
+            };
+            let body = Body { source };
+            let bytes = match &body.source {
+                Source::File { file, .. } => read_at(file, head)?,
+                Source::Remote { .. } => body.read(head).await?,
+            };
+            return Ok(Fetched {
+                bytes,
+                size,
+                body: Some(body),
+                last_modified,
+                e_tag,
+                attributes,
+            });
+        }
         let bytes = result.bytes().await?;
         // The object may have grown between the metadata and the body.
-        if bytes.len() as u64 > max_bytes {
-            return Err(too_large(bytes.len() as u64));
+        if bytes.len() as u64 > limits.inline {
+            return Err(changed());
         }
         Ok(Fetched {
+            size: bytes.len() as u64,
             bytes,
+            body: None,
             last_modified,
             e_tag,
             attributes,
         })
+    }
+}
+
+/// Size limits of one read.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Larger objects are refused.
+    pub max: u64,
+    /// Larger objects are not read whole.
+    pub inline: u64,
+}
+
+impl Limits {
+    /// Objects up to `max` bytes, read whole.
+    pub fn whole(max: u64) -> Limits {
+        Limits { max, inline: max }
     }
 }
 
@@ -375,6 +532,11 @@ fn confine(root: &std::path::Path, key: &str) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    const MIB: Limits = Limits {
+        max: 1 << 20,
+        inline: 1 << 20,
+    };
+
     #[tokio::test]
     async fn a_stuck_read_does_not_stop_the_others_and_a_panic_costs_no_thread() {
         let pool = ReadPool::new(1);
@@ -410,12 +572,12 @@ mod tests {
         let store = Store::open("t", &spec, Duration::from_secs(5), &ReadPool::new(1))
             .await
             .unwrap();
-        let err = tokio::time::timeout(Duration::from_secs(5), store.read("pipe.jpg", 1 << 20))
+        let err = tokio::time::timeout(Duration::from_secs(5), store.read("pipe.jpg", MIB))
             .await
             .expect("the read returned instead of blocking on the FIFO")
             .unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::NotFound, "{err}");
-        let ok = store.read("real.jpg", 1 << 20).await.unwrap();
+        let ok = store.read("real.jpg", MIB).await.unwrap();
         assert_eq!(&ok.bytes[..], b"jpeg");
     }
 }

@@ -1,0 +1,321 @@
+//! Sends an image larger than one message as a stream of chunks on the callback subject, at the
+//! pace its receiver grants.
+//!
+//! 1. A **head** on the callback: the headers of an `ok` reply (metadata, information), the
+//!    size, the chunk size and count, and `Imgfetch-Flow`: a fresh inbox of this resolver's.
+//! 2. The receiver sends **credit** to that inbox (`Imgfetch-Credit: N`: chunks up to N may
+//!    go); nothing is sent before the first credit.
+//! 3. **Chunks** `1..=N` on the callback, each with `Imgfetch-Seq`, read by ranges one ahead of
+//!    the one being sent, so at most two chunks of an image are in this process at once.
+//! 4. The **end**: `Imgfetch-Sha256` of every byte sent. Or, if the store fails for good
+//!    mid-way, an error status instead.
+//!
+//! While it waits for credit the JetStream message is kept alive with progress acks. A
+//! receiver silent for the idle timeout, or one that sends `Imgfetch-Cancel`, ends the stream:
+//! nobody waits for the rest, so the message is terminated, not redelivered.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use imgfetch_common::digest::Hasher;
+use imgfetch_common::protocol::{header, ErrorCode, STATUS_OK};
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::handler::{Context, Settle};
+use crate::store::{Body, StoreError, StoreErrorKind};
+
+/// An image to stream.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The request id.
+    pub id: String,
+    /// Where the answer goes.
+    pub callback: String,
+    /// The head's headers, as for an inline `ok` reply.
+    pub head: HeaderMap,
+    /// The image's size.
+    pub size: u64,
+    /// The first bytes, already read.
+    pub first: Bytes,
+    /// Where the rest is read from.
+    pub body: Body,
+}
+
+/// What the receiver said on the flow subject.
+enum Flow {
+    Credit(u64),
+    Cancel(String),
+    Other,
+}
+
+fn flow_of(message: &async_nats::Message) -> Flow {
+    let get = |name: &str| message.headers.as_ref().and_then(|h| h.get(name));
+    if let Some(why) = get(header::CANCEL) {
+        return Flow::Cancel(why.as_str().to_owned());
+    }
+    match get(header::CREDIT).and_then(|v| v.as_str().trim().parse().ok()) {
+        Some(n) => Flow::Credit(n),
+        None => Flow::Other,
+    }
+}
+
+/// How a stream ended early.
+enum Ended {
+    /// The receiver cancelled or went silent: nobody to answer.
+    Abandoned(String),
+    /// The store failed for good: answer this error.
+    Failed(ErrorCode, String),
+}
+
+/// Streams `out` and says how to settle the message.
+pub async fn send(
+    ctx: &Context,
+    message: &jetstream::Message,
+    out: Outgoing,
+) -> Result<Settle, async_nats::Error> {
+    let flow = ctx.client.new_inbox();
+    let mut credits = ctx.client.subscribe(flow.clone()).await?;
+    let chunk = ctx.chunk_bytes;
+    let chunks = out.size.div_ceil(chunk);
+    let mut head = out.head.clone();
+    head.insert(header::FLOW, flow.as_str());
+    head.insert(header::CHUNK_SIZE, chunk.to_string().as_str());
+    head.insert(header::CHUNKS, chunks.to_string().as_str());
+    ctx.client
+        .publish_with_headers(out.callback.clone(), head, Bytes::new())
+        .await?;
+    metrics::counter!("imgfetch_resolver_streams_total").increment(1);
+
+    let mut sender = Sender {
+        ctx,
+        message,
+        out: &out,
+        flow: &flow,
+        credits: &mut credits,
+        credit: 0,
+        last_heard: Instant::now(),
+        last_progress: Instant::now(),
+    };
+    let result = sender.run(chunks).await;
+    let _ = credits.unsubscribe().await;
+    match result {
+        Ok(sha256) => {
+            let mut end = base(&out.id, &flow);
+            end.insert(header::STATUS, STATUS_OK);
+            end.insert(header::SHA256, sha256.as_str());
+            ctx.client
+                .publish_with_headers(out.callback.clone(), end, Bytes::new())
+                .await?;
+            metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK)
+                .increment(1);
+            Ok(Settle::Ack)
+        }
+        Err(StreamError::Nats(err)) => Err(err),
+        Err(StreamError::Ended(Ended::Abandoned(why))) => {
+            tracing::info!(id = out.id, why, "stream abandoned by its receiver");
+            metrics::counter!("imgfetch_resolver_streams_abandoned_total").increment(1);
+            Ok(Settle::Term)
+        }
+        Err(StreamError::Ended(Ended::Failed(code, why))) => {
+            tracing::warn!(id = out.id, why, "stream failed");
+            let mut end = base(&out.id, &flow);
+            end.insert(header::STATUS, code.as_str());
+            end.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            ctx.client
+                .publish_with_headers(out.callback.clone(), end, Bytes::from(why))
+                .await?;
+            metrics::counter!("imgfetch_resolver_replies_total", "status" => code.as_str())
+                .increment(1);
+            Ok(Settle::Term)
+        }
+    }
+}
+
+enum StreamError {
+    Nats(async_nats::Error),
+    Ended(Ended),
+}
+
+impl<E: Into<async_nats::Error>> From<E> for StreamError {
+    fn from(err: E) -> Self {
+        StreamError::Nats(err.into())
+    }
+}
+
+fn base(id: &str, flow: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::ID, id);
+    h.insert(header::FLOW, flow);
+    h
+}
+
+struct Sender<'a> {
+    ctx: &'a Context,
+    message: &'a jetstream::Message,
+    out: &'a Outgoing,
+    flow: &'a str,
+    credits: &'a mut async_nats::Subscriber,
+    credit: u64,
+    last_heard: Instant,
+    last_progress: Instant,
+}
+
+impl Sender<'_> {
+    /// Sends every chunk; the SHA-256 of what was sent.
+    async fn run(&mut self, chunks: u64) -> Result<String, StreamError> {
+        let mut hasher = Hasher::new();
+        let mut next = self.read(1, chunks);
+        for seq in 1..=chunks {
+            let bytes = next.await.map_err(StreamError::Ended)?;
+            // The next read runs while this chunk waits for credit and goes out.
+            next = self.read(seq + 1, chunks);
+            self.wait_for_credit(seq).await?;
+            hasher.update(&bytes);
+            let mut headers = base(&self.out.id, self.flow);
+            headers.insert(header::SEQ, seq.to_string().as_str());
+            self.ctx
+                .client
+                .publish_with_headers(self.out.callback.clone(), headers, bytes)
+                .await?;
+            self.keep_alive().await?;
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Starts reading chunk `seq` (nothing past the last).
+    fn read(
+        &self,
+        seq: u64,
+        chunks: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Bytes, Ended>> {
+        if seq > chunks {
+            return futures::future::ready(Ok(Bytes::new())).boxed();
+        }
+        let chunk = self.ctx.chunk_bytes;
+        let range = (seq - 1) * chunk..(seq * chunk).min(self.out.size);
+        if range.end <= self.out.first.len() as u64 {
+            let slice = self
+                .out
+                .first
+                .slice(range.start as usize..range.end as usize);
+            return futures::future::ready(Ok(slice)).boxed();
+        }
+        let body = self.out.body.clone();
+        let attempts = self.ctx.store_attempts.max(1);
+        let (delay, delay_max) = (self.ctx.retry_delay, self.ctx.retry_delay_max);
+        let timeout = self.ctx.store_timeout;
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            read_with_retries(&body, range, attempts, delay, delay_max, timeout).await
+        }));
+        async move {
+            match task.await {
+                Ok(result) => result,
+                Err(join) => Err(Ended::Failed(
+                    ErrorCode::Internal,
+                    format!("chunk read failed: {join}"),
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    /// Waits until chunk `seq` may go.
+    async fn wait_for_credit(&mut self, seq: u64) -> Result<(), StreamError> {
+        // A cancel may be waiting even with credit left.
+        while let Some(Some(message)) = self.credits.next().now_or_never() {
+            self.heard(&message)?;
+        }
+        while self.credit < seq {
+            let idle_ends = self.last_heard + self.ctx.stream_idle;
+            let progress_due = self.last_progress + self.progress_every();
+            tokio::select! {
+                message = self.credits.next() => match message {
+                    Some(message) => self.heard(&message)?,
+                    None => {
+                        return Err(StreamError::Ended(Ended::Abandoned(
+                            "the flow subscription ended".into(),
+                        )))
+                    }
+                },
+                _ = tokio::time::sleep_until(idle_ends.min(progress_due)) => {
+                    if Instant::now() >= idle_ends {
+                        return Err(StreamError::Ended(Ended::Abandoned(format!(
+                            "no credit from the receiver for {:?}",
+                            self.ctx.stream_idle
+                        ))));
+                    }
+                    self.keep_alive().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn heard(&mut self, message: &async_nats::Message) -> Result<(), StreamError> {
+        self.last_heard = Instant::now();
+        match flow_of(message) {
+            Flow::Credit(n) => self.credit = self.credit.max(n),
+            Flow::Cancel(why) => return Err(StreamError::Ended(Ended::Abandoned(why))),
+            Flow::Other => {}
+        }
+        Ok(())
+    }
+
+    fn progress_every(&self) -> Duration {
+        (self.ctx.ack_wait / 3).max(Duration::from_millis(100))
+    }
+
+    /// Tells JetStream the request is still being worked on, when that is due.
+    async fn keep_alive(&mut self) -> Result<(), StreamError> {
+        if self.last_progress.elapsed() >= self.progress_every() {
+            self.message.ack_with(AckKind::Progress).await?;
+            self.last_progress = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// A range read, retried like a whole read: the same range can be read again safely.
+async fn read_with_retries(
+    body: &Body,
+    range: std::ops::Range<u64>,
+    attempts: u32,
+    mut delay: Duration,
+    delay_max: Duration,
+    timeout: Duration,
+) -> Result<Bytes, Ended> {
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        let err: StoreError = match tokio::time::timeout(timeout, body.read(range.clone())).await {
+            Ok(Ok(bytes)) => return Ok(bytes),
+            Ok(Err(err)) => err,
+            Err(_) => {
+                last = format!("a chunk read took longer than {timeout:?}");
+                tracing::warn!(attempt, "{last}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(delay_max);
+                continue;
+            }
+        };
+        if err.kind() == StoreErrorKind::NotFound {
+            return Err(Ended::Failed(
+                ErrorCode::StoreUnavailable,
+                format!("the image vanished while it was being sent: {err}"),
+            ));
+        }
+        tracing::warn!(attempt, error = %err, "chunk read failed");
+        last = err.to_string();
+        if attempt < attempts {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(delay_max);
+        }
+    }
+    Err(Ended::Failed(
+        ErrorCode::StoreUnavailable,
+        format!("a chunk read failed {attempts} times; last error: {last}"),
+    ))
+}
