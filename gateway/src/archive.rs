@@ -19,7 +19,7 @@ use bytes::Bytes;
 use imgfetch_common::info::ImageInfo;
 use imgfetch_common::store::{self, StoreSpec};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -34,6 +34,12 @@ const MAX_PENDING_KIB: usize = 256 * 1024;
 /// 64 KiB, 2 writers fell behind the pipeline, 16 keep up at the same cost per image as an
 /// unbounded number (docs/PERFORMANCE.md).
 const WRITERS: usize = 16;
+/// Parts of a streamed image's archive copy being written at once, besides the one filling.
+const PART_CONCURRENCY: usize = 1;
+/// Bytes per part of a streamed image's archive copy: S3's smallest part, and 1 MiB for a
+/// directory, which has no such minimum. A copy holds at most two parts of the image.
+const S3_PART_BYTES: usize = 5 << 20;
+const FILE_PART_BYTES: usize = 1 << 20;
 /// Name of the object written and deleted at start to prove the archive can be written.
 const PROBE: &str = ".imgfetch-write-probe";
 
@@ -90,6 +96,7 @@ pub enum Archived {
 #[derive(Debug)]
 pub struct Archive {
     store: Arc<dyn ObjectStore>,
+    part_bytes: usize,
     dir: Template,
     file: Template,
     slots: Arc<Semaphore>,
@@ -115,6 +122,11 @@ impl Archive {
             .map_err(|e| ArchiveError::Store(format!("cannot write: {e}")))?;
         let _ = opened.store.delete(&probe).await;
         Ok(Archive {
+            part_bytes: if opened.root.is_some() {
+                FILE_PART_BYTES
+            } else {
+                S3_PART_BYTES
+            },
             store: opened.store,
             dir,
             file,
@@ -147,6 +159,22 @@ impl Archive {
         Ok(path)
     }
 
+    /// The planned path of an image and its object path, or why it will not be archived.
+    fn target(
+        &self,
+        id: &str,
+        key: &str,
+        content_type: &str,
+        info: &ImageInfo,
+    ) -> Result<(String, Path), Archived> {
+        let path = self
+            .plan(id, key, content_type, info, OffsetDateTime::now_utc())
+            .map_err(|why| not_archived(id, why))?;
+        let object = Path::parse(&path)
+            .map_err(|e| not_archived(id, format!("bad archive path {path:?}: {e}")))?;
+        Ok((path, object))
+    }
+
     /// Plans the path and starts the write in the background.
     pub fn store(
         &self,
@@ -156,22 +184,13 @@ impl Archive {
         info: &ImageInfo,
         bytes: Bytes,
     ) -> Archived {
-        let fail = |why: String| {
-            metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
-            tracing::warn!(id, why, "image not archived");
-            Archived::Failed(why)
-        };
-        let path = match self.plan(id, key, content_type, info, OffsetDateTime::now_utc()) {
-            Ok(p) => p,
-            Err(why) => return fail(why),
-        };
-        let object = match Path::parse(&path) {
-            Ok(p) => p,
-            Err(e) => return fail(format!("bad archive path {path:?}: {e}")),
+        let (path, object) = match self.target(id, key, content_type, info) {
+            Ok(target) => target,
+            Err(failed) => return failed,
         };
         let kib = u32::try_from(bytes.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         let Ok(slot) = self.slots.clone().try_acquire_many_owned(kib) else {
-            return fail("the archive has too many writes pending".into());
+            return not_archived(id, "the archive has too many writes pending".into());
         };
         let (tx, written) = oneshot::channel();
         let store = self.store.clone();
@@ -200,10 +219,131 @@ impl Archive {
         Archived::Planned { path, written }
     }
 
+    /// Plans the path of a streamed image; the returned sink writes it part by part as the
+    /// image passes through, and completes it only once the image is verified whole.
+    pub fn begin(
+        &self,
+        id: &str,
+        key: &str,
+        content_type: &str,
+        info: &ImageInfo,
+    ) -> (Archived, Option<ArchiveSink>) {
+        let (path, object) = match self.target(id, key, content_type, info) {
+            Ok(target) => target,
+            Err(failed) => return (failed, None),
+        };
+        let (tx, written) = oneshot::channel();
+        let sink = ArchiveSink {
+            store: self.store.clone(),
+            part_bytes: self.part_bytes,
+            object,
+            upload: None,
+            report: Some(tx),
+            id: id.to_owned(),
+        };
+        (Archived::Planned { path, written }, Some(sink))
+    }
+
     /// Waits for writes in progress, e.g. during shutdown.
     pub async fn drain(&self) {
         self.writes.close();
         self.writes.wait().await;
+    }
+}
+
+fn not_archived(id: &str, why: String) -> Archived {
+    metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
+    tracing::warn!(id, why, "image not archived");
+    Archived::Failed(why)
+}
+
+/// The archive copy of a streamed image, written as the image passes through: a multipart
+/// upload, started with the first chunk, completed by [`finish`](ArchiveSink::finish) after the
+/// image is verified, and aborted otherwise (dropped unfinished, or failed). An aborted copy
+/// leaves nothing under the final name.
+#[derive(Debug)]
+pub struct ArchiveSink {
+    store: Arc<dyn ObjectStore>,
+    part_bytes: usize,
+    object: Path,
+    upload: Option<WriteMultipart>,
+    report: Option<oneshot::Sender<Result<(), String>>>,
+    id: String,
+}
+
+impl ArchiveSink {
+    /// Adds the next bytes. An archive failure ends the copy, never the transfer.
+    pub async fn write(&mut self, bytes: &Bytes) {
+        if self.report.is_none() {
+            return;
+        }
+        if self.upload.is_none() {
+            match self.store.put_multipart(&self.object).await {
+                Ok(upload) => {
+                    self.upload = Some(WriteMultipart::new_with_chunk_size(upload, self.part_bytes))
+                }
+                Err(e) => return self.fail(format!("cannot start the archive copy: {e}")),
+            }
+        }
+        let Some(upload) = self.upload.as_mut() else {
+            return;
+        };
+        match upload.wait_for_capacity(PART_CONCURRENCY).await {
+            // Copied into the part's own buffer, so the chunk (and the NATS read buffer it is
+            // a slice of) is freed now rather than when the part is written.
+            Ok(()) => upload.write(bytes),
+            Err(e) => self.fail(format!("archive write failed: {e}")),
+        }
+    }
+
+    /// Completes the copy: the image was received whole and verified.
+    pub async fn finish(mut self) {
+        let Some(report) = self.report.take() else {
+            return;
+        };
+        let result = match self.upload.take() {
+            Some(upload) => upload.finish().await.map(|_| ()).map_err(|e| e.to_string()),
+            None => Err("no bytes were written".to_owned()),
+        };
+        match &result {
+            Ok(()) => metrics::counter!("imgfetch_gateway_archived_total").increment(1),
+            Err(err) => {
+                metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
+                tracing::warn!(id = self.id, err, "archive write failed");
+            }
+        }
+        let _ = report.send(result);
+    }
+
+    /// Gives the copy up because the image itself failed: the client hears of the image's
+    /// failure, so no separate archive failure is reported.
+    pub fn discard(&mut self, why: &str) {
+        if self.report.take().is_some() {
+            tracing::info!(id = self.id, why, "archive copy discarded");
+        }
+        self.fail(String::new());
+    }
+
+    /// Gives the copy up, saying why.
+    pub fn fail(&mut self, why: String) {
+        if let Some(upload) = self.upload.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = upload.abort().await;
+                });
+            }
+        }
+        if let Some(report) = self.report.take() {
+            metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
+            tracing::info!(id = self.id, why, "image not archived");
+            let _ = report.send(Err(why));
+        }
+    }
+}
+
+impl Drop for ArchiveSink {
+    fn drop(&mut self) {
+        self.fail("the transfer ended before the image was complete".into());
     }
 }
 
@@ -296,6 +436,7 @@ mod tests {
     fn archive() -> Archive {
         Archive {
             store: Arc::new(object_store::memory::InMemory::new()),
+            part_bytes: FILE_PART_BYTES,
             dir: Template::parse(template::DEFAULT_DIR, true).unwrap(),
             file: Template::parse(template::DEFAULT_FILE, false).unwrap(),
             slots: Arc::new(Semaphore::new(1024)),

@@ -35,6 +35,11 @@ pub mod defaults {
     pub const GRACE_MS: u64 = 30_000;
     /// The archive, relative to the working directory.
     pub const ARCHIVE: &str = "archive";
+    /// Bytes of a streamed image the gateway lets a resolver send ahead of the client (its
+    /// credit window); chosen by measurement, see `docs/PROTOCOL.md`.
+    pub const STREAM_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+    /// How long a stream may go without a chunk, while it has credit, before it is failed.
+    pub const CHUNK_TIMEOUT_MS: u64 = 30_000;
 }
 
 /// Command line of `imgfetch-gateway`.
@@ -76,6 +81,12 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "IMGFETCH_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Bytes of a streamed image a resolver may send ahead of the client.
+    #[arg(long, env = "IMGFETCH_STREAM_WINDOW_BYTES", default_value_t = defaults::STREAM_WINDOW_BYTES)]
+    pub stream_window_bytes: u64,
+    /// Milliseconds a streamed image may go without a chunk while it has credit.
+    #[arg(long, env = "IMGFETCH_CHUNK_TIMEOUT_MS", default_value_t = defaults::CHUNK_TIMEOUT_MS)]
+    pub chunk_timeout_ms: u64,
     /// Where fetched images are archived: a directory, file:///dir or s3://bucket[/prefix]
     /// (S3 settings from the AWS_* variables), or `off`.
     #[arg(long, env = "IMGFETCH_ARCHIVE", default_value = defaults::ARCHIVE)]
@@ -113,6 +124,8 @@ pub struct Config {
     pub send_timeout: Duration,
     /// Drain time after SIGTERM.
     pub grace: Duration,
+    /// How streamed images are received.
+    pub streams: crate::transfer::StreamSettings,
     /// Log format.
     pub log_format: LogFormat,
     /// The archive; `None` archives nothing.
@@ -136,6 +149,10 @@ impl Config {
             max_client_frame_bytes: defaults::MAX_CLIENT_FRAME_BYTES,
             send_timeout: Duration::from_millis(defaults::SEND_TIMEOUT_MS),
             grace: Duration::from_millis(defaults::GRACE_MS),
+            streams: crate::transfer::StreamSettings {
+                window_bytes: defaults::STREAM_WINDOW_BYTES,
+                chunk_timeout: Duration::from_millis(defaults::CHUNK_TIMEOUT_MS),
+            },
             log_format: LogFormat::Text,
             archive: None,
             metrics: None,
@@ -160,6 +177,8 @@ impl Config {
             || args.max_websockets == 0
             || args.max_in_flight_per_socket == 0
             || args.max_http_in_flight == 0
+            || args.stream_window_bytes == 0
+            || args.chunk_timeout_ms == 0
         {
             return Err("timeouts and limits must be at least 1".into());
         }
@@ -169,6 +188,8 @@ impl Config {
         config.max_in_flight_per_socket = args.max_in_flight_per_socket;
         config.max_http_in_flight = args.max_http_in_flight;
         config.grace = Duration::from_millis(args.grace_ms);
+        config.streams.window_bytes = args.stream_window_bytes;
+        config.streams.chunk_timeout = Duration::from_millis(args.chunk_timeout_ms);
         config.archive = archive_config(
             &args.archive,
             args.archive_dir_template,

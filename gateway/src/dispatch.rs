@@ -2,7 +2,11 @@
 //!
 //! Each gateway instance listens on its own callback wildcard, `imgfetch.reply.<instance>.>`,
 //! and keeps a map from request id to the waiting client. A reply nobody waits for any more is
-//! dropped and counted as late.
+//! dropped and counted as late; the head of a stream nobody waits for is cancelled.
+//!
+//! Requests say they accept streamed answers. An inline reply becomes an image at once; the
+//! head of a stream becomes an image whose body is a [`Transfer`], and the stream's later
+//! messages (chunks, end, error), told apart by their `Imgfetch-Flow`, are routed to it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::directory::Directory;
-use crate::outcome::{self, Failure, Outcome};
+use crate::outcome::{self, Body, Failure, Outcome};
+use crate::transfer::{Head, Part, Routed, StreamSettings, Streams, Transfer};
+
+/// How often resolvers whose stream waits for its client to start reading are told the stream
+/// is still wanted; well within their idle timeout.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Waiters by request id. The generation tells a waiter's own entry from a later one with the
 /// same id, so a ticket that ends never removes a newer request's entry.
@@ -36,6 +45,8 @@ pub struct Dispatcher {
     request_timeout: Duration,
     publish_timeout: Duration,
     draining: CancellationToken,
+    streams: Streams,
+    closed: CancellationToken,
 }
 
 /// A request the queue accepted; wait on it for the answer.
@@ -90,16 +101,17 @@ impl Dispatcher {
         archive: Option<Arc<Archive>>,
         instance: String,
         stream: String,
-        request_timeout: Duration,
-        publish_timeout: Duration,
+        timeouts: (Duration, Duration),
+        stream_settings: StreamSettings,
         draining: CancellationToken,
     ) -> Result<Arc<Dispatcher>, async_nats::SubscribeError> {
+        let (request_timeout, publish_timeout) = timeouts;
         let js = jetstream::new(client.clone());
         let mut replies = client
             .subscribe(protocol::reply_wildcard(&instance))
             .await?;
         let dispatcher = Arc::new(Dispatcher {
-            directory: Directory::new(client, js.clone(), stream),
+            directory: Directory::new(client.clone(), js.clone(), stream),
             js,
             instance,
             pending: Arc::default(),
@@ -107,41 +119,41 @@ impl Dispatcher {
             request_timeout,
             publish_timeout,
             draining,
+            streams: Streams::default(),
+            closed: CancellationToken::new(),
         });
-        let pending = dispatcher.pending.clone();
+        let router = Router {
+            pending: dispatcher.pending.clone(),
+            streams: dispatcher.streams.clone(),
+            archive,
+            client,
+            settings: stream_settings,
+        };
+        let closed = dispatcher.closed.clone();
         tokio::spawn(async move {
-            while let Some(msg) = replies.next().await {
-                let id = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(header::ID))
-                    .map(|v| v.as_str().to_owned())
-                    .or_else(|| msg.subject.rsplit('.').next().map(str::to_owned))
-                    .unwrap_or_default();
-                let waiter = pending.lock().expect("pending map poisoned").remove(&id);
-                match waiter {
-                    Some((_, tx)) => {
-                        let mut outcome =
-                            outcome::from_reply(&id, msg.headers.as_ref(), msg.payload);
-                        if let (Ok(image), Some(archive)) = (&mut outcome, &archive) {
-                            image.archived = archive.store(
-                                &image.id,
-                                &image.key,
-                                &image.content_type,
-                                &image.info,
-                                image.bytes.clone(),
-                            );
-                        }
-                        let _ = tx.send(outcome);
-                    }
-                    None => {
-                        metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);
-                        tracing::debug!(id, "reply for a request nobody waits for; dropped");
-                    }
+            let mut keepalive = tokio::time::interval(KEEPALIVE);
+            loop {
+                tokio::select! {
+                    _ = closed.cancelled() => break,
+                    msg = replies.next() => match msg {
+                        Some(msg) => router.route(msg),
+                        None => break,
+                    },
+                    _ = keepalive.tick() => router.keep_alive(),
                 }
             }
         });
         Ok(dispatcher)
+    }
+
+    /// Stops routing replies; called last, when nothing waits any more.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Streamed images being received.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
     }
 
     /// The network directory.
@@ -211,6 +223,7 @@ impl Dispatcher {
             protocol::reply_subject(&self.instance, &id).as_str(),
         );
         headers.insert(header::MSG_ID, id.as_str());
+        headers.insert(header::ACCEPT_STREAM, "1");
         let remaining = deadline.saturating_duration_since(Instant::now());
         let deadline_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -256,6 +269,153 @@ impl Dispatcher {
             }
         }
         Err(Failure::new(ErrorCode::Unavailable, last_error))
+    }
+}
+
+/// Routes what arrives on this instance's callbacks.
+struct Router {
+    pending: Pending,
+    streams: Streams,
+    archive: Option<Arc<Archive>>,
+    client: async_nats::Client,
+    settings: StreamSettings,
+}
+
+impl Router {
+    fn route(&self, msg: async_nats::Message) {
+        let headers = msg.headers.as_ref();
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let id = get(header::ID)
+            .map(str::to_owned)
+            .or_else(|| msg.subject.rsplit('.').next().map(str::to_owned))
+            .unwrap_or_default();
+        if let Some(flow) = get(header::FLOW) {
+            let part = if let Some(seq) = get(header::SEQ) {
+                match seq.trim().parse::<u64>() {
+                    Ok(seq) => Part::Chunk {
+                        seq,
+                        bytes: msg.payload,
+                    },
+                    Err(_) => Part::Failed(Failure::new(
+                        ErrorCode::Integrity,
+                        format!("a chunk came with a bad sequence number {seq:?}"),
+                    )),
+                }
+            } else if let Some(sha256) = get(header::SHA256) {
+                Part::End {
+                    sha256: sha256.to_owned(),
+                }
+            } else if !outcome::status_ok(headers) {
+                Part::Failed(outcome::failure_of(headers, &msg.payload))
+            } else {
+                return self.start_stream(&id, flow, headers, msg.payload.len());
+            };
+            if self.streams.route(flow, part) == Routed::Overrun {
+                tracing::warn!(id, flow, "a resolver sent beyond its credit; stream failed");
+                self.cancel(flow, "sent beyond the credit");
+            }
+            return;
+        }
+        let Some(tx) = self.waiter(&id) else {
+            return;
+        };
+        let mut outcome = outcome::from_reply(&id, headers, msg.payload);
+        if let (Ok(image), Some(archive)) = (&mut outcome, &self.archive) {
+            if let Body::Inline(bytes) = &image.body {
+                image.archived = archive.store(
+                    &image.id,
+                    &image.key,
+                    &image.content_type,
+                    &image.info,
+                    bytes.clone(),
+                );
+            }
+        }
+        let _ = tx.send(outcome);
+    }
+
+    /// The head of a stream: the waiter gets an image whose body is a [`Transfer`].
+    fn start_stream(
+        &self,
+        id: &str,
+        flow: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        body_len: usize,
+    ) {
+        let Some(tx) = self.waiter(id) else {
+            // Nobody waits (a redelivery after a failure, or a client that left).
+            self.cancel(flow, "nobody waits for this image");
+            return;
+        };
+        let parsed = match headers {
+            Some(h) if body_len == 0 => Head::parse(id, h),
+            _ => Err("the stream's head is malformed".to_owned()),
+        };
+        let head = match parsed {
+            Ok(head) => head,
+            Err(why) => {
+                self.cancel(flow, &why);
+                let _ = tx.send(Err(Failure::new(ErrorCode::Integrity, why)));
+                return;
+            }
+        };
+        let mut outcome = outcome::from_parts(id, headers, Body::Inline(bytes::Bytes::new()));
+        if let Ok(image) = &mut outcome {
+            let (archived, sink) = match &self.archive {
+                Some(archive) => {
+                    archive.begin(&image.id, &image.key, &image.content_type, &image.info)
+                }
+                None => (crate::archive::Archived::Disabled, None),
+            };
+            image.archived = archived;
+            image.body = Body::Stream(Box::new(Transfer::new(
+                head,
+                self.client.clone(),
+                &self.streams,
+                self.settings,
+                sink,
+            )));
+        }
+        // A waiter gone meanwhile drops the transfer, which cancels the stream.
+        let _ = tx.send(outcome);
+    }
+
+    fn waiter(&self, id: &str) -> Option<oneshot::Sender<Outcome>> {
+        let waiter = self
+            .pending
+            .lock()
+            .expect("pending map poisoned")
+            .remove(id);
+        if waiter.is_none() {
+            metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);
+            tracing::debug!(id, "reply for a request nobody waits for; dropped");
+        }
+        waiter.map(|(_, tx)| tx)
+    }
+
+    fn cancel(&self, flow: &str, why: &str) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(header::CANCEL, why);
+        let (client, flow) = (self.client.clone(), flow.to_owned());
+        tokio::spawn(async move {
+            let _ = client
+                .publish_with_headers(flow, headers, bytes::Bytes::new())
+                .await;
+        });
+    }
+
+    /// Tells resolvers whose stream has not started that it is still wanted.
+    fn keep_alive(&self) {
+        for flow in self.streams.waiting() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(header::CREDIT, "0");
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let _ = client
+                    .publish_with_headers(flow, headers, bytes::Bytes::new())
+                    .await;
+            });
+        }
     }
 }
 

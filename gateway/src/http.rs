@@ -19,8 +19,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archived;
 use crate::dispatch::Dispatcher;
-use crate::outcome::Failure;
+use crate::outcome::{self, Failure};
+use crate::transfer::Transfer;
 use crate::ws;
+
+/// A transfer as a body stream.
+fn chunks(
+    transfer: Box<Transfer>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::unfold(transfer, |mut transfer| async move {
+        let next = transfer.next().await?;
+        Some((next.map_err(std::io::Error::other), transfer))
+    })
+}
 
 /// Header carrying the request id in and out.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -114,7 +125,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::DuplicateId => StatusCode::CONFLICT,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Unavailable | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::TooLarge => StatusCode::BAD_GATEWAY,
+        ErrorCode::TooLarge | ErrorCode::Integrity => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -161,8 +172,23 @@ async fn get_image(
         Err(f) => return error_response(Some(&id), &f),
     };
     match ticket.outcome().await {
-        Ok(image) => {
-            let mut response = Response::new(Body::from(image.bytes));
+        Ok(mut image) => {
+            let size = image.body.size();
+            let body =
+                std::mem::replace(&mut image.body, outcome::Body::Inline(bytes::Bytes::new()));
+            let mut response = match body {
+                outcome::Body::Inline(bytes) => Response::new(Body::from(bytes)),
+                // Chunks go out as the client takes them. A failure mid-way ends the body short
+                // of its Content-Length, which every HTTP client reports as an error; the last
+                // chunk is only released once the image is verified.
+                outcome::Body::Stream(transfer) => {
+                    let mut response = Response::new(Body::from_stream(chunks(transfer)));
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                    response
+                }
+            };
             let h = response.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&image.content_type) {
                 h.insert(header::CONTENT_TYPE, v);

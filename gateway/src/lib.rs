@@ -10,6 +10,7 @@
 //! - [`directory`]: which networks exist and are served, learned from NATS alone.
 //! - [`dispatch`]: enqueue with de-duplication, route callbacks to waiters, enforce deadlines.
 //! - [`outcome`]: the image or the error a request ends in, and how a reply becomes one.
+//! - [`transfer`]: receiving a streamed image: credit, order, size and SHA-256 checks, stalls.
 //! - [`sentinel`]: answers hand-published requests that no stream captured.
 //! - [`ws`]: the websocket session protocol.
 //! - [`http`]: routes, status codes, health and metrics.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod outcome;
 pub mod sentinel;
 pub mod template;
+pub mod transfer;
 pub mod ws;
 
 use std::sync::Arc;
@@ -81,8 +83,8 @@ pub async fn run(
         archive.clone(),
         config.instance.clone(),
         config.stream.clone(),
-        config.request_timeout,
-        config.publish_timeout,
+        (config.request_timeout, config.publish_timeout),
+        config.streams,
         draining.clone(),
     )
     .await?;
@@ -143,6 +145,7 @@ pub async fn run(
             tracing::warn!("grace period over with archive writes still running");
         }
     }
+    dispatcher.close();
     // A flush waits for a reconnect that may never come.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
     tracing::info!("gateway stopped");

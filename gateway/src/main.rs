@@ -8,6 +8,7 @@ const EXIT_CONFIG: i32 = 64;
 
 /// mimalloc keeps freed pages for reuse; with the system allocator every 64 KiB image buffer
 /// was fresh memory, page-faulted in and zeroed (see docs/PERFORMANCE.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

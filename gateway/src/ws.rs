@@ -2,8 +2,11 @@
 //!
 //! Client frames are JSON text: `{"type":"fetch","id"?,"network","key","meta"?}`. The server
 //! answers `accepted` once JetStream has stored the request, then exactly one `image` frame
-//! (followed by one binary frame with the bytes) or one `error` frame. Requests run
-//! concurrently, so answers come in completion order.
+//! followed by `frames` binary frames of at most `frame_bytes` each (`size` bytes in all), or
+//! one `error` frame. A streamed image that fails part-way ends with an `error` frame for its
+//! id in place of its remaining binary frames; the last binary frame is only sent once the
+//! image is verified. Requests run concurrently, so answers come in completion order; an
+//! image's frames are never interleaved with anything else.
 //!
 //! The session loop is generic over `Sink` and `Stream`, like axum's testing-websockets example.
 
@@ -22,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archived;
 use crate::dispatch::Dispatcher;
-use crate::outcome::{Failure, Image};
+use crate::outcome::{Body, Failure, Image};
+use crate::transfer::Transfer;
 
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
@@ -61,8 +65,12 @@ pub enum ServerFrame<'a> {
         key: &'a str,
         /// Sniffed media type.
         content_type: &'a str,
-        /// Bytes in the binary frame.
-        size: usize,
+        /// Bytes of the image.
+        size: u64,
+        /// Binary frames that follow.
+        frames: u64,
+        /// Most bytes in one binary frame.
+        frame_bytes: u64,
         /// What the store reported.
         metadata: &'a BTreeMap<String, String>,
         /// The request's own `meta`.
@@ -105,6 +113,39 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
+/// What the session's writer sends: frames as they are, or a streamed image frame by frame.
+enum Out {
+    Frames(Vec<Message>),
+    Stream {
+        id: String,
+        head: Message,
+        transfer: Box<Transfer>,
+    },
+}
+
+/// Sends frames in one write within `timeout`; `false` if the client is gone or too slow.
+async fn send_frames<W: Sink<Message> + Unpin>(
+    sink: &mut W,
+    frames: Vec<Message>,
+    timeout: Duration,
+) -> bool {
+    let write = async {
+        for frame in frames {
+            sink.feed(frame).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::info!("websocket client too slow; disconnecting");
+            metrics::counter!("imgfetch_gateway_slow_clients_total").increment(1);
+            false
+        }
+    }
+}
+
 fn json(frame: &ServerFrame<'_>) -> Message {
     Message::Text(Utf8Bytes::from(
         serde_json::to_string(frame).expect("frames serialise"),
@@ -132,31 +173,39 @@ pub async fn session<W, R, E>(
     R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
-    // Each item is sent whole, so an image's JSON frame and its binary frame stay together.
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<Message>>(limits.max_in_flight.max(1));
+    // Each item is sent whole, so an image's JSON frame and its binary frames stay together.
+    // A streamed image is pulled by the writer itself, so the socket's pace is the stream's.
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.max_in_flight.max(1));
     let gone = CancellationToken::new();
     let writer_gone = gone.clone();
     let writer = tokio::spawn(async move {
-        while let Some(frames) = out_rx.recv().await {
-            // An image's JSON and binary frames go out in one write.
-            let write = async {
-                for frame in frames {
-                    sink.feed(frame).await?;
+        while let Some(out) = out_rx.recv().await {
+            let sent = match out {
+                Out::Frames(frames) => send_frames(&mut sink, frames, limits.send_timeout).await,
+                Out::Stream {
+                    id,
+                    head,
+                    mut transfer,
+                } => {
+                    let mut sent = send_frames(&mut sink, vec![head], limits.send_timeout).await;
+                    while sent {
+                        let frame = match transfer.next().await {
+                            Some(Ok(bytes)) => Message::Binary(bytes),
+                            Some(Err(f)) => error_frame(Some(&id), &f),
+                            None => break,
+                        };
+                        let last = matches!(frame, Message::Text(_));
+                        sent = send_frames(&mut sink, vec![frame], limits.send_timeout).await;
+                        if last {
+                            break;
+                        }
+                    }
+                    sent
                 }
-                sink.flush().await
             };
-            match tokio::time::timeout(limits.send_timeout, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    writer_gone.cancel();
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!("websocket client too slow; disconnecting");
-                    metrics::counter!("imgfetch_gateway_slow_clients_total").increment(1);
-                    writer_gone.cancel();
-                    return;
-                }
+            if !sent {
+                writer_gone.cancel();
+                return;
             }
         }
         // A client that stopped reading must not hold the session (and its slot) forever.
@@ -180,7 +229,7 @@ pub async fn session<W, R, E>(
                     ErrorCode::InvalidRequest,
                     "binary frames are not accepted; send JSON text frames",
                 );
-                let _ = out_tx.send(vec![error_frame(None, &f)]).await;
+                let _ = out_tx.send(Out::Frames(vec![error_frame(None, &f)])).await;
                 continue;
             }
             Some(Ok(Message::Close(_))) | None => {
@@ -208,7 +257,7 @@ pub async fn session<W, R, E>(
             },
             Err(err) => {
                 let f = Failure::new(ErrorCode::InvalidRequest, format!("malformed frame: {err}"));
-                let _ = out_tx.send(vec![error_frame(None, &f)]).await;
+                let _ = out_tx.send(Out::Frames(vec![error_frame(None, &f)])).await;
                 continue;
             }
         };
@@ -220,7 +269,9 @@ pub async fn session<W, R, E>(
                     limits.max_in_flight
                 ),
             );
-            let _ = out_tx.send(vec![error_frame(Some(&request.id), &f)]).await;
+            let _ = out_tx
+                .send(Out::Frames(vec![error_frame(Some(&request.id), &f)]))
+                .await;
             continue;
         };
         let dispatcher = dispatcher.clone();
@@ -233,29 +284,39 @@ pub async fn session<W, R, E>(
             let ticket = match dispatcher.submit(request).await {
                 Ok(t) => t,
                 Err(f) => {
-                    let _ = out.send(vec![error_frame(Some(&id), &f)]).await;
+                    let _ = out
+                        .send(Out::Frames(vec![error_frame(Some(&id), &f)]))
+                        .await;
                     return;
                 }
             };
             if out
-                .send(vec![json(&ServerFrame::Accepted { id: &id })])
+                .send(Out::Frames(vec![json(&ServerFrame::Accepted { id: &id })]))
                 .await
                 .is_err()
             {
                 return;
             }
-            let image = match ticket.outcome().await {
+            let mut image = match ticket.outcome().await {
                 Ok(image) => image,
                 Err(f) => {
-                    let _ = out.send(vec![error_frame(Some(&id), &f)]).await;
+                    let _ = out
+                        .send(Out::Frames(vec![error_frame(Some(&id), &f)]))
+                        .await;
                     return;
                 }
             };
-            if out
-                .send(image_frames(&image, &network, &key, &meta))
-                .await
-                .is_err()
-            {
+            let body = std::mem::replace(&mut image.body, Body::Inline(Default::default()));
+            let head = image_frame(&image, &body, &network, &key, &meta);
+            let answer = match body {
+                Body::Inline(bytes) => Out::Frames(vec![head, Message::Binary(bytes)]),
+                Body::Stream(transfer) => Out::Stream {
+                    id: id.clone(),
+                    head,
+                    transfer,
+                },
+            };
+            if out.send(answer).await.is_err() {
                 return;
             }
             // The request is answered; the archive report below must not hold its slot.
@@ -268,7 +329,7 @@ pub async fn session<W, R, E>(
                         archived_as: &path,
                         message: &message,
                     });
-                    let _ = out.send(vec![frame]).await;
+                    let _ = out.send(Out::Frames(vec![frame])).await;
                 }
             }
         });
@@ -287,33 +348,41 @@ pub async fn session<W, R, E>(
         }
     }
     drop(out_tx);
+    if client_left {
+        // A streamed image being written stops here; dropping it tells its resolver.
+        writer.abort();
+    }
     let _ = writer.await;
 }
 
-fn image_frames(
+fn image_frame(
     image: &Image,
+    body: &Body,
     network: &str,
     key: &str,
     meta: &BTreeMap<String, String>,
-) -> Vec<Message> {
+) -> Message {
     let (archived_as, archive_error) = match &image.archived {
         Archived::Planned { path, .. } => (Some(path.as_str()), None),
         Archived::Failed(why) => (None, Some(why.as_str())),
         Archived::Disabled => (None, None),
     };
-    vec![
-        json(&ServerFrame::Image {
-            id: &image.id,
-            network,
-            key,
-            content_type: &image.content_type,
-            size: image.bytes.len(),
-            metadata: &image.metadata,
-            meta,
-            info: &image.info,
-            archived_as,
-            archive_error,
-        }),
-        Message::Binary(image.bytes.clone()),
-    ]
+    let (frames, frame_bytes) = match body {
+        Body::Inline(bytes) => (1, bytes.len() as u64),
+        Body::Stream(transfer) => (transfer.chunks(), transfer.chunk_size()),
+    };
+    json(&ServerFrame::Image {
+        id: &image.id,
+        network,
+        key,
+        content_type: &image.content_type,
+        size: body.size(),
+        frames,
+        frame_bytes,
+        metadata: &image.metadata,
+        meta,
+        info: &image.info,
+        archived_as,
+        archive_error,
+    })
 }
