@@ -73,3 +73,33 @@ pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
+
+/// Writes an image of `size` bytes at `path`: a sample JPEG's header (with its EXIF) and then
+/// bytes from a seeded generator, written a mebibyte at a time. Returns its SHA-256 (hex).
+pub fn write_large_image(path: &std::path::Path, size: usize, seed: u64) -> String {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create image"));
+    let mut hasher = imgfetch_common::digest::Hasher::new();
+    let jpeg = sample("harbor/quay-east.jpg");
+    let head = &jpeg[..jpeg.len().min(size).min(4096)];
+    file.write_all(head).expect("write");
+    hasher.update(head);
+    let mut state = seed | 1;
+    let mut written = head.len();
+    let mut block = vec![0u8; 1 << 20];
+    while written < size {
+        let n = block.len().min(size - written);
+        for word in block[..n].chunks_mut(8) {
+            // xorshift64: cheap, deterministic, and not compressible.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        file.write_all(&block[..n]).expect("write");
+        hasher.update(&block[..n]);
+        written += n;
+    }
+    file.flush().expect("flush");
+    hasher.finish()
+}

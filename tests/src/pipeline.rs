@@ -167,8 +167,10 @@ impl Drop for Gateway {
 /// GETs `url`, checks the status, and returns the JSON error body.
 pub async fn error_body(url: &str, status: u16) -> Value {
     let r = reqwest::get(url).await.expect("HTTP request");
-    assert_eq!(r.status(), status, "status of {url}");
-    r.json().await.expect("a JSON error body")
+    let got = r.status();
+    let body: Value = r.json().await.expect("a JSON error body");
+    assert_eq!(got, status, "status of {url}: {body}");
+    body
 }
 
 /// The committed `samples/` directory.
@@ -220,7 +222,7 @@ pub struct WsClient {
 pub struct WsAnswer {
     /// The `image` or `error` frame.
     pub frame: Value,
-    /// The binary frame after an `image` frame.
+    /// The binary frames after an `image` frame, joined.
     pub bytes: Option<Vec<u8>>,
 }
 
@@ -279,10 +281,25 @@ impl WsClient {
             match frame["type"].as_str() {
                 Some("accepted") => continue,
                 Some("image") => {
-                    let bytes = match self.next_message().await {
-                        Some(Message::Binary(b)) => b.to_vec(),
-                        other => panic!("expected the binary frame after {frame}, got {other:?}"),
-                    };
+                    let frames = frame["frames"].as_u64().unwrap_or(1);
+                    let mut bytes = Vec::new();
+                    for _ in 0..frames {
+                        match self.next_message().await {
+                            Some(Message::Binary(b)) => bytes.extend_from_slice(&b),
+                            // A streamed image that fails part-way ends with its error frame.
+                            Some(Message::Text(t)) => {
+                                let error: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                                assert_eq!(error["type"], "error", "{error} inside {frame}");
+                                return WsAnswer {
+                                    frame: error,
+                                    bytes: None,
+                                };
+                            }
+                            other => {
+                                panic!("expected a binary frame after {frame}, got {other:?}")
+                            }
+                        }
+                    }
                     return WsAnswer {
                         frame,
                         bytes: Some(bytes),

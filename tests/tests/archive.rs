@@ -15,7 +15,7 @@ use imgfetch_tests::pipeline::{
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs, sample};
-use object_store::{Attribute, Attributes, ObjectStore, PutOptions};
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 use serde_json::json;
 
 /// A directory store holding one sample image, optionally with a sidecar.

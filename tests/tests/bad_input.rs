@@ -249,26 +249,26 @@ async fn oversized_requests_and_frames_are_refused() {
 }
 
 #[tokio::test]
-async fn images_over_the_inline_limit_are_too_large() {
+async fn images_over_the_size_limit_are_too_large() {
     init_logs();
     let nats = NatsServer::start();
     let mut config = resolver_config(
         &nats.url(),
         vec![file_network("harbor", samples_dir().join("harbor"))],
     );
-    config.max_image_bytes = Some(1000);
+    config.max_image_bytes = 1000;
     let _r = Resolver::start(config).await;
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let body = error_body(&gateway.http("/v1/images/harbor/quay-east.jpg"), 502).await;
     assert_eq!(body["code"], "too_large", "{body}");
     assert!(body["message"].as_str().unwrap().contains("1000"), "{body}");
 
-    // A limit the server cannot carry is refused at start.
+    // An inline limit the server cannot carry is refused at start.
     let mut config = resolver_config(
         &nats.url(),
         vec![file_network("harbor", samples_dir().join("harbor"))],
     );
-    config.max_image_bytes = Some(64 * 1024 * 1024);
+    config.max_inline_bytes = Some(64 * 1024 * 1024);
     let err = Resolver::start_err(config).await;
     assert!(err.to_string().contains("max_payload"), "{err}");
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgfetch_resolver::config::StoreSpec;
-use imgfetch_resolver::store::{ReadPool, Store, StoreErrorKind};
+use imgfetch_resolver::store::{Limits, ReadPool, Store, StoreErrorKind};
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::sample;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ObjectStore, PutOptions};
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 
 /// Everything a backend must do the same way. `writer` seeds objects into the same place the
 /// store reads from.
@@ -28,7 +28,7 @@ async fn conformance(name: &str, spec: StoreSpec, writer: Arc<dyn ObjectStore>) 
 
     for key in ["top.jpg", "deep/er/nested.jpg", "青岛/港口.jpg"] {
         let got = store
-            .read(key, 1 << 20)
+            .read(key, Limits::whole(1 << 20))
             .await
             .unwrap_or_else(|e| panic!("{name}: {key}: {e}"));
         assert_eq!(got.bytes.as_ref(), jpeg.as_slice(), "{name}: {key}");
@@ -39,20 +39,59 @@ async fn conformance(name: &str, spec: StoreSpec, writer: Arc<dyn ObjectStore>) 
         );
     }
 
-    let missing = store.read("absent.jpg", 1 << 20).await.unwrap_err();
+    let missing = store
+        .read("absent.jpg", Limits::whole(1 << 20))
+        .await
+        .unwrap_err();
     assert_eq!(
         missing.kind(),
         StoreErrorKind::NotFound,
         "{name}: {missing}"
     );
-    let missing_dir = store.read("nowhere/absent.jpg", 1 << 20).await.unwrap_err();
+    let missing_dir = store
+        .read("nowhere/absent.jpg", Limits::whole(1 << 20))
+        .await
+        .unwrap_err();
     assert_eq!(
         missing_dir.kind(),
         StoreErrorKind::NotFound,
         "{name}: {missing_dir}"
     );
 
-    let big = store.read("top.jpg", 100).await.unwrap_err();
+    // Over the inline limit: the head only, and the rest by ranges that reassemble the image.
+    let streamed = Limits {
+        max: 1 << 20,
+        inline: 1000,
+    };
+    let got = store.read("deep/er/nested.jpg", streamed).await.unwrap();
+    assert_eq!(got.size, jpeg.len() as u64, "{name}");
+    let head = jpeg
+        .len()
+        .min(imgfetch_resolver::store::HEAD_BYTES as usize);
+    assert_eq!(got.bytes.as_ref(), &jpeg[..head], "{name}");
+    let body = got.body.expect("a body to read by ranges");
+    let mut whole = Vec::new();
+    let mut at = 0u64;
+    while at < got.size {
+        let end = (at + 777).min(got.size);
+        whole.extend_from_slice(&body.read(at..end).await.unwrap());
+        at = end;
+    }
+    assert_eq!(whole, jpeg, "{name}: ranges reassemble the image");
+    // Replaced meanwhile: never a mix of two images.
+    writer
+        .put(
+            &Path::parse("deep/er/nested.jpg").unwrap(),
+            vec![7u8; jpeg.len()].into(),
+        )
+        .await
+        .unwrap();
+    match body.read(0..100).await {
+        Ok(bytes) => assert_eq!(bytes.as_ref(), &jpeg[..100], "{name}: the old image whole"),
+        Err(err) => assert_eq!(err.kind(), StoreErrorKind::Transient, "{name}: {err}"),
+    }
+
+    let big = store.read("top.jpg", Limits::whole(100)).await.unwrap_err();
     assert_eq!(big.kind(), StoreErrorKind::TooLarge, "{name}: {big}");
     assert!(
         big.to_string().contains(&jpeg.len().to_string()),
@@ -60,7 +99,7 @@ async fn conformance(name: &str, spec: StoreSpec, writer: Arc<dyn ObjectStore>) 
     );
 
     for key in ["../escape.jpg", "a/../../b.jpg", "a//b.jpg"] {
-        let bad = store.read(key, 1 << 20).await.unwrap_err();
+        let bad = store.read(key, Limits::whole(1 << 20)).await.unwrap_err();
         assert_eq!(
             bad.kind(),
             StoreErrorKind::InvalidKey,
@@ -123,7 +162,7 @@ async fn s3_user_metadata_comes_back_as_attributes() {
     )
     .await
     .unwrap();
-    let got = store.read("a.jpg", 1 << 20).await.unwrap();
+    let got = store.read("a.jpg", Limits::whole(1 << 20)).await.unwrap();
     let attr = |n: &str| {
         got.attributes
             .iter()
@@ -166,9 +205,13 @@ async fn s3_prefix_confines_keys_to_it() {
     let store = Store::open("s3", &spec, Duration::from_secs(5), &ReadPool::new(2))
         .await
         .unwrap();
-    assert!(store.read("x.jpg", 1 << 20).await.is_ok());
+    assert!(store.read("x.jpg", Limits::whole(1 << 20)).await.is_ok());
     assert_eq!(
-        store.read("other/y.jpg", 1 << 20).await.unwrap_err().kind(),
+        store
+            .read("other/y.jpg", Limits::whole(1 << 20))
+            .await
+            .unwrap_err()
+            .kind(),
         StoreErrorKind::NotFound
     );
 }

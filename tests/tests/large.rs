@@ -1,0 +1,668 @@
+//! Images larger than one NATS message, on a nats-server with its default 1 MB `max_payload`:
+//! streamed in chunks with credit, verified by SHA-256, archived only when whole.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use imgfetch_common::digest::{sha256_hex, Hasher};
+use imgfetch_common::protocol::{self, header, ResolverInfo};
+use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::pipeline::{ask, dir_resolver, header_of, Gateway};
+use imgfetch_tests::pipeline::{WsAnswer, WsClient};
+use imgfetch_tests::{eventually, init_logs, write_large_image};
+use serde_json::json;
+
+const MB: usize = 1_000_000;
+
+/// Reads an HTTP image as a stream, hashing it, with `pause` after each piece.
+async fn http_sha(url: &str, pause: Duration) -> Result<(String, u64), String> {
+    let response = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    hash_body(response, pause).await
+}
+
+/// Hashes a response's body as it streams.
+async fn hash_body(response: reqwest::Response, pause: Duration) -> Result<(String, u64), String> {
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = response.bytes_stream();
+    let mut hasher = Hasher::new();
+    let mut len = 0u64;
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|e| format!("body failed after {len} bytes: {e}"))?;
+        hasher.update(&piece);
+        len += piece.len() as u64;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    Ok((hasher.finish(), len))
+}
+
+/// The first frame after `accepted`: `image` or `error`.
+async fn answer_frame(ws: &mut WsClient) -> serde_json::Value {
+    loop {
+        let frame = ws.next_json().await;
+        if frame["type"] != "accepted" {
+            return frame;
+        }
+    }
+}
+
+/// Fetches over the websocket, hashing frames as they come; the `image` frame and the SHA-256.
+async fn ws_sha(
+    ws: &mut WsClient,
+    network: &str,
+    key: &str,
+    id: &str,
+) -> (serde_json::Value, String) {
+    ws.fetch(json!({"type":"fetch","id":id,"network":network,"key":key}))
+        .await;
+    let frame = answer_frame(ws).await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    let frames = frame["frames"].as_u64().unwrap();
+    let frame_bytes = frame["frame_bytes"].as_u64().unwrap();
+    let mut hasher = Hasher::new();
+    let mut len = 0u64;
+    for _ in 0..frames {
+        match ws.next_message().await {
+            Some(tokio_tungstenite::tungstenite::Message::Binary(b)) => {
+                assert!(
+                    b.len() as u64 <= frame_bytes,
+                    "frame over the announced size"
+                );
+                hasher.update(&b);
+                len += b.len() as u64;
+            }
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+    assert_eq!(len, frame["size"].as_u64().unwrap(), "{frame}");
+    (frame, hasher.finish())
+}
+
+fn archived_file(archive: &Path, frame_path: &str) -> std::path::PathBuf {
+    archive.join(frame_path)
+}
+
+async fn archived_sha(archive: &Path, path: &str) -> String {
+    let file = archived_file(archive, path);
+    eventually("the archive copy", Duration::from_secs(30), || {
+        let file = file.clone();
+        async move { file.is_file().then_some(()) }
+    })
+    .await;
+    let bytes = std::fs::read(&file).unwrap();
+    sha256_hex(&bytes)
+}
+
+/// A gateway on `nats` that archives to `dir`.
+async fn archiving_gateway(nats: &NatsServer, dir: &Path) -> Gateway {
+    let dir = dir.to_path_buf();
+    Gateway::start(&nats.url(), move |c| {
+        c.archive = Some(imgfetch_gateway::archive::ArchiveConfig::new(
+            imgfetch_common::store::StoreSpec::File { root: dir.clone() },
+        ));
+    })
+    .await
+}
+
+/// Waits until `network`'s consumer has nothing delivered and unsettled (and, with `drained`,
+/// nothing waiting either).
+async fn settled(js: &async_nats::jetstream::Context, network: &str, drained: bool) {
+    eventually("the requests settled", Duration::from_secs(15), || {
+        let js = js.clone();
+        async move {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+                .get_consumer_from_stream(
+                    protocol::consumer_name(network),
+                    protocol::DEFAULT_STREAM,
+                )
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_ack_pending == 0 && (!drained || info.num_pending == 0)).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Counts the payload bytes of messages crossing `imgfetch.reply.>` (chunks only, with
+/// `chunks_only`), as a passive observer on its own connection.
+async fn wire_counter(
+    nats: &NatsServer,
+    chunks_only: bool,
+) -> (async_nats::Client, Arc<AtomicU64>) {
+    let observer = async_nats::connect(nats.url()).await.unwrap();
+    let mut wire = observer.subscribe("imgfetch.reply.>").await.unwrap();
+    observer.flush().await.unwrap();
+    let on_wire = Arc::new(AtomicU64::new(0));
+    let counted = on_wire.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = wire.next().await {
+            if !chunks_only || header_of(&msg, header::SEQ).is_some() {
+                counted.fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    (observer, on_wire)
+}
+
+/// Files under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archived_whole() {
+    init_logs();
+    let nats = NatsServer::start();
+    let images = tempfile::tempdir().unwrap();
+    let sha50 = write_large_image(&images.path().join("pano-50.jpg"), 50 * MB, 50);
+    let sha300 = write_large_image(&images.path().join("scan-300.jpg"), 300 * MB, 300);
+    let _r = dir_resolver(&nats.url(), "vault", images.path()).await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = archiving_gateway(&nats, archive.path()).await;
+
+    // HTTP, both sizes; the body is hashed as it streams.
+    for (key, sha, size) in [
+        ("pano-50.jpg", &sha50, 50 * MB),
+        ("scan-300.jpg", &sha300, 300 * MB),
+    ] {
+        let url = gateway.http(&format!("/v1/images/vault/{key}"));
+        let response = reqwest::get(&url).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-length"].to_str().unwrap(),
+            size.to_string()
+        );
+        assert_eq!(response.headers()["content-type"], "image/jpeg");
+        let path = response.headers()[imgfetch_gateway::http::ARCHIVED_AS]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let path = percent_encoding::percent_decode_str(&path)
+            .decode_utf8()
+            .unwrap()
+            .into_owned();
+        let (got, len) = hash_body(response, Duration::ZERO).await.unwrap();
+        assert_eq!(len, size as u64, "{key}");
+        assert_eq!(&got, sha, "{key}: the HTTP body is the image");
+        assert_eq!(
+            &archived_sha(archive.path(), &path).await,
+            sha,
+            "{key}: archive copy"
+        );
+    }
+
+    // Websocket: bounded binary frames, as announced, that add up to the image.
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    let (frame, got) = ws_sha(&mut ws, "vault", "scan-300.jpg", "ws-300").await;
+    assert_eq!(got, sha300, "{frame}");
+    assert_eq!(frame["content_type"], "image/jpeg", "{frame}");
+    assert!(frame["frames"].as_u64().unwrap() > 1, "{frame}");
+    // Associated information still comes from the image's EXIF head.
+    assert!(frame["info"].is_object(), "{frame}");
+    let (_, got) = ws_sha(&mut ws, "vault", "pano-50.jpg", "ws-50").await;
+    assert_eq!(got, sha50);
+
+    // Small images are still inline: one frame.
+    ws.fetch(json!({"type":"fetch","network":"vault","key":"pano-50.jpg","id":"again-50"}))
+        .await;
+    let WsAnswer { frame, bytes } = ws.next_answer().await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    assert_eq!(sha256_hex(&bytes.unwrap()), sha50);
+
+    // The nats-server never had to drop a message for a slow consumer.
+    assert!(
+        !nats.log().to_lowercase().contains("slow consumer"),
+        "{}",
+        nats.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_the_resolver_back_to_the_credit_window() {
+    init_logs();
+    let nats = NatsServer::start();
+    let images = tempfile::tempdir().unwrap();
+    let sha = write_large_image(&images.path().join("slow.jpg"), 24 * MB, 7);
+    let _r = dir_resolver(&nats.url(), "vault", images.path()).await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let window = imgfetch_gateway::config::defaults::STREAM_WINDOW_BYTES;
+
+    // A passive observer counts the chunk bytes that cross NATS for this gateway.
+    let (_observer, on_wire) = wire_counter(&nats, true).await;
+
+    let url = gateway.http("/v1/images/vault/slow.jpg");
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut hasher = Hasher::new();
+    let mut read = 0u64;
+    let mut most_ahead = 0u64;
+    // About 2 MB/s: slow enough that an unthrottled resolver would be far ahead.
+    while let Some(piece) = body.next().await {
+        let piece = piece.unwrap();
+        hasher.update(&piece);
+        read += piece.len() as u64;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let ahead = on_wire.load(Ordering::Relaxed).saturating_sub(read);
+        most_ahead = most_ahead.max(ahead);
+    }
+    assert_eq!(read, 24 * MB as u64);
+    assert_eq!(hasher.finish(), sha);
+    // The resolver never ran more than a window (plus a chunk in flight and what the
+    // sockets between hold) ahead of the reader.
+    let bound = window + 4 * 1024 * 1024;
+    assert!(
+        most_ahead <= bound,
+        "the resolver ran {most_ahead} bytes ahead of a slow reader; the bound is {bound}"
+    );
+    assert!(most_ahead > 0, "the observer saw the chunks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_stops_the_resolver_and_leaves_no_archive_copy() {
+    init_logs();
+    let nats = NatsServer::start();
+    let images = tempfile::tempdir().unwrap();
+    write_large_image(&images.path().join("big.jpg"), 200 * MB, 9);
+    let _r = dir_resolver(&nats.url(), "vault", images.path()).await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = archiving_gateway(&nats, archive.path()).await;
+    let (observer, on_wire) = wire_counter(&nats, false).await;
+
+    // Websocket: take a few frames, then leave.
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"leaver","network":"vault","key":"big.jpg"}))
+        .await;
+    let frame = answer_frame(&mut ws).await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    for _ in 0..3 {
+        assert!(matches!(
+            ws.next_message().await,
+            Some(tokio_tungstenite::tungstenite::Message::Binary(_))
+        ));
+    }
+    drop(ws);
+
+    // The resolver stops: the bytes on the wire level off far short of the image, and its
+    // message is settled at once instead of after a whole transfer.
+    let js = async_nats::jetstream::new(observer.clone());
+    settled(&js, "vault", false).await;
+    let at_settle = on_wire.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = on_wire.load(Ordering::Relaxed);
+    assert_eq!(
+        at_settle, later,
+        "chunks still flowing after the client left"
+    );
+    assert!(
+        later < 50 * MB as u64,
+        "{later} bytes crossed NATS for a client that took 3 frames"
+    );
+
+    // HTTP: the same, by dropping the body part-way.
+    let url = gateway.http("/v1/images/vault/big.jpg");
+    let response = reqwest::get(&url).await.unwrap();
+    let mut body = response.bytes_stream();
+    let _ = body.next().await;
+    drop(body);
+    settled(&js, "vault", true).await;
+
+    // No copy, whole or partial, was left in the archive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left: Vec<_> = files_under(archive.path());
+    assert!(left.is_empty(), "archive holds {left:?}");
+}
+
+/// Stands in for a resolver of `network` on the real NATS server, so a test can send exactly
+/// the stream it wants: answers pings and takes requests from the network's consumer.
+async fn fake_resolver(
+    nats_url: &str,
+    network: &str,
+) -> (
+    async_nats::Client,
+    async_nats::jetstream::consumer::PullConsumer,
+) {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = imgfetch_common::provision::ensure_network(
+        &js,
+        &Default::default(),
+        &Default::default(),
+        network,
+        true,
+    )
+    .await
+    .unwrap();
+    let mut pings = client
+        .subscribe(protocol::ping_subject(network))
+        .await
+        .unwrap();
+    let answerer = client.clone();
+    let info = ResolverInfo {
+        instance: "fake".into(),
+        networks: vec![network.into()],
+        max_image_bytes: 1 << 30,
+        max_inline_bytes: 900_000,
+    };
+    tokio::spawn(async move {
+        while let Some(ping) = pings.next().await {
+            if let Some(reply) = ping.reply {
+                let body = serde_json::to_vec(&info).unwrap();
+                let _ = answerer.publish(reply, body.into()).await;
+            }
+        }
+    });
+    client.flush().await.unwrap();
+    (client, consumer)
+}
+
+/// Takes the next request off the consumer; its id and callback.
+async fn take_request(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+) -> (String, String, async_nats::jetstream::Message) {
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), batch.next())
+        .await
+        .expect("a request within 10 s")
+        .unwrap()
+        .unwrap();
+    let id = header_of_js(&msg, header::MSG_ID);
+    let callback = header_of_js(&msg, header::CALLBACK);
+    assert_eq!(
+        header_of_js(&msg, header::ACCEPT_STREAM),
+        "1",
+        "the gateway accepts streams"
+    );
+    (id, callback, msg)
+}
+
+fn header_of_js(msg: &async_nats::jetstream::Message, name: &str) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// Sends `image` as a stream of `chunk`-byte chunks on `callback`, honouring credit, with
+/// chunk `corrupt` (if any) altered after hashing, and `skip` (if any) left out.
+async fn send_stream(
+    client: &async_nats::Client,
+    id: &str,
+    callback: &str,
+    image: &[u8],
+    chunk: usize,
+    corrupt: Option<u64>,
+    skip: Option<u64>,
+) {
+    let flow = client.new_inbox();
+    let mut credits = client.subscribe(flow.clone()).await.unwrap();
+    let chunks = image.len().div_ceil(chunk) as u64;
+    let mut head = HeaderMap::new();
+    head.insert(header::ID, id);
+    head.insert(header::STATUS, "ok");
+    head.insert(header::NETWORK, "forge");
+    head.insert(header::KEY, "x.jpg");
+    head.insert(header::CONTENT_TYPE, "image/jpeg");
+    head.insert(header::SIZE, image.len().to_string().as_str());
+    head.insert(header::FLOW, flow.as_str());
+    head.insert(header::CHUNK_SIZE, chunk.to_string().as_str());
+    head.insert(header::CHUNKS, chunks.to_string().as_str());
+    client
+        .publish_with_headers(callback.to_owned(), head, Bytes::new())
+        .await
+        .unwrap();
+    let mut credit = 0u64;
+    for seq in 1..=chunks {
+        while credit < seq {
+            let Some(Some(m)) = next_within_sub(&mut credits).await else {
+                return; // cancelled or nobody granted: the gateway gave up
+            };
+            if m.headers
+                .as_ref()
+                .and_then(|h| h.get(header::CANCEL))
+                .is_some()
+            {
+                return;
+            }
+            if let Some(n) = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(header::CREDIT))
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+            {
+                credit = credit.max(n);
+            }
+        }
+        if Some(seq) == skip {
+            continue;
+        }
+        let start = (seq as usize - 1) * chunk;
+        let mut bytes = image[start..(start + chunk).min(image.len())].to_vec();
+        if Some(seq) == corrupt {
+            bytes[0] ^= 0xff;
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::ID, id);
+        h.insert(header::FLOW, flow.as_str());
+        h.insert(header::SEQ, seq.to_string().as_str());
+        client
+            .publish_with_headers(callback.to_owned(), h, bytes.into())
+            .await
+            .unwrap();
+    }
+    let mut end = HeaderMap::new();
+    end.insert(header::ID, id);
+    end.insert(header::FLOW, flow.as_str());
+    end.insert(header::STATUS, "ok");
+    end.insert(header::SHA256, sha256_hex(image).as_str());
+    client
+        .publish_with_headers(callback.to_owned(), end, Bytes::new())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+async fn next_within_sub(sub: &mut async_nats::Subscriber) -> Option<Option<async_nats::Message>> {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_or_missing_chunk_is_an_integrity_error_and_never_archived() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (resolver, consumer) = fake_resolver(&nats.url(), "forge").await;
+    let archive = tempfile::tempdir().unwrap();
+    let gateway = archiving_gateway(&nats, archive.path()).await;
+    let image: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let chunk = 256 * 1024;
+
+    // Websocket: chunk 3 flipped. The client gets an error frame, never the last frame.
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"bent","network":"forge","key":"x.jpg"}))
+        .await;
+    let (id, callback, msg) = take_request(&consumer).await;
+    assert_eq!(id, "bent");
+    send_stream(&resolver, &id, &callback, &image, chunk, Some(3), None).await;
+    msg.ack().await.unwrap();
+    let answer = ws.next_answer().await;
+    assert_eq!(answer.frame["type"], "error", "{}", answer.frame);
+    assert_eq!(answer.frame["code"], "integrity", "{}", answer.frame);
+    assert_eq!(answer.frame["id"], "bent", "{}", answer.frame);
+    assert!(answer.bytes.is_none());
+
+    // HTTP: chunk 2 missing. The body ends short of its length: an error for the client.
+    let url = gateway.http("/v1/images/forge/x.jpg");
+    let fetch = tokio::spawn(async move { http_sha(&url, Duration::ZERO).await });
+    let (id, callback, msg) = take_request(&consumer).await;
+    send_stream(&resolver, &id, &callback, &image, chunk, None, Some(2)).await;
+    msg.ack().await.unwrap();
+    let result = fetch.await.unwrap();
+    assert!(
+        result.is_err(),
+        "a stream with a gap was delivered: {result:?}"
+    );
+
+    // HTTP: all chunks, last one flipped: still never delivered whole.
+    let url = gateway.http("/v1/images/forge/x.jpg");
+    let fetch = tokio::spawn(async move { http_sha(&url, Duration::ZERO).await });
+    let (id, callback, msg) = take_request(&consumer).await;
+    let last = image.len().div_ceil(chunk) as u64;
+    send_stream(&resolver, &id, &callback, &image, chunk, Some(last), None).await;
+    msg.ack().await.unwrap();
+    let result = fetch.await.unwrap();
+    assert!(result.is_err(), "a damaged image was delivered: {result:?}");
+
+    // A clean stream from the same peer goes through, so the failures above were the damage.
+    let url = gateway.http("/v1/images/forge/x.jpg");
+    let fetch = tokio::spawn(async move { http_sha(&url, Duration::ZERO).await });
+    let (id, callback, msg) = take_request(&consumer).await;
+    send_stream(&resolver, &id, &callback, &image, chunk, None, None).await;
+    msg.ack().await.unwrap();
+    let (sha, len) = fetch.await.unwrap().unwrap();
+    assert_eq!((sha, len), (sha256_hex(&image), image.len() as u64));
+
+    // Inline replies carry a SHA-256 too: a damaged one is an error.
+    ws.fetch(json!({"type":"fetch","id":"inline-bent","network":"forge","key":"x.jpg"}))
+        .await;
+    let (id, callback, msg) = take_request(&consumer).await;
+    let mut h = HeaderMap::new();
+    h.insert(header::ID, id.as_str());
+    h.insert(header::STATUS, "ok");
+    h.insert(header::SHA256, sha256_hex(b"the real bytes").as_str());
+    resolver
+        .publish_with_headers(callback, h, Bytes::from_static(b"other bytes"))
+        .await
+        .unwrap();
+    msg.ack().await.unwrap();
+    let answer = ws.next_answer().await;
+    assert_eq!(answer.frame["code"], "integrity", "{}", answer.frame);
+
+    // Only the clean image reached the archive.
+    let files = eventually("the clean copy", Duration::from_secs(10), || {
+        let dir = archive.path().to_path_buf();
+        async move {
+            let files = files_under(&dir);
+            (!files.is_empty()).then_some(files)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let files = if files.len() == 1 {
+        files
+    } else {
+        files_under(archive.path())
+    };
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        sha256_hex(&std::fs::read(&files[0]).unwrap()),
+        sha256_hex(&image)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_is_a_timeout_error_not_a_hang() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (resolver, consumer) = fake_resolver(&nats.url(), "forge").await;
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.streams.chunk_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"stall","network":"forge","key":"x.jpg"}))
+        .await;
+    let (id, callback, _msg) = take_request(&consumer).await;
+    // A head and one chunk, then nothing: the resolver "died".
+    let flow = resolver.new_inbox();
+    let mut head = HeaderMap::new();
+    head.insert(header::ID, id.as_str());
+    head.insert(header::STATUS, "ok");
+    head.insert(header::SIZE, "2000000");
+    head.insert(header::FLOW, flow.as_str());
+    head.insert(header::CHUNK_SIZE, "1000000");
+    head.insert(header::CHUNKS, "2");
+    resolver
+        .publish_with_headers(callback.clone(), head, Bytes::new())
+        .await
+        .unwrap();
+    let mut h = HeaderMap::new();
+    h.insert(header::ID, id.as_str());
+    h.insert(header::FLOW, flow.as_str());
+    h.insert(header::SEQ, "1");
+    resolver
+        .publish_with_headers(callback, h, vec![1u8; 1_000_000].into())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = ws.next_answer().await;
+    assert_eq!(answer.frame["code"], "timeout", "{}", answer.frame);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn hand_published_requests_get_too_large_for_images_over_the_inline_limit() {
+    init_logs();
+    let nats = NatsServer::start();
+    let images = tempfile::tempdir().unwrap();
+    write_large_image(&images.path().join("big.jpg"), 3 * MB, 3);
+    write_large_image(&images.path().join("small.jpg"), 200_000, 4);
+    let _r = dir_resolver(&nats.url(), "vault", images.path()).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let reply = ask(
+        &client,
+        "imgfetch.req.vault",
+        r#"{"id":"by-hand","key":"big.jpg"}"#,
+        "by-hand",
+    )
+    .await;
+    assert_eq!(
+        header_of(&reply, header::STATUS).as_deref(),
+        Some("too_large")
+    );
+    let text = String::from_utf8_lossy(&reply.payload).into_owned();
+    assert!(text.contains("gateway"), "{text}");
+
+    // One that fits comes inline, with its SHA-256.
+    let reply = ask(
+        &client,
+        "imgfetch.req.vault",
+        r#"{"id":"by-hand-2","key":"small.jpg"}"#,
+        "by-hand-2",
+    )
+    .await;
+    assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(
+        header_of(&reply, header::SHA256).unwrap(),
+        sha256_hex(&reply.payload)
+    );
+}
