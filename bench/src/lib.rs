@@ -10,6 +10,7 @@
 //! - [`bare`]: the ceiling: the same JetStream hops with no imgfetch code.
 //! - [`clients`]: HTTP, websocket and direct-store request makers.
 //! - [`load`]: workers, warm-up, pacing and latency samples.
+//! - [`large`]: one very large image streamed on a default-payload server, against raw NATS.
 //! - [`report`]: the table and the JSON.
 //!
 //! [`run`] starts a `nats-server` of its own (random port, temp store) and does every step.
@@ -17,6 +18,7 @@
 pub mod bare;
 pub mod clients;
 pub mod corpus;
+pub mod large;
 pub mod load;
 pub mod procs;
 pub mod report;
@@ -57,6 +59,12 @@ pub struct Options {
     /// Idle websocket clients in the memory run.
     #[arg(long, default_value_t = 1000)]
     pub idle_websockets: usize,
+    /// Size of the one large image streamed at the end (K, M and G suffixes).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub large_size: usize,
+    /// Run only the large-image part.
+    #[arg(long)]
+    pub large_only: bool,
     /// Where `imgfetch-resolver` and `imgfetch-gateway` are; default: beside this binary.
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -64,7 +72,7 @@ pub struct Options {
     #[arg(long, default_value = "target/imgfetch-bench.json")]
     pub json: PathBuf,
     /// A tiny run that proves the benchmark works (CI): 16 KiB, concurrency 1 and 4, 20
-    /// images, 0.3 s runs, 3 networks, 20 idle websockets.
+    /// images, 0.3 s runs, 3 networks, 20 idle websockets, a 96 MiB large image.
     #[arg(long)]
     pub smoke: bool,
 }
@@ -79,6 +87,7 @@ impl Options {
         self.warmup = 0.1;
         self.networks = 3;
         self.idle_websockets = 20;
+        self.large_size = 96 << 20;
         self.smoke = true;
         self
     }
@@ -89,6 +98,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
     let (digits, unit) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
     digits
@@ -310,6 +320,52 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// One large image through HTTP, the websocket, and HTTP with the archive, each on fresh
+    /// processes (so each peak is its own), after the raw NATS ceiling on the same server.
+    async fn large(&mut self) -> anyhow::Result<()> {
+        let size = self.options.large_size;
+        self.say(&format!(
+            "one {} image on a default-payload server",
+            report::human(size)
+        ));
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir()?;
+        let sha = large::create_image(dir.path(), size);
+        let raw = large::raw_nats(&nats.url(), size).await?;
+        let store_url = format!("file://{}", dir.path().display());
+        let nets = vec!["large".to_owned()];
+        let mut runs = vec![raw.clone()];
+        for (path, archive) in [("http", false), ("ws", false), ("http+archive", true)] {
+            let p = Pipeline::start(PipelineSpec {
+                bin_dir: &self.bin_dir,
+                nats_url: &nats.url(),
+                networks: &nets,
+                store_url: &store_url,
+                archive,
+                log_dir: self.logs.path(),
+            })
+            .await
+            .context("starting the pipeline")?;
+            let mut run = if path == "ws" {
+                large::websocket(&p, size, &sha).await?
+            } else {
+                large::http(&p, path, size, &sha).await?
+            };
+            run.ratio_to_raw = Some(run.mb_per_s / raw.mb_per_s.max(1e-9));
+            eprintln!(
+                "  {:<13} {:>8.1} MB/s  verified {}  peak MiB resolver {:.0} gateway {:.0}",
+                run.path,
+                run.mb_per_s,
+                run.verified,
+                run.resolver_peak_mib.unwrap_or_default(),
+                run.gateway_peak_mib.unwrap_or_default()
+            );
+            runs.push(run);
+        }
+        self.report.large = runs;
+        Ok(())
+    }
+
     /// The gateway's memory with many websocket clients that say nothing.
     async fn idle_websockets(&mut self, size: usize) -> anyhow::Result<()> {
         let o = self.options;
@@ -366,20 +422,24 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             ..Report::default()
         },
     };
-    for &size in &options.sizes {
-        bench.one_size(size).await?;
+    if !options.large_only {
+        for &size in &options.sizes {
+            bench.one_size(size).await?;
+        }
+        let busy_size = if options.sizes.contains(&(64 * 1024)) {
+            64 * 1024
+        } else {
+            options.sizes[0]
+        };
+        bench.many_networks(busy_size).await?;
+        bench.idle_websockets(busy_size).await?;
     }
-    let busy_size = if options.sizes.contains(&(64 * 1024)) {
-        64 * 1024
-    } else {
-        options.sizes[0]
-    };
-    bench.many_networks(busy_size).await?;
-    bench.idle_websockets(busy_size).await?;
+    bench.large().await?;
 
     let mut report = std::mem::take(&mut bench.report);
     report.relate_to_ceiling();
     println!("{}", report.table());
+    println!("{}", large::table(&report.large));
     if let Some(dir) = options.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -398,6 +458,7 @@ mod tests {
         assert_eq!(parse_size("16K"), Ok(16384));
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("500"), Ok(500));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert!(parse_size("0").is_err());
         assert!(parse_size("x").is_err());
     }

@@ -107,6 +107,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// The idle-websocket run.
     pub idle_websockets: Option<IdleWebsockets>,
+    /// The large-image runs, the raw NATS ceiling first.
+    pub large: Vec<crate::large::LargeRun>,
 }
 
 impl Report {
@@ -114,6 +116,7 @@ impl Report {
     pub fn failed_requests(&self) -> u64 {
         self.rows.iter().map(|r| r.errors).sum::<u64>()
             + u64::from(self.idle_websockets.as_ref().is_some_and(|w| !w.fetch_ok))
+            + self.large.iter().filter(|r| !r.verified).count() as u64
     }
 
     /// Fills in the ratios to the bare ceiling of the same size and concurrency.

@@ -60,6 +60,32 @@ async fn the_smoke_run_measures_every_path_without_a_failed_request() {
         "{idle:?}"
     );
 
+    // The large image: streamed on a default-payload server, verified, in bounded memory.
+    let paths: Vec<&str> = report.large.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["raw nats", "http", "ws", "http+archive"],
+        "{:?}",
+        report.large
+    );
+    for run in &report.large {
+        assert!(run.verified, "{run:?}");
+        assert!(run.mb_per_s > 0.0, "{run:?}");
+    }
+    for run in &report.large[1..] {
+        // 96 MiB went through each process. Holding it whole would add at least that much; a
+        // stream holds a credit window and a few chunks. The bound is generous on purpose:
+        // the benchmark reports the figure.
+        for (who, growth) in [
+            ("resolver", run.resolver_growth_mib()),
+            ("gateway", run.gateway_growth_mib()),
+        ] {
+            let growth = growth.expect("memory measured");
+            assert!(growth < 64.0, "{who} grew {growth:.0} MiB: {run:?}");
+        }
+        assert!(run.ratio_to_raw.is_some_and(|r| r > 0.0), "{run:?}");
+    }
+
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("JSON report written")).unwrap();
     assert_eq!(

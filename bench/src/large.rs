@@ -1,0 +1,211 @@
+//! One very large image (1 GiB by default) streamed through the pipeline on a nats-server with
+//! its default 1 MB `max_payload`, next to the raw NATS throughput measured on the same server in
+//! the same run, with each process's memory before and at its peak.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use imgfetch_common::digest::Hasher;
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::procs::Pipeline;
+
+/// Bytes per message of the raw NATS run: the chunk size the resolver uses.
+const RAW_CHUNK: usize = 256 * 1024;
+
+/// One large transfer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LargeRun {
+    /// `raw nats`, `http`, `ws` or `http+archive`.
+    pub path: String,
+    /// Image size, MiB.
+    pub size_mib: f64,
+    /// Throughput, MB/s (10^6 bytes).
+    pub mb_per_s: f64,
+    /// Throughput over the raw NATS run's.
+    pub ratio_to_raw: Option<f64>,
+    /// Whether every byte arrived and the SHA-256 matched.
+    pub verified: bool,
+    /// Resident memory before the transfer, MiB.
+    pub resolver_before_mib: Option<f64>,
+    /// Largest resident memory so far (VmHWM), MiB.
+    pub resolver_peak_mib: Option<f64>,
+    /// Resident memory before the transfer, MiB.
+    pub gateway_before_mib: Option<f64>,
+    /// Largest resident memory so far (VmHWM), MiB.
+    pub gateway_peak_mib: Option<f64>,
+}
+
+impl LargeRun {
+    /// Growth of the resolver's peak over its memory before the transfer, MiB.
+    pub fn resolver_growth_mib(&self) -> Option<f64> {
+        Some(self.resolver_peak_mib? - self.resolver_before_mib?)
+    }
+
+    /// Growth of the gateway's peak over its memory before the transfer, MiB.
+    pub fn gateway_growth_mib(&self) -> Option<f64> {
+        Some(self.gateway_peak_mib? - self.gateway_before_mib?)
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Writes the image; its SHA-256.
+pub fn create_image(dir: &Path, size: usize) -> String {
+    imgfetch_tests::write_large_image(&dir.join("large.jpg"), size, 0x1a46e)
+}
+
+/// The raw ceiling: `size` bytes published as 256 KiB core messages from one connection to a
+/// subscriber on another, as fast as the server relays them. Bytes lost to the server's slow
+/// consumer protection show as a shortfall, and fail the run.
+pub async fn raw_nats(nats_url: &str, size: usize) -> anyhow::Result<LargeRun> {
+    let sender = async_nats::connect(nats_url).await?;
+    let receiver = async_nats::connect(nats_url).await?;
+    let mut sub = receiver.subscribe("bench.raw").await?;
+    receiver.flush().await?;
+    let expect = size as u64;
+    let counting = tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < expect {
+            match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                Ok(Some(m)) => got += m.payload.len() as u64,
+                _ => break,
+            }
+        }
+        (got, Instant::now())
+    });
+    let chunk = Bytes::from(vec![0x5au8; RAW_CHUNK]);
+    let start = Instant::now();
+    let mut sent = 0usize;
+    while sent < size {
+        let n = RAW_CHUNK.min(size - sent);
+        sender.publish("bench.raw", chunk.slice(..n)).await?;
+        sent += n;
+    }
+    sender.flush().await?;
+    let (got, end) = counting.await?;
+    let secs = end.duration_since(start).as_secs_f64();
+    Ok(LargeRun {
+        path: "raw nats".into(),
+        size_mib: mib(size as u64),
+        mb_per_s: got as f64 / 1e6 / secs,
+        verified: got == expect,
+        ..LargeRun::default()
+    })
+}
+
+/// Streams the image over HTTP (hashing it as it comes) and measures both processes.
+pub async fn http(p: &Pipeline, path: &str, size: usize, sha: &str) -> anyhow::Result<LargeRun> {
+    let mut run = before(p, path, size);
+    let url = format!("{}/v1/images/large/large.jpg", p.base);
+    let start = Instant::now();
+    let response = reqwest::get(&url).await?;
+    if !response.status().is_success() {
+        bail!("GET {url}: {}", response.status());
+    }
+    let mut body = response.bytes_stream();
+    let mut hasher = Hasher::new();
+    let mut got = 0u64;
+    while let Some(piece) = body.next().await {
+        let piece = piece.context("the body failed")?;
+        hasher.update(&piece);
+        got += piece.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    run.mb_per_s = got as f64 / 1e6 / secs;
+    run.verified = got == size as u64 && hasher.finish() == sha;
+    after(p, &mut run);
+    Ok(run)
+}
+
+/// Streams the image over the websocket and measures both processes.
+pub async fn websocket(p: &Pipeline, size: usize, sha: &str) -> anyhow::Result<LargeRun> {
+    let mut run = before(p, "ws", size);
+    let url = format!("{}/v1/ws", p.base.replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await?;
+    let start = Instant::now();
+    let fetch = serde_json::json!({"type":"fetch","network":"large","key":"large.jpg"});
+    socket.send(Message::text(fetch.to_string())).await?;
+    let mut hasher = Hasher::new();
+    let mut got = 0u64;
+    let mut frames_left = None::<u64>;
+    while frames_left != Some(0) {
+        let Some(message) = socket.next().await else {
+            bail!("the socket closed after {got} bytes");
+        };
+        match message? {
+            Message::Text(t) => {
+                let frame: serde_json::Value = serde_json::from_str(t.as_str())?;
+                match frame["type"].as_str() {
+                    Some("accepted") => {}
+                    Some("image") => frames_left = frame["frames"].as_u64(),
+                    _ => bail!("unexpected frame {frame}"),
+                }
+            }
+            Message::Binary(b) => {
+                hasher.update(&b);
+                got += b.len() as u64;
+                frames_left = frames_left.map(|n| n.saturating_sub(1));
+            }
+            _ => {}
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    run.mb_per_s = got as f64 / 1e6 / secs;
+    run.verified = got == size as u64 && hasher.finish() == sha;
+    after(p, &mut run);
+    Ok(run)
+}
+
+fn before(p: &Pipeline, path: &str, size: usize) -> LargeRun {
+    LargeRun {
+        path: path.into(),
+        size_mib: mib(size as u64),
+        resolver_before_mib: Some(mib(p.resolver.usage().rss)),
+        gateway_before_mib: Some(mib(p.gateway.usage().rss)),
+        ..LargeRun::default()
+    }
+}
+
+fn after(p: &Pipeline, run: &mut LargeRun) {
+    run.resolver_peak_mib = Some(mib(p.resolver.usage().peak_rss));
+    run.gateway_peak_mib = Some(mib(p.gateway.usage().peak_rss));
+}
+
+/// The large runs as a table.
+pub fn table(runs: &[LargeRun]) -> String {
+    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let mut out = format!(
+        "{:<13} {:>8} {:>8} {:>6} {:>9} {:>24} {:>24}\n",
+        "large path",
+        "MiB",
+        "MB/s",
+        "ratio",
+        "verified",
+        "resolver MiB before/peak",
+        "gateway MiB before/peak"
+    );
+    for r in runs {
+        out.push_str(&format!(
+            "{:<13} {:>8.0} {:>8.1} {:>6} {:>9} {:>24} {:>24}\n",
+            r.path,
+            r.size_mib,
+            r.mb_per_s,
+            r.ratio_to_raw.map_or("-".to_owned(), |v| format!("{v:.2}")),
+            r.verified,
+            format!(
+                "{}/{}",
+                opt(r.resolver_before_mib),
+                opt(r.resolver_peak_mib)
+            ),
+            format!("{}/{}", opt(r.gateway_before_mib), opt(r.gateway_peak_mib)),
+        ));
+    }
+    out
+}
