@@ -8,7 +8,7 @@ use imgfetch_common::protocol::{header, request_subject, ErrorCode};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
     ask, dir_resolver, error_body, file_network, hand_publish, header_of, next_within,
-    resolver_config, sample_resolver, samples_dir, Gateway, Resolver, WsClient,
+    resolver_config, sample_resolver, samples_dir, wait_served, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs, sample};
@@ -421,7 +421,8 @@ async fn no_resolver_is_503_and_a_silent_one_is_504() {
             }
         }
     });
-    client.flush().await.unwrap();
+    // A flush only writes the subscription out; an answered ping proves the server has it.
+    wait_served(&client, "harbor").await;
     let started = Instant::now();
     let body = error_body(&gateway.http("/v1/images/harbor/quay-east.jpg"), 504).await;
     assert_eq!(body["code"], "timeout", "{body}");

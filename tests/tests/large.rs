@@ -12,7 +12,7 @@ use futures::StreamExt;
 use imgfetch_common::digest::{sha256_hex, Hasher};
 use imgfetch_common::protocol::{self, header, ResolverInfo};
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{ask, dir_resolver, header_of, Gateway};
+use imgfetch_tests::pipeline::{ask, dir_resolver, header_of, wait_served, Gateway};
 use imgfetch_tests::pipeline::{WsAnswer, WsClient};
 use imgfetch_tests::{eventually, init_logs, write_large_image};
 use serde_json::json;
@@ -373,7 +373,8 @@ async fn fake_resolver(
             }
         }
     });
-    client.flush().await.unwrap();
+    // A flush only writes the subscription out; an answered ping proves the server has it.
+    wait_served(&client, network).await;
     (client, consumer)
 }
 
