@@ -199,6 +199,7 @@ impl Bench<'_> {
             store_url: &corpus.url(),
             archive,
             log_dir: self.logs.path(),
+            gateway_args: &[],
         })
         .await
         .context("starting the pipeline")
@@ -343,6 +344,7 @@ impl Bench<'_> {
                 store_url: &store_url,
                 archive,
                 log_dir: self.logs.path(),
+                gateway_args: &[],
             })
             .await
             .context("starting the pipeline")?;

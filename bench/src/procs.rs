@@ -102,6 +102,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Kills it (SIGKILL) and reaps it, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Its usage now.
     pub fn usage(&self) -> Usage {
         usage(self.pid()).unwrap_or_default()
@@ -132,6 +138,11 @@ pub struct Pipeline {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     _archive: Option<tempfile::TempDir>,
+    resolver_bin: PathBuf,
+    resolver_args: Vec<String>,
+    resolver_log: PathBuf,
+    nats_url: String,
+    networks: Vec<String>,
 }
 
 /// How to start a pipeline.
@@ -148,41 +159,25 @@ pub struct PipelineSpec<'a> {
     pub archive: bool,
     /// Where logs go.
     pub log_dir: &'a Path,
+    /// More flags for the gateway.
+    pub gateway_args: &'a [String],
 }
 
 impl Pipeline {
     /// Starts the resolver, waits until it answers pings for every network, then the gateway,
     /// and waits until it is ready.
     pub async fn start(spec: PipelineSpec<'_>) -> anyhow::Result<Pipeline> {
-        let mut args = vec![
-            "--nats-url".to_owned(),
-            spec.nats_url.to_owned(),
-            "--instance".to_owned(),
-            "bench-resolver".to_owned(),
-        ];
-        for net in spec.networks {
-            args.push("--network".to_owned());
-            args.push(format!("{net}={}", spec.store_url));
-        }
-        let mut resolver = Proc::spawn(
-            &spec.bin_dir.join("imgfetch-resolver"),
-            &args,
-            spec.log_dir.join("resolver.log"),
-        )?;
-        let client = async_nats::connect(spec.nats_url).await?;
-        for net in spec.networks {
-            let subject = imgfetch_common::protocol::ping_subject(net);
-            wait_until(
-                &format!("the resolver to serve {net}"),
-                &mut resolver,
-                || {
-                    let client = client.clone();
-                    let subject = subject.clone();
-                    async move { client.request(subject, bytes::Bytes::new()).await.is_ok() }
-                },
-            )
-            .await?;
-        }
+        let resolver_args = args_of_resolver(spec.nats_url, spec.networks, spec.store_url);
+        let resolver_bin = spec.bin_dir.join("imgfetch-resolver");
+        let resolver_log = spec.log_dir.join("resolver.log");
+        let resolver = start_resolver(
+            &resolver_bin,
+            &resolver_args,
+            resolver_log.clone(),
+            spec.nats_url,
+            spec.networks,
+        )
+        .await?;
 
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -201,7 +196,10 @@ impl Pipeline {
             "bench-gateway".to_owned(),
             "--archive".to_owned(),
             archive_arg,
-        ];
+        ]
+        .into_iter()
+        .chain(spec.gateway_args.iter().cloned())
+        .collect::<Vec<_>>();
         let mut gateway = Proc::spawn(
             &spec.bin_dir.join("imgfetch-gateway"),
             &args,
@@ -226,8 +224,68 @@ impl Pipeline {
             gateway,
             base,
             _archive: archive,
+            resolver_bin,
+            resolver_args,
+            resolver_log,
+            nats_url: spec.nats_url.to_owned(),
+            networks: spec.networks.to_vec(),
         })
     }
+
+    /// Starts a new resolver with the same flags (after the old one was killed) and waits
+    /// until it serves every network.
+    pub async fn restart_resolver(&mut self) -> anyhow::Result<()> {
+        self.resolver.kill();
+        self.resolver = start_resolver(
+            &self.resolver_bin,
+            &self.resolver_args,
+            self.resolver_log.clone(),
+            &self.nats_url,
+            &self.networks,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn args_of_resolver(nats_url: &str, networks: &[String], store_url: &str) -> Vec<String> {
+    let mut args = vec![
+        "--nats-url".to_owned(),
+        nats_url.to_owned(),
+        "--instance".to_owned(),
+        "bench-resolver".to_owned(),
+    ];
+    for net in networks {
+        args.push("--network".to_owned());
+        args.push(format!("{net}={store_url}"));
+    }
+    args
+}
+
+/// Starts a resolver and waits until it answers pings for every network.
+async fn start_resolver(
+    bin: &Path,
+    args: &[String],
+    log: PathBuf,
+    nats_url: &str,
+    networks: &[String],
+) -> anyhow::Result<Proc> {
+    let mut resolver = Proc::spawn(bin, args, log)?;
+    let client = async_nats::connect(nats_url).await?;
+    for net in networks {
+        let subject = imgfetch_common::protocol::ping_subject(net);
+        wait_until(
+            &format!("the resolver to serve {net}"),
+            &mut resolver,
+            || {
+                let client = client.clone();
+                let subject = subject.clone();
+                async move { client.request(subject, bytes::Bytes::new()).await.is_ok() }
+            },
+        )
+        .await?;
+    }
+    Ok(resolver)
 }
 
 async fn wait_until<F, Fut>(what: &str, proc: &mut Proc, mut check: F) -> anyhow::Result<()>
