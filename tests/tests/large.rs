@@ -667,3 +667,36 @@ async fn hand_published_requests_get_too_large_for_images_over_the_inline_limit(
         sha256_hex(&reply.payload)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_image_streams_from_an_s3_store_by_ranged_reads() {
+    use object_store::ObjectStoreExt;
+    init_logs();
+    let nats = NatsServer::start();
+    let s3 = imgfetch_tests::s3::S3Server::start();
+    s3.create_bucket("cams");
+    let dir = tempfile::tempdir().unwrap();
+    let sha = write_large_image(&dir.path().join("wide.jpg"), 20 * MB, 20);
+    let bytes = std::fs::read(dir.path().join("wide.jpg")).unwrap();
+    s3.client("cams")
+        .put(&"pano/wide.jpg".into(), bytes.into())
+        .await
+        .unwrap();
+    let config = imgfetch_tests::pipeline::resolver_config(
+        &nats.url(),
+        vec![imgfetch_resolver::config::NetworkSpec {
+            name: "cams".into(),
+            store: s3.spec("cams"),
+        }],
+    );
+    let _r = imgfetch_tests::pipeline::Resolver::start(config).await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let url = gateway.http("/v1/images/cams/pano/wide.jpg");
+    let (got, len) = http_sha(&url, Duration::ZERO).await.unwrap();
+    assert_eq!(len, 20 * MB as u64);
+    assert_eq!(got, sha);
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    let (frame, got) = ws_sha(&mut ws, "cams", "pano/wide.jpg", "s3-ws").await;
+    assert_eq!(got, sha, "{frame}");
+    assert_eq!(frame["info"]["network"], "cams", "{frame}");
+}
