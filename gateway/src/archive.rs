@@ -10,6 +10,8 @@
 //!   name. (Local writes are not fsynced; a power cut can lose a recent copy.)
 //! - **Off the latency path:** the write runs in the background; the client gets the image at
 //!   once, with the planned path, and hears of a failure afterwards.
+//! - **Streamed images** are written part by part as they pass through ([`ArchiveSink`]),
+//!   and completed only once verified whole.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
