@@ -30,9 +30,10 @@ pub fn network_of_subject(subject: &str) -> Option<&str> {
         .and_then(|rest| rest.strip_prefix('.'))
 }
 
-/// Callback subject for one request held by one gateway instance.
-pub fn reply_subject(instance: &str, id: &str) -> String {
-    format!("{REPLY_PREFIX}.{instance}.{id}")
+/// Callback subject for one request held by one gateway instance: `token` is the gateway's
+/// unguessable per-request token, never the client's id.
+pub fn reply_subject(instance: &str, token: &str) -> String {
+    format!("{REPLY_PREFIX}.{instance}.{token}")
 }
 
 /// Wildcard a gateway instance subscribes to for all of its callbacks.

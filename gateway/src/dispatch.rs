@@ -1,8 +1,11 @@
 //! Puts requests on the queue and routes answers back to whoever waits for them.
 //!
-//! Each gateway instance listens on its own callback wildcard, `imgfetch.reply.<instance>.>`,
-//! and keeps a map from request id to the waiting client. A reply nobody waits for any more is
-//! dropped and counted as late; the head of a stream nobody waits for is cancelled.
+//! Each gateway instance listens on its own callback wildcard, `imgfetch.reply.<instance>.>`.
+//! Every request's callback ends in a fresh random token (128 bits from the OS), not in the
+//! client's id, and replies are routed by that token alone: knowing a client's id (ids are often
+//! chosen by clients) is not enough to answer in its place. A reply whose `Imgfetch-Id` is not
+//! the id on record for its token is dropped and counted as forged. A reply nobody waits for
+//! any more is dropped and counted as late; the head of a stream nobody waits for is cancelled.
 //!
 //! Requests say they accept streamed answers. An inline reply becomes an image at once; the
 //! head of a stream becomes an image whose body is a [`Transfer`], and the stream's later
@@ -30,9 +33,22 @@ use crate::transfer::{Head, Part, Routed, StreamSettings, Streams, Transfer};
 /// is still wanted; well within their idle timeout.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
-/// Waiters by request id. The generation tells a waiter's own entry from a later one with the
-/// same id, so a ticket that ends never removes a newer request's entry.
-type Pending = Arc<Mutex<HashMap<String, (u64, oneshot::Sender<Outcome>)>>>;
+/// Waiters by callback token, and the token of each id in flight (for `duplicate_id`).
+#[derive(Debug, Default)]
+struct Waiters {
+    by_token: HashMap<String, Waiter>,
+    ids: HashMap<String, String>,
+}
+
+/// What the gateway recorded of one request when it was queued.
+#[derive(Debug)]
+struct Waiter {
+    id: String,
+    network: String,
+    tx: oneshot::Sender<Outcome>,
+}
+
+type Pending = Arc<Mutex<Waiters>>;
 
 /// The request side of the gateway, shared by every client connection.
 #[derive(Debug)]
@@ -41,7 +57,6 @@ pub struct Dispatcher {
     instance: String,
     directory: Directory,
     pending: Pending,
-    generation: std::sync::atomic::AtomicU64,
     request_timeout: Duration,
     publish_timeout: Duration,
     draining: CancellationToken,
@@ -57,7 +72,7 @@ pub struct Ticket {
     rx: oneshot::Receiver<Outcome>,
     deadline: Instant,
     pending: Pending,
-    generation: u64,
+    token: String,
 }
 
 impl Ticket {
@@ -83,11 +98,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut pending = self.pending.lock().expect("pending map poisoned");
-        if pending
-            .get(&self.id)
-            .is_some_and(|(g, _)| *g == self.generation)
-        {
-            pending.remove(&self.id);
+        pending.by_token.remove(&self.token);
+        if pending.ids.get(&self.id) == Some(&self.token) {
+            pending.ids.remove(&self.id);
         }
     }
 }
@@ -115,7 +128,6 @@ impl Dispatcher {
             js,
             instance,
             pending: Arc::default(),
-            generation: Default::default(),
             request_timeout,
             publish_timeout,
             draining,
@@ -123,6 +135,7 @@ impl Dispatcher {
             closed: CancellationToken::new(),
         });
         let router = Router {
+            reply_prefix: protocol::reply_subject(&dispatcher.instance, ""),
             pending: dispatcher.pending.clone(),
             streams: dispatcher.streams.clone(),
             archive,
@@ -163,7 +176,11 @@ impl Dispatcher {
 
     /// Requests waiting for an answer on this instance.
     pub fn in_flight(&self) -> usize {
-        self.pending.lock().expect("pending map poisoned").len()
+        self.pending
+            .lock()
+            .expect("pending map poisoned")
+            .by_token
+            .len()
     }
 
     /// Validates, admits and enqueues a request. `Ok` means JetStream stored it: an answer,
@@ -199,28 +216,34 @@ impl Dispatcher {
 
         let id = request.id.clone();
         let (tx, rx) = oneshot::channel();
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = new_id();
         {
             let mut pending = self.pending.lock().expect("pending map poisoned");
-            if pending.contains_key(&id) {
+            if pending.ids.contains_key(&id) {
                 return Err(duplicate(&id));
             }
-            pending.insert(id.clone(), (generation, tx));
+            pending.ids.insert(id.clone(), token.clone());
+            pending.by_token.insert(
+                token.clone(),
+                Waiter {
+                    id: id.clone(),
+                    network: network.clone(),
+                    tx,
+                },
+            );
         }
         let ticket = Ticket {
             id: id.clone(),
             rx,
             deadline,
             pending: self.pending.clone(),
-            generation,
+            token: token.clone(),
         };
 
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CALLBACK,
-            protocol::reply_subject(&self.instance, &id).as_str(),
+            protocol::reply_subject(&self.instance, &token).as_str(),
         );
         headers.insert(header::MSG_ID, id.as_str());
         headers.insert(header::ACCEPT_STREAM, "1");
@@ -274,6 +297,8 @@ impl Dispatcher {
 
 /// Routes what arrives on this instance's callbacks.
 struct Router {
+    /// `imgfetch.reply.<instance>.`: what precedes the token in a callback subject.
+    reply_prefix: String,
     pending: Pending,
     streams: Streams,
     archive: Option<Arc<Archive>>,
@@ -285,10 +310,11 @@ impl Router {
     fn route(&self, msg: async_nats::Message) {
         let headers = msg.headers.as_ref();
         let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        let id = get(header::ID)
-            .map(str::to_owned)
-            .or_else(|| msg.subject.rsplit('.').next().map(str::to_owned))
-            .unwrap_or_default();
+        let token = msg
+            .subject
+            .strip_prefix(self.reply_prefix.as_str())
+            .unwrap_or_default()
+            .to_owned();
         if let Some(flow) = get(header::FLOW) {
             let part = if let Some(seq) = get(header::SEQ) {
                 match seq.trim().parse::<u64>() {
@@ -308,20 +334,32 @@ impl Router {
             } else if !outcome::status_ok(headers) {
                 Part::Failed(outcome::failure_of(headers, &msg.payload))
             } else {
-                return self.start_stream(&id, flow, headers, msg.payload.len());
+                return self.start_stream(
+                    &token,
+                    get(header::ID),
+                    flow,
+                    headers,
+                    msg.payload.len(),
+                );
             };
-            if self.streams.route(flow, part) == Routed::Overrun {
-                tracing::warn!(id, flow, "a resolver sent beyond its credit; stream failed");
-                self.cancel(flow, "sent beyond the credit");
+            match self.streams.route(flow, &token, part) {
+                Routed::Overrun => {
+                    tracing::warn!(flow, "a resolver sent beyond its credit; stream failed");
+                    self.cancel(flow, "sent beyond the credit");
+                }
+                Routed::Foreign => forged(&token, "a stream message on another request's callback"),
+                Routed::Queued | Routed::Unknown => {}
             }
             return;
         }
-        let Some(tx) = self.waiter(&id) else {
+        let Some(waiter) = self.waiter(&token, get(header::ID)) else {
             return;
         };
-        let mut outcome = outcome::from_reply(&id, headers, msg.payload);
-        if let (Ok(image), Some(archive)) = (&mut outcome, &self.archive) {
-            if let Body::Inline(bytes) = &image.body {
+        let mut outcome = outcome::from_reply(&waiter.id, headers, msg.payload);
+        if let Ok(image) = &mut outcome {
+            // The network is the one the gateway queued the request for, whatever the reply says.
+            image.info.network = waiter.network.clone();
+            if let (Body::Inline(bytes), Some(archive)) = (&image.body, &self.archive) {
                 image.archived = archive.store(
                     &image.id,
                     &image.key,
@@ -331,22 +369,24 @@ impl Router {
                 );
             }
         }
-        let _ = tx.send(outcome);
+        let _ = waiter.tx.send(outcome);
     }
 
     /// The head of a stream: the waiter gets an image whose body is a [`Transfer`].
     fn start_stream(
         &self,
-        id: &str,
+        token: &str,
+        id: Option<&str>,
         flow: &str,
         headers: Option<&async_nats::HeaderMap>,
         body_len: usize,
     ) {
-        let Some(tx) = self.waiter(id) else {
+        let Some(waiter) = self.waiter(token, id) else {
             // Nobody waits (a redelivery after a failure, or a client that left).
             self.cancel(flow, "nobody waits for this image");
             return;
         };
+        let (id, tx) = (waiter.id.as_str(), waiter.tx);
         let parsed = match headers {
             Some(h) if body_len == 0 => Head::parse(id, h),
             _ => Err("the stream's head is malformed".to_owned()),
@@ -361,6 +401,7 @@ impl Router {
         };
         let mut outcome = outcome::from_parts(id, headers, Body::Inline(bytes::Bytes::new()));
         if let Ok(image) = &mut outcome {
+            image.info.network = waiter.network.clone();
             let (archived, sink) = match &self.archive {
                 Some(archive) => {
                     archive.begin(&image.id, &image.key, &image.content_type, &image.info)
@@ -370,6 +411,7 @@ impl Router {
             image.archived = archived;
             image.body = Body::Stream(Box::new(Transfer::new(
                 head,
+                token,
                 self.client.clone(),
                 &self.streams,
                 self.settings,
@@ -380,17 +422,28 @@ impl Router {
         let _ = tx.send(outcome);
     }
 
-    fn waiter(&self, id: &str) -> Option<oneshot::Sender<Outcome>> {
-        let waiter = self
-            .pending
-            .lock()
-            .expect("pending map poisoned")
-            .remove(id);
-        if waiter.is_none() {
+    /// Takes the waiter of `token`, if the reply's id (`Imgfetch-Id`) is the one on record.
+    fn waiter(&self, token: &str, id: Option<&str>) -> Option<Waiter> {
+        let mut pending = self.pending.lock().expect("pending map poisoned");
+        let Some(recorded) = pending.by_token.get(token) else {
             metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);
-            tracing::debug!(id, "reply for a request nobody waits for; dropped");
+            tracing::debug!(token, "reply for a request nobody waits for; dropped");
+            return None;
+        };
+        if id != Some(recorded.id.as_str()) {
+            let recorded = recorded.id.clone();
+            drop(pending);
+            forged(
+                token,
+                &format!("Imgfetch-Id {id:?} where {recorded:?} was asked for"),
+            );
+            return None;
         }
-        waiter.map(|(_, tx)| tx)
+        let waiter = pending.by_token.remove(token)?;
+        if pending.ids.get(&waiter.id).map(String::as_str) == Some(token) {
+            pending.ids.remove(&waiter.id);
+        }
+        Some(waiter)
     }
 
     fn cancel(&self, flow: &str, why: &str) {
@@ -417,6 +470,12 @@ impl Router {
             });
         }
     }
+}
+
+/// A reply that cannot be what the gateway asked for: dropped, counted, logged.
+fn forged(token: &str, why: &str) {
+    metrics::counter!("imgfetch_gateway_forged_replies_total").increment(1);
+    tracing::warn!(token, why, "reply dropped as forged");
 }
 
 fn duplicate(id: &str) -> Failure {

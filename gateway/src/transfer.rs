@@ -66,6 +66,8 @@ pub struct Streams {
 struct Entry {
     tx: mpsc::Sender<Part>,
     started: Arc<AtomicBool>,
+    /// The callback token of the request the stream answers.
+    token: String,
 }
 
 /// What became of a part handed to [`Streams::route`].
@@ -77,16 +79,22 @@ pub enum Routed {
     Unknown,
     /// The resolver sent beyond its credit; the transfer was failed.
     Overrun,
+    /// The flow belongs to another request's stream: not delivered.
+    Foreign,
 }
 
 impl Streams {
-    /// Hands a part to the transfer of `flow`. Never waits: a transfer's queue holds a whole
+    /// Hands a part to the transfer of `flow`, if it came on that transfer's callback (`token`).
+    /// Never waits: a transfer's queue holds a whole
     /// window, so only a resolver that ignores its credit can fill it.
-    pub fn route(&self, flow: &str, part: Part) -> Routed {
+    pub fn route(&self, flow: &str, token: &str, part: Part) -> Routed {
         let mut streams = self.inner.lock().expect("streams poisoned");
         let Some(entry) = streams.get(flow) else {
             return Routed::Unknown;
         };
+        if entry.token != token {
+            return Routed::Foreign;
+        }
         match entry.tx.try_send(part) {
             Ok(()) => Routed::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -187,9 +195,11 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    /// Registers a transfer for `head` with `streams`; parts routed to its flow come to it.
+    /// Registers a transfer for `head`, answering the request of callback `token`, with
+    /// `streams`; parts routed to its flow on that callback come to it.
     pub fn new(
         head: Head,
+        token: &str,
         client: async_nats::Client,
         streams: &Streams,
         settings: StreamSettings,
@@ -203,6 +213,7 @@ impl Transfer {
             Entry {
                 tx,
                 started: started.clone(),
+                token: token.to_owned(),
             },
         );
         metrics::gauge!("imgfetch_gateway_streams").increment(1.0);

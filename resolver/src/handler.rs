@@ -9,7 +9,7 @@
 //! | not found, bad key, bad body, too large, past its deadline | the error | term |
 //! | store failing, attempts left | none | nak with a growing delay |
 //! | store failing, last attempt | `store_unavailable` | term |
-//! | no callback header | none (logged) | term |
+//! | no callback header, or one `validate::callback` refuses | none (logged, counted) | term |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,22 +137,31 @@ pub async fn decide(
 ) -> Decision {
     let callback = headers
         .and_then(|h| h.get(header::CALLBACK))
-        .map(|v| v.as_str().to_owned())
-        .filter(|c| valid_callback(c));
-    let Some(callback) = callback else {
+        .map(|v| v.as_str().to_owned());
+    // One rule for callbacks, `common`'s: never a `$` server subject, never imgfetch's own
+    // request or ping subjects, never a wildcard. A refused callback gets no reply at all.
+    let refused = match &callback {
+        None => Some(("no_callback", "no callback header".to_owned())),
+        Some(c) => validate::callback(c)
+            .err()
+            .map(|e| ("bad_callback", e.to_string())),
+    };
+    if let Some((reason, why)) = refused {
         tracing::warn!(
             subject,
-            "request without a usable {} header; dropped",
+            callback,
+            why,
+            "request without a usable {}; termed",
             header::CALLBACK
         );
-        metrics::counter!("imgfetch_resolver_dropped_total", "reason" => "no_callback")
-            .increment(1);
+        metrics::counter!("imgfetch_resolver_dropped_total", "reason" => reason).increment(1);
         return Decision {
             reply: None,
             settle: Settle::Term,
             stream: None,
         };
-    };
+    }
+    let callback = callback.unwrap_or_default();
     let header_id = headers
         .and_then(|h| h.get(header::MSG_ID))
         .map(|v| v.as_str().to_owned());
@@ -325,15 +334,6 @@ fn retry_or_give_up(
         settle: Settle::Term,
         stream: None,
     }
-}
-
-/// A callback must be a plain subject a reply can be published to: no wildcards, no spaces.
-fn valid_callback(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject.len() <= 512
-        && subject.split('.').all(|t| {
-            !t.is_empty() && t != "*" && t != ">" && !t.contains(|c: char| c.is_whitespace())
-        })
 }
 
 fn past_deadline(value: &str) -> bool {

@@ -6,10 +6,12 @@
 //! - [`s3`]: an `s3s-fs` S3 server (it checks SigV4 signatures) in a temp directory.
 //! - [`pipeline`]: resolvers and gateways run in this process through their `run` functions,
 //!   plus the clients the tests talk through.
+//! - [`fake`]: a stand-in resolver that speaks the wire protocol by hand, for faults and forgery.
 //!
 //! Each server's log is written to its temp directory and printed when a test fails, so a
 //! failure can be read.
 
+pub mod fake;
 pub mod nats;
 pub mod pipeline;
 pub mod s3;

@@ -10,9 +10,10 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::digest::{sha256_hex, Hasher};
-use imgfetch_common::protocol::{self, header, ResolverInfo};
+use imgfetch_common::protocol::{self, header};
+use imgfetch_tests::fake::{fake_resolver, take_request};
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{ask, dir_resolver, header_of, wait_served, Gateway};
+use imgfetch_tests::pipeline::{ask, dir_resolver, header_of, Gateway};
 use imgfetch_tests::pipeline::{WsAnswer, WsClient};
 use imgfetch_tests::{eventually, init_logs, write_large_image};
 use serde_json::json;
@@ -348,84 +349,6 @@ async fn a_client_leaving_mid_stream_stops_the_resolver_and_leaves_no_archive_co
     tokio::time::sleep(Duration::from_millis(500)).await;
     let left: Vec<_> = files_under(archive.path());
     assert!(left.is_empty(), "archive holds {left:?}");
-}
-
-/// Stands in for a resolver of `network` on the real NATS server, so a test can send exactly
-/// the stream it wants: answers pings and takes requests from the network's consumer.
-async fn fake_resolver(
-    nats_url: &str,
-    network: &str,
-) -> (
-    async_nats::Client,
-    async_nats::jetstream::consumer::PullConsumer,
-) {
-    let client = async_nats::connect(nats_url).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let consumer = imgfetch_common::provision::ensure_network(
-        &js,
-        &Default::default(),
-        &Default::default(),
-        network,
-        true,
-    )
-    .await
-    .unwrap();
-    let mut pings = client
-        .subscribe(protocol::ping_subject(network))
-        .await
-        .unwrap();
-    let answerer = client.clone();
-    let info = ResolverInfo {
-        instance: "fake".into(),
-        networks: vec![network.into()],
-        max_image_bytes: 1 << 30,
-        max_inline_bytes: 900_000,
-    };
-    tokio::spawn(async move {
-        while let Some(ping) = pings.next().await {
-            if let Some(reply) = ping.reply {
-                let body = serde_json::to_vec(&info).unwrap();
-                let _ = answerer.publish(reply, body.into()).await;
-            }
-        }
-    });
-    // A flush only writes the subscription out; an answered ping proves the server has it.
-    wait_served(&client, network).await;
-    (client, consumer)
-}
-
-/// Takes the next request off the consumer; its id and callback.
-async fn take_request(
-    consumer: &async_nats::jetstream::consumer::PullConsumer,
-) -> (String, String, async_nats::jetstream::Message) {
-    let mut batch = consumer
-        .batch()
-        .max_messages(1)
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(10), batch.next())
-        .await
-        .expect("a request within 10 s")
-        .unwrap()
-        .unwrap();
-    let id = header_of_js(&msg, header::MSG_ID);
-    let callback = header_of_js(&msg, header::CALLBACK);
-    assert_eq!(
-        header_of_js(&msg, header::ACCEPT_STREAM),
-        "1",
-        "the gateway accepts streams"
-    );
-    (id, callback, msg)
-}
-
-fn header_of_js(msg: &async_nats::jetstream::Message, name: &str) -> String {
-    msg.headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str().to_owned())
-        .unwrap_or_default()
 }
 
 /// Sends `image` as a stream of `chunk`-byte chunks on `callback`, honouring credit, with

@@ -1,0 +1,87 @@
+//! A stand-in resolver speaking the wire protocol by hand on the real NATS server, for tests
+//! that need to send exactly what a faulty or hostile resolver would.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use imgfetch_common::protocol::{self, header, ResolverInfo};
+
+use crate::pipeline::wait_served;
+
+/// Stands in for a resolver of `network` on the real NATS server, so a test can send exactly
+/// the stream it wants: answers pings and takes requests from the network's consumer.
+pub async fn fake_resolver(
+    nats_url: &str,
+    network: &str,
+) -> (
+    async_nats::Client,
+    async_nats::jetstream::consumer::PullConsumer,
+) {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = imgfetch_common::provision::ensure_network(
+        &js,
+        &Default::default(),
+        &Default::default(),
+        network,
+        true,
+    )
+    .await
+    .unwrap();
+    let mut pings = client
+        .subscribe(protocol::ping_subject(network))
+        .await
+        .unwrap();
+    let answerer = client.clone();
+    let info = ResolverInfo {
+        instance: "fake".into(),
+        networks: vec![network.into()],
+        max_image_bytes: 1 << 30,
+        max_inline_bytes: 900_000,
+    };
+    tokio::spawn(async move {
+        while let Some(ping) = pings.next().await {
+            if let Some(reply) = ping.reply {
+                let body = serde_json::to_vec(&info).unwrap();
+                let _ = answerer.publish(reply, body.into()).await;
+            }
+        }
+    });
+    // A flush only writes the subscription out; an answered ping proves the server has it.
+    wait_served(&client, network).await;
+    (client, consumer)
+}
+
+/// Takes the next request off the consumer; its id and callback.
+pub async fn take_request(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+) -> (String, String, async_nats::jetstream::Message) {
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), batch.next())
+        .await
+        .expect("a request within 10 s")
+        .unwrap()
+        .unwrap();
+    let id = header_of_js(&msg, header::MSG_ID);
+    let callback = header_of_js(&msg, header::CALLBACK);
+    assert_eq!(
+        header_of_js(&msg, header::ACCEPT_STREAM),
+        "1",
+        "the gateway accepts streams"
+    );
+    (id, callback, msg)
+}
+
+pub fn header_of_js(msg: &async_nats::jetstream::Message, name: &str) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,127 @@
+//! Hostile callbacks and forged replies, on a real nats-server.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use imgfetch_common::digest::sha256_hex;
+use imgfetch_common::protocol::{self, header};
+use imgfetch_tests::fake::{fake_resolver, take_request};
+use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::pipeline::{hand_publish, header_of, sample_resolver, Gateway, WsClient};
+use imgfetch_tests::{eventually, init_logs};
+use serde_json::json;
+
+#[tokio::test]
+async fn callbacks_on_server_and_imgfetch_subjects_get_no_reply_and_are_termed() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _r = sample_resolver(&nats.url(), "harbor").await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    for (i, callback) in [
+        "imgfetch.req.harbor",
+        "imgfetch.ping.harbor",
+        "$JS.API.STREAM.INFO.IMGFETCH",
+        "$SYS.REQ.SERVER.PING",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("hostile-{i}");
+        let body = json!({"id": id, "key": "quay-east.jpg"}).to_string();
+        let mut sub = hand_publish(
+            &client,
+            "imgfetch.req.harbor",
+            &body,
+            Some(callback),
+            Some(&id),
+        )
+        .await
+        .unwrap();
+        // Whatever arrives on the callback subject (for the request subject itself, this test's
+        // own request), none of it is a reply.
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+            assert!(
+                header_of(&msg, header::STATUS).is_none(),
+                "a reply went to {callback}: {:?}",
+                msg.headers
+            );
+        }
+        // The request was termed at once: nothing pending, nothing delivered and unsettled,
+        // nothing stored in its place.
+        eventually("the request termed", Duration::from_secs(10), || {
+            let js = js.clone();
+            async move {
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(
+                        protocol::consumer_name("harbor"),
+                        protocol::DEFAULT_STREAM,
+                    )
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_ack_pending == 0 && info.num_pending == 0 && info.num_redelivered == 0)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_second_party_cannot_answer_a_waiting_clients_request() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (resolver, consumer) = fake_resolver(&nats.url(), "forge").await;
+    let gateway = Gateway::start(&nats.url(), |c| c.instance = "gw-victim".into()).await;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"V","network":"forge","key":"mine.jpg"}))
+        .await;
+    let (id, callback, msg) = take_request(&consumer).await;
+    assert_eq!(id, "V");
+    // The callback is the gateway's, but its last token is not the client's id.
+    assert!(
+        callback.starts_with("imgfetch.reply.gw-victim."),
+        "{callback}"
+    );
+    assert!(!callback.ends_with(".V"), "{callback}");
+
+    let reply = |id: &str, body: &'static [u8], network: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(header::ID, id);
+        h.insert(header::STATUS, "ok");
+        h.insert(header::NETWORK, network);
+        h.insert(header::CONTENT_TYPE, "image/jpeg");
+        h.insert(header::SHA256, sha256_hex(body).as_str());
+        (h, Bytes::from_static(body))
+    };
+    // A second party answers on the subject the client's id would give, and on the real
+    // callback with another id: neither reaches the client.
+    let (h, b) = reply("V", b"someone else's image", "forge");
+    resolver
+        .publish_with_headers("imgfetch.reply.gw-victim.V", h, b)
+        .await
+        .unwrap();
+    let (h, b) = reply("W", b"someone else's image", "forge");
+    resolver
+        .publish_with_headers(callback.clone(), h, b)
+        .await
+        .unwrap();
+    resolver.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The real answer, claiming another network, still reaches the client as its own, with the
+    // network it asked for.
+    let (h, b) = reply("V", b"the real image", "elsewhere");
+    resolver
+        .publish_with_headers(callback.clone(), h, b)
+        .await
+        .unwrap();
+    msg.ack().await.unwrap();
+    let answer = ws.next_answer().await;
+    assert_eq!(answer.frame["type"], "image", "{}", answer.frame);
+    assert_eq!(answer.bytes.as_deref(), Some(&b"the real image"[..]));
+    assert_eq!(answer.frame["info"]["network"], "forge", "{}", answer.frame);
+}
