@@ -17,6 +17,8 @@ pub const REPLY_PREFIX: &str = "imgfetch.reply";
 pub const PING_PREFIX: &str = "imgfetch.ping";
 /// Queue group the resolvers' ping responders share.
 pub const RESOLVER_QUEUE_GROUP: &str = "imgfetch-resolver";
+/// Queue group the gateways' sentinels share, on `imgfetch.req.>`.
+pub const SENTINEL_QUEUE_GROUP: &str = "imgfetch-gateway-sentinel";
 
 /// Request subject of one network: `imgfetch.req.<network>`.
 pub fn request_subject(network: &str) -> String {

@@ -10,14 +10,13 @@ use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use imgfetch_common::protocol::{header, network_of_subject, ErrorCode, REQUEST_PREFIX};
+use imgfetch_common::protocol::{
+    header, network_of_subject, ErrorCode, REQUEST_PREFIX, SENTINEL_QUEUE_GROUP,
+};
 use imgfetch_common::{codec, validate};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
-
-/// Queue group shared by all gateways' sentinels.
-const QUEUE_GROUP: &str = "imgfetch-gateway-sentinel";
 
 /// Starts the sentinel; it runs until `shutdown`.
 pub async fn start(
@@ -26,7 +25,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut sub = client
-        .queue_subscribe(format!("{REQUEST_PREFIX}.>"), QUEUE_GROUP.to_owned())
+        .queue_subscribe(
+            format!("{REQUEST_PREFIX}.>"),
+            SENTINEL_QUEUE_GROUP.to_owned(),
+        )
         .await?;
     tokio::spawn(async move {
         loop {
