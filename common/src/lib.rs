@@ -9,6 +9,7 @@
 //!   [`protocol::FetchRequest`] body.
 //! - [`codec`]: turns request bodies into bytes (msgpack) and back (msgpack or JSON).
 //! - [`digest`]: the SHA-256 every image travels with.
+//! - [`frames`]: the websocket frames, both ways.
 //! - [`info`]: the associated information of an image (place, time, device) as one record.
 //! - [`validate`]: the rules for network names, request ids, keys and `meta` maps.
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
@@ -18,6 +19,7 @@
 
 pub mod codec;
 pub mod digest;
+pub mod frames;
 pub mod info;
 pub mod protocol;
 pub mod provision;
