@@ -7,6 +7,7 @@
 //!
 //! - [`protocol`]: subject names, header names, the [`protocol::ErrorCode`] enum and the
 //!   [`protocol::FetchRequest`] body.
+//! - [`connect`]: NATS credentials and TLS, turned into connect options once for both binaries.
 //! - [`codec`]: turns request bodies into bytes (msgpack) and back (msgpack or JSON).
 //! - [`digest`]: the SHA-256 every image travels with.
 //! - [`info`]: the associated information of an image (place, time, device) as one record.
@@ -17,6 +18,7 @@
 //! - [`telemetry`]: tracing-subscriber setup.
 
 pub mod codec;
+pub mod connect;
 pub mod digest;
 pub mod info;
 pub mod protocol;
