@@ -51,6 +51,12 @@ impl NatsServer {
         NatsServer::start_with(&roles_block())
     }
 
+    /// Starts a server with the accounts and users of `deploy/nats.yaml`'s ConfigMap, the
+    /// Kubernetes roles, with each `$<ROLE>_PASSWORD` set to the role's development password.
+    pub fn start_with_deploy_roles() -> NatsServer {
+        NatsServer::start_with(&deploy_roles_block())
+    }
+
     /// Credentials of `role` (`gateway`, `resolver` or `publisher`) as the binaries take them:
     /// the user and a file holding its development password from `nats.conf`.
     pub fn auth(&self, role: &str) -> NatsAuth {
@@ -150,6 +156,39 @@ pub fn roles_block() -> String {
         .map(|i| start + i + END.len())
         .expect("nats.conf has a `# END imgfetch roles` line");
     conf[start..end].to_owned()
+}
+
+/// The `accounts { ... }` block of `deploy/nats.yaml`'s nats.conf, its password variables
+/// replaced by the development passwords of `nats.conf`.
+pub fn deploy_roles_block() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats.yaml");
+    let yaml = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    // The ConfigMap's file is indented by four spaces; the block ends at its closing brace.
+    let mut block = String::new();
+    let mut inside = false;
+    for line in yaml.lines() {
+        if line == "    accounts {" {
+            inside = true;
+        }
+        if inside {
+            block.push_str(line.strip_prefix("    ").unwrap_or(line));
+            block.push('\n');
+            if line == "    }" {
+                break;
+            }
+        }
+    }
+    assert!(
+        block.ends_with("}\n"),
+        "deploy/nats.yaml has no complete `accounts {{ ... }}` block"
+    );
+    for role in ["gateway", "resolver", "publisher"] {
+        let var = format!("${}_PASSWORD", role.to_uppercase());
+        assert!(block.contains(&var), "deploy/nats.yaml does not name {var}");
+        block = block.replace(&var, &dev_password(role));
+    }
+    block
 }
 
 /// The development password of `role` in the roles block: the `password:` line right after

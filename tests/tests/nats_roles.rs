@@ -315,6 +315,82 @@ async fn the_whole_pipeline_serves_images_with_roles_on() {
     );
 }
 
+#[tokio::test]
+async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
+    init_logs();
+    let nats = NatsServer::start_with_deploy_roles();
+    assert!(
+        async_nats::connect(nats.url()).await.is_err(),
+        "an anonymous connection must be refused"
+    );
+    let (publisher, mut errors) = nats.connect_as("publisher").await;
+    let mut config = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    config.nats_auth = nats.auth("resolver");
+    let resolver = Resolver::start_pinging(config, &publisher).await;
+    // Replicas are named after their pods: any instance name works with the shared user.
+    let gateway_auth = nats.auth("gateway");
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.nats_auth = gateway_auth;
+        c.archive = None;
+    })
+    .await;
+    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
+    let answer = ask(
+        &publisher,
+        "imgfetch.req.harbor",
+        r#"{"id":"k8s-1","key":"quay-east.jpg"}"#,
+        "k8s-1",
+    )
+    .await;
+    assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    gateway.stop().await;
+    resolver.stop().await;
+    let log = nats.log();
+    assert!(
+        !log.contains("Violation"),
+        "the server refused something during a normal run:\n{log}"
+    );
+
+    publisher
+        .publish("$JS.API.STREAM.DELETE.IMGFETCH", "".into())
+        .await
+        .unwrap();
+    refused(
+        &mut errors,
+        "Permissions Violation for Publish to \"$JS.API.STREAM.DELETE.IMGFETCH\"",
+    )
+    .await;
+    let _ = publisher.subscribe("imgfetch.reply.>").await.unwrap();
+    refused(
+        &mut errors,
+        "Permissions Violation for Subscription to \"imgfetch.reply.>\"",
+    )
+    .await;
+    let (gateway, mut errors) = nats.connect_as("gateway").await;
+    gateway
+        .publish(
+            "$JS.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-harbor",
+            "".into(),
+        )
+        .await
+        .unwrap();
+    refused(
+        &mut errors,
+        "Permissions Violation for Publish to \"$JS.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-harbor\"",
+    )
+    .await;
+}
+
 /// A CA and a server certificate for 127.0.0.1 and localhost, made with the openssl CLI.
 fn make_certs(dir: &Path) {
     let openssl = |args: &[&str]| {
