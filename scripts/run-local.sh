@@ -20,7 +20,14 @@ echo "run-local: building (cargo build --locked --bins)" >&2
 cargo build --locked --bins --quiet
 bin="$root/target/debug"
 
-mkdir -p .local/logs .local/nats
+mkdir -p .local/logs .local/nats .local/secrets
+# nats.conf has no anonymous access: each component logs in as its role (docs/SECURITY.md),
+# with the fixed development passwords written in nats.conf.
+dev_password() { awk -v u="$1" '$1 == "user:" && $2 == u { getline; print $2; exit }' nats.conf; }
+for role in gateway resolver publisher; do
+  (umask 077; dev_password "$role" >".local/secrets/$role.password")
+  [[ -s ".local/secrets/$role.password" ]] || { echo "run-local: no $role user in nats.conf" >&2; exit 1; }
+done
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -54,12 +61,16 @@ wait_for "nats-server" port_open 4222
 "$bin/imgfetch-resolver" \
   --nats-url nats://127.0.0.1:4222 \
   --instance local-resolver \
+  --nats-user resolver --nats-password-file .local/secrets/resolver.password \
   --network "harbor=file://$root/samples/harbor" \
   --network "plant=file://$root/samples/plant" \
   >.local/logs/resolver.log 2>&1 &
 pids+=($!)
 
+# nats.conf lets the gateway user listen only on imgfetch.reply.local-gateway.>.
 "$bin/imgfetch-gateway" --nats-url nats://127.0.0.1:4222 --listen "$HTTP" \
+  --instance local-gateway \
+  --nats-user gateway --nats-password-file .local/secrets/gateway.password \
   --archive "$root/.local/archive" \
   >.local/logs/gateway.log 2>&1 &
 pids+=($!)
@@ -84,10 +95,12 @@ Try:
 Websocket (ws://$HTTP/v1/ws), one JSON text frame per request, e.g. with websocat:
   echo '{"type":"fetch","network":"harbor","key":"cranes/crane-07.jpg"}' | websocat -n1 ws://$HTTP/v1/ws
 
-NATS CLI (see docs/PROTOCOL.md):
-  nats sub --count 1 --raw my.inbox.img1 > crane.jpg &
+NATS CLI (see docs/PROTOCOL.md), as the publisher role (user publisher, development password
+"$(cat .local/secrets/publisher.password)"; callbacks must be under me.>):
+  export NATS_USER=publisher NATS_PASSWORD=$(cat .local/secrets/publisher.password)
+  nats sub --count 1 --raw me.img1 > crane.jpg &
   nats pub imgfetch.req.harbor '{"id":"img1","key":"cranes/crane-07.jpg"}' \\
-      -H Imgfetch-Callback:my.inbox.img1 -H Nats-Msg-Id:img1
+      -H Imgfetch-Callback:me.img1 -H Nats-Msg-Id:img1
 
 Press Ctrl-C to stop.
 MSG

@@ -7,6 +7,7 @@
 //!
 //! - [`protocol`]: subject names, header names, the [`protocol::ErrorCode`] enum and the
 //!   [`protocol::FetchRequest`] body.
+//! - [`connect`]: NATS credentials and TLS, turned into connect options once for both binaries.
 //! - [`codec`]: turns request bodies into bytes (msgpack) and back (msgpack or JSON).
 //! - [`digest`]: the SHA-256 every image travels with.
 //! - [`frames`]: the websocket frames, both ways.
@@ -18,6 +19,7 @@
 //! - [`telemetry`]: tracing-subscriber setup.
 
 pub mod codec;
+pub mod connect;
 pub mod digest;
 pub mod frames;
 pub mod info;

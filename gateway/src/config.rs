@@ -2,9 +2,11 @@
 //! [`defaults`]. The gateway needs no list of networks: it learns them from JetStream.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use imgfetch_common::connect::NatsAuth;
 use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -53,6 +55,19 @@ pub struct Args {
     /// NATS server URL.
     #[arg(long, env = "IMGFETCH_NATS_URL", default_value = defaults::NATS_URL)]
     pub nats_url: String,
+    // NATS credentials and TLS (see imgfetch_common::connect), kept together.
+    /// NATS .creds file (user JWT and nkey seed).
+    #[arg(long, env = "IMGFETCH_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name; the password comes from --nats-password-file.
+    #[arg(long, env = "IMGFETCH_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password (never logged).
+    #[arg(long, env = "IMGFETCH_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// PEM file of the CA to trust for NATS; makes the connection TLS.
+    #[arg(long, env = "IMGFETCH_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "IMGFETCH_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
@@ -104,6 +119,8 @@ pub struct Args {
 pub struct Config {
     /// NATS server URL.
     pub nats_url: String,
+    /// NATS credentials and TLS.
+    pub nats_auth: NatsAuth,
     /// Instance name, a subject token.
     pub instance: String,
     /// JetStream stream name.
@@ -139,6 +156,7 @@ impl Config {
     pub fn new(nats_url: impl Into<String>) -> Config {
         Config {
             nats_url: nats_url.into(),
+            nats_auth: NatsAuth::default(),
             instance: format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             stream: imgfetch_common::protocol::DEFAULT_STREAM.to_owned(),
             request_timeout: Duration::from_millis(defaults::REQUEST_TIMEOUT_MS),
@@ -162,6 +180,13 @@ impl Config {
     /// Turns parsed flags into a config, checking what clap cannot.
     pub fn from_args(args: Args) -> Result<Config, String> {
         let mut config = Config::new(args.nats_url);
+        config.nats_auth = NatsAuth {
+            creds_file: args.nats_creds,
+            user: args.nats_user,
+            password_file: args.nats_password_file,
+            tls_ca: args.nats_tls_ca,
+        };
+        config.nats_auth.check().map_err(|e| e.to_string())?;
         if let Some(instance) = args.instance {
             imgfetch_common::validate::id(&instance)
                 .map_err(|e| format!("instance: {}", e.reason))?;
@@ -286,6 +311,18 @@ mod tests {
                 "cannot contain '/'",
             ),
             (&["--archive", "ftp://x/y"][..], "supported: file, s3"),
+            (&["--nats-user", "gateway"][..], "needs a password file"),
+            (
+                &[
+                    "--nats-creds",
+                    "/c",
+                    "--nats-user",
+                    "u",
+                    "--nats-password-file",
+                    "/p",
+                ][..],
+                "not both",
+            ),
         ] {
             let err = parse(list).unwrap_err();
             assert!(

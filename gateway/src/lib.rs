@@ -40,14 +40,9 @@ pub use config::Config;
 /// Why the gateway could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// NATS could not be reached.
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        /// The URL.
-        url: String,
-        /// Why.
-        source: async_nats::ConnectError,
-    },
+    /// NATS could not be reached, refused the credentials, or failed TLS.
+    #[error(transparent)]
+    Connect(#[from] imgfetch_common::connect::ConnectError),
     /// Subscribing to callbacks or requests failed.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -69,14 +64,13 @@ pub async fn run(
         Some(spec) => Some(Arc::new(archive::Archive::open(spec).await?)),
         None => None,
     };
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("imgfetch-gateway {}", config.instance))
-        .connect(&config.nats_url)
-        .await
-        .map_err(|source| RunError::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+    let client = config
+        .nats_auth
+        .connect(
+            &config.nats_url,
+            format!("imgfetch-gateway {}", config.instance),
+        )
+        .await?;
     let draining = shutdown.child_token();
     let dispatcher = dispatch::Dispatcher::start(
         client.clone(),

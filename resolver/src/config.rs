@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use imgfetch_common::connect::NatsAuth;
 use imgfetch_common::provision::{ConsumerSettings, StreamSettings};
 pub use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
@@ -58,6 +59,18 @@ pub struct Args {
     /// NATS server URL [default: nats://127.0.0.1:4222].
     #[arg(long, env = "IMGFETCH_NATS_URL")]
     pub nats_url: Option<String>,
+    /// NATS .creds file (user JWT and nkey seed).
+    #[arg(long, env = "IMGFETCH_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name; the password comes from --nats-password-file.
+    #[arg(long, env = "IMGFETCH_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password (never logged).
+    #[arg(long, env = "IMGFETCH_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// PEM file of the CA to trust for NATS; makes the connection TLS.
+    #[arg(long, env = "IMGFETCH_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
     /// A network and its store, as NAME=URL (file:///dir or s3://bucket[/prefix]); repeatable.
     /// S3 settings come from the standard AWS_* variables.
     #[arg(long = "network", env = "IMGFETCH_NETWORKS", value_delimiter = ',')]
@@ -104,6 +117,14 @@ pub struct Args {
 pub struct FileConfig {
     /// NATS server URL.
     pub nats_url: Option<String>,
+    /// NATS .creds file.
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name.
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password.
+    pub nats_password_file: Option<PathBuf>,
+    /// PEM file of the CA to trust for NATS; makes the connection TLS.
+    pub nats_tls_ca: Option<PathBuf>,
     /// Instance name.
     pub instance: Option<String>,
     /// Requests handled at once.
@@ -169,6 +190,8 @@ pub struct NetworkSpec {
 pub struct Config {
     /// NATS server URL.
     pub nats_url: String,
+    /// NATS credentials and TLS.
+    pub nats_auth: NatsAuth,
     /// Instance name.
     pub instance: String,
     /// The networks served.
@@ -211,6 +234,7 @@ impl Config {
     pub fn new(nats_url: impl Into<String>, networks: Vec<NetworkSpec>) -> Config {
         Config {
             nats_url: nats_url.into(),
+            nats_auth: NatsAuth::default(),
             instance: default_instance(),
             networks,
             concurrency: defaults::CONCURRENCY,
@@ -282,6 +306,16 @@ impl Config {
                 .unwrap_or_else(|| defaults::NATS_URL.to_owned()),
             networks,
         );
+        config.nats_auth = NatsAuth {
+            creds_file: args.nats_creds.or(file.nats_creds),
+            user: args.nats_user.or(file.nats_user),
+            password_file: args.nats_password_file.or(file.nats_password_file),
+            tls_ca: args.nats_tls_ca.or(file.nats_tls_ca),
+        };
+        config
+            .nats_auth
+            .check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(instance) = args.instance.or(file.instance) {
             imgfetch_common::validate::id(&instance)
                 .map_err(|e| ConfigError::Invalid(format!("instance: {}", e.reason)))?;
@@ -516,6 +550,9 @@ mod tests {
     fn file_networks_carry_their_own_credentials_and_flags_override_the_file() {
         const FILE: &str = r#"
             nats_url = "nats://file:4222"
+            nats_user = "resolver"
+            nats_password_file = "/run/secrets/nats/password"
+            nats_tls_ca = "/run/secrets/nats/ca.pem"
             concurrency = 3
             [networks.cams]
             url = "s3://cams"
@@ -533,6 +570,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.nats_url, "nats://file:4222");
         assert_eq!(c.concurrency, 5);
+        assert_eq!(
+            c.nats_auth,
+            NatsAuth {
+                creds_file: None,
+                user: Some("resolver".into()),
+                password_file: Some("/run/secrets/nats/password".into()),
+                tls_ca: Some("/run/secrets/nats/ca.pem".into()),
+            }
+        );
         let cams = c.networks.iter().find(|n| n.name == "cams").unwrap();
         match &cams.store {
             StoreSpec::S3 { options, .. } => {
@@ -561,6 +607,10 @@ mod tests {
                 "log format",
             ),
             (&["--config", "/missing.toml"], "cannot read"),
+            (
+                &["--network", "a=file:///x", "--nats-user", "resolver"],
+                "needs a password file",
+            ),
             (
                 &["--network", "a=file:///x", "--store-attempts", "11"],
                 "store attempts must be 1 to 10",

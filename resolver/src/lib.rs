@@ -42,14 +42,9 @@ pub enum RunError {
     /// A store could not be opened or read.
     #[error(transparent)]
     Store(#[from] OpenError),
-    /// NATS could not be reached.
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        /// The URL.
-        url: String,
-        /// Why.
-        source: async_nats::ConnectError,
-    },
+    /// NATS could not be reached, refused the credentials, or failed TLS.
+    #[error(transparent)]
+    Connect(#[from] imgfetch_common::connect::ConnectError),
     /// The stream or a consumer could not be set up.
     #[error("network {network:?}: {source}")]
     Provision {
@@ -83,14 +78,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         stores.push(Store::open(&net.name, &net.store, config.store_timeout, &readers).await?);
     }
 
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("imgfetch-resolver {}", config.instance))
-        .connect(&config.nats_url)
-        .await
-        .map_err(|source| RunError::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+    let client = config
+        .nats_auth
+        .connect(
+            &config.nats_url,
+            format!("imgfetch-resolver {}", config.instance),
+        )
+        .await?;
     let max_payload = client.server_info().max_payload as u64;
     let fits = max_payload.saturating_sub(defaults::PAYLOAD_HEADROOM);
     let max_inline_bytes = match config.max_inline_bytes {

@@ -1,10 +1,16 @@
 //! A real `nats-server` for one test: random port, JetStream in a temp directory, killed on drop.
+//!
+//! [`NatsServer::start_with_roles`] runs it with the roles block of the project's own
+//! `nats.conf` (between `# BEGIN imgfetch roles` and `# END imgfetch roles`), so the tests check
+//! the permissions that ship; [`NatsServer::auth`] logs in as one of those roles.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use imgfetch_common::connect::NatsAuth;
 
 /// A running nats-server.
 pub struct NatsServer {
@@ -37,6 +43,59 @@ impl NatsServer {
             dir,
             log,
         }
+    }
+
+    /// Starts a server with the committed `nats.conf`'s accounts and users: no anonymous
+    /// access, each role limited to its subjects.
+    pub fn start_with_roles() -> NatsServer {
+        NatsServer::start_with(&roles_block())
+    }
+
+    /// Starts a server with the accounts and users of `deploy/nats.yaml`'s ConfigMap, the
+    /// Kubernetes roles, with each `$<ROLE>_PASSWORD` set to the role's development password.
+    pub fn start_with_deploy_roles() -> NatsServer {
+        NatsServer::start_with(&deploy_roles_block())
+    }
+
+    /// Credentials of `role` (`gateway`, `resolver` or `publisher`) as the binaries take them:
+    /// the user and a file holding its development password from `nats.conf`.
+    pub fn auth(&self, role: &str) -> NatsAuth {
+        let file = self.dir.path().join(format!("{role}.password"));
+        std::fs::write(&file, format!("{}\n", dev_password(role))).expect("write password file");
+        NatsAuth {
+            user: Some(role.to_owned()),
+            password_file: Some(file),
+            ..NatsAuth::default()
+        }
+    }
+
+    /// Connects as `role`, and returns the errors the server sends this connection (such as
+    /// permission violations) as they come.
+    pub async fn connect_as(
+        &self,
+        role: &str,
+    ) -> (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = self
+            .auth(role)
+            .options(format!("test {role}"))
+            .await
+            .expect("connect options")
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(err) = event {
+                        let _ = tx.send(err.to_string());
+                    }
+                }
+            })
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect as {role}: {e}"));
+        (client, rx)
     }
 
     /// Kills the server and starts it again on the same port with the same JetStream store,
@@ -76,6 +135,75 @@ impl NatsServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The project's `nats.conf`.
+pub fn project_conf() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats.conf");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The roles block of the project's `nats.conf`, markers included.
+pub fn roles_block() -> String {
+    const BEGIN: &str = "# BEGIN imgfetch roles";
+    const END: &str = "# END imgfetch roles";
+    let conf = project_conf();
+    let start = conf
+        .find(BEGIN)
+        .expect("nats.conf has a `# BEGIN imgfetch roles` line");
+    let end = conf[start..]
+        .find(END)
+        .map(|i| start + i + END.len())
+        .expect("nats.conf has a `# END imgfetch roles` line");
+    conf[start..end].to_owned()
+}
+
+/// The `accounts { ... }` block of `deploy/nats.yaml`'s nats.conf, its password variables
+/// replaced by the development passwords of `nats.conf`.
+pub fn deploy_roles_block() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats.yaml");
+    let yaml = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    // The ConfigMap's file is indented by four spaces; the block ends at its closing brace.
+    let mut block = String::new();
+    let mut inside = false;
+    for line in yaml.lines() {
+        if line == "    accounts {" {
+            inside = true;
+        }
+        if inside {
+            block.push_str(line.strip_prefix("    ").unwrap_or(line));
+            block.push('\n');
+            if line == "    }" {
+                break;
+            }
+        }
+    }
+    assert!(
+        block.ends_with("}\n"),
+        "deploy/nats.yaml has no complete `accounts {{ ... }}` block"
+    );
+    for role in ["gateway", "resolver", "publisher"] {
+        let var = format!("${}_PASSWORD", role.to_uppercase());
+        assert!(block.contains(&var), "deploy/nats.yaml does not name {var}");
+        block = block.replace(&var, &dev_password(role));
+    }
+    block
+}
+
+/// The development password of `role` in the roles block: the `password:` line right after
+/// its `user:` line.
+pub fn dev_password(role: &str) -> String {
+    let block = roles_block();
+    let mut lines = block.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line == format!("user: {role}") {
+            if let Some(password) = lines.next().and_then(|l| l.strip_prefix("password: ")) {
+                return password.trim().to_owned();
+            }
+        }
+    }
+    panic!("nats.conf's roles block has no user {role:?} followed by its password");
 }
 
 impl Drop for NatsServer {

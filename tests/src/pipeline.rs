@@ -23,9 +23,20 @@ pub struct Resolver {
 impl Resolver {
     /// Starts a resolver and waits until every one of its networks answers pings.
     pub async fn start(config: imgfetch_resolver::Config) -> Resolver {
-        let client = async_nats::connect(&config.nats_url)
+        let client = config
+            .nats_auth
+            .connect(&config.nats_url, "test pings".into())
             .await
             .expect("connect for pings");
+        Resolver::start_pinging(config, &client).await
+    }
+
+    /// Starts a resolver and waits until every one of its networks answers pings sent through
+    /// `client` (for a resolver whose own credentials may not ping).
+    pub async fn start_pinging(
+        config: imgfetch_resolver::Config,
+        client: &async_nats::Client,
+    ) -> Resolver {
         let networks: Vec<String> = config.networks.iter().map(|n| n.name.clone()).collect();
         let token = CancellationToken::new();
         let handle = tokio::spawn(imgfetch_resolver::run(config, token.clone()));
@@ -34,7 +45,7 @@ impl Resolver {
             handle: Some(handle),
         };
         for net in networks {
-            wait_served(&client, &net).await;
+            wait_served(client, &net).await;
         }
         resolver
     }

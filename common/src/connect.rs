@@ -1,0 +1,206 @@
+//! How the gateway and the resolver connect to NATS: who they are (a `.creds` file, or a user
+//! and a password read from a file) and whether the connection is TLS, trusting which CA.
+//!
+//! Both binaries take the same four settings (`--nats-creds`, `--nats-user`,
+//! `--nats-password-file`, `--nats-tls-ca`) and hand them here as a [`NatsAuth`], so that the
+//! connection is built in one place. A password is read from its file only when connecting,
+//! and never appears in logs or in `Debug` output: only the file's path does.
+
+use std::path::{Path, PathBuf};
+
+/// Credentials and TLS of a NATS connection. All empty: anonymous, plain TCP (what a server
+/// without `authorization` or `accounts` accepts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// A `.creds` file (user JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// User name, with [`NatsAuth::password_file`].
+    pub user: Option<String>,
+    /// File holding the user's password (a mounted Kubernetes Secret); trailing newlines are
+    /// ignored.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA to trust; makes the connection TLS.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Why a NATS connection could not be set up or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The settings contradict each other or miss a part.
+    #[error("NATS credentials: {0}")]
+    Settings(&'static str),
+    /// The password file or the creds file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server could not be reached, refused the credentials, or failed TLS.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The client's error (its kind says authorization, TLS, I/O, ...).
+        source: async_nats::ConnectError,
+    },
+}
+
+impl NatsAuth {
+    /// Checks that the settings fit together: a creds file or a user with a password file,
+    /// not both; a password file only with a user. Files are read later, when connecting.
+    pub fn check(&self) -> Result<(), ConnectError> {
+        match (&self.creds_file, &self.user, &self.password_file) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(ConnectError::Settings(
+                "give a creds file or a user and password file, not both",
+            )),
+            (None, Some(_), None) => Err(ConnectError::Settings(
+                "a NATS user needs a password file (--nats-password-file)",
+            )),
+            (None, None, Some(_)) => Err(ConnectError::Settings(
+                "a NATS password file needs a user (--nats-user)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Connect options carrying these credentials and TLS settings, named `name` (the name
+    /// shows in the server's connection list).
+    pub async fn options(&self, name: String) -> Result<async_nats::ConnectOptions, ConnectError> {
+        self.check()?;
+        // object_store's HTTP client brings rustls with aws-lc-rs and async-nats brings ring;
+        // with both compiled in, rustls cannot pick a process default and a NATS TLS handshake
+        // panics. Choose ring, async-nats' own, unless something chose already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut options = async_nats::ConnectOptions::new().name(name);
+        if let Some(path) = &self.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|source| read_error(path, source))?;
+        }
+        if let (Some(user), Some(path)) = (&self.user, &self.password_file) {
+            let password = std::fs::read_to_string(path)
+                .map_err(|source| read_error(path, source))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            options = options.user_and_password(user.clone(), password);
+        }
+        if let Some(ca) = &self.tls_ca {
+            if !ca.is_file() {
+                return Err(read_error(
+                    ca,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such CA file"),
+                ));
+            }
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        Ok(options)
+    }
+
+    /// Connects to `url` as `name`.
+    pub async fn connect(
+        &self,
+        url: &str,
+        name: String,
+    ) -> Result<async_nats::Client, ConnectError> {
+        self.options(name)
+            .await?
+            .connect(url)
+            .await
+            .map_err(|source| ConnectError::Connect {
+                url: url.to_owned(),
+                source,
+            })
+    }
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> ConnectError {
+    ConnectError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_must_fit_together() {
+        let p = || Some(PathBuf::from("/p"));
+        let u = || Some("gateway".to_owned());
+        for (auth, ok) in [
+            (NatsAuth::default(), true),
+            (
+                NatsAuth {
+                    user: u(),
+                    password_file: p(),
+                    ..NatsAuth::default()
+                },
+                true,
+            ),
+            (
+                NatsAuth {
+                    creds_file: p(),
+                    tls_ca: p(),
+                    ..NatsAuth::default()
+                },
+                true,
+            ),
+            (
+                NatsAuth {
+                    user: u(),
+                    ..NatsAuth::default()
+                },
+                false,
+            ),
+            (
+                NatsAuth {
+                    password_file: p(),
+                    ..NatsAuth::default()
+                },
+                false,
+            ),
+            (
+                NatsAuth {
+                    creds_file: p(),
+                    user: u(),
+                    password_file: p(),
+                    ..NatsAuth::default()
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(auth.check().is_ok(), ok, "{auth:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_password_is_read_from_its_file_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("imgfetch-connect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret-pass\n").unwrap();
+        let auth = NatsAuth {
+            user: Some("gateway".into()),
+            password_file: Some(file),
+            ..NatsAuth::default()
+        };
+        assert!(auth.options("t".into()).await.is_ok());
+        assert!(!format!("{auth:?}").contains("s3cret"));
+        let missing = NatsAuth {
+            user: Some("gateway".into()),
+            password_file: Some(dir.join("missing")),
+            ..NatsAuth::default()
+        };
+        let err = missing.options("t".into()).await.unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("missing"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,531 @@
+//! The NATS roles of the committed `nats.conf` (docs/SECURITY.md), against a real nats-server
+//! running that very roles block: each forbidden action is refused by the server, and the
+//! whole pipeline still serves images with every component logged in as its role. Also TLS:
+//! the binaries' `--nats-tls-ca` connects to a TLS server, and without it they fail clearly.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use imgfetch_common::connect::NatsAuth;
+use imgfetch_common::protocol::header;
+use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
+use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::pipeline::{
+    ask, file_network, header_of, next_within, resolver_config, samples_dir, Gateway, Resolver,
+};
+use imgfetch_tests::{init_logs, sample};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// The gateway instance name the local `nats.conf` lets the gateway user listen under.
+const GATEWAY_INSTANCE: &str = "local-gateway";
+
+/// Waits for the server to send this connection an error containing `expected`, and returns
+/// the error as the client reports it.
+async fn refused(errors: &mut UnboundedReceiver<String>, expected: &str) -> String {
+    let mut seen = Vec::new();
+    let wait = async {
+        while let Some(err) = errors.recv().await {
+            if err.contains(expected) {
+                return Some(err);
+            }
+            seen.push(err);
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(5), wait).await {
+        Ok(Some(err)) => {
+            eprintln!("refused as expected: {err}");
+            err
+        }
+        _ => panic!("expected the server to refuse with {expected:?}; errors seen: {seen:?}"),
+    }
+}
+
+/// Creates the stream and the `harbor` consumer as the resolver role does when it starts.
+async fn provision_harbor(nats: &NatsServer) -> async_nats::jetstream::consumer::PullConsumer {
+    let (resolver, _) = nats.connect_as("resolver").await;
+    let js = async_nats::jetstream::new(resolver);
+    provision::ensure_network(
+        &js,
+        &StreamSettings::default(),
+        &ConsumerSettings::default(),
+        "harbor",
+        true,
+    )
+    .await
+    .expect("the resolver role provisions the stream and its consumer")
+}
+
+#[tokio::test]
+async fn anonymous_and_wrong_password_connections_are_refused() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    let err = async_nats::connect(nats.url())
+        .await
+        .expect_err("an anonymous connection must be refused");
+    eprintln!("anonymous: {err}");
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "anonymous: {err}"
+    );
+    let err = async_nats::ConnectOptions::new()
+        .user_and_password("publisher".into(), "not-the-password".into())
+        .connect(nats.url())
+        .await
+        .expect_err("a wrong password must be refused");
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "wrong password: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_publisher_cannot_delete_or_purge_the_stream() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    provision_harbor(&nats).await;
+    let (publisher, mut errors) = nats.connect_as("publisher").await;
+    let inbox = publisher.new_inbox();
+    let mut answers = publisher.subscribe(inbox.clone()).await.unwrap();
+    for api in ["STREAM.DELETE", "STREAM.PURGE", "CONSUMER.DELETE"] {
+        let subject = if api.starts_with("CONSUMER") {
+            format!("$JS.API.{api}.IMGFETCH.imgfetch-harbor")
+        } else {
+            format!("$JS.API.{api}.IMGFETCH")
+        };
+        publisher
+            .publish_with_reply(subject.clone(), inbox.clone(), "".into())
+            .await
+            .unwrap();
+        refused(
+            &mut errors,
+            &format!("Permissions Violation for Publish to \"{subject}\""),
+        )
+        .await;
+    }
+    // The stream and its consumer are still there, and JetStream never answered.
+    let js = async_nats::jetstream::new(publisher.clone());
+    let mut stream = js
+        .get_stream("IMGFETCH")
+        .await
+        .expect("the stream survives");
+    assert_eq!(stream.info().await.unwrap().state.consumer_count, 1);
+    assert!(
+        next_within(&mut answers, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "JetStream answered a refused management request"
+    );
+}
+
+#[tokio::test]
+async fn the_publisher_cannot_listen_to_gateway_replies() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    let (publisher, mut errors) = nats.connect_as("publisher").await;
+    let mut replies = publisher.subscribe("imgfetch.reply.>").await.unwrap();
+    refused(
+        &mut errors,
+        "Permissions Violation for Subscription to \"imgfetch.reply.>\"",
+    )
+    .await;
+    let mut marker = publisher.subscribe("me.marker").await.unwrap();
+    publisher.flush().await.unwrap();
+    // A resolver answers a gateway, then sends the publisher a marker: once the marker is
+    // here, the answer would have been too, had the subscription been allowed.
+    let (resolver, _) = nats.connect_as("resolver").await;
+    resolver
+        .publish(
+            format!("imgfetch.reply.{GATEWAY_INSTANCE}.x"),
+            "secret".into(),
+        )
+        .await
+        .unwrap();
+    resolver.publish("me.marker", "".into()).await.unwrap();
+    resolver.flush().await.unwrap();
+    next_within(&mut marker, Duration::from_secs(5))
+        .await
+        .expect("the marker reaches the publisher");
+    assert!(
+        next_within(&mut replies, Duration::from_millis(100))
+            .await
+            .is_none(),
+        "the publisher received a gateway's reply"
+    );
+}
+
+#[tokio::test]
+async fn the_publisher_cannot_publish_on_a_gateway_reply_subject() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    let (gateway, _) = nats.connect_as("gateway").await;
+    let subject = format!("imgfetch.reply.{GATEWAY_INSTANCE}.forged");
+    let mut replies = gateway.subscribe(subject.clone()).await.unwrap();
+    gateway.flush().await.unwrap();
+    let (publisher, mut errors) = nats.connect_as("publisher").await;
+    publisher
+        .publish(subject.clone(), "forged image".into())
+        .await
+        .unwrap();
+    refused(
+        &mut errors,
+        &format!("Permissions Violation for Publish to \"{subject}\""),
+    )
+    .await;
+    // The first message the gateway sees on that subject is the resolver's, sent after the
+    // forgery was refused.
+    let (resolver, _) = nats.connect_as("resolver").await;
+    resolver
+        .publish(subject.clone(), "real".into())
+        .await
+        .unwrap();
+    resolver.flush().await.unwrap();
+    let first = next_within(&mut replies, Duration::from_secs(5))
+        .await
+        .expect("the resolver's reply reaches the gateway");
+    assert_eq!(first.payload.as_ref(), b"real", "the gateway got a forgery");
+}
+
+#[tokio::test]
+async fn the_gateway_role_cannot_pull_from_a_consumer() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    let consumer = provision_harbor(&nats).await;
+    let (publisher, _) = nats.connect_as("publisher").await;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CALLBACK, "me.pull-1");
+    async_nats::jetstream::new(publisher)
+        .publish_with_headers(
+            "imgfetch.req.harbor",
+            headers,
+            r#"{"id":"pull-1","key":"quay-east.jpg"}"#.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("the publisher's request is stored");
+
+    let (gateway, mut errors) = nats.connect_as("gateway").await;
+    let inbox = gateway.new_inbox();
+    let mut delivered = gateway.subscribe(inbox.clone()).await.unwrap();
+    let subject = "$JS.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-harbor";
+    gateway
+        .publish_with_reply(subject, inbox, r#"{"batch":1,"expires":1000000000}"#.into())
+        .await
+        .unwrap();
+    refused(
+        &mut errors,
+        &format!("Permissions Violation for Publish to \"{subject}\""),
+    )
+    .await;
+    assert!(
+        next_within(&mut delivered, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the gateway pulled a request"
+    );
+    // The request is still there for the resolver role.
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let msg = batch
+        .next()
+        .await
+        .expect("the resolver pulls the request")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&msg.payload).contains("pull-1"));
+    msg.ack().await.expect("the resolver role may ack");
+}
+
+#[tokio::test]
+async fn the_whole_pipeline_serves_images_with_roles_on() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    let (publisher, _) = nats.connect_as("publisher").await;
+    let mut config = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    config.nats_auth = nats.auth("resolver");
+    // The resolver role may not ping; the publisher may.
+    let resolver = Resolver::start_pinging(config, &publisher).await;
+    let gateway_auth = nats.auth("gateway");
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.nats_auth = gateway_auth;
+        c.instance = GATEWAY_INSTANCE.into();
+        c.archive = None;
+    })
+    .await;
+
+    // HTTP, through the gateway.
+    let r = reqwest::get(gateway.http("/v1/images/harbor/cranes/crane-07.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.headers());
+    let body = r.bytes().await.unwrap();
+    assert_eq!(
+        body.as_ref(),
+        sample("harbor/cranes/crane-07.jpg").as_slice()
+    );
+
+    // By hand, as the publisher: the resolver answers under me.>, and the gateways' sentinel
+    // answers a request no stream captured.
+    let answer = ask(
+        &publisher,
+        "imgfetch.req.harbor",
+        r#"{"id":"cli-1","key":"quay-east.jpg"}"#,
+        "cli-1",
+    )
+    .await;
+    assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(
+        answer.payload.as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
+    let answer = ask(
+        &publisher,
+        "imgfetch.req.atlantis",
+        r#"{"id":"cli-2","key":"x.jpg"}"#,
+        "cli-2",
+    )
+    .await;
+    assert_eq!(
+        header_of(&answer, header::STATUS).as_deref(),
+        Some("unknown_network")
+    );
+    let ready = reqwest::get(gateway.http("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "the gateway role can read the stream");
+
+    gateway.stop().await;
+    resolver.stop().await;
+    // Nothing either binary did was refused: the roles allow all they need.
+    let log = nats.log();
+    assert!(
+        !log.contains("Violation"),
+        "the server refused something during a normal run:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
+    init_logs();
+    let nats = NatsServer::start_with_deploy_roles();
+    assert!(
+        async_nats::connect(nats.url()).await.is_err(),
+        "an anonymous connection must be refused"
+    );
+    let (publisher, mut errors) = nats.connect_as("publisher").await;
+    let mut config = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    config.nats_auth = nats.auth("resolver");
+    let resolver = Resolver::start_pinging(config, &publisher).await;
+    // Replicas are named after their pods: any instance name works with the shared user.
+    let gateway_auth = nats.auth("gateway");
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.nats_auth = gateway_auth;
+        c.archive = None;
+    })
+    .await;
+    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
+    let answer = ask(
+        &publisher,
+        "imgfetch.req.harbor",
+        r#"{"id":"k8s-1","key":"quay-east.jpg"}"#,
+        "k8s-1",
+    )
+    .await;
+    assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    gateway.stop().await;
+    resolver.stop().await;
+    let log = nats.log();
+    assert!(
+        !log.contains("Violation"),
+        "the server refused something during a normal run:\n{log}"
+    );
+
+    publisher
+        .publish("$JS.API.STREAM.DELETE.IMGFETCH", "".into())
+        .await
+        .unwrap();
+    refused(
+        &mut errors,
+        "Permissions Violation for Publish to \"$JS.API.STREAM.DELETE.IMGFETCH\"",
+    )
+    .await;
+    let _ = publisher.subscribe("imgfetch.reply.>").await.unwrap();
+    refused(
+        &mut errors,
+        "Permissions Violation for Subscription to \"imgfetch.reply.>\"",
+    )
+    .await;
+    let (gateway, mut errors) = nats.connect_as("gateway").await;
+    gateway
+        .publish(
+            "$JS.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-harbor",
+            "".into(),
+        )
+        .await
+        .unwrap();
+    refused(
+        &mut errors,
+        "Permissions Violation for Publish to \"$JS.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-harbor\"",
+    )
+    .await;
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made with the openssl CLI.
+fn make_certs(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl (install the openssl package): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut ca = vec!["req", "-x509", "-nodes", "-days", "2"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=imgfetch test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&ca);
+    let mut csr = vec!["req", "-nodes"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&csr);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+/// A nats-server that requires TLS, and the CA that signed its certificate.
+fn tls_server(certs: &Path) -> NatsServer {
+    make_certs(certs);
+    NatsServer::start_with(&format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+        certs.join("server.pem"),
+        certs.join("server.key")
+    ))
+}
+
+#[tokio::test]
+async fn resolver_and_gateway_connect_over_tls_with_the_ca() {
+    init_logs();
+    let certs = tempfile::tempdir().unwrap();
+    let nats = tls_server(certs.path());
+    let auth = NatsAuth {
+        tls_ca: Some(certs.path().join("ca.pem")),
+        ..NatsAuth::default()
+    };
+    let mut config = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    config.nats_auth = auth.clone();
+    let resolver = Resolver::start(config).await;
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.nats_auth = auth;
+        c.archive = None;
+    })
+    .await;
+    let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
+    gateway.stop().await;
+    resolver.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_ca_a_tls_server_is_refused_clearly() {
+    init_logs();
+    let certs = tempfile::tempdir().unwrap();
+    let nats = tls_server(certs.path());
+    let config = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    let err = Resolver::start_err(config).await.to_string();
+    eprintln!("resolver without the CA: {err}");
+    assert!(
+        err.contains("cannot connect to NATS") && err.to_lowercase().contains("certificate"),
+        "expected a connection error naming the certificate, got: {err}"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = imgfetch_gateway::Config::new(nats.url());
+    config.archive = None;
+    let run = imgfetch_gateway::run(listener, config, tokio_util::sync::CancellationToken::new());
+    let err = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the gateway gives up at start")
+        .expect_err("the gateway must not start without the CA")
+        .to_string();
+    eprintln!("gateway without the CA: {err}");
+    assert!(
+        err.contains("cannot connect to NATS") && err.to_lowercase().contains("certificate"),
+        "expected a connection error naming the certificate, got: {err}"
+    );
+}
