@@ -199,7 +199,7 @@ async fn get_image(
         },
         None => crate::dispatch::new_id(),
     };
-    let _in_flight = match client.begin(&network) {
+    let in_flight = match client.begin(&network) {
         Ok(held) => held,
         Err(f) => return error_response(Some(&id), &f),
     };
@@ -228,7 +228,13 @@ async fn get_image(
                 // of its Content-Length, which every HTTP client reports as an error; the last
                 // chunk is only released once the image is verified.
                 outcome::Body::Stream(transfer) => {
-                    let mut response = Response::new(Body::from_stream(chunks(transfer)));
+                    // The token's slot is held until the body is sent or dropped, not only until
+                    // the headers are.
+                    let body = chunks(transfer).map(move |chunk| {
+                        let _held = &in_flight;
+                        chunk
+                    });
+                    let mut response = Response::new(Body::from_stream(body));
                     response
                         .headers_mut()
                         .insert(header::CONTENT_LENGTH, HeaderValue::from(size));

@@ -8,8 +8,8 @@ use imgfetch_common::digest::sha256_hex;
 use imgfetch_common::protocol::{self, ResolverInfo};
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{sample_resolver, wait_served, Gateway, WsClient};
-use imgfetch_tests::{eventually, init_logs};
+use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, wait_served, Gateway, WsClient};
+use imgfetch_tests::{eventually, init_logs, write_large_image};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -334,4 +334,55 @@ async fn a_token_has_at_most_its_in_flight_requests_over_http_and_websocket() {
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
+async fn a_streamed_http_image_holds_its_tokens_slot_until_the_body_is_done() {
+    init_logs();
+    let nats = NatsServer::start();
+    let images = tempfile::tempdir().unwrap();
+    // Well over the inline limit and the credit window, so it streams at the client's pace.
+    write_large_image(&images.path().join("big.jpg"), 24 << 20, 3);
+    let _resolver = dir_resolver(&nats.url(), "scans", images.path()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[token]]\nname = \"a\"\nsha256 = \"{}\"\nnetworks = [\"*\"]\n",
+            sha256_hex(b"token-a")
+        ),
+    )
+    .unwrap();
+    let tokens = Tokens::load(&path).unwrap();
+    let gateway = Gateway::start(&nats.url(), |c| {
+        c.clients.tokens = Some(tokens);
+        c.clients.max_in_flight_per_token = 1;
+    })
+    .await;
+    let url = gateway.http("/v1/images/scans/big.jpg");
+    let get = || {
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth("token-a")
+            .send()
+    };
+
+    // Headers are in, the body is not read: the request is still in flight.
+    let streaming = get().await.unwrap();
+    assert_eq!(streaming.status(), 200);
+    let second = get().await.unwrap();
+    assert_eq!(
+        second.status(),
+        429,
+        "a streamed body still being sent must count against its token"
+    );
+    // Reading it to the end frees the slot.
+    let body = streaming.bytes().await.unwrap();
+    assert_eq!(body.len(), 24 << 20);
+    eventually("the token's slot back", Duration::from_secs(5), || async {
+        let r = get().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
 }
