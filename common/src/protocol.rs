@@ -143,11 +143,19 @@ pub enum ErrorCode {
     /// The gateway could not enqueue the request: NATS is down, the queue is full, no resolver
     /// serves the network, or the gateway is shutting down.
     Unavailable,
+    /// The gateway requires a bearer token and the client sent none, or one it does not know.
+    /// Only the gateway's clients see it; resolvers never send it.
+    Unauthorized,
+    /// The client's token may not fetch from that network. Gateway clients only.
+    Forbidden,
+    /// The client's token already has as many requests in flight as it may. Gateway clients
+    /// only.
+    TooManyRequests,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownNetwork,
@@ -158,6 +166,9 @@ impl ErrorCode {
         ErrorCode::Integrity,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManyRequests,
     ];
 
     /// The wire spelling, as used in `Imgfetch-Status` and JSON `code` fields.
@@ -173,6 +184,9 @@ impl ErrorCode {
             ErrorCode::Integrity => "integrity",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyRequests => "too_many_requests",
         }
     }
 }

@@ -42,6 +42,14 @@ pub mod defaults {
     pub const STREAM_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
     /// How long a stream may go without a chunk, while it has credit, before it is failed.
     pub const CHUNK_TIMEOUT_MS: u64 = 30_000;
+    /// How long a websocket may stay silent with nothing in flight before it is closed.
+    pub const WS_IDLE_TIMEOUT_MS: u64 = 60_000;
+    /// How long a client may take to send a request's headers.
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    /// Open TCP connections at once (HTTP and websocket alike).
+    pub const MAX_CONNECTIONS: usize = 4096;
+    /// Requests in flight at once for one token, over HTTP and websocket together.
+    pub const MAX_IN_FLIGHT_PER_TOKEN: usize = 64;
 }
 
 /// Command line of `imgfetch-gateway`.
@@ -112,6 +120,9 @@ pub struct Args {
     /// File name template of the archive.
     #[arg(long, env = "IMGFETCH_ARCHIVE_FILE_TEMPLATE", default_value = crate::template::DEFAULT_FILE)]
     pub archive_file_template: String,
+    /// Client authentication and connection limits.
+    #[command(flatten)]
+    pub clients: ClientArgs,
 }
 
 /// Everything `run` needs, resolved.
@@ -149,6 +160,8 @@ pub struct Config {
     pub archive: Option<ArchiveConfig>,
     /// Where `/metrics` renders from; `None` serves no metrics.
     pub metrics: Option<PrometheusHandle>,
+    /// Client authentication and connection limits.
+    pub clients: ClientSettings,
 }
 
 impl Config {
@@ -174,6 +187,7 @@ impl Config {
             log_format: LogFormat::Text,
             archive: None,
             metrics: None,
+            clients: ClientSettings::default(),
         }
     }
 
@@ -220,12 +234,86 @@ impl Config {
             args.archive_dir_template,
             args.archive_file_template,
         )?;
+        config.clients = ClientSettings::from_args(args.clients)?;
         config.log_format = match args.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => return Err(format!("log format {other:?}: expected text or json")),
         };
         Ok(config)
+    }
+}
+
+/// Flags of client authentication and connection limits (see `docs/SECURITY.md`).
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// TOML file of accepted bearer tokens (SHA-256 hashes) and the networks each may fetch;
+    /// without it every client is let in.
+    #[arg(long, env = "IMGFETCH_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Requests in flight at once for one token, HTTP and websocket together.
+    #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_TOKEN", default_value_t = defaults::MAX_IN_FLIGHT_PER_TOKEN)]
+    pub max_in_flight_per_token: usize,
+    /// Milliseconds a websocket may stay silent, with nothing in flight, before it is closed.
+    #[arg(long, env = "IMGFETCH_WS_IDLE_TIMEOUT_MS", default_value_t = defaults::WS_IDLE_TIMEOUT_MS)]
+    pub ws_idle_timeout_ms: u64,
+    /// Milliseconds a client may take to send a request's headers before the connection is
+    /// closed.
+    #[arg(long, env = "IMGFETCH_HEADER_READ_TIMEOUT_MS", default_value_t = defaults::HEADER_READ_TIMEOUT_MS)]
+    pub header_read_timeout_ms: u64,
+    /// Open TCP connections at once; further ones get a 503 and are closed.
+    #[arg(long, env = "IMGFETCH_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+}
+
+/// Client authentication and connection limits, resolved.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// Accepted tokens; `None` lets every client in.
+    pub tokens: Option<crate::auth::Tokens>,
+    /// Requests in flight at once for one token.
+    pub max_in_flight_per_token: usize,
+    /// How long a websocket may stay silent with nothing in flight.
+    pub ws_idle_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Open TCP connections at once.
+    pub max_connections: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            tokens: None,
+            max_in_flight_per_token: defaults::MAX_IN_FLIGHT_PER_TOKEN,
+            ws_idle_timeout: Duration::from_millis(defaults::WS_IDLE_TIMEOUT_MS),
+            header_read_timeout: Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS),
+            max_connections: defaults::MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl ClientSettings {
+    /// Checks the flags and reads the tokens file.
+    pub fn from_args(args: ClientArgs) -> Result<ClientSettings, String> {
+        if args.max_in_flight_per_token == 0
+            || args.ws_idle_timeout_ms == 0
+            || args.header_read_timeout_ms == 0
+            || args.max_connections == 0
+        {
+            return Err("timeouts and limits must be at least 1".into());
+        }
+        let tokens = match &args.tokens_file {
+            Some(path) => Some(crate::auth::Tokens::load(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(ClientSettings {
+            tokens,
+            max_in_flight_per_token: args.max_in_flight_per_token,
+            ws_idle_timeout: Duration::from_millis(args.ws_idle_timeout_ms),
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            max_connections: args.max_connections,
+        })
     }
 }
 
@@ -322,6 +410,11 @@ mod tests {
                     "/p",
                 ][..],
                 "not both",
+            ),
+            (&["--max-connections", "0"][..], "at least 1"),
+            (
+                &["--tokens-file", "/nonexistent/tokens.toml"][..],
+                "tokens file",
             ),
         ] {
             let err = parse(list).unwrap_err();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archived;
+use crate::auth::Auth;
 use crate::dispatch::Dispatcher;
 use crate::outcome::{self, Failure};
 use crate::transfer::Transfer;
@@ -104,6 +105,8 @@ pub struct AppState {
     pub client: async_nats::Client,
     /// Metrics renderer.
     pub metrics: Option<PrometheusHandle>,
+    /// Who may fetch what.
+    pub auth: Auth,
 }
 
 /// The router.
@@ -114,7 +117,33 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(axum::middleware::map_response(nosniff))
         .with_state(state)
+}
+
+/// Every response tells browsers not to guess its type: an image must never be run as a page.
+async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// The `Content-Type` an image is served with: the sniffed type if it is an image a browser
+/// only ever displays, `application/octet-stream` for anything else (an HTML page stored as
+/// `x.jpg` must not be rendered, nor an SVG with its scripts).
+pub fn served_content_type(sniffed: &str) -> &str {
+    let essence = sniffed.split(';').next().unwrap_or_default().trim();
+    let is_image = essence
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("image/"));
+    if is_image && !essence.eq_ignore_ascii_case("image/svg+xml") {
+        sniffed
+    } else {
+        "application/octet-stream"
+    }
 }
 
 /// HTTP status of each error code.
@@ -126,6 +155,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Unavailable | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::TooLarge | ErrorCode::Integrity => StatusCode::BAD_GATEWAY,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -136,6 +168,11 @@ fn error_response(id: Option<&str>, failure: &Failure) -> Response {
     if let Some(v) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
+    if failure.code == ErrorCode::Unauthorized {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     response
 }
 
@@ -144,6 +181,11 @@ async fn get_image(
     Path((network, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    // Who asks comes first: a stranger learns nothing, not even whether its id was valid.
+    let client = match state.auth.identify(&headers, None) {
+        Ok(c) => c,
+        Err(f) => return error_response(None, &f),
+    };
     let id = match headers.get(REQUEST_ID) {
         Some(v) => match v.to_str().ok().filter(|s| validate::id(s).is_ok()) {
             Some(s) => s.to_owned(),
@@ -156,6 +198,10 @@ async fn get_image(
             }
         },
         None => crate::dispatch::new_id(),
+    };
+    let in_flight = match client.begin(&network) {
+        Ok(held) => held,
+        Err(f) => return error_response(Some(&id), &f),
     };
     let request = FetchRequest {
         id: id.clone(),
@@ -182,7 +228,13 @@ async fn get_image(
                 // of its Content-Length, which every HTTP client reports as an error; the last
                 // chunk is only released once the image is verified.
                 outcome::Body::Stream(transfer) => {
-                    let mut response = Response::new(Body::from_stream(chunks(transfer)));
+                    // The token's slot is held until the body is sent or dropped, not only until
+                    // the headers are.
+                    let body = chunks(transfer).map(move |chunk| {
+                        let _held = &in_flight;
+                        chunk
+                    });
+                    let mut response = Response::new(Body::from_stream(body));
                     response
                         .headers_mut()
                         .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
@@ -190,7 +242,7 @@ async fn get_image(
                 }
             };
             let h = response.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&image.content_type) {
+            if let Ok(v) = HeaderValue::from_str(served_content_type(&image.content_type)) {
                 h.insert(header::CONTENT_TYPE, v);
             }
             if let Ok(v) = HeaderValue::from_str(&id) {
@@ -227,7 +279,24 @@ async fn get_image(
     }
 }
 
-async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// Query parameters of the websocket upgrade.
+#[derive(Debug, serde::Deserialize)]
+struct WsParams {
+    /// The bearer token, for browsers, which cannot set headers on a websocket.
+    token: Option<String>,
+}
+
+async fn websocket(
+    State(state): State<AppState>,
+    Query(params): Query<WsParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Refused before the upgrade: no session, no slot, no buffers for a stranger.
+    let client = match state.auth.identify(&headers, params.token.as_deref()) {
+        Ok(c) => c,
+        Err(f) => return error_response(None, &f),
+    };
     let Ok(slot) = state.websockets.clone().try_acquire_owned() else {
         let f = Failure::new(ErrorCode::Unavailable, "too many open websockets");
         return error_response(None, &f);
@@ -252,6 +321,7 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
                     sink,
                     source,
                     state.dispatcher.clone(),
+                    client,
                     state.limits,
                     state.draining.clone(),
                 )

@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! - [`config`]: flags and environment, resolved into a [`Config`].
+//! - [`auth`]: bearer tokens, the networks each may fetch, and its share of in-flight requests.
+//! - [`serve`]: the accept loop: connection cap, header-read timeout, graceful shutdown.
 //! - [`archive`]: writes each fetched image under a path chosen from its information.
 //! - [`template`]: archive path templates and the sanitising of untrusted values.
 //! - [`directory`]: which networks exist and are served, learned from NATS alone.
@@ -18,19 +20,20 @@
 //! [`run`] takes a bound listener, serves until shutdown, then drains within the grace period.
 
 pub mod archive;
+pub mod auth;
 pub mod config;
 pub mod directory;
 pub mod dispatch;
 pub mod http;
 pub mod outcome;
 pub mod sentinel;
+pub mod serve;
 pub mod template;
 pub mod transfer;
 pub mod ws;
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -92,26 +95,34 @@ pub async fn run(
         limits: ws::Limits {
             max_in_flight: config.max_in_flight_per_socket,
             send_timeout: config.send_timeout,
+            idle_timeout: config.clients.ws_idle_timeout,
         },
         max_client_frame_bytes: config.max_client_frame_bytes,
         draining: draining.clone(),
         client: client.clone(),
         metrics: config.metrics.clone(),
+        auth: match &config.clients.tokens {
+            Some(tokens) => {
+                if tokens.is_empty() {
+                    tracing::warn!("the tokens file lists no tokens: every client is refused");
+                }
+                auth::Auth::with_tokens(tokens, config.clients.max_in_flight_per_token)
+            }
+            None => auth::Auth::open(),
+        },
     };
     let sessions = state.sessions.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, instance = config.instance, "gateway listening");
-    let signal = shutdown.clone();
-    // Without TCP_NODELAY a websocket answer (a JSON frame, then the image) waits for the
-    // client's delayed ACK: 40 ms per small image.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move { signal.cancelled().await });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(serve::serve(
+        listener,
+        http::router(state),
+        serve::Limits {
+            max_connections: config.clients.max_connections,
+            header_read_timeout: config.clients.header_read_timeout,
+        },
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
     // Plain HTTP requests drain with the server; websocket sessions are tracked apart.
     let drain = async {

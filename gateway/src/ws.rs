@@ -8,13 +8,18 @@
 //! image is verified. Requests run concurrently, so answers come in completion order; an
 //! image's frames are never interleaved with anything else.
 //!
+//! A client that sends nothing for the idle timeout while it has nothing in flight is closed
+//! with a close frame (code 1000) whose reason says so; a fetch for a network its token may not
+//! fetch is answered with an `error` frame `forbidden`, and one beyond the token's in-flight
+//! limit with `too_many_requests`.
+//!
 //! The session loop is generic over `Sink` and `Stream`, like axum's testing-websockets example.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 pub use imgfetch_common::frames::{ClientFrame, ServerFrame};
 use imgfetch_common::protocol::{ErrorCode, FetchRequest};
@@ -23,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archived;
+use crate::auth::Client;
 use crate::dispatch::Dispatcher;
 use crate::outcome::{Body, Failure, Image};
 use crate::transfer::Transfer;
@@ -34,6 +40,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// How long one frame may take to reach the client.
     pub send_timeout: Duration,
+    /// How long the client may stay silent, with nothing in flight, before it is closed.
+    pub idle_timeout: Duration,
 }
 
 /// What the session's writer sends: frames as they are, or a streamed image frame by frame.
@@ -89,6 +97,7 @@ pub async fn session<W, R, E>(
     mut sink: W,
     mut source: R,
     dispatcher: Arc<Dispatcher>,
+    client: Client,
     limits: Limits,
     shutdown: CancellationToken,
 ) where
@@ -138,13 +147,35 @@ pub async fn session<W, R, E>(
     let slots = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut tasks = JoinSet::new();
     let mut client_left = false;
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
     loop {
         while tasks.try_join_next().is_some() {}
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = gone.cancelled() => { client_left = true; break }
+            () = &mut idle => {
+                // A request in flight is the client waiting, not idling.
+                if slots.available_permits() < limits.max_in_flight {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    continue;
+                }
+                let reason = format!(
+                    "idle timeout: nothing sent for {} ms with nothing in flight",
+                    limits.idle_timeout.as_millis()
+                );
+                let close = Message::Close(Some(CloseFrame {
+                    code: close_code::NORMAL,
+                    reason: Utf8Bytes::from(reason),
+                }));
+                metrics::counter!("imgfetch_gateway_idle_websockets_closed_total").increment(1);
+                let _ = out_tx.send(Out::Frames(vec![close])).await;
+                break;
+            }
             next = source.next() => next,
         };
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + limits.idle_timeout);
         let text = match next {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
@@ -181,6 +212,15 @@ pub async fn session<W, R, E>(
             Err(err) => {
                 let f = Failure::new(ErrorCode::InvalidRequest, format!("malformed frame: {err}"));
                 let _ = out_tx.send(Out::Frames(vec![error_frame(None, &f)])).await;
+                continue;
+            }
+        };
+        let token_slot = match client.begin(request.network.as_deref().unwrap_or_default()) {
+            Ok(held) => held,
+            Err(f) => {
+                let _ = out_tx
+                    .send(Out::Frames(vec![error_frame(Some(&request.id), &f)]))
+                    .await;
                 continue;
             }
         };
@@ -242,8 +282,9 @@ pub async fn session<W, R, E>(
             if out.send(answer).await.is_err() {
                 return;
             }
-            // The request is answered; the archive report below must not hold its slot.
+            // The request is answered; the archive report below must not hold its slots.
             drop(permit);
+            drop(token_slot);
             // The archive write runs behind the image; report it only if it fails.
             if let Archived::Planned { path, written } = image.archived {
                 if let Ok(Err(message)) = written.await {

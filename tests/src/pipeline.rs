@@ -246,6 +246,15 @@ impl WsClient {
         WsClient { socket }
     }
 
+    /// Connects with a request of one's own (headers, query); the handshake's error, such as
+    /// the refusal's status, comes back as it is.
+    pub async fn try_connect(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(WsClient { socket })
+    }
+
     /// Sends a raw text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.socket.send(Message::text(text)).await.expect("send");
