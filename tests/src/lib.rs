@@ -10,6 +10,7 @@
 //! Each server's log is written to its temp directory and printed when a test fails, so a
 //! failure can be read.
 
+pub mod fuzzing;
 pub mod nats;
 pub mod pipeline;
 pub mod s3;
