@@ -147,18 +147,7 @@ impl Archive {
         info: &ImageInfo,
         received: OffsetDateTime,
     ) -> Result<String, String> {
-        let values = placeholder_values(id, key, content_type, info, received);
-        let mut segments = self.dir.render(&values, &["id"])?;
-        segments.extend(self.file.render(&values, &["id"])?);
-        let path = segments.join("/");
-        if path.len() > template::MAX_PATH_BYTES {
-            return Err(format!(
-                "archive path of {} bytes is over the {}-byte limit",
-                path.len(),
-                template::MAX_PATH_BYTES
-            ));
-        }
-        Ok(path)
+        plan_path(&self.dir, &self.file, id, key, content_type, info, received)
     }
 
     /// The planned path of an image and its object path, or why it will not be archived.
@@ -251,6 +240,36 @@ impl Archive {
         self.writes.close();
         self.writes.wait().await;
     }
+}
+
+/// The path an image goes to under the `dir` and `file` templates: what [`Archive::plan`] does,
+/// without a store, so that the path rules can be checked (and fuzzed) on their own.
+///
+/// `id` must be a valid request id (`imgfetch_common::validate::id`); it is used whole. The
+/// result is `/`-separated, with no empty, `.` or `..` segment, no leading `/` and no control
+/// character, each segment at most [`template::MAX_SEGMENT_BYTES`] and the whole at most
+/// [`template::MAX_PATH_BYTES`] bytes.
+pub fn plan_path(
+    dir: &Template,
+    file: &Template,
+    id: &str,
+    key: &str,
+    content_type: &str,
+    info: &ImageInfo,
+    received: OffsetDateTime,
+) -> Result<String, String> {
+    let values = placeholder_values(id, key, content_type, info, received);
+    let mut segments = dir.render(&values, &["id"])?;
+    segments.extend(file.render(&values, &["id"])?);
+    let path = segments.join("/");
+    if path.len() > template::MAX_PATH_BYTES {
+        return Err(format!(
+            "archive path of {} bytes is over the {}-byte limit",
+            path.len(),
+            template::MAX_PATH_BYTES
+        ));
+    }
+    Ok(path)
 }
 
 fn not_archived(id: &str, why: String) -> Archived {

@@ -181,8 +181,8 @@ const RESERVED: [&str; 22] = [
 /// Letters of every script and digits are kept, with `-`, `_`, `.` and `+`; every run of
 /// anything else (slashes, backslashes, spaces, control, bidirectional and other format
 /// characters, punctuation) becomes one `-`. Leading and trailing `-`, `.` and `_` are trimmed,
-/// so `..` cannot survive; the result is cut to 64 characters; a reserved device name gets a
-/// `_` appended; an empty result becomes `fallback`.
+/// so `..` cannot survive; the result is cut to 64 characters and 96 bytes; a reserved device
+/// name gets a `_` appended, within those limits; an empty result becomes `fallback`.
 pub fn segment(value: &str, fallback: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
     let mut out = String::new();
@@ -213,13 +213,18 @@ pub fn segment(value: &str, fallback: &str) -> String {
         }
         trimmed.push(c);
     }
-    let trimmed = trimmed.trim_end_matches(is_edge).to_owned();
+    let mut trimmed = trimmed.trim_end_matches(is_edge).to_owned();
     if trimmed.is_empty() {
         return fallback.to_owned();
     }
     let stem = trimmed.split('.').next().unwrap_or("");
     if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
-        return format!("{trimmed}_");
+        // The `_` must fit in the limits too: make room for it at the end (the stem, at most
+        // four characters at the start, stays).
+        while trimmed.chars().count() >= MAX_VALUE_CHARS || trimmed.len() >= MAX_VALUE_BYTES {
+            trimmed.pop();
+        }
+        trimmed.push('_');
     }
     trimmed
 }
@@ -275,6 +280,19 @@ mod tests {
         let wide = segment(&"\u{20000}".repeat(100), "unknown");
         assert_eq!(wide.len(), MAX_VALUE_BYTES);
         assert_eq!(segment(&"a".repeat(100), "unknown").len(), MAX_VALUE_CHARS);
+    }
+
+    /// Found by fuzzing (archive_path): the `_` appended to a reserved device name took a
+    /// value that was already at the limit to 65 characters or 97 bytes.
+    #[test]
+    fn reserved_names_stay_within_the_limits() {
+        let long = segment(&format!("CON.{}", "a".repeat(100)), "unknown");
+        assert_eq!(long.chars().count(), MAX_VALUE_CHARS);
+        assert!(long.starts_with("CON.a") && long.ends_with("a_"), "{long}");
+        let wide = segment(&format!("nul.aa{}", "长".repeat(40)), "unknown");
+        assert!(wide.len() <= MAX_VALUE_BYTES, "{} bytes", wide.len());
+        assert!(wide.starts_with("nul.aa") && wide.ends_with('_'), "{wide}");
+        assert_eq!(segment("aux", "unknown"), "aux_");
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! - [`pipeline`]: resolvers and gateways run in this process through their `run` functions,
 //!   plus the clients the tests talk through.
 //! - [`fake`]: a stand-in resolver that speaks the wire protocol by hand, for faults and forgery.
+//! - [`fuzzing`]: the fuzz targets' bodies and invariants, shared by `fuzz/` and the replay test.
 //!
 //! Each server's log is written to its temp directory and printed when a test fails, so a
 //! failure can be read.
 
 pub mod fake;
+pub mod fuzzing;
 pub mod nats;
 pub mod pipeline;
 pub mod s3;
