@@ -77,6 +77,17 @@ pub fn find_bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where the binaries are for a test of this crate: tests run from `target/<profile>/deps`, and
+/// `cargo test` builds the workspace's binaries one level up.
+pub fn test_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .expect("the test binary's path")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
 /// A child process killed on drop; its output goes to a log file.
 pub struct Proc {
     child: Child,

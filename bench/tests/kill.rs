@@ -11,13 +11,7 @@ use imgfetch_tests::nats::NatsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolver_killed_mid_stream_is_a_clean_error_and_the_next_one_serves_the_image() {
-    // Tests run from target/<profile>/deps; the binaries are one level up.
-    let bin_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .to_path_buf();
+    let bin_dir = imgfetch_bench::procs::test_bin_dir();
     let nats = NatsServer::start();
     let images = tempfile::tempdir().unwrap();
     let size = 200_000_000;

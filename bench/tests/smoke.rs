@@ -5,13 +5,7 @@ use clap::Parser;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_run_measures_every_path_without_a_failed_request() {
-    // Tests run from target/<profile>/deps; the binaries are one level up.
-    let bin_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .to_path_buf();
+    let bin_dir = imgfetch_bench::procs::test_bin_dir();
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("report.json");
     let options = imgfetch_bench::Options::parse_from([

@@ -3,55 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use imgfetch_common::digest::sha256_hex;
-use imgfetch_common::protocol::{self, ResolverInfo};
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, wait_served, Gateway, WsClient};
+use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway, WsClient};
 use imgfetch_tests::{eventually, init_logs, write_large_image};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A network whose requests are stored and never taken: a ping responder makes the gateway
-/// accept them, and nobody pulls from the consumer, so they stay in flight until the deadline.
-/// Returns the client that must stay alive for the responder to keep answering.
-async fn silent_network(nats_url: &str, network: &str) -> async_nats::Client {
-    let client = async_nats::connect(nats_url).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    imgfetch_common::provision::ensure_network(
-        &js,
-        &Default::default(),
-        &Default::default(),
-        network,
-        true,
-    )
-    .await
-    .unwrap();
-    let mut pings = client
-        .subscribe(protocol::ping_subject(network))
-        .await
-        .unwrap();
-    let answerer = client.clone();
-    let info = ResolverInfo {
-        instance: "silent".into(),
-        networks: vec![network.into()],
-        max_image_bytes: 1 << 20,
-        max_inline_bytes: 1 << 20,
-    };
-    tokio::spawn(async move {
-        while let Some(ping) = pings.next().await {
-            if let Some(reply) = ping.reply {
-                let body = serde_json::to_vec(&info).unwrap();
-                let _ = answerer.publish(reply, body.into()).await;
-            }
-        }
-    });
-    wait_served(&client, network).await;
-    client
-}
 
 /// The next frame within `within`, or `None` if the socket closed or nothing came.
 async fn next_frame(ws: &mut WsClient, within: Duration) -> Option<Message> {
@@ -65,7 +25,9 @@ async fn next_frame(ws: &mut WsClient, within: Duration) -> Option<Message> {
 async fn idle_websocket_is_closed_with_a_reason_but_not_while_it_waits_for_an_answer() {
     init_logs();
     let nats = NatsServer::start();
-    let _silent = silent_network(&nats.url(), "quiet").await;
+    // A network whose requests are stored and never taken: the stand-in answers pings, so the
+    // gateway accepts requests, and never pulls, so they stay in flight until their deadline.
+    let _silent = imgfetch_tests::fake::fake_resolver(&nats.url(), "quiet").await;
     let gateway = Gateway::start(&nats.url(), |c| {
         c.clients.ws_idle_timeout = Duration::from_millis(400);
         c.request_timeout = Duration::from_millis(1500);
@@ -268,7 +230,9 @@ async fn connections_beyond_the_cap_are_refused_at_once_websockets_included() {
 async fn a_token_has_at_most_its_in_flight_requests_over_http_and_websocket() {
     init_logs();
     let nats = NatsServer::start();
-    let _silent = silent_network(&nats.url(), "quiet").await;
+    // A network whose requests are stored and never taken: the stand-in answers pings, so the
+    // gateway accepts requests, and never pulls, so they stay in flight until their deadline.
+    let _silent = imgfetch_tests::fake::fake_resolver(&nats.url(), "quiet").await;
     let _resolver = sample_resolver(&nats.url(), "harbor").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.toml");
