@@ -72,7 +72,7 @@ pub struct Options {
     #[arg(long, default_value = "target/imgfetch-bench.json")]
     pub json: PathBuf,
     /// A tiny run that proves the benchmark works (CI): 16 KiB, concurrency 1 and 4, 20
-    /// images, 0.3 s runs, 3 networks, 20 idle websockets, a 96 MiB large image.
+    /// images, 0.3 s runs, 3 networks, 20 idle websockets, a 160 MiB large image.
     #[arg(long)]
     pub smoke: bool,
 }
@@ -87,7 +87,7 @@ impl Options {
         self.warmup = 0.1;
         self.networks = 3;
         self.idle_websockets = 20;
-        self.large_size = 96 << 20;
+        self.large_size = 160 << 20;
         self.smoke = true;
         self
     }
