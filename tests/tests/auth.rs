@@ -6,7 +6,7 @@ use std::path::Path;
 use imgfetch_common::digest::sha256_hex;
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway, WsClient};
+use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway, Resolver, WsClient};
 use imgfetch_tests::{init_logs, sample};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -28,6 +28,17 @@ fn tokens(dir: &Path) -> Tokens {
     );
     std::fs::write(&path, text).expect("write tokens file");
     Tokens::load(&path).expect("a valid tokens file")
+}
+
+/// A resolver serving `harbor` from the samples, and a gateway with the test's tokens on.
+async fn with_tokens() -> (NatsServer, Resolver, Gateway) {
+    init_logs();
+    let nats = NatsServer::start();
+    let resolver = sample_resolver(&nats.url(), "harbor").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens(dir.path());
+    let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
+    (nats, resolver, gateway)
 }
 
 async fn get(url: &str, token: Option<&str>) -> reqwest::Response {
@@ -61,12 +72,7 @@ async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> V
 
 #[tokio::test]
 async fn http_refuses_missing_wrong_and_other_network_tokens_and_serves_a_valid_one() {
-    init_logs();
-    let nats = NatsServer::start();
-    let _resolver = sample_resolver(&nats.url(), "harbor").await;
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = tokens(dir.path());
-    let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
+    let (_nats, _resolver, gateway) = with_tokens().await;
     let image = gateway.http("/v1/images/harbor/quay-east.jpg");
 
     let missing = get(&image, None).await;
@@ -135,12 +141,7 @@ fn with_bearer(
 
 #[tokio::test]
 async fn websocket_refuses_missing_and_wrong_tokens_before_the_upgrade() {
-    init_logs();
-    let nats = NatsServer::start();
-    let _resolver = sample_resolver(&nats.url(), "harbor").await;
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = tokens(dir.path());
-    let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
+    let (_nats, _resolver, gateway) = with_tokens().await;
     let url = gateway.ws_url();
 
     assert_eq!(
@@ -160,12 +161,7 @@ async fn websocket_refuses_missing_and_wrong_tokens_before_the_upgrade() {
 
 #[tokio::test]
 async fn websocket_with_a_valid_token_fetches_its_networks_and_is_refused_others() {
-    init_logs();
-    let nats = NatsServer::start();
-    let _resolver = sample_resolver(&nats.url(), "harbor").await;
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = tokens(dir.path());
-    let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
+    let (_nats, _resolver, gateway) = with_tokens().await;
     let url = gateway.ws_url();
     let expected = sample("harbor/quay-east.jpg");
 

@@ -59,6 +59,33 @@ async fn provision_harbor(nats: &NatsServer) -> async_nats::jetstream::consumer:
     .expect("the resolver role provisions the stream and its consumer")
 }
 
+/// A resolver of `harbor` and a gateway, each logged in as its role; `instance` names the
+/// gateway (a random name when `None`). The resolver role may not ping, so the publisher's
+/// connection checks that it serves.
+async fn role_pipeline(
+    nats: &NatsServer,
+    publisher: &async_nats::Client,
+    instance: Option<&str>,
+) -> (Resolver, Gateway) {
+    let mut config = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    config.nats_auth = nats.auth("resolver");
+    let resolver = Resolver::start_pinging(config, publisher).await;
+    let gateway_auth = nats.auth("gateway");
+    let instance = instance.map(str::to_owned);
+    let gateway = Gateway::start(&nats.url(), move |c| {
+        c.nats_auth = gateway_auth;
+        if let Some(instance) = instance {
+            c.instance = instance;
+        }
+        c.archive = None;
+    })
+    .await;
+    (resolver, gateway)
+}
+
 #[tokio::test]
 async fn anonymous_and_wrong_password_connections_are_refused() {
     init_logs();
@@ -251,20 +278,7 @@ async fn the_whole_pipeline_serves_images_with_roles_on() {
     init_logs();
     let nats = NatsServer::start_with_roles();
     let (publisher, _) = nats.connect_as("publisher").await;
-    let mut config = resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", samples_dir().join("harbor"))],
-    );
-    config.nats_auth = nats.auth("resolver");
-    // The resolver role may not ping; the publisher may.
-    let resolver = Resolver::start_pinging(config, &publisher).await;
-    let gateway_auth = nats.auth("gateway");
-    let gateway = Gateway::start(&nats.url(), |c| {
-        c.nats_auth = gateway_auth;
-        c.instance = GATEWAY_INSTANCE.into();
-        c.archive = None;
-    })
-    .await;
+    let (resolver, gateway) = role_pipeline(&nats, &publisher, Some(GATEWAY_INSTANCE)).await;
 
     // HTTP, through the gateway.
     let r = reqwest::get(gateway.http("/v1/images/harbor/cranes/crane-07.jpg"))
@@ -324,19 +338,8 @@ async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
         "an anonymous connection must be refused"
     );
     let (publisher, mut errors) = nats.connect_as("publisher").await;
-    let mut config = resolver_config(
-        &nats.url(),
-        vec![file_network("harbor", samples_dir().join("harbor"))],
-    );
-    config.nats_auth = nats.auth("resolver");
-    let resolver = Resolver::start_pinging(config, &publisher).await;
     // Replicas are named after their pods: any instance name works with the shared user.
-    let gateway_auth = nats.auth("gateway");
-    let gateway = Gateway::start(&nats.url(), |c| {
-        c.nats_auth = gateway_auth;
-        c.archive = None;
-    })
-    .await;
+    let (resolver, gateway) = role_pipeline(&nats, &publisher, None).await;
     let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
         .await
         .unwrap();
