@@ -9,6 +9,14 @@ use serde::{Deserialize, Serialize};
 /// Default name of the JetStream stream that holds pending requests.
 pub const DEFAULT_STREAM: &str = "IMGFETCH";
 
+/// Default name of the JetStream stream that keeps dead letters: requests that ended without an
+/// answer, and the server's advisories about them.
+pub const DEFAULT_DLQ_STREAM: &str = "IMGFETCH_DLQ";
+/// Prefix of the dead-letter subjects; the last token is the network tag.
+pub const DLQ_PREFIX: &str = "imgfetch.dlq";
+/// Name of the durable consumer of max-deliveries advisories that all resolvers share.
+pub const DLQ_CONSUMER: &str = "imgfetch-dead-letters";
+
 /// Prefix of the request subjects; the last token is the network tag.
 pub const REQUEST_PREFIX: &str = "imgfetch.req";
 /// Prefix of the callback subjects a gateway listens on.
@@ -46,6 +54,17 @@ pub fn reply_wildcard(instance: &str) -> String {
 /// Liveness subject of one network's resolvers.
 pub fn ping_subject(network: &str) -> String {
     format!("{PING_PREFIX}.{network}")
+}
+
+/// Dead-letter subject of one network: `imgfetch.dlq.<network>`.
+pub fn dead_letter_subject(network: &str) -> String {
+    format!("{DLQ_PREFIX}.{network}")
+}
+
+/// Subject of the server's advisories about requests of `stream` that ran out of deliveries,
+/// for every consumer: `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.*`.
+pub fn max_deliveries_advisories(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*")
 }
 
 /// Name of the durable pull consumer that all resolvers of one network share.
@@ -113,6 +132,45 @@ pub mod header {
     pub const CREDIT: &str = "Imgfetch-Credit";
     /// On a flow message: stop sending; the value says why.
     pub const CANCEL: &str = "Imgfetch-Cancel";
+
+    /// On a dead letter: why the request got no answer, a
+    /// [`DeadReason`](super::DeadReason).
+    pub const DEAD_REASON: &str = "Imgfetch-Dead-Reason";
+    /// On a dead letter: how many times the request was delivered.
+    pub const DEAD_DELIVERIES: &str = "Imgfetch-Dead-Deliveries";
+    /// On a dead letter: the request's sequence in the request stream.
+    pub const DEAD_STREAM_SEQ: &str = "Imgfetch-Dead-Stream-Seq";
+    /// On a dead letter of reason `max_deliveries`: the server's advisory, as compact JSON.
+    pub const DEAD_ADVISORY: &str = "Imgfetch-Dead-Advisory";
+}
+
+/// Why a request became a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadReason {
+    /// The consumer delivered it `max_deliver` times and no resolver settled it.
+    MaxDeliveries,
+    /// It had no `Imgfetch-Callback` header.
+    NoCallback,
+    /// Its `Imgfetch-Callback` is not one a resolver may answer on.
+    BadCallback,
+}
+
+impl DeadReason {
+    /// The wire spelling, as used in `Imgfetch-Dead-Reason` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::MaxDeliveries => "max_deliveries",
+            DeadReason::NoCallback => "no_callback",
+            DeadReason::BadCallback => "bad_callback",
+        }
+    }
+}
+
+impl fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The status of a reply: everything but `ok` is one of these.
@@ -151,11 +209,14 @@ pub enum ErrorCode {
     /// The client's token already has as many requests in flight as it may. Gateway clients
     /// only.
     TooManyRequests,
+    /// The request was delivered to resolvers as often as the consumer allows and none
+    /// answered it; it is kept in the dead-letter stream.
+    Undeliverable,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownNetwork,
@@ -169,6 +230,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::TooManyRequests,
+        ErrorCode::Undeliverable,
     ];
 
     /// The wire spelling, as used in `Imgfetch-Status` and JSON `code` fields.
@@ -187,6 +249,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::Undeliverable => "undeliverable",
         }
     }
 }
@@ -270,5 +333,10 @@ mod tests {
         assert_eq!(network_of_subject("imgfetch.reqx.cams"), None);
         assert_eq!(reply_subject("gw1", "abc"), "imgfetch.reply.gw1.abc");
         assert_eq!(reply_wildcard("gw1"), "imgfetch.reply.gw1.>");
+        assert_eq!(dead_letter_subject("cams"), "imgfetch.dlq.cams");
+        assert_eq!(
+            max_deliveries_advisories("IMGFETCH"),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.IMGFETCH.*"
+        );
     }
 }

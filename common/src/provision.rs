@@ -7,6 +7,11 @@
 //!
 //! Provisioning is idempotent and safe when many replicas start at once: the subject list is
 //! updated read-modify-write, and each replica re-reads until it sees its own subject.
+//!
+//! A second stream (limits retention) keeps the dead letters: copies of requests that ended
+//! without an answer on `imgfetch.dlq.<network>`, and the server's max-deliveries advisories
+//! about the request stream, read by one durable consumer all resolvers share (see
+//! [`ensure_dead_letters`] and `docs/RELIABILITY.md`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,7 +23,10 @@ use async_nats::jetstream::{
     ErrorCode as JsCode,
 };
 
-use crate::protocol::{consumer_name, network_of_subject, request_subject};
+use crate::protocol::{
+    consumer_name, max_deliveries_advisories, network_of_subject, request_subject, DLQ_CONSUMER,
+    DLQ_PREFIX,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -274,4 +282,132 @@ pub async fn ensure_network(
         .create_consumer(config)
         .await
         .map_err(|e| js_err("creating the network's consumer")(e.into()))
+}
+
+/// The dead-letter stream's limits. Old dead letters give way to new ones (discard-old): the
+/// stream is a record for operators, not a queue that may refuse.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetterSettings {
+    /// Stream name.
+    pub name: String,
+    /// How long a dead letter is kept.
+    pub max_age: Duration,
+    /// Most bytes the stream holds.
+    pub max_bytes: i64,
+    /// Window in which a copy of the same request is recognised as a duplicate; longer than
+    /// the advisory consumer's ack wait, so a copy repeated after a crash is dropped.
+    pub duplicate_window: Duration,
+    /// How long a resolver may work on one advisory before another one gets it.
+    pub ack_wait: Duration,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        DeadLetterSettings {
+            name: crate::protocol::DEFAULT_DLQ_STREAM.to_owned(),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 256 * 1024 * 1024,
+            duplicate_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+impl DeadLetterSettings {
+    /// The stream's configuration: it captures the copies and the advisories about
+    /// `requests` (the request stream), with as many replicas.
+    fn config(&self, requests: &StreamSettings) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: dead_letter_subjects(&requests.name),
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_bytes: self.max_bytes,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            num_replicas: requests.replicas,
+            description: Some("imgfetch dead letters and max-deliveries advisories".to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
+/// What the dead-letter stream captures: the copies, and the advisories about `requests`.
+pub fn dead_letter_subjects(requests: &str) -> Vec<String> {
+    vec![
+        format!("{DLQ_PREFIX}.>"),
+        max_deliveries_advisories(requests),
+    ]
+}
+
+/// Makes sure the dead-letter stream captures the copies and the advisories of the request
+/// stream, with the configured age limit, and returns the advisory consumer all resolvers
+/// share. Creates or updates when `create` is true, verifies only when it is false.
+pub async fn ensure_dead_letters(
+    js: &jetstream::Context,
+    settings: &DeadLetterSettings,
+    requests: &StreamSettings,
+    create: bool,
+) -> Result<consumer::PullConsumer, ProvisionError> {
+    let wanted = settings.config(requests);
+    let stream = match find_stream(js, &settings.name).await? {
+        None if !create => return Err(ProvisionError::MissingStream(settings.name.clone())),
+        // Replicas racing to create it send the same configuration, which the server accepts
+        // as a no-op.
+        None => js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| js_err("creating the dead-letter stream")(e.into()))?,
+        Some(mut stream) => {
+            let mut config = stream
+                .info()
+                .await
+                .map_err(|e| js_err("reading the dead-letter stream")(e.into()))?
+                .config
+                .clone();
+            let missing: Vec<String> = wanted
+                .subjects
+                .iter()
+                .filter(|s| !config.subjects.contains(s))
+                .cloned()
+                .collect();
+            if let (false, Some(subject)) = (create, missing.first()) {
+                return Err(ProvisionError::MissingSubject {
+                    stream: settings.name.clone(),
+                    subject: subject.clone(),
+                });
+            }
+            if create && (!missing.is_empty() || config.max_age != settings.max_age) {
+                config.subjects.extend(missing);
+                config.max_age = settings.max_age;
+                js.update_stream(config)
+                    .await
+                    .map_err(|e| js_err("updating the dead-letter stream")(e.into()))?;
+            }
+            stream
+        }
+    };
+    if !create {
+        return stream.get_consumer(DLQ_CONSUMER).await.map_err(|_| {
+            ProvisionError::MissingConsumer {
+                stream: settings.name.clone(),
+                consumer: DLQ_CONSUMER.to_owned(),
+            }
+        });
+    }
+    let config = consumer::pull::Config {
+        durable_name: Some(DLQ_CONSUMER.to_owned()),
+        description: Some("imgfetch resolvers: requests that ran out of deliveries".to_owned()),
+        filter_subject: max_deliveries_advisories(&requests.name),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        // An advisory is retried until it is handled: it stands for a requester still waiting.
+        max_deliver: -1,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| js_err("creating the dead-letter consumer")(e.into()))
 }

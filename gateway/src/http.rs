@@ -154,7 +154,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::DuplicateId => StatusCode::CONFLICT,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Unavailable | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::TooLarge | ErrorCode::Integrity => StatusCode::BAD_GATEWAY,
+        ErrorCode::TooLarge | ErrorCode::Integrity | ErrorCode::Undeliverable => {
+            StatusCode::BAD_GATEWAY
+        }
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use imgfetch_common::connect::NatsAuth;
-use imgfetch_common::provision::{ConsumerSettings, StreamSettings};
+use imgfetch_common::provision::{ConsumerSettings, DeadLetterSettings, StreamSettings};
 pub use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
 use serde::Deserialize;
@@ -43,6 +43,8 @@ pub mod defaults {
     /// How long a waiting pull lasts at the server before it ends and is renewed; a stopping
     /// resolver waits this long at most for its pulls to end.
     pub const PULL_EXPIRES_MS: u64 = 5_000;
+    /// How long the dead-letter stream keeps a dead letter: 7 days.
+    pub const DLQ_MAX_AGE_HOURS: u64 = 7 * 24;
 }
 
 /// Command line of `imgfetch-resolver`.
@@ -84,6 +86,12 @@ pub struct Args {
     /// JetStream stream name [default: IMGFETCH].
     #[arg(long, env = "IMGFETCH_STREAM")]
     pub stream: Option<String>,
+    /// JetStream stream of dead letters [default: IMGFETCH_DLQ].
+    #[arg(long, env = "IMGFETCH_DLQ_STREAM")]
+    pub dlq_stream: Option<String>,
+    /// Hours the dead-letter stream keeps a dead letter [default: 168].
+    #[arg(long, env = "IMGFETCH_DLQ_MAX_AGE_HOURS")]
+    pub dlq_max_age_hours: Option<u64>,
     /// Only verify the stream and consumers; never create or change them.
     #[arg(long, env = "IMGFETCH_NO_PROVISION")]
     pub no_provision: bool,
@@ -131,6 +139,10 @@ pub struct FileConfig {
     pub concurrency: Option<usize>,
     /// JetStream stream name.
     pub stream: Option<String>,
+    /// JetStream stream of dead letters.
+    pub dlq_stream: Option<String>,
+    /// Hours the dead-letter stream keeps a dead letter.
+    pub dlq_max_age_hours: Option<u64>,
     /// Create or extend the stream and consumers (default true).
     pub provision: Option<bool>,
     /// Largest image served at all.
@@ -204,6 +216,8 @@ pub struct Config {
     pub stream: StreamSettings,
     /// Consumer redelivery settings.
     pub consumer: ConsumerSettings,
+    /// The dead-letter stream.
+    pub dead_letters: DeadLetterSettings,
     /// Largest image served at all.
     pub max_image_bytes: u64,
     /// Largest image sent inline; `None` derives it from the server's `max_payload`.
@@ -241,6 +255,7 @@ impl Config {
             provision: true,
             stream: StreamSettings::default(),
             consumer: ConsumerSettings::default(),
+            dead_letters: DeadLetterSettings::default(),
             max_image_bytes: defaults::MAX_IMAGE_BYTES,
             max_inline_bytes: None,
             chunk_bytes: defaults::CHUNK_BYTES,
@@ -333,6 +348,24 @@ impl Config {
         if let Some(stream) = args.stream.or(file.stream) {
             config.stream.name = stream;
         }
+        if let Some(stream) = args.dlq_stream.or(file.dlq_stream) {
+            config.dead_letters.name = stream;
+        }
+        if config.dead_letters.name == config.stream.name {
+            return Err(ConfigError::Invalid(
+                "the dead-letter stream must not be the request stream".into(),
+            ));
+        }
+        let hours = args
+            .dlq_max_age_hours
+            .or(file.dlq_max_age_hours)
+            .unwrap_or(defaults::DLQ_MAX_AGE_HOURS);
+        if hours == 0 {
+            return Err(ConfigError::Invalid(
+                "dead-letter max age must be at least 1 hour".into(),
+            ));
+        }
+        config.dead_letters.max_age = Duration::from_secs(hours.saturating_mul(3600));
         config.provision = !args.no_provision && file.provision.unwrap_or(true);
         config.max_image_bytes = args
             .max_image_bytes
@@ -607,6 +640,14 @@ mod tests {
                 "log format",
             ),
             (&["--config", "/missing.toml"], "cannot read"),
+            (
+                &["--network", "a=file:///x", "--dlq-stream", "IMGFETCH"],
+                "must not be the request stream",
+            ),
+            (
+                &["--network", "a=file:///x", "--dlq-max-age-hours", "0"],
+                "at least 1 hour",
+            ),
             (
                 &["--network", "a=file:///x", "--nats-user", "resolver"],
                 "needs a password file",

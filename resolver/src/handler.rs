@@ -9,7 +9,7 @@
 //! | not found, bad key, bad body, too large, past its deadline | the error | term |
 //! | store failing, attempts left | none | nak with a growing delay |
 //! | store failing, last attempt | `store_unavailable` | term |
-//! | no callback header, or one `validate::callback` refuses | none (logged, counted) | term |
+//! | no callback header, or one `validate::callback` refuses | none; copied to the dead-letter stream ([`dlq`](crate::dlq)) | term |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +18,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use imgfetch_common::codec;
 use imgfetch_common::digest::sha256_hex;
-use imgfetch_common::protocol::{header, network_of_subject, ErrorCode, FetchRequest, STATUS_OK};
+use imgfetch_common::protocol::{
+    header, network_of_subject, DeadReason, ErrorCode, FetchRequest, STATUS_OK,
+};
 use imgfetch_common::validate;
 
 use crate::info;
@@ -60,6 +62,8 @@ pub struct Context {
     pub retry_delay_max: Duration,
     /// Longest single read.
     pub store_timeout: Duration,
+    /// Where requests that cannot be answered are copied before they are termed.
+    pub dead_letters: std::sync::Arc<crate::dlq::DeadLetters>,
 }
 
 /// A reply to send on the callback subject.
@@ -97,6 +101,21 @@ pub struct Decision {
 /// will redeliver it after the ack wait.
 pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), async_nats::Error> {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    if let Some((reason, _)) = callback_refusal(message.headers.as_ref()) {
+        // Copied before the term: a copy that fails leaves the request to be redelivered.
+        let stream_seq = message.info().map(|i| i.stream_sequence)?;
+        ctx.dead_letters
+            .copy(&crate::dlq::Letter {
+                subject: &message.subject,
+                headers: message.headers.as_ref(),
+                payload: &message.payload,
+                reason,
+                deliveries: u64::try_from(delivered).unwrap_or(1),
+                stream_seq,
+                advisory: None,
+            })
+            .await?;
+    }
     let decision = decide(
         ctx,
         &message.subject,
@@ -138,15 +157,8 @@ pub async fn decide(
     let callback = headers
         .and_then(|h| h.get(header::CALLBACK))
         .map(|v| v.as_str().to_owned());
-    // One rule for callbacks, `common`'s: never a `$` server subject, never imgfetch's own
-    // request or ping subjects, never a wildcard. A refused callback gets no reply at all.
-    let refused = match &callback {
-        None => Some(("no_callback", "no callback header".to_owned())),
-        Some(c) => validate::callback(c)
-            .err()
-            .map(|e| ("bad_callback", e.to_string())),
-    };
-    if let Some((reason, why)) = refused {
+    if let Some((reason, why)) = callback_refusal(headers) {
+        let reason = reason.as_str();
         tracing::warn!(
             subject,
             callback,
@@ -300,6 +312,18 @@ pub async fn decide(
             tracing::warn!(id, key = request.key, error = %err, delivered, "store read failed");
             retry_or_give_up(ctx, delivered, callback, id, err.to_string())
         }
+    }
+}
+
+/// Why a request's callback cannot be answered on, if it cannot. One rule for callbacks,
+/// `common`'s: never a `$` server subject, never imgfetch's own request or ping subjects, never
+/// a wildcard. A refused callback gets no reply at all.
+fn callback_refusal(headers: Option<&HeaderMap>) -> Option<(DeadReason, String)> {
+    match headers.and_then(|h| h.get(header::CALLBACK)) {
+        None => Some((DeadReason::NoCallback, "no callback header".to_owned())),
+        Some(c) => validate::callback(c.as_str())
+            .err()
+            .map(|e| (DeadReason::BadCallback, e.to_string())),
     }
 }
 

@@ -12,10 +12,13 @@
 //! - [`worker`]: one network's persistent pull on its shared durable consumer, with credit
 //!   per network and slots shared by all.
 //! - [`ping`]: the liveness answer gateways use to detect "no resolver".
+//! - [`dlq`]: requests that end without an answer: copied to the dead-letter stream, their
+//!   requesters told `undeliverable`.
 //!
 //! [`run`] ties them together and drains in-flight work on shutdown.
 
 pub mod config;
+pub mod dlq;
 pub mod handler;
 pub mod info;
 pub mod ping;
@@ -63,6 +66,9 @@ pub enum RunError {
         /// Kept free for headers.
         headroom: u64,
     },
+    /// The dead-letter stream or its consumer could not be set up.
+    #[error("dead-letter stream: {0}")]
+    DeadLetters(#[source] ProvisionError),
     /// Subscribing to the ping subject failed.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -114,7 +120,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         max_image_bytes,
         max_inline_bytes,
     };
-    let mut loops = Vec::new();
+    // Before any request is taken: a request termed without an answer is copied first.
+    let advisories =
+        provision::ensure_dead_letters(&js, &config.dead_letters, &config.stream, config.provision)
+            .await
+            .map_err(RunError::DeadLetters)?;
+    let dead = Arc::new(dlq::DeadLetters {
+        client: client.clone(),
+        js: js.clone(),
+        requests: config.stream.name.clone(),
+        stream: js
+            .get_stream_no_info(&config.stream.name)
+            .await
+            .map_err(|e| {
+                RunError::DeadLetters(provision::ProvisionError::JetStream {
+                    action: "naming the request stream",
+                    source: e.into(),
+                })
+            })?,
+        instance: config.instance.clone(),
+    });
+    let mut loops = vec![tokio::spawn(dlq::run(
+        dead.clone(),
+        advisories,
+        shutdown.clone(),
+    ))];
     for (net, store) in config.networks.iter().zip(stores) {
         let consumer = provision::ensure_network(
             &js,
@@ -146,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             retry_delay: config.retry_delay,
             retry_delay_max: config.retry_delay_max,
             store_timeout: config.store_timeout,
+            dead_letters: dead.clone(),
         });
         loops.push(tokio::spawn(worker::run(
             ctx,

@@ -1,10 +1,14 @@
 //! A stand-in resolver speaking the wire protocol by hand on the real NATS server, for tests
 //! that need to send exactly what a faulty or hostile resolver would.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use imgfetch_common::protocol::{self, header, ResolverInfo};
+use imgfetch_common::provision::ConsumerSettings;
+use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::wait_served;
 
@@ -17,12 +21,24 @@ pub async fn fake_resolver(
     async_nats::Client,
     async_nats::jetstream::consumer::PullConsumer,
 ) {
+    fake_resolver_with(nats_url, network, &ConsumerSettings::default()).await
+}
+
+/// [`fake_resolver`], with the network's consumer set up to redeliver by `settings`.
+pub async fn fake_resolver_with(
+    nats_url: &str,
+    network: &str,
+    settings: &ConsumerSettings,
+) -> (
+    async_nats::Client,
+    async_nats::jetstream::consumer::PullConsumer,
+) {
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let consumer = imgfetch_common::provision::ensure_network(
         &js,
         &Default::default(),
-        &Default::default(),
+        settings,
         network,
         true,
     )
@@ -84,4 +100,38 @@ pub fn header_of_js(msg: &async_nats::jetstream::Message, name: &str) -> String 
         .and_then(|h| h.get(name))
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default()
+}
+
+/// A resolver of `network` that takes every request and never settles it, as one that crashes
+/// on each would: its consumer redelivers by `settings` until `max_deliver` runs out. Counts
+/// the deliveries it takes; stops pulling when the token is cancelled.
+pub async fn stuck_resolver(
+    nats_url: &str,
+    network: &str,
+    settings: &ConsumerSettings,
+) -> (Arc<AtomicUsize>, CancellationToken) {
+    let (_client, consumer) = fake_resolver_with(nats_url, network, settings).await;
+    let taken = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let (count, token) = (taken.clone(), stop.clone());
+    tokio::spawn(async move {
+        // Always a pull waiting, as a live resolver keeps one: the server redelivers, and
+        // tells that deliveries ran out, only to a consumer someone pulls from.
+        while !token.is_cancelled() {
+            let Ok(mut batch) = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            while let Some(Ok(_unsettled)) = batch.next().await {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (taken, stop)
 }
