@@ -111,6 +111,14 @@ pub async fn stuck_resolver(
     settings: &ConsumerSettings,
 ) -> (Arc<AtomicUsize>, CancellationToken) {
     let (_client, consumer) = fake_resolver_with(nats_url, network, settings).await;
+    never_settle(consumer)
+}
+
+/// Pulls from `consumer` and never settles what it takes, until the token is cancelled; counts
+/// the deliveries.
+pub fn never_settle(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+) -> (Arc<AtomicUsize>, CancellationToken) {
     let taken = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     let (count, token) = (taken.clone(), stop.clone());

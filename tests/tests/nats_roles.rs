@@ -532,3 +532,117 @@ async fn without_the_ca_a_tls_server_is_refused_clearly() {
         "expected a connection error naming the certificate, got: {err}"
     );
 }
+
+/// Dead letters with every party logged in as its role: the resolver role provisions the DLQ,
+/// handles a request out of deliveries (reads and deletes the original, stores the copy), the
+/// publisher hears `undeliverable` and reads the copy, and may not pull the advisories, delete
+/// or purge dead letters.
+async fn dead_letters_under_roles(nats: &NatsServer) {
+    let (publisher, mut errors) = nats.connect_as("publisher").await;
+    let mut config = resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    );
+    config.nats_auth = nats.auth("resolver");
+    let resolver = Resolver::start_pinging(config, &publisher).await;
+    // A resolver of `stuck` that takes its requests and never settles them.
+    let (stuck, _) = nats.connect_as("resolver").await;
+    let consumer = provision::ensure_network(
+        &async_nats::jetstream::new(stuck),
+        &StreamSettings::default(),
+        &ConsumerSettings {
+            ack_wait: Duration::from_secs(1),
+            max_deliver: 2,
+            ..ConsumerSettings::default()
+        },
+        "stuck",
+        true,
+    )
+    .await
+    .expect("the resolver role provisions the stuck network");
+    let (_, stop) = imgfetch_tests::fake::never_settle(consumer);
+
+    let mut answers = publisher.subscribe("me.dead-1").await.unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CALLBACK, "me.dead-1");
+    headers.insert(header::MSG_ID, "dead-1");
+    publisher
+        .publish_with_headers(
+            "imgfetch.req.stuck",
+            headers,
+            r#"{"id":"dead-1","key":"quay-east.jpg"}"#.into(),
+        )
+        .await
+        .unwrap();
+    let answer = next_within(&mut answers, Duration::from_secs(15))
+        .await
+        .expect("a terminal answer within 15 s");
+    assert_eq!(
+        header_of(&answer, header::STATUS).as_deref(),
+        Some("undeliverable")
+    );
+    stop.cancel();
+
+    // The publisher reads the copy.
+    let js = async_nats::jetstream::new(publisher.clone());
+    let dlq = js
+        .get_stream("IMGFETCH_DLQ")
+        .await
+        .expect("the publisher reads the DLQ's info");
+    let copy = dlq
+        .get_last_raw_message_by_subject("imgfetch.dlq.stuck")
+        .await
+        .expect("the publisher reads a dead letter");
+    assert_eq!(
+        copy.headers
+            .get(header::DEAD_REASON)
+            .map(|v| v.as_str().to_owned())
+            .as_deref(),
+        Some("max_deliveries")
+    );
+    // The original left the work queue, deleted by the resolver role.
+    imgfetch_tests::eventually("the original deleted", Duration::from_secs(10), || {
+        let js = js.clone();
+        async move {
+            let mut requests = js.get_stream("IMGFETCH").await.ok()?;
+            (requests.info().await.ok()?.state.messages == 0).then_some(())
+        }
+    })
+    .await;
+    resolver.stop().await;
+    let log = nats.log();
+    assert!(
+        !log.contains("Violation"),
+        "the server refused something the dead letters needed:\n{log}"
+    );
+
+    let inbox = publisher.new_inbox();
+    for subject in [
+        "$JS.API.CONSUMER.MSG.NEXT.IMGFETCH_DLQ.imgfetch-dead-letters",
+        "$JS.API.STREAM.MSG.DELETE.IMGFETCH_DLQ",
+        "$JS.API.STREAM.PURGE.IMGFETCH_DLQ",
+        "$JS.API.CONSUMER.CREATE.IMGFETCH_DLQ.imgfetch-dead-letters",
+    ] {
+        publisher
+            .publish_with_reply(subject, inbox.clone(), "".into())
+            .await
+            .unwrap();
+        refused(
+            &mut errors,
+            &format!("Permissions Violation for Publish to \"{subject}\""),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_work_under_the_local_roles() {
+    init_logs();
+    dead_letters_under_roles(&NatsServer::start_with_roles()).await;
+}
+
+#[tokio::test]
+async fn dead_letters_work_under_the_kubernetes_roles() {
+    init_logs();
+    dead_letters_under_roles(&NatsServer::start_with_deploy_roles()).await;
+}
