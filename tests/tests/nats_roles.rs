@@ -44,6 +44,24 @@ async fn refused(errors: &mut UnboundedReceiver<String>, expected: &str) -> Stri
     }
 }
 
+/// Publishes to `subject` with a reply inbox, and waits for the server to refuse it.
+async fn publish_refused(
+    client: &async_nats::Client,
+    errors: &mut UnboundedReceiver<String>,
+    subject: &str,
+    inbox: &str,
+) {
+    client
+        .publish_with_reply(subject.to_owned(), inbox.to_owned(), "".into())
+        .await
+        .unwrap();
+    refused(
+        errors,
+        &format!("Permissions Violation for Publish to \"{subject}\""),
+    )
+    .await;
+}
+
 /// Creates the stream and the `harbor` consumer as the resolver role does when it starts.
 async fn provision_harbor(nats: &NatsServer) -> async_nats::jetstream::consumer::PullConsumer {
     let (resolver, _) = nats.connect_as("resolver").await;
@@ -125,15 +143,7 @@ async fn the_publisher_cannot_delete_or_purge_the_stream() {
         } else {
             format!("$JS.API.{api}.IMGFETCH")
         };
-        publisher
-            .publish_with_reply(subject.clone(), inbox.clone(), "".into())
-            .await
-            .unwrap();
-        refused(
-            &mut errors,
-            &format!("Permissions Violation for Publish to \"{subject}\""),
-        )
-        .await;
+        publish_refused(&publisher, &mut errors, &subject, &inbox).await;
     }
     // The stream and its consumer are still there, and JetStream never answered.
     let js = async_nats::jetstream::new(publisher.clone());
@@ -562,21 +572,14 @@ async fn dead_letters_under_roles(nats: &NatsServer) {
     .expect("the resolver role provisions the stuck network");
     let (_, stop) = imgfetch_tests::fake::never_settle(consumer);
 
-    let mut answers = publisher.subscribe("me.dead-1").await.unwrap();
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CALLBACK, "me.dead-1");
-    headers.insert(header::MSG_ID, "dead-1");
-    publisher
-        .publish_with_headers(
-            "imgfetch.req.stuck",
-            headers,
-            r#"{"id":"dead-1","key":"quay-east.jpg"}"#.into(),
-        )
-        .await
-        .unwrap();
-    let answer = next_within(&mut answers, Duration::from_secs(15))
-        .await
-        .expect("a terminal answer within 15 s");
+    // Out of deliveries about 2 s after it is queued.
+    let answer = ask(
+        &publisher,
+        "imgfetch.req.stuck",
+        r#"{"id":"dead-1","key":"quay-east.jpg"}"#,
+        "dead-1",
+    )
+    .await;
     assert_eq!(
         header_of(&answer, header::STATUS).as_deref(),
         Some("undeliverable")
@@ -623,15 +626,7 @@ async fn dead_letters_under_roles(nats: &NatsServer) {
         "$JS.API.STREAM.PURGE.IMGFETCH_DLQ",
         "$JS.API.CONSUMER.CREATE.IMGFETCH_DLQ.imgfetch-dead-letters",
     ] {
-        publisher
-            .publish_with_reply(subject, inbox.clone(), "".into())
-            .await
-            .unwrap();
-        refused(
-            &mut errors,
-            &format!("Permissions Violation for Publish to \"{subject}\""),
-        )
-        .await;
+        publish_refused(&publisher, &mut errors, subject, &inbox).await;
     }
 }
 
