@@ -123,8 +123,8 @@ pub fn never_settle(
     let stop = CancellationToken::new();
     let (count, token) = (taken.clone(), stop.clone());
     tokio::spawn(async move {
-        // Always a pull waiting, as a live resolver keeps one: the server redelivers, and
-        // tells that deliveries ran out, only to a consumer someone pulls from.
+        // Always a pull waiting, as a live resolver keeps one, so each redelivery is taken
+        // as soon as the ack wait runs out.
         while !token.is_cancelled() {
             let Ok(mut batch) = consumer
                 .fetch()
