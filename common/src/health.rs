@@ -64,9 +64,16 @@ impl Health {
 
     /// Waits until the component `name` is ready (`true`) or not (`false`).
     pub async fn wait(&self, name: &str, ready: bool) {
+        self.wait_all(&[name], ready).await;
+    }
+
+    /// Waits until all of `names` are ready (`true`), or until one of them is not (`false`).
+    pub async fn wait_all(&self, names: &[&str], ready: bool) {
         let mut rx = self.state.subscribe();
         // The sender lives as long as `self`, so waiting cannot fail.
-        let _ = rx.wait_for(|list| ready_in(list, name) == ready).await;
+        let _ = rx
+            .wait_for(|list| names.iter().all(|n| ready_in(list, n)) == ready)
+            .await;
     }
 
     fn set(&self, name: &str, reason: Option<String>) {

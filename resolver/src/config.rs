@@ -43,6 +43,12 @@ pub mod defaults {
     /// How long a waiting pull lasts at the server before it ends and is renewed; a stopping
     /// resolver waits this long at most for its pulls to end.
     pub const PULL_EXPIRES_MS: u64 = 5_000;
+    /// Replicas of the stream when the resolver creates it.
+    pub const STREAM_REPLICAS: usize = 1;
+    /// How long a resolver may hold a request before JetStream redelivers it.
+    pub const ACK_WAIT_MS: u64 = 30_000;
+    /// Deliveries after which JetStream stops redelivering a request.
+    pub const MAX_DELIVER: i64 = 10;
 }
 
 /// Command line of `imgfetch-resolver`.
@@ -56,7 +62,8 @@ pub struct Args {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "IMGFETCH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// NATS server URL [default: nats://127.0.0.1:4222].
+    /// NATS server URL, or a comma-separated list of the nodes of a cluster
+    /// [default: nats://127.0.0.1:4222].
     #[arg(long, env = "IMGFETCH_NATS_URL")]
     pub nats_url: Option<String>,
     /// NATS .creds file (user JWT and nkey seed).
@@ -109,6 +116,18 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "IMGFETCH_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Address of the /livez, /readyz and /metrics listener, e.g. 0.0.0.0:9090 [default: none].
+    #[arg(long, env = "IMGFETCH_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Replicas of the stream when creating it, 1 to 5 [default: 1].
+    #[arg(long, env = "IMGFETCH_STREAM_REPLICAS")]
+    pub stream_replicas: Option<usize>,
+    /// Milliseconds a request may be held before JetStream redelivers it [default: 30000].
+    #[arg(long, env = "IMGFETCH_ACK_WAIT_MS")]
+    pub ack_wait_ms: Option<u64>,
+    /// Deliveries after which JetStream stops redelivering a request [default: 10].
+    #[arg(long, env = "IMGFETCH_MAX_DELIVER")]
+    pub max_deliver: Option<i64>,
 }
 
 /// The TOML file. Unknown keys are errors.
@@ -147,6 +166,14 @@ pub struct FileConfig {
     pub retry_delay_ms: Option<u64>,
     /// Log format: text or json.
     pub log_format: Option<String>,
+    /// Address of the health and metrics listener.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Replicas of the stream when creating it.
+    pub stream_replicas: Option<usize>,
+    /// Milliseconds before JetStream redelivers a held request.
+    pub ack_wait_ms: Option<u64>,
+    /// Deliveries after which JetStream stops redelivering.
+    pub max_deliver: Option<i64>,
     /// The networks, each with its own store.
     #[serde(default)]
     pub networks: BTreeMap<String, FileNetwork>,
@@ -188,7 +215,7 @@ pub struct NetworkSpec {
 /// Everything `run` needs, resolved.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL, or comma-separated URLs of a cluster's nodes.
     pub nats_url: String,
     /// NATS credentials and TLS.
     pub nats_auth: NatsAuth,
@@ -227,6 +254,10 @@ pub struct Config {
     pub pull_expires: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where `/livez`, `/readyz` and `/metrics` are served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Where `/metrics` renders from (main installs the recorder); `None` serves no metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Config {
@@ -252,6 +283,8 @@ impl Config {
             grace: Duration::from_millis(defaults::GRACE_MS),
             pull_expires: Duration::from_millis(defaults::PULL_EXPIRES_MS),
             log_format: LogFormat::Text,
+            http_listen: None,
+            metrics: None,
         }
     }
 
@@ -353,11 +386,41 @@ impl Config {
                 .or(file.stream_idle_ms)
                 .unwrap_or(defaults::STREAM_IDLE_MS),
         );
-        config.store_attempts = args
-            .store_attempts
-            .or(file.store_attempts)
-            .unwrap_or(defaults::STORE_ATTEMPTS);
+        config.consumer.max_deliver = args
+            .max_deliver
+            .or(file.max_deliver)
+            .unwrap_or(defaults::MAX_DELIVER);
+        if config.consumer.max_deliver < 1 {
+            return Err(ConfigError::Invalid("max deliver must be at least 1".into()));
+        }
+        let ack_wait_ms = args
+            .ack_wait_ms
+            .or(file.ack_wait_ms)
+            .unwrap_or(defaults::ACK_WAIT_MS);
+        if ack_wait_ms < 1000 {
+            return Err(ConfigError::Invalid(
+                "ack wait must be at least 1000 ms".into(),
+            ));
+        }
+        config.consumer.ack_wait = Duration::from_millis(ack_wait_ms);
+        config.stream.replicas = args
+            .stream_replicas
+            .or(file.stream_replicas)
+            .unwrap_or(defaults::STREAM_REPLICAS);
+        if !(1..=5).contains(&config.stream.replicas) {
+            return Err(ConfigError::Invalid(format!(
+                "stream replicas must be 1 to 5, not {}",
+                config.stream.replicas
+            )));
+        }
+        config.http_listen = args.http_listen.or(file.http_listen);
+        imgfetch_common::connect::server_addrs(&config.nats_url)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let max_deliver = config.consumer.max_deliver;
+        // Unless given, the attempts fit under a short max_deliver by themselves.
+        config.store_attempts = args.store_attempts.or(file.store_attempts).unwrap_or(
+            defaults::STORE_ATTEMPTS.min(u32::try_from(max_deliver).unwrap_or(u32::MAX)),
+        );
         if config.store_attempts == 0 || i64::from(config.store_attempts) > max_deliver {
             return Err(ConfigError::Invalid(format!(
                 "store attempts must be 1 to {max_deliver} (the consumer's max_deliver)"
