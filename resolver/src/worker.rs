@@ -160,6 +160,8 @@ async fn heal_network(
     shutdown: &CancellationToken,
 ) -> Option<PullConsumer> {
     let network = &ctx.network;
+    // The same failure is logged once at its level, then quietly, so a long outage is one line.
+    let mut last_reason = String::new();
     loop {
         // A pause first: a pull that failed for a passing reason is not retried in a loop.
         tokio::select! {
@@ -184,19 +186,34 @@ async fn heal_network(
                 | ProvisionError::MissingSubject { .. }
                 | ProvisionError::MissingConsumer { .. }),
             )) => {
-                tracing::error!(network, %err, "cannot serve the network until an operator creates what is missing");
-                err.to_string()
+                let reason = err.to_string();
+                if reason != last_reason {
+                    tracing::error!(network, %err, "cannot serve the network until an operator creates what is missing");
+                }
+                reason
             }
             Ok(Err(err)) => {
-                tracing::warn!(network, %err, "cannot set up the stream and consumer; retrying");
-                err.to_string()
+                let reason = err.to_string();
+                if reason != last_reason {
+                    tracing::warn!(network, %err, "cannot set up the stream and consumer; retrying");
+                }
+                reason
             }
             Err(_) => {
-                tracing::warn!(network, timeout = ?PROVISION_TIMEOUT, "setting up the stream and consumer timed out; retrying");
-                format!("setting up the stream and consumer timed out after {PROVISION_TIMEOUT:?}")
+                let reason = format!(
+                    "setting up the stream and consumer timed out after {PROVISION_TIMEOUT:?}"
+                );
+                if reason != last_reason {
+                    tracing::warn!(network, reason, "retrying");
+                }
+                reason
             }
         };
-        heal.status.unready(reason);
+        if reason == last_reason {
+            tracing::debug!(network, reason, "still cannot serve the network");
+        }
+        heal.status.unready(reason.clone());
+        last_reason = reason;
     }
 }
 

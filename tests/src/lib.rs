@@ -73,7 +73,7 @@ pub(crate) fn find_binary(name: &str, override_var: &str, hint: &str) -> std::pa
 }
 
 /// A free TCP port on 127.0.0.1, for servers that cannot pick their own.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
