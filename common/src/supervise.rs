@@ -42,6 +42,14 @@ impl Supervisor {
         }
     }
 
+    /// The same supervisor, for tasks that may end once `shutdown` fires instead.
+    pub fn until(&self, shutdown: CancellationToken) -> Supervisor {
+        Supervisor {
+            shutdown,
+            ..self.clone()
+        }
+    }
+
     /// The readiness the tasks report to.
     pub fn health(&self) -> &Health {
         &self.health
