@@ -613,6 +613,10 @@ mod tests {
     fn file_networks_carry_their_own_credentials_and_flags_override_the_file() {
         const FILE: &str = r#"
             nats_url = "nats://file:4222"
+            stream_replicas = 3
+            ack_wait_ms = 2000
+            max_deliver = 3
+            http_listen = "0.0.0.0:9090"
             nats_user = "resolver"
             nats_password_file = "/run/secrets/nats/password"
             nats_tls_ca = "/run/secrets/nats/ca.pem"
@@ -633,6 +637,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.nats_url, "nats://file:4222");
         assert_eq!(c.concurrency, 5);
+        assert_eq!(c.stream.replicas, 3);
+        assert_eq!(c.consumer.ack_wait, Duration::from_secs(2));
+        assert_eq!(c.consumer.max_deliver, 3);
+        assert_eq!(c.store_attempts, 3);
+        assert_eq!(c.http_listen, Some(([0, 0, 0, 0], 9090).into()));
         assert_eq!(
             c.nats_auth,
             NatsAuth {
@@ -677,6 +686,22 @@ mod tests {
             (
                 &["--network", "a=file:///x", "--store-attempts", "11"],
                 "store attempts must be 1 to 10",
+            ),
+            (
+                &["--network", "a=file:///x", "--max-deliver", "3", "--store-attempts", "4"],
+                "store attempts must be 1 to 3",
+            ),
+            (
+                &["--network", "a=file:///x", "--stream-replicas", "6"],
+                "stream replicas must be 1 to 5",
+            ),
+            (
+                &["--network", "a=file:///x", "--ack-wait-ms", "10"],
+                "ack wait must be at least 1000 ms",
+            ),
+            (
+                &["--network", "a=file:///x", "--nats-url", "nats://a:4222,nats://"],
+                "bad NATS URL",
             ),
         ];
         for (list, expect) in cases {
