@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`nats`]: a `nats-server` with JetStream in a temp directory.
+//! - [`nats`]: a `nats-server` with JetStream in a temp directory, or a three-node cluster.
 //! - [`s3`]: an `s3s-fs` S3 server (it checks SigV4 signatures) in a temp directory.
 //! - [`pipeline`]: resolvers and gateways run in this process through their `run` functions,
 //!   plus the clients the tests talk through.
