@@ -219,6 +219,37 @@ async fn the_publisher_cannot_publish_on_a_gateway_reply_subject() {
 }
 
 #[tokio::test]
+async fn provisioning_without_the_right_to_create_is_an_error_with_its_cause_not_contention() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    let (client, mut errors) = nats.connect_as("gateway").await;
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_secs(1));
+    let err = provision::ensure_network(
+        &js,
+        &StreamSettings::default(),
+        &ConsumerSettings::default(),
+        "harbor",
+        true,
+    )
+    .await
+    .expect_err("the gateway role may not create the stream");
+    refused(&mut errors, "Permissions Violation").await;
+    assert!(
+        matches!(
+            err,
+            provision::ProvisionError::JetStream {
+                action: "creating the stream",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let cause = std::error::Error::source(&err).expect("the cause is kept");
+    assert!(cause.to_string().contains("timed out"), "{cause}");
+}
+
+#[tokio::test]
 async fn the_gateway_role_cannot_pull_from_a_consumer() {
     init_logs();
     let nats = NatsServer::start_with_roles();
