@@ -214,12 +214,17 @@ mod tests {
     #[test]
     fn url_lists_name_every_node_and_a_bad_one_is_named() {
         let addrs = server_addrs("nats://a:4222, nats://b:4223,c:4224").unwrap();
-        let hosts: Vec<_> = addrs.iter().map(|a| (a.host().to_owned(), a.port())).collect();
+        let hosts: Vec<_> = addrs
+            .iter()
+            .map(|a| (a.host().to_owned(), a.port()))
+            .collect();
         assert_eq!(
             hosts,
             [("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4224)]
         );
-        let err = server_addrs("nats://a:4222,http://b:1").unwrap_err().to_string();
+        let err = server_addrs("nats://a:4222,http://b:1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad NATS URL \"http://b:1\""), "{err}");
         let err = server_addrs("nats://a:4222,").unwrap_err().to_string();
         assert!(err.contains("bad NATS URL \"\""), "{err}");

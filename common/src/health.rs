@@ -37,12 +37,11 @@ impl Health {
     pub fn component(&self, name: impl Into<String>, reason: impl Into<String>) -> Component {
         let name = name.into();
         let reason = reason.into();
-        self.state.send_modify(|list| {
-            match list.iter_mut().find(|(n, _)| *n == name) {
+        self.state
+            .send_modify(|list| match list.iter_mut().find(|(n, _)| *n == name) {
                 Some(entry) => entry.1 = Some(reason),
                 None => list.push((name.clone(), Some(reason))),
-            }
-        });
+            });
         Component {
             health: self.clone(),
             name,
@@ -77,15 +76,14 @@ impl Health {
     }
 
     fn set(&self, name: &str, reason: Option<String>) {
-        self.state.send_if_modified(|list| {
-            match list.iter_mut().find(|(n, _)| n == name) {
+        self.state
+            .send_if_modified(|list| match list.iter_mut().find(|(n, _)| n == name) {
                 Some(entry) if entry.1 != reason => {
                     entry.1 = reason;
                     true
                 }
                 _ => false,
-            }
-        });
+            });
     }
 }
 

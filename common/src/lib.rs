@@ -29,7 +29,7 @@ pub mod info;
 pub mod protocol;
 pub mod provision;
 pub mod shutdown;
-pub mod supervise;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod validate;

@@ -209,8 +209,13 @@ pub async fn ensure_network_subject(
                 .create_stream(settings.config(vec![subject.clone()]))
                 .await
             {
-                Ok(_) => tracing::info!(stream = settings.name, replicas = settings.replicas, "created the stream"),
-                Err(err) if matches!(err.kind(), CreateStreamErrorKind::JetStream(e) if e.error_code() == JsCode::STREAM_NAME_EXIST) => {
+                Ok(_) => tracing::info!(
+                    stream = settings.name,
+                    replicas = settings.replicas,
+                    "created the stream"
+                ),
+                Err(err) if matches!(err.kind(), CreateStreamErrorKind::JetStream(e) if e.error_code() == JsCode::STREAM_NAME_EXIST) =>
+                {
                     tracing::debug!(%err, attempt, "stream creation raced; re-reading");
                 }
                 Err(err) => return Err(js_err("creating the stream")(err.into())),
@@ -253,7 +258,11 @@ pub async fn ensure_network_subject(
             Err(err) if err.kind() == CreateStreamErrorKind::NotFound => {
                 tracing::debug!(%err, attempt, "stream update raced; re-reading");
             }
-            Err(err) => return Err(js_err("adding the network's subject to the stream")(err.into())),
+            Err(err) => {
+                return Err(js_err("adding the network's subject to the stream")(
+                    err.into(),
+                ))
+            }
         }
         // Back off a little so that replicas racing on the update spread out.
         tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;

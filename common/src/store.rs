@@ -170,11 +170,10 @@ pub fn build(spec: &StoreSpec, timeout: Duration, create: bool) -> Result<Opened
                     source,
                 })?;
             }
-            let canonical =
-                std::fs::canonicalize(root).map_err(|source| OpenError::OpenDir {
-                    path: root.clone(),
-                    source,
-                })?;
+            let canonical = std::fs::canonicalize(root).map_err(|source| OpenError::OpenDir {
+                path: root.clone(),
+                source,
+            })?;
             if !canonical.is_dir() {
                 return Err(OpenError::NotADirectory { path: root.clone() });
             }

@@ -86,7 +86,12 @@ impl Supervisor {
                 if started.elapsed() >= STABLE {
                     backoff = backoff_min;
                 }
-                tracing::error!(task = name, reason = why, ?backoff, "a supervised task stopped; restarting it");
+                tracing::error!(
+                    task = name,
+                    reason = why,
+                    ?backoff,
+                    "a supervised task stopped; restarting it"
+                );
                 component.unready(format!("{why}; restarting"));
                 metrics::counter!(metric, "task" => name.clone()).increment(1);
                 tokio::select! {

@@ -371,11 +371,10 @@ fn archive_config(
         )
         .map_err(ConfigError::ArchiveUrl)?
     } else {
-        let dir = std::path::absolute(target)
-            .map_err(|source| ConfigError::ArchiveDir {
-                path: target.to_owned(),
-                source,
-            })?;
+        let dir = std::path::absolute(target).map_err(|source| ConfigError::ArchiveDir {
+            path: target.to_owned(),
+            source,
+        })?;
         StoreSpec::File { root: dir }
     };
     // Templates are checked now, so that a typo stops the gateway at start.

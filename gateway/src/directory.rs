@@ -179,8 +179,7 @@ impl Directory {
     /// Whether the stream can be read: the readiness check.
     pub async fn stream_reachable(&self) -> bool {
         matches!(
-            tokio::time::timeout(JS_TIMEOUT, provision::find_stream(&self.js, &self.stream))
-                .await,
+            tokio::time::timeout(JS_TIMEOUT, provision::find_stream(&self.js, &self.stream)).await,
             Ok(Ok(Some(_)))
         )
     }

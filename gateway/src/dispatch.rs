@@ -160,11 +160,13 @@ impl Dispatcher {
         let closed = dispatcher.closed.clone();
         let first = Arc::new(std::sync::Mutex::new(Some(first)));
         // The router outlives draining: it stops only when the dispatcher closes.
-        supervisor.until(closed.clone()).spawn("reply router", move || {
-            let (router, closed, subject) = (router.clone(), closed.clone(), subject.clone());
-            let first = first.lock().expect("first subscription poisoned").take();
-            async move { router.run(first, subject, closed).await }
-        });
+        supervisor
+            .until(closed.clone())
+            .spawn("reply router", move || {
+                let (router, closed, subject) = (router.clone(), closed.clone(), subject.clone());
+                let first = first.lock().expect("first subscription poisoned").take();
+                async move { router.run(first, subject, closed).await }
+            });
         Ok(dispatcher)
     }
 

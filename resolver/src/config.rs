@@ -391,7 +391,9 @@ impl Config {
             .or(file.max_deliver)
             .unwrap_or(defaults::MAX_DELIVER);
         if config.consumer.max_deliver < 1 {
-            return Err(ConfigError::Invalid("max deliver must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max deliver must be at least 1".into(),
+            ));
         }
         let ack_wait_ms = args
             .ack_wait_ms
@@ -688,7 +690,14 @@ mod tests {
                 "store attempts must be 1 to 10",
             ),
             (
-                &["--network", "a=file:///x", "--max-deliver", "3", "--store-attempts", "4"],
+                &[
+                    "--network",
+                    "a=file:///x",
+                    "--max-deliver",
+                    "3",
+                    "--store-attempts",
+                    "4",
+                ],
                 "store attempts must be 1 to 3",
             ),
             (
@@ -700,7 +709,12 @@ mod tests {
                 "ack wait must be at least 1000 ms",
             ),
             (
-                &["--network", "a=file:///x", "--nats-url", "nats://a:4222,nats://"],
+                &[
+                    "--network",
+                    "a=file:///x",
+                    "--nats-url",
+                    "nats://a:4222,nats://",
+                ],
                 "bad NATS URL",
             ),
         ];

@@ -78,7 +78,11 @@ pub async fn send(
     out: Outgoing,
 ) -> Result<Settle, async_nats::Error> {
     let flow = ctx.client.new_inbox();
-    let mut credits = bounded("the credit subscription", ctx.client.subscribe(flow.clone())).await?;
+    let mut credits = bounded(
+        "the credit subscription",
+        ctx.client.subscribe(flow.clone()),
+    )
+    .await?;
     let chunk = ctx.chunk_bytes;
     let chunks = out.size.div_ceil(chunk);
     let mut head = out.head.clone();
@@ -186,10 +190,10 @@ impl Sender<'_> {
             hasher.update(&bytes);
             let mut headers = base(&self.out.id, self.flow);
             headers.insert(header::SEQ, seq.to_string().as_str());
-            let publish = self
-                .ctx
-                .client
-                .publish_with_headers(self.out.callback.clone(), headers, bytes);
+            let publish =
+                self.ctx
+                    .client
+                    .publish_with_headers(self.out.callback.clone(), headers, bytes);
             bounded("a chunk", publish).await?;
             self.keep_alive().await?;
         }

@@ -317,10 +317,13 @@ impl Puller {
                                     }
                                 }
                                 _ => {
-                                    return Err(PullError::Status {
-                                        status,
-                                        description: message.description.clone().unwrap_or_default(),
-                                    });
+                                    // No consumer, no responder: the server says 503 without a word.
+                                    let description = match message.description.clone() {
+                                        Some(d) if !d.is_empty() => d,
+                                        _ if status == StatusCode::NO_RESPONDERS => "no responders".to_owned(),
+                                        _ => String::new(),
+                                    };
+                                    return Err(PullError::Status { status, description });
                                 }
                             }
                         }

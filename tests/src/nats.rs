@@ -136,6 +136,14 @@ impl NatsServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills the server, deletes its JetStream store, and starts it again on the same port, as
+    /// a pod whose volume was lost: streams and consumers are gone.
+    pub fn restart_wiped(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.path().join("jetstream")).expect("delete the store");
+        self.restart();
+    }
+
     /// Kills the server, as a crashed node, and waits for it to exit.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -45,18 +45,22 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
         ..StreamSettings::default()
     };
     // JetStream answers once the cluster has elected its meta leader.
-    eventually("the cluster to create an R3 stream", Duration::from_secs(20), || async {
-        provision::ensure_network(
-            &js,
-            &stream_settings,
-            &ConsumerSettings::default(),
-            "harbor",
-            true,
-        )
-        .await
-        .ok()
-        .map(|_| ())
-    })
+    eventually(
+        "the cluster to create an R3 stream",
+        Duration::from_secs(20),
+        || async {
+            provision::ensure_network(
+                &js,
+                &stream_settings,
+                &ConsumerSettings::default(),
+                "harbor",
+                true,
+            )
+            .await
+            .ok()
+            .map(|_| ())
+        },
+    )
     .await;
 
     let mut config = resolver_config(
@@ -94,27 +98,32 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
         .find(|i| !busy.contains(i))
         .expect("two pipeline clients leave a node free");
     let target_name = format!("n{}", target + 1);
-    eventually("the stream leader to move to a free node", Duration::from_secs(20), || async {
-        if stream_leader(&js).await.as_deref() == Some(target_name.as_str()) {
-            return Some(());
-        }
-        let body = serde_json::json!({ "placement": { "preferred": target_name } });
-        let _ = admin
-            .request(
-                format!("$JS.API.STREAM.LEADER.STEPDOWN.{DEFAULT_STREAM}"),
-                body.to_string().into(),
-            )
-            .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        None
-    })
+    eventually(
+        "the stream leader to move to a free node",
+        Duration::from_secs(20),
+        || async {
+            if stream_leader(&js).await.as_deref() == Some(target_name.as_str()) {
+                return Some(());
+            }
+            let body = serde_json::json!({ "placement": { "preferred": target_name } });
+            let _ = admin
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{DEFAULT_STREAM}"),
+                    body.to_string().into(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None
+        },
+    )
     .await;
 
     let outcomes = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (outcomes, stop, http, url) = (outcomes.clone(), stop.clone(), http.clone(), url.clone());
+        let (outcomes, stop, http, url) =
+            (outcomes.clone(), stop.clone(), http.clone(), url.clone());
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let outcome = fetch(&http, &url).await;
@@ -139,10 +148,14 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
     let elected = killed_at.elapsed();
     // Keep the load on until requests flow through the new leader.
     let before = outcomes.lock().unwrap().get("ok").copied().unwrap_or(0);
-    eventually("requests to be answered after the failover", Duration::from_secs(20), || async {
-        let now = outcomes.lock().unwrap().get("ok").copied().unwrap_or(0);
-        (now >= before + 20).then_some(())
-    })
+    eventually(
+        "requests to be answered after the failover",
+        Duration::from_secs(20),
+        || async {
+            let now = outcomes.lock().unwrap().get("ok").copied().unwrap_or(0);
+            (now >= before + 20).then_some(())
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {

@@ -77,9 +77,13 @@ async fn fetch(gateway: &Gateway) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-/// Records every `/readyz` answer that differs from the one before, with its body.
-fn watch_readiness(url: String) -> (Arc<Mutex<Vec<(u16, String)>>>, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Vec::<(u16, String)>::new()));
+/// Readiness answers seen, each that differs from the one before.
+type Seen = Arc<Mutex<Vec<(u16, String)>>>;
+
+/// Records every `/readyz` answer that differs from the one before; returns once the first is
+/// recorded.
+async fn watch_readiness(url: String) -> (Seen, tokio::task::JoinHandle<()>) {
+    let seen = Seen::default();
     let handle = tokio::spawn({
         let seen = seen.clone();
         async move {
@@ -87,7 +91,7 @@ fn watch_readiness(url: String) -> (Arc<Mutex<Vec<(u16, String)>>>, tokio::task:
                 let now = readiness(&url).await;
                 {
                     let mut seen = seen.lock().unwrap();
-                    if seen.last().map(|(s, _)| *s) != Some(now.0) {
+                    if seen.last() != Some(&now) {
                         seen.push(now);
                     }
                 }
@@ -95,29 +99,37 @@ fn watch_readiness(url: String) -> (Arc<Mutex<Vec<(u16, String)>>>, tokio::task:
             }
         }
     });
+    eventually("the first readiness answer", HEAL_BOUND, || async {
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
     (seen, handle)
 }
 
-/// Waits until readiness went from ready to unready and back, and returns the unready reason.
-async fn dipped_and_recovered(seen: &Arc<Mutex<Vec<(u16, String)>>>) -> String {
-    eventually("readiness to turn false, then true again", HEAL_BOUND, || async {
-        let seen = seen.lock().unwrap();
-        let statuses: Vec<u16> = seen.iter().map(|(s, _)| *s).collect();
-        match statuses.as_slice() {
-            [200, 503, 200] => Some(seen[1].1.clone()),
-            [200, 503] | [200] | [] => None,
-            other => panic!("unexpected readiness sequence {other:?}: {seen:?}"),
-        }
-    })
+/// Waits until readiness went from ready to unready and back, and returns the unready reasons
+/// in order. `settled` must hold as well before the wait ends.
+async fn dipped_and_recovered(seen: &Seen) -> Vec<String> {
+    eventually(
+        "readiness to turn false, then true again",
+        HEAL_BOUND,
+        || async {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen[0].0, 200, "ready before the fault: {seen:?}");
+            let reasons: Vec<String> = seen
+                .iter()
+                .filter(|(s, _)| *s != 200)
+                .map(|(_, r)| r.clone())
+                .collect();
+            let pulled = reasons.iter().any(|r| r.starts_with("pull harbor: "));
+            (pulled && seen.last().is_some_and(|(s, _)| *s == 200)).then_some(reasons)
+        },
+    )
     .await
 }
 
 async fn consumer_exists(js: &async_nats::jetstream::Context) -> bool {
     match provision::find_stream(js, DEFAULT_STREAM).await.unwrap() {
-        Some(stream) => stream
-            .consumer_info(consumer_name("harbor"))
-            .await
-            .is_ok(),
+        Some(stream) => stream.consumer_info(consumer_name("harbor")).await.is_ok(),
         None => false,
     }
 }
@@ -125,12 +137,15 @@ async fn consumer_exists(js: &async_nats::jetstream::Context) -> bool {
 #[tokio::test]
 async fn a_stream_deleted_while_idle_is_recreated_and_readiness_dips_meanwhile() {
     let s = setup(true).await;
-    let (seen, watcher) = watch_readiness(s.readyz.clone());
+    let (seen, watcher) = watch_readiness(s.readyz.clone()).await;
     let start = Instant::now();
     assert!(s.js.delete_stream(DEFAULT_STREAM).await.unwrap().success);
-    let reason = dipped_and_recovered(&seen).await;
+    let reasons = dipped_and_recovered(&seen).await;
     let healed = start.elapsed();
-    assert!(reason.starts_with("pull harbor: cannot pull"), "{reason}");
+    assert_eq!(
+        reasons,
+        ["pull harbor: cannot pull: the server ended the pull: 409 Consumer Deleted"]
+    );
     assert!(consumer_exists(&s.js).await);
     let answered = eventually("a fetch to succeed again", HEAL_BOUND, || async {
         (fetch(&s.gateway).await == Some(200)).then(Instant::now)
@@ -146,16 +161,40 @@ async fn a_stream_deleted_while_idle_is_recreated_and_readiness_dips_meanwhile()
 }
 
 #[tokio::test]
+async fn a_wiped_jetstream_store_is_provisioned_again() {
+    let mut s = setup(true).await;
+    let (seen, watcher) = watch_readiness(s.readyz.clone()).await;
+    let start = Instant::now();
+    // Nothing tells a pull that the store is gone: the periodic consumer check notices.
+    s.nats.restart_wiped();
+    let reasons = dipped_and_recovered(&seen).await;
+    let healed = start.elapsed();
+    println!("store wiped ({reasons:?}): ready again after {healed:?}");
+    let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
+    assert!(consumer_exists(&js).await);
+    eventually("a fetch to succeed again", HEAL_BOUND, || async {
+        (fetch(&s.gateway).await == Some(200)).then_some(())
+    })
+    .await;
+    watcher.abort();
+    s.resolver.stop().await;
+}
+
+#[tokio::test]
 async fn a_deleted_consumer_is_recreated_and_pings_stop_meanwhile() {
     let s = setup(true).await;
-    let (seen, watcher) = watch_readiness(s.readyz.clone());
+    let (seen, watcher) = watch_readiness(s.readyz.clone()).await;
     // Pings are answered until the loss is noticed; then "no responders" until healed.
     let pings = tokio::spawn({
         let client = s.client.clone();
         async move {
             let mut refused = 0;
             for _ in 0..200 {
-                if client.request(ping_subject("harbor"), "".into()).await.is_err() {
+                if client
+                    .request(ping_subject("harbor"), "".into())
+                    .await
+                    .is_err()
+                {
                     refused += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -165,10 +204,19 @@ async fn a_deleted_consumer_is_recreated_and_pings_stop_meanwhile() {
     });
     let start = Instant::now();
     let stream = s.js.get_stream(DEFAULT_STREAM).await.unwrap();
-    assert!(stream.delete_consumer(&consumer_name("harbor")).await.unwrap().success);
-    let reason = dipped_and_recovered(&seen).await;
+    assert!(
+        stream
+            .delete_consumer(&consumer_name("harbor"))
+            .await
+            .unwrap()
+            .success
+    );
+    let reasons = dipped_and_recovered(&seen).await;
     let healed = start.elapsed();
-    assert!(reason.to_lowercase().contains("consumer deleted"), "{reason}");
+    assert_eq!(
+        reasons,
+        ["pull harbor: cannot pull: the server ended the pull: 409 Consumer Deleted"]
+    );
     assert!(consumer_exists(&s.js).await);
     assert_eq!(fetch(&s.gateway).await, Some(200));
     println!("consumer deleted: ready again after {healed:?}");
@@ -181,7 +229,7 @@ async fn a_deleted_consumer_is_recreated_and_pings_stop_meanwhile() {
 #[tokio::test]
 async fn a_stream_deleted_under_load_is_recreated_and_every_request_gets_an_answer() {
     let s = setup(true).await;
-    let (seen, watcher) = watch_readiness(s.readyz.clone());
+    let (seen, watcher) = watch_readiness(s.readyz.clone()).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
@@ -189,8 +237,12 @@ async fn a_stream_deleted_under_load_is_recreated_and_every_request_gets_an_answ
     let gateway = Arc::new(s.gateway);
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (stop, ok, refused, unanswered) =
-            (stop.clone(), ok.clone(), refused.clone(), unanswered.clone());
+        let (stop, ok, refused, unanswered) = (
+            stop.clone(),
+            ok.clone(),
+            refused.clone(),
+            unanswered.clone(),
+        );
         let gateway = gateway.clone();
         clients.push(tokio::spawn(async move {
             let mut last = None;
@@ -219,7 +271,11 @@ async fn a_stream_deleted_under_load_is_recreated_and_every_request_gets_an_answ
     .await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
-        assert_eq!(c.await.unwrap(), Some(200), "the last request of each client succeeded");
+        assert_eq!(
+            c.await.unwrap(),
+            Some(200),
+            "the last request of each client succeeded"
+        );
     }
     let (ok, refused, unanswered) = (
         ok.load(Ordering::Relaxed),
@@ -236,7 +292,13 @@ async fn a_stream_deleted_under_load_is_recreated_and_every_request_gets_an_answ
 async fn without_provisioning_a_lost_consumer_is_reported_until_an_operator_recreates_it() {
     let s = setup(false).await;
     let stream = s.js.get_stream(DEFAULT_STREAM).await.unwrap();
-    assert!(stream.delete_consumer(&consumer_name("harbor")).await.unwrap().success);
+    assert!(
+        stream
+            .delete_consumer(&consumer_name("harbor"))
+            .await
+            .unwrap()
+            .success
+    );
     let reason = eventually("readiness to say what is missing", HEAL_BOUND, || async {
         let (status, body) = readiness(&s.readyz).await;
         (status == 503 && body.contains("provisioning is off")).then_some(body)
