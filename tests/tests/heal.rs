@@ -127,6 +127,25 @@ async fn dipped_and_recovered(seen: &Seen) -> Vec<String> {
     .await
 }
 
+/// The one reason a deleted consumer (or stream) gives, as the waiting pull hears of it.
+const CONSUMER_DELETED: &str =
+    "pull harbor: cannot pull: the server ended the pull: 409 Consumer Deleted";
+
+/// Deletes network `harbor`'s consumer, leaving the stream.
+async fn delete_consumer(js: &async_nats::jetstream::Context) {
+    let stream = js.get_stream(DEFAULT_STREAM).await.unwrap();
+    let deleted = stream.delete_consumer(&consumer_name("harbor")).await;
+    assert!(deleted.unwrap().success);
+}
+
+/// Fetches until an image comes, and returns when.
+async fn fetched_again(gateway: &Gateway) -> Instant {
+    eventually("a fetch to succeed again", HEAL_BOUND, || async {
+        (fetch(gateway).await == Some(200)).then(Instant::now)
+    })
+    .await
+}
+
 async fn consumer_exists(js: &async_nats::jetstream::Context) -> bool {
     match provision::find_stream(js, DEFAULT_STREAM).await.unwrap() {
         Some(stream) => stream.consumer_info(consumer_name("harbor")).await.is_ok(),
@@ -142,15 +161,9 @@ async fn a_stream_deleted_while_idle_is_recreated_and_readiness_dips_meanwhile()
     assert!(s.js.delete_stream(DEFAULT_STREAM).await.unwrap().success);
     let reasons = dipped_and_recovered(&seen).await;
     let healed = start.elapsed();
-    assert_eq!(
-        reasons,
-        ["pull harbor: cannot pull: the server ended the pull: 409 Consumer Deleted"]
-    );
+    assert_eq!(reasons, [CONSUMER_DELETED]);
     assert!(consumer_exists(&s.js).await);
-    let answered = eventually("a fetch to succeed again", HEAL_BOUND, || async {
-        (fetch(&s.gateway).await == Some(200)).then(Instant::now)
-    })
-    .await;
+    let answered = fetched_again(&s.gateway).await;
     println!(
         "stream deleted while idle: ready again after {healed:?}, answering after {:?}",
         answered - start
@@ -172,10 +185,7 @@ async fn a_wiped_jetstream_store_is_provisioned_again() {
     println!("store wiped ({reasons:?}): ready again after {healed:?}");
     let js = async_nats::jetstream::new(async_nats::connect(s.nats.url()).await.unwrap());
     assert!(consumer_exists(&js).await);
-    eventually("a fetch to succeed again", HEAL_BOUND, || async {
-        (fetch(&s.gateway).await == Some(200)).then_some(())
-    })
-    .await;
+    fetched_again(&s.gateway).await;
     watcher.abort();
     s.resolver.stop().await;
 }
@@ -203,20 +213,10 @@ async fn a_deleted_consumer_is_recreated_and_pings_stop_meanwhile() {
         }
     });
     let start = Instant::now();
-    let stream = s.js.get_stream(DEFAULT_STREAM).await.unwrap();
-    assert!(
-        stream
-            .delete_consumer(&consumer_name("harbor"))
-            .await
-            .unwrap()
-            .success
-    );
+    delete_consumer(&s.js).await;
     let reasons = dipped_and_recovered(&seen).await;
     let healed = start.elapsed();
-    assert_eq!(
-        reasons,
-        ["pull harbor: cannot pull: the server ended the pull: 409 Consumer Deleted"]
-    );
+    assert_eq!(reasons, [CONSUMER_DELETED]);
     assert!(consumer_exists(&s.js).await);
     assert_eq!(fetch(&s.gateway).await, Some(200));
     println!("consumer deleted: ready again after {healed:?}");
@@ -291,14 +291,7 @@ async fn a_stream_deleted_under_load_is_recreated_and_every_request_gets_an_answ
 #[tokio::test]
 async fn without_provisioning_a_lost_consumer_is_reported_until_an_operator_recreates_it() {
     let s = setup(false).await;
-    let stream = s.js.get_stream(DEFAULT_STREAM).await.unwrap();
-    assert!(
-        stream
-            .delete_consumer(&consumer_name("harbor"))
-            .await
-            .unwrap()
-            .success
-    );
+    delete_consumer(&s.js).await;
     let reason = eventually("readiness to say what is missing", HEAL_BOUND, || async {
         let (status, body) = readiness(&s.readyz).await;
         (status == 503 && body.contains("provisioning is off")).then_some(body)
@@ -336,9 +329,6 @@ async fn without_provisioning_a_lost_consumer_is_reported_until_an_operator_recr
         (readiness(&s.readyz).await.0 == 200).then_some(())
     })
     .await;
-    eventually("a fetch to succeed again", HEAL_BOUND, || async {
-        (fetch(&s.gateway).await == Some(200)).then_some(())
-    })
-    .await;
+    fetched_again(&s.gateway).await;
     s.resolver.stop().await;
 }

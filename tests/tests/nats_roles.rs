@@ -48,15 +48,23 @@ async fn refused(errors: &mut UnboundedReceiver<String>, expected: &str) -> Stri
 async fn provision_harbor(nats: &NatsServer) -> async_nats::jetstream::consumer::PullConsumer {
     let (resolver, _) = nats.connect_as("resolver").await;
     let js = async_nats::jetstream::new(resolver);
+    ensure_harbor(&js)
+        .await
+        .expect("the resolver role provisions the stream and its consumer")
+}
+
+/// Provisions network `harbor` with the default settings, as a resolver does at start.
+async fn ensure_harbor(
+    js: &async_nats::jetstream::Context,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, provision::ProvisionError> {
     provision::ensure_network(
-        &js,
+        js,
         &StreamSettings::default(),
         &ConsumerSettings::default(),
         "harbor",
         true,
     )
     .await
-    .expect("the resolver role provisions the stream and its consumer")
 }
 
 /// A resolver of `harbor` and a gateway, each logged in as its role; `instance` names the
@@ -225,15 +233,9 @@ async fn provisioning_without_the_right_to_create_is_an_error_with_its_cause_not
     let (client, mut errors) = nats.connect_as("gateway").await;
     let mut js = async_nats::jetstream::new(client);
     js.set_timeout(Duration::from_secs(1));
-    let err = provision::ensure_network(
-        &js,
-        &StreamSettings::default(),
-        &ConsumerSettings::default(),
-        "harbor",
-        true,
-    )
-    .await
-    .expect_err("the gateway role may not create the stream");
+    let err = ensure_harbor(&js)
+        .await
+        .expect_err("the gateway role may not create the stream");
     refused(&mut errors, "Permissions Violation").await;
     assert!(
         matches!(
