@@ -38,6 +38,14 @@ pub enum ConnectError {
         /// Why.
         source: std::io::Error,
     },
+    /// A NATS URL in the list is malformed.
+    #[error("bad NATS URL {url:?}: {source}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// The parser's error.
+        source: std::io::Error,
+    },
     /// The server could not be reached, refused the credentials, or failed TLS.
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
@@ -100,21 +108,46 @@ impl NatsAuth {
         Ok(options)
     }
 
-    /// Connects to `url` as `name`.
+    /// Connects to `url` (one URL, or a comma-separated list of a cluster's nodes, between
+    /// which the client fails over) as `name`.
     pub async fn connect(
         &self,
         url: &str,
         name: String,
     ) -> Result<async_nats::Client, ConnectError> {
+        let addrs = server_addrs(url)?;
         self.options(name)
             .await?
-            .connect(url)
+            .connect(addrs)
             .await
             .map_err(|source| ConnectError::Connect {
                 url: url.to_owned(),
                 source,
             })
     }
+}
+
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`), each checked.
+pub fn server_addrs(list: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
+    let addrs = list
+        .split(',')
+        .map(str::trim)
+        .map(|url| {
+            let bad = |source| ConnectError::Url {
+                url: url.to_owned(),
+                source,
+            };
+            let addr = url.parse::<async_nats::ServerAddr>().map_err(bad)?;
+            if addr.host().is_empty() {
+                return Err(bad(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "no host",
+                )));
+            }
+            Ok(addr)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(addrs)
 }
 
 fn read_error(path: &Path, source: std::io::Error) -> ConnectError {
@@ -176,6 +209,25 @@ mod tests {
         ] {
             assert_eq!(auth.check().is_ok(), ok, "{auth:?}");
         }
+    }
+
+    #[test]
+    fn url_lists_name_every_node_and_a_bad_one_is_named() {
+        let addrs = server_addrs("nats://a:4222, nats://b:4223,c:4224").unwrap();
+        let hosts: Vec<_> = addrs
+            .iter()
+            .map(|a| (a.host().to_owned(), a.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4224)]
+        );
+        let err = server_addrs("nats://a:4222,http://b:1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad NATS URL \"http://b:1\""), "{err}");
+        let err = server_addrs("nats://a:4222,").unwrap_err().to_string();
+        assert!(err.contains("bad NATS URL \"\""), "{err}");
     }
 
     #[tokio::test]

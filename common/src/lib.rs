@@ -16,16 +16,20 @@
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
 //! - [`store`]: store URLs (`file://`, `s3://`) and building an `object_store` from one.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or SIGINT.
+//! - [`health`]: readiness of named components; ready when all are, with the first reason.
+//! - [`supervise`]: long-lived tasks restarted with backoff when they end early, counted.
 //! - [`telemetry`]: tracing-subscriber setup.
 
 pub mod codec;
 pub mod connect;
 pub mod digest;
 pub mod frames;
+pub mod health;
 pub mod info;
 pub mod protocol;
 pub mod provision;
 pub mod shutdown;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod validate;

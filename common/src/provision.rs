@@ -6,7 +6,13 @@
 //! request for any other network is never stored.
 //!
 //! Provisioning is idempotent and safe when many replicas start at once: the subject list is
-//! updated read-modify-write, and each replica re-reads until it sees its own subject.
+//! updated read-modify-write, and each replica re-reads until it sees its own subject. Only a
+//! lost race (the stream created or deleted by someone else in between) is retried; any other
+//! refusal (a permissions violation shows as a timeout or "no responders") is returned with its
+//! cause.
+//!
+//! The stream's replica count is set when it is created and never changed here: a stream that
+//! exists with another count is logged, and an operator decides.
 //!
 //! A second stream (limits retention) keeps the dead letters: copies of requests that ended
 //! without an answer on `imgfetch.dlq.<network>`, and the server's max-deliveries advisories
@@ -18,7 +24,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self, consumer,
-    context::GetStreamErrorKind,
+    context::{CreateStreamErrorKind, GetStreamErrorKind},
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
     ErrorCode as JsCode,
 };
@@ -155,6 +161,7 @@ pub enum ProvisionError {
         /// What was being done.
         action: &'static str,
         /// The client's error.
+        #[source]
         source: BoxError,
     },
 }
@@ -206,11 +213,20 @@ pub async fn ensure_network_subject(
                 return Err(ProvisionError::MissingStream(settings.name.clone()));
             }
             // Losing a creation race is fine: the next pass finds the winner's stream.
-            if let Err(err) = js
+            match js
                 .create_stream(settings.config(vec![subject.clone()]))
                 .await
             {
-                tracing::debug!(%err, attempt, "stream creation raced; re-reading");
+                Ok(_) => tracing::info!(
+                    stream = settings.name,
+                    replicas = settings.replicas,
+                    "created the stream"
+                ),
+                Err(err) if matches!(err.kind(), CreateStreamErrorKind::JetStream(e) if e.error_code() == JsCode::STREAM_NAME_EXIST) =>
+                {
+                    tracing::debug!(%err, attempt, "stream creation raced; re-reading");
+                }
+                Err(err) => return Err(js_err("creating the stream")(err.into())),
             }
             continue;
         };
@@ -226,6 +242,14 @@ pub async fn ensure_network_subject(
             });
         }
         if info.config.subjects.contains(&subject) {
+            if info.config.num_replicas != settings.replicas {
+                tracing::warn!(
+                    stream = settings.name,
+                    found = info.config.num_replicas,
+                    configured = settings.replicas,
+                    "the stream exists with another replica count; it is left as it is"
+                );
+            }
             return Ok(stream);
         }
         if !create {
@@ -236,8 +260,17 @@ pub async fn ensure_network_subject(
         }
         let mut config = info.config;
         config.subjects.push(subject.clone());
-        if let Err(err) = js.update_stream(config).await {
-            tracing::debug!(%err, attempt, "stream update raced; re-reading");
+        match js.update_stream(config).await {
+            Ok(_) => {}
+            // Deleted since it was read: the next pass creates it.
+            Err(err) if err.kind() == CreateStreamErrorKind::NotFound => {
+                tracing::debug!(%err, attempt, "stream update raced; re-reading");
+            }
+            Err(err) => {
+                return Err(js_err("adding the network's subject to the stream")(
+                    err.into(),
+                ))
+            }
         }
         // Back off a little so that replicas racing on the update spread out.
         tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;

@@ -99,10 +99,55 @@ pub fn parse_url(url: &str, options: S3Options) -> Result<StoreSpec, BadUrl> {
     }
 }
 
-/// A store that could not be built or read.
+/// A store that could not be built or read, with the cause.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct OpenError(String);
+#[non_exhaustive]
+pub enum OpenError {
+    /// A directory to write to could not be created.
+    #[error("cannot create directory {}: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A directory could not be opened.
+    #[error("cannot open directory {}: {source}", path.display())]
+    OpenDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The path is not a directory.
+    #[error("{} is not a directory", path.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// `object_store` refused the directory.
+    #[error("cannot open directory {}: {source}", path.display())]
+    FileStore {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: object_store::Error,
+    },
+    /// The S3 settings do not make a client.
+    #[error("bad S3 settings for bucket {bucket:?}: {source}")]
+    S3Settings {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        source: object_store::Error,
+    },
+    /// Listing the store failed: it does not exist, or the credentials do not work.
+    #[error("store is not readable: {source}")]
+    Unreadable {
+        /// Why.
+        source: object_store::Error,
+    },
+}
 
 /// A built store. For directories, `root` is the canonical directory, so callers can refuse
 /// paths that resolve outside it.
@@ -120,17 +165,24 @@ pub fn build(spec: &StoreSpec, timeout: Duration, create: bool) -> Result<Opened
     match spec {
         StoreSpec::File { root } => {
             if create {
-                std::fs::create_dir_all(root).map_err(|e| {
-                    OpenError(format!("cannot create directory {}: {e}", root.display()))
+                std::fs::create_dir_all(root).map_err(|source| OpenError::CreateDir {
+                    path: root.clone(),
+                    source,
                 })?;
             }
-            let canonical = std::fs::canonicalize(root)
-                .map_err(|e| OpenError(format!("cannot open directory {}: {e}", root.display())))?;
+            let canonical = std::fs::canonicalize(root).map_err(|source| OpenError::OpenDir {
+                path: root.clone(),
+                source,
+            })?;
             if !canonical.is_dir() {
-                return Err(OpenError(format!("{} is not a directory", root.display())));
+                return Err(OpenError::NotADirectory { path: root.clone() });
             }
-            let store = LocalFileSystem::new_with_prefix(&canonical)
-                .map_err(|e| OpenError(format!("cannot open directory {}: {e}", root.display())))?;
+            let store = LocalFileSystem::new_with_prefix(&canonical).map_err(|source| {
+                OpenError::FileStore {
+                    path: root.clone(),
+                    source,
+                }
+            })?;
             Ok(Opened {
                 store: Arc::new(store),
                 root: Some(canonical),
@@ -143,7 +195,10 @@ pub fn build(spec: &StoreSpec, timeout: Duration, create: bool) -> Result<Opened
         } => {
             let s3 = s3_builder(bucket, options, timeout)
                 .build()
-                .map_err(|e| OpenError(format!("bad S3 settings for bucket {bucket:?}: {e}")))?;
+                .map_err(|source| OpenError::S3Settings {
+                    bucket: bucket.clone(),
+                    source,
+                })?;
             let store: Arc<dyn ObjectStore> = match prefix {
                 Some(prefix) => Arc::new(PrefixStore::new(s3, prefix.as_str())),
                 None => Arc::new(s3),
@@ -156,7 +211,7 @@ pub fn build(spec: &StoreSpec, timeout: Duration, create: bool) -> Result<Opened
 /// Proves a store exists and that the credentials work by reading one listing entry.
 pub async fn check_readable(store: &dyn ObjectStore) -> Result<(), OpenError> {
     match store.list(None).next().await {
-        Some(Err(e)) => Err(OpenError(format!("store is not readable: {e}"))),
+        Some(Err(source)) => Err(OpenError::Unreadable { source }),
         _ => Ok(()),
     }
 }

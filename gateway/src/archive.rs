@@ -73,9 +73,17 @@ pub enum ArchiveError {
     /// A template is invalid.
     #[error("archive {0}")]
     Template(#[from] TemplateError),
-    /// The store could not be built or written.
+    /// The store could not be built or read.
     #[error("archive store: {0}")]
-    Store(String),
+    Open(#[from] imgfetch_common::store::OpenError),
+    /// The store could not be written.
+    #[error("archive store: cannot write: {source}")]
+    Store {
+        /// The probe written to prove the store takes writes.
+        path: Path,
+        /// Why.
+        source: object_store::Error,
+    },
 }
 
 /// What became of an image's archive copy.
@@ -111,17 +119,17 @@ impl Archive {
     pub async fn open(config: &ArchiveConfig) -> Result<Archive, ArchiveError> {
         let dir = Template::parse(&config.dir_template, true)?;
         let file = Template::parse(&config.file_template, false)?;
-        let opened = store::build(&config.store, Duration::from_secs(30), true)
-            .map_err(|e| ArchiveError::Store(e.to_string()))?;
-        store::check_readable(opened.store.as_ref())
-            .await
-            .map_err(|e| ArchiveError::Store(e.to_string()))?;
+        let opened = store::build(&config.store, Duration::from_secs(30), true)?;
+        store::check_readable(opened.store.as_ref()).await?;
         let probe = Path::from(PROBE);
         opened
             .store
             .put(&probe, PutPayload::from_static(b"imgfetch"))
             .await
-            .map_err(|e| ArchiveError::Store(format!("cannot write: {e}")))?;
+            .map_err(|source| ArchiveError::Store {
+                path: probe.clone(),
+                source,
+            })?;
         let _ = opened.store.delete(&probe).await;
         Ok(Archive {
             part_bytes: if opened.root.is_some() {

@@ -60,7 +60,7 @@ pub mod defaults {
     about = "Accepts image requests over websocket and HTTP and queues them on JetStream"
 )]
 pub struct Args {
-    /// NATS server URL.
+    /// NATS server URL, or a comma-separated list of the nodes of a cluster.
     #[arg(long, env = "IMGFETCH_NATS_URL", default_value = defaults::NATS_URL)]
     pub nats_url: String,
     // NATS credentials and TLS (see imgfetch_common::connect), kept together.
@@ -192,7 +192,7 @@ impl Config {
     }
 
     /// Turns parsed flags into a config, checking what clap cannot.
-    pub fn from_args(args: Args) -> Result<Config, String> {
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let mut config = Config::new(args.nats_url);
         config.nats_auth = NatsAuth {
             creds_file: args.nats_creds,
@@ -200,17 +200,14 @@ impl Config {
             password_file: args.nats_password_file,
             tls_ca: args.nats_tls_ca,
         };
-        config.nats_auth.check().map_err(|e| e.to_string())?;
+        imgfetch_common::connect::server_addrs(&config.nats_url)?;
+        config.nats_auth.check()?;
         if let Some(instance) = args.instance {
-            imgfetch_common::validate::id(&instance)
-                .map_err(|e| format!("instance: {}", e.reason))?;
+            imgfetch_common::validate::id(&instance).map_err(ConfigError::Instance)?;
             config.instance = instance;
         }
         if args.stream.is_empty() || args.stream.contains(['.', '*', '>', ' ']) {
-            return Err(format!(
-                "stream name {:?} is not a valid JetStream name",
-                args.stream
-            ));
+            return Err(ConfigError::StreamName(args.stream));
         }
         if args.request_timeout_ms == 0
             || args.max_websockets == 0
@@ -219,7 +216,7 @@ impl Config {
             || args.stream_window_bytes == 0
             || args.chunk_timeout_ms == 0
         {
-            return Err("timeouts and limits must be at least 1".into());
+            return Err(ConfigError::Zero);
         }
         config.stream = args.stream;
         config.request_timeout = Duration::from_millis(args.request_timeout_ms);
@@ -238,10 +235,48 @@ impl Config {
         config.log_format = match args.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(format!("log format {other:?}: expected text or json")),
+            other => return Err(ConfigError::LogFormat(other.to_owned())),
         };
         Ok(config)
     }
+}
+
+/// A configuration that cannot be used; the message names the setting and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A NATS URL is malformed, or the NATS credentials do not fit together.
+    #[error(transparent)]
+    Nats(#[from] imgfetch_common::connect::ConnectError),
+    /// The instance name is not a valid id.
+    #[error("instance: {}", .0.reason)]
+    Instance(#[source] imgfetch_common::validate::Invalid),
+    /// The stream name cannot be a JetStream name.
+    #[error("stream name {0:?} is not a valid JetStream name")]
+    StreamName(String),
+    /// A timeout or limit is zero.
+    #[error("timeouts and limits must be at least 1")]
+    Zero,
+    /// The log format is neither `text` nor `json`.
+    #[error("log format {0:?}: expected text or json")]
+    LogFormat(String),
+    /// The tokens file could not be read or parsed.
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokensError),
+    /// The archive URL is malformed.
+    #[error("archive: {0}")]
+    ArchiveUrl(#[source] imgfetch_common::store::BadUrl),
+    /// The archive directory cannot be made absolute.
+    #[error("archive: directory {path:?}: {source}")]
+    ArchiveDir {
+        /// The directory as given.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An archive path template is invalid.
+    #[error("archive {0}")]
+    ArchiveTemplate(#[from] crate::template::TemplateError),
 }
 
 /// Flags of client authentication and connection limits (see `docs/SECURITY.md`).
@@ -295,16 +330,16 @@ impl Default for ClientSettings {
 
 impl ClientSettings {
     /// Checks the flags and reads the tokens file.
-    pub fn from_args(args: ClientArgs) -> Result<ClientSettings, String> {
+    pub fn from_args(args: ClientArgs) -> Result<ClientSettings, ConfigError> {
         if args.max_in_flight_per_token == 0
             || args.ws_idle_timeout_ms == 0
             || args.header_read_timeout_ms == 0
             || args.max_connections == 0
         {
-            return Err("timeouts and limits must be at least 1".into());
+            return Err(ConfigError::Zero);
         }
         let tokens = match &args.tokens_file {
-            Some(path) => Some(crate::auth::Tokens::load(path).map_err(|e| e.to_string())?),
+            Some(path) => Some(crate::auth::Tokens::load(path)?),
             None => None,
         };
         Ok(ClientSettings {
@@ -322,7 +357,7 @@ fn archive_config(
     target: &str,
     dir_template: String,
     file_template: String,
-) -> Result<Option<ArchiveConfig>, String> {
+) -> Result<Option<ArchiveConfig>, ConfigError> {
     if target == "off" {
         return Ok(None);
     }
@@ -334,15 +369,17 @@ fn archive_config(
                 ..S3Options::default()
             },
         )
-        .map_err(|e| format!("archive: {e}"))?
+        .map_err(ConfigError::ArchiveUrl)?
     } else {
-        let dir = std::path::absolute(target)
-            .map_err(|e| format!("archive: directory {target:?}: {e}"))?;
+        let dir = std::path::absolute(target).map_err(|source| ConfigError::ArchiveDir {
+            path: target.to_owned(),
+            source,
+        })?;
         StoreSpec::File { root: dir }
     };
     // Templates are checked now, so that a typo stops the gateway at start.
-    crate::template::Template::parse(&dir_template, true).map_err(|e| format!("archive {e}"))?;
-    crate::template::Template::parse(&file_template, false).map_err(|e| format!("archive {e}"))?;
+    crate::template::Template::parse(&dir_template, true)?;
+    crate::template::Template::parse(&file_template, false)?;
     Ok(Some(ArchiveConfig {
         store,
         dir_template,
@@ -358,7 +395,7 @@ mod tests {
         let args =
             Args::try_parse_from(std::iter::once("imgfetch-gateway").chain(list.iter().copied()))
                 .map_err(|e| e.to_string())?;
-        Config::from_args(args)
+        Config::from_args(args).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -400,6 +437,10 @@ mod tests {
             ),
             (&["--archive", "ftp://x/y"][..], "supported: file, s3"),
             (&["--nats-user", "gateway"][..], "needs a password file"),
+            (
+                &["--nats-url", "nats://a:4222,http://b:4222"][..],
+                "bad NATS URL \"http://b:4222\"",
+            ),
             (
                 &[
                     "--nats-creds",

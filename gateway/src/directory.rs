@@ -22,6 +22,8 @@ use crate::outcome::Failure;
 const NETWORKS_TTL: Duration = Duration::from_secs(5);
 /// How long a ping answer is trusted.
 const ALIVE_TTL: Duration = Duration::from_secs(2);
+/// Longest reading the stream may take.
+const JS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a ping answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -66,7 +68,15 @@ impl Directory {
         // Misses that waited on the lock while another caller re-read the stream share that
         // read, so a burst of unknown names costs one JetStream call, not one each.
         if known.fetched.is_none_or(|t| t < asked) {
-            match self.fetch().await {
+            let fetched = tokio::time::timeout(JS_TIMEOUT, self.fetch())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::new(
+                        ErrorCode::Unavailable,
+                        format!("reading the stream timed out after {JS_TIMEOUT:?}"),
+                    ))
+                });
+            match fetched {
                 Ok(fresh) => *known = fresh,
                 Err(failure) => {
                     // Callers queued behind a failed read use what was known rather than each
@@ -169,8 +179,8 @@ impl Directory {
     /// Whether the stream can be read: the readiness check.
     pub async fn stream_reachable(&self) -> bool {
         matches!(
-            provision::find_stream(&self.js, &self.stream).await,
-            Ok(Some(_))
+            tokio::time::timeout(JS_TIMEOUT, provision::find_stream(&self.js, &self.stream)).await,
+            Ok(Ok(Some(_)))
         )
     }
 }

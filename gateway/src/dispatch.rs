@@ -19,6 +19,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use imgfetch_common::protocol::{self, header, ErrorCode, FetchRequest};
+use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -32,6 +33,10 @@ use crate::transfer::{Head, Part, Routed, StreamSettings, Streams, Transfer};
 /// How often resolvers whose stream waits for its client to start reading are told the stream
 /// is still wanted; well within their idle timeout.
 const KEEPALIVE: Duration = Duration::from_secs(5);
+/// Longest subscribing to the callbacks may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a cancel or a keepalive credit may wait for the connection; either is best effort.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waiters by callback token, and the token of each id in flight (for `duplicate_id`).
 #[derive(Debug, Default)]
@@ -106,8 +111,10 @@ impl Drop for Ticket {
 }
 
 impl Dispatcher {
-    /// Subscribes to this instance's callbacks and returns the dispatcher with the task that
-    /// routes replies (it ends when the subscription does).
+    /// Subscribes to this instance's callbacks and returns the dispatcher; the task that routes
+    /// replies runs under `supervisor` as `reply router` (restarted, with a new subscription,
+    /// if it ends before [`Dispatcher::close`]). Its tick also tells resolvers whose stream has
+    /// not started that it is still wanted.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         client: async_nats::Client,
@@ -117,12 +124,20 @@ impl Dispatcher {
         timeouts: (Duration, Duration),
         stream_settings: StreamSettings,
         draining: CancellationToken,
+        supervisor: &Supervisor,
     ) -> Result<Arc<Dispatcher>, async_nats::SubscribeError> {
         let (request_timeout, publish_timeout) = timeouts;
         let js = jetstream::new(client.clone());
-        let mut replies = client
-            .subscribe(protocol::reply_wildcard(&instance))
-            .await?;
+        let subject = protocol::reply_wildcard(&instance);
+        // The first subscription is made here, so that no reply can come before it exists.
+        let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.subscribe(subject.clone()))
+            .await
+            .map_err(|_| {
+                async_nats::SubscribeError::with_source(
+                    async_nats::client::SubscribeErrorKind::Other,
+                    std::io::Error::other("subscribing timed out"),
+                )
+            })??;
         let dispatcher = Arc::new(Dispatcher {
             directory: Directory::new(client.clone(), js.clone(), stream),
             js,
@@ -134,28 +149,24 @@ impl Dispatcher {
             streams: Streams::default(),
             closed: CancellationToken::new(),
         });
-        let router = Router {
+        let router = Arc::new(Router {
             reply_prefix: protocol::reply_subject(&dispatcher.instance, ""),
             pending: dispatcher.pending.clone(),
             streams: dispatcher.streams.clone(),
             archive,
             client,
             settings: stream_settings,
-        };
-        let closed = dispatcher.closed.clone();
-        tokio::spawn(async move {
-            let mut keepalive = tokio::time::interval(KEEPALIVE);
-            loop {
-                tokio::select! {
-                    _ = closed.cancelled() => break,
-                    msg = replies.next() => match msg {
-                        Some(msg) => router.route(msg),
-                        None => break,
-                    },
-                    _ = keepalive.tick() => router.keep_alive(),
-                }
-            }
         });
+        let closed = dispatcher.closed.clone();
+        let first = Arc::new(std::sync::Mutex::new(Some(first)));
+        // The router outlives draining: it stops only when the dispatcher closes.
+        supervisor
+            .until(closed.clone())
+            .spawn("reply router", move || {
+                let (router, closed, subject) = (router.clone(), closed.clone(), subject.clone());
+                let first = first.lock().expect("first subscription poisoned").take();
+                async move { router.run(first, subject, closed).await }
+            });
         Ok(dispatcher)
     }
 
@@ -307,6 +318,33 @@ struct Router {
 }
 
 impl Router {
+    /// Routes replies until `closed`; `subscription` is the first run's, later runs subscribe
+    /// to `subject` anew. Ends early when the subscription does.
+    async fn run(
+        &self,
+        subscription: Option<async_nats::Subscriber>,
+        subject: String,
+        closed: CancellationToken,
+    ) -> Result<(), RouterError> {
+        let mut replies = match subscription {
+            Some(sub) => sub,
+            None => tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.client.subscribe(subject))
+                .await
+                .map_err(|_| RouterError::SubscribeTimeout)??,
+        };
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        loop {
+            tokio::select! {
+                _ = closed.cancelled() => return Ok(()),
+                msg = replies.next() => match msg {
+                    Some(msg) => self.route(msg),
+                    None => return Err(RouterError::Ended),
+                },
+                _ = keepalive.tick() => self.keep_alive(),
+            }
+        }
+    }
+
     fn route(&self, msg: async_nats::Message) {
         let headers = msg.headers.as_ref();
         let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
@@ -451,9 +489,10 @@ impl Router {
         headers.insert(header::CANCEL, why);
         let (client, flow) = (self.client.clone(), flow.to_owned());
         tokio::spawn(async move {
-            let _ = client
-                .publish_with_headers(flow, headers, bytes::Bytes::new())
-                .await;
+            let send = client.publish_with_headers(flow, headers, bytes::Bytes::new());
+            if tokio::time::timeout(SIGNAL_TIMEOUT, send).await.is_err() {
+                tracing::debug!("a cancel could not be sent in time");
+            }
         });
     }
 
@@ -464,12 +503,24 @@ impl Router {
             headers.insert(header::CREDIT, "0");
             let client = self.client.clone();
             tokio::spawn(async move {
-                let _ = client
-                    .publish_with_headers(flow, headers, bytes::Bytes::new())
-                    .await;
+                let send = client.publish_with_headers(flow, headers, bytes::Bytes::new());
+                if tokio::time::timeout(SIGNAL_TIMEOUT, send).await.is_err() {
+                    tracing::debug!("a keepalive credit could not be sent in time");
+                }
             });
         }
     }
+}
+
+/// Why the reply router stopped before the dispatcher closed.
+#[derive(Debug, thiserror::Error)]
+enum RouterError {
+    #[error("cannot subscribe to the callbacks: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("subscribing to the callbacks timed out after {SUBSCRIBE_TIMEOUT:?}")]
+    SubscribeTimeout,
+    #[error("the callback subscription ended")]
+    Ended,
 }
 
 /// A reply that cannot be what the gateway asked for: dropped, counted, logged.

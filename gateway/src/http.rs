@@ -105,6 +105,8 @@ pub struct AppState {
     pub client: async_nats::Client,
     /// Metrics renderer.
     pub metrics: Option<PrometheusHandle>,
+    /// Readiness of the supervised tasks.
+    pub health: imgfetch_common::health::Health,
     /// Who may fetch what.
     pub auth: Auth,
 }
@@ -346,6 +348,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "the stream is not reachable",
         )
             .into_response();
+    }
+    if let Err(reason) = state.health.check() {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
     }
     (StatusCode::OK, "ready").into_response()
 }

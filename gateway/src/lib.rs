@@ -14,6 +14,9 @@
 //! - [`outcome`]: the image or the error a request ends in, and how a reply becomes one.
 //! - [`transfer`]: receiving a streamed image: credit, order, size and SHA-256 checks, stalls.
 //! - [`sentinel`]: answers hand-published requests that no stream captured.
+//!
+//! The reply router and the sentinel are supervised (`imgfetch_common::supervise`): one that
+//! ends early is restarted with a new subscription, and `/readyz` is false meanwhile.
 //! - [`ws`]: the websocket session protocol.
 //! - [`http`]: routes, status codes, health and metrics.
 //!
@@ -39,6 +42,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use imgfetch_common::health::Health;
+use imgfetch_common::supervise::Supervisor;
+
+/// Longest the last flush at shutdown may wait.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The counter of supervised task restarts.
+const RESTARTS_METRIC: &str = "imgfetch_gateway_task_restarts_total";
 
 /// Why the gateway could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +56,12 @@ pub enum RunError {
     /// NATS could not be reached, refused the credentials, or failed TLS.
     #[error(transparent)]
     Connect(#[from] imgfetch_common::connect::ConnectError),
-    /// Subscribing to callbacks or requests failed.
+    /// Subscribing to callbacks failed.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// The sentinel could not subscribe to requests.
+    #[error(transparent)]
+    Sentinel(#[from] sentinel::SentinelError),
     /// The archive could not be set up.
     #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
@@ -75,6 +88,9 @@ pub async fn run(
         )
         .await?;
     let draining = shutdown.child_token();
+    let health = Health::new();
+    // Tasks stop when draining starts; the reply router only when the dispatcher closes, last.
+    let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, draining.clone());
     let dispatcher = dispatch::Dispatcher::start(
         client.clone(),
         archive.clone(),
@@ -83,9 +99,16 @@ pub async fn run(
         (config.request_timeout, config.publish_timeout),
         config.streams,
         draining.clone(),
+        &supervisor,
     )
     .await?;
-    sentinel::start(client.clone(), dispatcher.clone(), draining.clone()).await?;
+    sentinel::start(
+        client.clone(),
+        dispatcher.clone(),
+        draining.clone(),
+        &supervisor,
+    )
+    .await?;
 
     let state = http::AppState {
         dispatcher: dispatcher.clone(),
@@ -100,6 +123,7 @@ pub async fn run(
         max_client_frame_bytes: config.max_client_frame_bytes,
         draining: draining.clone(),
         client: client.clone(),
+        health,
         metrics: config.metrics.clone(),
         auth: match &config.clients.tokens {
             Some(tokens) => {
@@ -152,7 +176,12 @@ pub async fn run(
     }
     dispatcher.close();
     // A flush waits for a reconnect that may never come.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
+    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?FINAL_FLUSH_TIMEOUT, "the last messages could not be flushed");
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }

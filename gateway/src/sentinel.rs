@@ -7,34 +7,78 @@
 //! larger than the stream's message limit, which the stream refuses without a word.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use imgfetch_common::protocol::{
     header, network_of_subject, ErrorCode, REQUEST_PREFIX, SENTINEL_QUEUE_GROUP,
 };
+use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
 
-/// Starts the sentinel; it runs until `shutdown`.
+/// Longest subscribing, or sending an answer, may take.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the sentinel stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SentinelError {
+    /// Subscribing failed.
+    #[error("cannot subscribe to the requests: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// Subscribing did not finish in time.
+    #[error("subscribing to the requests timed out after {NATS_TIMEOUT:?}")]
+    SubscribeTimeout,
+    /// The subscription ended.
+    #[error("the request subscription ended")]
+    Ended,
+}
+
+/// Starts the sentinel under `supervisor` as `sentinel`; it runs until `shutdown`. The first
+/// subscription is made before this returns.
 pub async fn start(
     client: async_nats::Client,
     dispatcher: Arc<Dispatcher>,
     shutdown: CancellationToken,
-) -> Result<(), async_nats::SubscribeError> {
-    let mut sub = client
-        .queue_subscribe(
-            format!("{REQUEST_PREFIX}.>"),
-            SENTINEL_QUEUE_GROUP.to_owned(),
-        )
-        .await?;
-    tokio::spawn(async move {
-        loop {
+    supervisor: &Supervisor,
+) -> Result<(), SentinelError> {
+    let first = Arc::new(std::sync::Mutex::new(Some(subscribe(&client).await?)));
+    supervisor.spawn("sentinel", move || {
+        let sub = first.lock().expect("first subscription poisoned").take();
+        run(client.clone(), dispatcher.clone(), shutdown.clone(), sub)
+    });
+    Ok(())
+}
+
+async fn subscribe(client: &async_nats::Client) -> Result<async_nats::Subscriber, SentinelError> {
+    let subscribe = client.queue_subscribe(
+        format!("{REQUEST_PREFIX}.>"),
+        SENTINEL_QUEUE_GROUP.to_owned(),
+    );
+    Ok(tokio::time::timeout(NATS_TIMEOUT, subscribe)
+        .await
+        .map_err(|_| SentinelError::SubscribeTimeout)??)
+}
+
+/// Answers until `shutdown`, on `sub` or on a new subscription.
+async fn run(
+    client: async_nats::Client,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: CancellationToken,
+    sub: Option<async_nats::Subscriber>,
+) -> Result<(), SentinelError> {
+    let mut sub = match sub {
+        Some(sub) => sub,
+        None => subscribe(&client).await?,
+    };
+    loop {
+        {
             let msg = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = sub.next() => match next { Some(m) => m, None => break },
+                _ = shutdown.cancelled() => return Ok(()),
+                next = sub.next() => match next { Some(m) => m, None => return Err(SentinelError::Ended) },
             };
             let Some(callback) = msg.headers.as_ref().and_then(|h| h.get(header::CALLBACK)) else {
                 continue;
@@ -82,15 +126,14 @@ pub async fn start(
             headers.insert(header::STATUS, code.as_str());
             headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
             tracing::info!(subject = msg.subject.as_str(), ?id, %code, "answered a request no stream captured");
-            if let Err(err) = client
-                .publish_with_headers(callback, headers, text.into())
-                .await
-            {
-                tracing::debug!(%err, "sentinel reply failed");
+            let send = client.publish_with_headers(callback, headers, text.into());
+            match tokio::time::timeout(NATS_TIMEOUT, send).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::debug!(%err, "sentinel reply failed"),
+                Err(_) => tracing::debug!("sentinel reply not sent in time"),
             }
         }
-    });
-    Ok(())
+    }
 }
 
 /// Size of a message as JetStream counts it against `max_msg_size`: headers and payload.

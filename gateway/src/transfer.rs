@@ -28,6 +28,10 @@ use tokio::sync::mpsc;
 use crate::archive::ArchiveSink;
 use crate::outcome::Failure;
 
+/// Longest a credit grant or a cancel may wait for the connection; a lost grant shows as a
+/// stall, a lost cancel as a resolver that stops at its own idle limit.
+const CREDIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How streamed images are received.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamSettings {
@@ -364,12 +368,13 @@ impl Transfer {
         let mut headers = HeaderMap::new();
         headers.insert(header::CREDIT, credit.to_string().as_str());
         // A lost grant shows as a stall and ends in a timeout; nothing else to do here.
-        if let Err(err) = self
+        let send = self
             .client
-            .publish_with_headers(self.head.flow.clone(), headers, Bytes::new())
-            .await
-        {
-            tracing::debug!(id = self.head.id, %err, "cannot send credit");
+            .publish_with_headers(self.head.flow.clone(), headers, Bytes::new());
+        match tokio::time::timeout(CREDIT_TIMEOUT, send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(id = self.head.id, %err, "cannot send credit"),
+            Err(_) => tracing::debug!(id = self.head.id, "credit not sent in time"),
         }
         self.granted = credit;
     }
@@ -395,9 +400,8 @@ impl Transfer {
         headers.insert(header::CANCEL, why.replace(['\r', '\n'], " ").as_str());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = client
-                    .publish_with_headers(flow, headers, Bytes::new())
-                    .await;
+                let send = client.publish_with_headers(flow, headers, Bytes::new());
+                let _ = tokio::time::timeout(CREDIT_TIMEOUT, send).await;
             });
         }
     }

@@ -45,6 +45,12 @@ pub mod defaults {
     pub const PULL_EXPIRES_MS: u64 = 5_000;
     /// How long the dead-letter stream keeps a dead letter: 7 days.
     pub const DLQ_MAX_AGE_HOURS: u64 = 7 * 24;
+    /// Replicas of the stream when the resolver creates it.
+    pub const STREAM_REPLICAS: usize = 1;
+    /// How long a resolver may hold a request before JetStream redelivers it.
+    pub const ACK_WAIT_MS: u64 = 30_000;
+    /// Deliveries after which JetStream stops redelivering a request.
+    pub const MAX_DELIVER: i64 = 10;
 }
 
 /// Command line of `imgfetch-resolver`.
@@ -58,7 +64,8 @@ pub struct Args {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "IMGFETCH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// NATS server URL [default: nats://127.0.0.1:4222].
+    /// NATS server URL, or a comma-separated list of the nodes of a cluster
+    /// [default: nats://127.0.0.1:4222].
     #[arg(long, env = "IMGFETCH_NATS_URL")]
     pub nats_url: Option<String>,
     /// NATS .creds file (user JWT and nkey seed).
@@ -117,6 +124,18 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "IMGFETCH_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Address of the /livez, /readyz and /metrics listener, e.g. 0.0.0.0:9090 [default: none].
+    #[arg(long, env = "IMGFETCH_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Replicas of the stream when creating it, 1 to 5 [default: 1].
+    #[arg(long, env = "IMGFETCH_STREAM_REPLICAS")]
+    pub stream_replicas: Option<usize>,
+    /// Milliseconds a request may be held before JetStream redelivers it [default: 30000].
+    #[arg(long, env = "IMGFETCH_ACK_WAIT_MS")]
+    pub ack_wait_ms: Option<u64>,
+    /// Deliveries after which JetStream stops redelivering a request [default: 10].
+    #[arg(long, env = "IMGFETCH_MAX_DELIVER")]
+    pub max_deliver: Option<i64>,
 }
 
 /// The TOML file. Unknown keys are errors.
@@ -159,6 +178,14 @@ pub struct FileConfig {
     pub retry_delay_ms: Option<u64>,
     /// Log format: text or json.
     pub log_format: Option<String>,
+    /// Address of the health and metrics listener.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Replicas of the stream when creating it.
+    pub stream_replicas: Option<usize>,
+    /// Milliseconds before JetStream redelivers a held request.
+    pub ack_wait_ms: Option<u64>,
+    /// Deliveries after which JetStream stops redelivering.
+    pub max_deliver: Option<i64>,
     /// The networks, each with its own store.
     #[serde(default)]
     pub networks: BTreeMap<String, FileNetwork>,
@@ -200,7 +227,7 @@ pub struct NetworkSpec {
 /// Everything `run` needs, resolved.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL, or comma-separated URLs of a cluster's nodes.
     pub nats_url: String,
     /// NATS credentials and TLS.
     pub nats_auth: NatsAuth,
@@ -241,6 +268,10 @@ pub struct Config {
     pub pull_expires: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where `/livez`, `/readyz` and `/metrics` are served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Where `/metrics` renders from (main installs the recorder); `None` serves no metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Config {
@@ -267,6 +298,8 @@ impl Config {
             grace: Duration::from_millis(defaults::GRACE_MS),
             pull_expires: Duration::from_millis(defaults::PULL_EXPIRES_MS),
             log_format: LogFormat::Text,
+            http_listen: None,
+            metrics: None,
         }
     }
 
@@ -386,11 +419,43 @@ impl Config {
                 .or(file.stream_idle_ms)
                 .unwrap_or(defaults::STREAM_IDLE_MS),
         );
-        config.store_attempts = args
-            .store_attempts
-            .or(file.store_attempts)
-            .unwrap_or(defaults::STORE_ATTEMPTS);
+        config.consumer.max_deliver = args
+            .max_deliver
+            .or(file.max_deliver)
+            .unwrap_or(defaults::MAX_DELIVER);
+        if config.consumer.max_deliver < 1 {
+            return Err(ConfigError::Invalid(
+                "max deliver must be at least 1".into(),
+            ));
+        }
+        let ack_wait_ms = args
+            .ack_wait_ms
+            .or(file.ack_wait_ms)
+            .unwrap_or(defaults::ACK_WAIT_MS);
+        if ack_wait_ms < 1000 {
+            return Err(ConfigError::Invalid(
+                "ack wait must be at least 1000 ms".into(),
+            ));
+        }
+        config.consumer.ack_wait = Duration::from_millis(ack_wait_ms);
+        config.stream.replicas = args
+            .stream_replicas
+            .or(file.stream_replicas)
+            .unwrap_or(defaults::STREAM_REPLICAS);
+        if !(1..=5).contains(&config.stream.replicas) {
+            return Err(ConfigError::Invalid(format!(
+                "stream replicas must be 1 to 5, not {}",
+                config.stream.replicas
+            )));
+        }
+        config.http_listen = args.http_listen.or(file.http_listen);
+        imgfetch_common::connect::server_addrs(&config.nats_url)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let max_deliver = config.consumer.max_deliver;
+        // Unless given, the attempts fit under a short max_deliver by themselves.
+        config.store_attempts = args.store_attempts.or(file.store_attempts).unwrap_or(
+            defaults::STORE_ATTEMPTS.min(u32::try_from(max_deliver).unwrap_or(u32::MAX)),
+        );
         if config.store_attempts == 0 || i64::from(config.store_attempts) > max_deliver {
             return Err(ConfigError::Invalid(format!(
                 "store attempts must be 1 to {max_deliver} (the consumer's max_deliver)"
@@ -583,6 +648,10 @@ mod tests {
     fn file_networks_carry_their_own_credentials_and_flags_override_the_file() {
         const FILE: &str = r#"
             nats_url = "nats://file:4222"
+            stream_replicas = 3
+            ack_wait_ms = 2000
+            max_deliver = 3
+            http_listen = "0.0.0.0:9090"
             nats_user = "resolver"
             nats_password_file = "/run/secrets/nats/password"
             nats_tls_ca = "/run/secrets/nats/ca.pem"
@@ -603,6 +672,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.nats_url, "nats://file:4222");
         assert_eq!(c.concurrency, 5);
+        assert_eq!(c.stream.replicas, 3);
+        assert_eq!(c.consumer.ack_wait, Duration::from_secs(2));
+        assert_eq!(c.consumer.max_deliver, 3);
+        assert_eq!(c.store_attempts, 3);
+        assert_eq!(c.http_listen, Some(([0, 0, 0, 0], 9090).into()));
         assert_eq!(
             c.nats_auth,
             NatsAuth {
@@ -655,6 +729,34 @@ mod tests {
             (
                 &["--network", "a=file:///x", "--store-attempts", "11"],
                 "store attempts must be 1 to 10",
+            ),
+            (
+                &[
+                    "--network",
+                    "a=file:///x",
+                    "--max-deliver",
+                    "3",
+                    "--store-attempts",
+                    "4",
+                ],
+                "store attempts must be 1 to 3",
+            ),
+            (
+                &["--network", "a=file:///x", "--stream-replicas", "6"],
+                "stream replicas must be 1 to 5",
+            ),
+            (
+                &["--network", "a=file:///x", "--ack-wait-ms", "10"],
+                "ack wait must be at least 1000 ms",
+            ),
+            (
+                &[
+                    "--network",
+                    "a=file:///x",
+                    "--nats-url",
+                    "nats://a:4222,nats://",
+                ],
+                "bad NATS URL",
             ),
         ];
         for (list, expect) in cases {

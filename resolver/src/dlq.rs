@@ -49,6 +49,8 @@ pub const RETRY_DELAY: Duration = Duration::from_secs(5);
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// Advisories asked for at once.
 const BATCH: usize = 16;
+/// Failed pulls in a row after which [`run`] gives up, to be provisioned again.
+pub const PULL_FAILURES: u32 = 3;
 
 /// What copying and answering need: the connection, and where the requests live.
 #[derive(Clone, Debug)]
@@ -129,6 +131,13 @@ pub enum DeadLetterError {
         /// Why.
         #[source]
         source: async_nats::jetstream::stream::DeleteMessageError,
+    },
+    /// The advisories could not be pulled several times in a row: the dead-letter stream or its
+    /// consumer may be gone. The supervisor provisions them again and restarts the loop.
+    #[error("cannot pull advisories {PULL_FAILURES} times in a row; last error: {last}")]
+    Pull {
+        /// The last failure.
+        last: String,
     },
 }
 
@@ -301,7 +310,14 @@ impl DeadLetters {
 }
 
 /// Takes max-deliveries advisories from `consumer` and handles each, until `shutdown` fires.
-pub async fn run(dead: Arc<DeadLetters>, consumer: PullConsumer, shutdown: CancellationToken) {
+/// Returns an error after [`PULL_FAILURES`] failed pulls in a row, so that whoever runs it can
+/// provision the stream and consumer again (they may have been deleted).
+pub async fn run(
+    dead: Arc<DeadLetters>,
+    consumer: PullConsumer,
+    shutdown: CancellationToken,
+) -> Result<(), DeadLetterError> {
+    let mut failures = 0u32;
     loop {
         let pull = consumer
             .fetch()
@@ -310,40 +326,44 @@ pub async fn run(dead: Arc<DeadLetters>, consumer: PullConsumer, shutdown: Cance
             .messages();
         let batch = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             batch = tokio::time::timeout(STEP_TIMEOUT, pull) => batch,
         };
-        let mut batch = match batch {
-            Ok(Ok(batch)) => batch,
-            Ok(Err(err)) => {
-                tracing::warn!(%err, "cannot pull advisories; retrying in 1 s");
-                if pause(&shutdown).await {
-                    return;
+        let failure = match batch {
+            Ok(Ok(mut batch)) => {
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Ok(()),
+                        next = tokio::time::timeout(PULL_EXPIRES + STEP_TIMEOUT, batch.next()) => next,
+                    };
+                    match next {
+                        Ok(Some(Ok(message))) => {
+                            failures = 0;
+                            handle(&dead, message).await;
+                        }
+                        Ok(Some(Err(err))) => {
+                            tracing::warn!(%err, "advisory pull failed");
+                            break Some(err.to_string());
+                        }
+                        Ok(None) | Err(_) => break None,
+                    }
                 }
-                continue;
             }
-            Err(_) => {
-                tracing::warn!("pulling advisories timed out; retrying in 1 s");
-                if pause(&shutdown).await {
-                    return;
-                }
-                continue;
-            }
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some(format!("pulling advisories took longer than {STEP_TIMEOUT:?}")),
         };
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                next = tokio::time::timeout(PULL_EXPIRES + STEP_TIMEOUT, batch.next()) => next,
-            };
-            match next {
-                Ok(Some(Ok(message))) => handle(&dead, message).await,
-                Ok(Some(Err(err))) => {
-                    tracing::warn!(%err, "advisory pull failed");
-                    break;
-                }
-                Ok(None) | Err(_) => break,
-            }
+        let Some(last) = failure else {
+            failures = 0;
+            continue;
+        };
+        failures += 1;
+        if failures >= PULL_FAILURES {
+            return Err(DeadLetterError::Pull { last });
+        }
+        tracing::warn!(error = last, "cannot pull advisories; retrying in 1 s");
+        if pause(&shutdown).await {
+            return Ok(());
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | store failing, last attempt | `store_unavailable` | term |
 //! | no callback header, or one `validate::callback` refuses | none; copied to the dead-letter stream ([`dlq`](crate::dlq)) | term |
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
@@ -97,6 +98,28 @@ pub struct Decision {
     pub stream: Option<Outgoing>,
 }
 
+/// Longest a reply, or a settle, may wait to be handed to the connection.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the flush between a reply and its ack may take.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a message was left unsettled, for JetStream to redeliver.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsettled {
+    /// The reply, or the settle, was not taken by the connection in time.
+    #[error("{0} was not sent within {PUBLISH_TIMEOUT:?}")]
+    PublishTimeout(&'static str),
+    /// The reply was not written out in time.
+    #[error("the reply was not flushed within {FLUSH_TIMEOUT:?}")]
+    FlushTimeout,
+    /// The reply could not be written out.
+    #[error("the reply could not be flushed: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+    /// The connection was replaced between the reply and the ack: the reply may be lost.
+    #[error("the connection to NATS was re-established after the reply was sent")]
+    Reconnected,
+}
+
 /// Handles one message end to end. Errors mean the message was left unsettled and JetStream
 /// will redeliver it after the ack wait.
 pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), async_nats::Error> {
@@ -124,26 +147,50 @@ pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), as
         delivered,
     )
     .await;
-    // The reply and the settle go out on the same connection, so the server sees them in that
-    // order. No flush or ack round trip waits here; an ack lost on the way means one
-    // redelivery and a second reply, which the gateway drops by id. A reconnect between the
-    // two can drop an unwritten reply while the ack goes out on the new connection: a known
-    // gap (docs/PROTOCOL.md, Guarantees).
+    // The ack goes out only once the reply is written out on the connection it was published
+    // on: a reconnect in between could drop the unwritten reply while the ack went out on the
+    // new connection. A reply that may be lost leaves the message unsettled; it is redelivered
+    // and answered again, and the gateway drops a second reply by its token
+    // (docs/PROTOCOL.md, Guarantees).
+    let connects = ctx.client.statistics().connects.load(Ordering::Relaxed);
+    let sent = decision.reply.is_some() || decision.stream.is_some();
     if let Some((callback, reply)) = decision.reply {
-        ctx.client
-            .publish_with_headers(callback, reply.headers, reply.body)
-            .await?;
+        let publish = ctx
+            .client
+            .publish_with_headers(callback, reply.headers, reply.body);
+        bounded("the reply", publish).await?;
     }
     let settle = match decision.stream {
         Some(out) => stream::send(ctx, &message, out).await?,
         None => decision.settle,
     };
-    match settle {
-        Settle::Ack => message.ack().await?,
-        Settle::Nak(delay) => message.ack_with(AckKind::Nak(Some(delay))).await?,
-        Settle::Term => message.ack_with(AckKind::Term).await?,
+    if sent {
+        tokio::time::timeout(FLUSH_TIMEOUT, ctx.client.flush())
+            .await
+            .map_err(|_| Unsettled::FlushTimeout)?
+            .map_err(Unsettled::Flush)?;
+        if ctx.client.statistics().connects.load(Ordering::Relaxed) != connects {
+            return Err(Unsettled::Reconnected.into());
+        }
     }
-    Ok(())
+    let kind = match settle {
+        Settle::Ack => AckKind::Ack,
+        Settle::Nak(delay) => AckKind::Nak(Some(delay)),
+        Settle::Term => AckKind::Term,
+    };
+    bounded("the ack", message.ack_with(kind)).await
+}
+
+/// `fut` (a publish, an ack, a subscribe) bounded by [`PUBLISH_TIMEOUT`]; `what` names it in the
+/// error.
+pub(crate) async fn bounded<T, E: Into<async_nats::Error>>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, async_nats::Error> {
+    match tokio::time::timeout(PUBLISH_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Unsettled::PublishTimeout(what).into()),
+    }
 }
 
 /// Decides the answer to one message. `delivered` counts deliveries, this one included.

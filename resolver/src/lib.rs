@@ -11,15 +11,20 @@
 //! - [`stream`]: an image over the inline limit, sent in chunks at the receiver's pace.
 //! - [`worker`]: one network's persistent pull on its shared durable consumer, with credit
 //!   per network and slots shared by all.
-//! - [`ping`]: the liveness answer gateways use to detect "no resolver".
+//! - [`ping`]: the liveness answer gateways use to detect "no resolver", given only while the
+//!   network can be served.
+//! - [`http`]: the optional `/livez`, `/readyz` and `/metrics` listener.
 //! - [`dlq`]: requests that end without an answer: copied to the dead-letter stream, their
 //!   requesters told `undeliverable`.
 //!
-//! [`run`] ties them together and drains in-flight work on shutdown.
+//! [`run`] ties them together, supervises the long-lived tasks (each network's pull loop and
+//! ping answerer, restarted when they end early; see `imgfetch_common::supervise`) and drains
+//! in-flight work on shutdown.
 
 pub mod config;
 pub mod dlq;
 pub mod handler;
+pub mod http;
 pub mod info;
 pub mod ping;
 pub mod store;
@@ -28,8 +33,10 @@ pub mod worker;
 
 use std::sync::Arc;
 
+use imgfetch_common::health::Health;
 use imgfetch_common::protocol::ResolverInfo;
 use imgfetch_common::provision::{self, ProvisionError};
+use imgfetch_common::supervise::Supervisor;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,10 +76,28 @@ pub enum RunError {
     /// The dead-letter stream or its consumer could not be set up.
     #[error("dead-letter stream: {0}")]
     DeadLetters(#[source] ProvisionError),
-    /// Subscribing to the ping subject failed.
-    #[error("cannot subscribe: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Provisioning at start did not finish in time.
+    #[error("network {network:?}: setting up the stream and consumer timed out after {timeout:?}")]
+    ProvisionTimeout {
+        /// The network.
+        network: String,
+        /// The bound.
+        timeout: std::time::Duration,
+    },
 }
+
+/// The counter of supervised task restarts.
+const RESTARTS_METRIC: &str = "imgfetch_resolver_task_restarts_total";
+/// Longest the last flush at shutdown may wait: it waits for a reconnect that may never come.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the resolver until `shutdown` fires, then lets in-flight requests finish within the
 /// grace period.
@@ -112,6 +137,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .max(1024);
 
     let js = async_nats::jetstream::new(client.clone());
+    let health = Health::new();
+    let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, shutdown.clone());
+    let http = match config.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })?;
+            let state = http::HttpState {
+                health: health.clone(),
+                client: client.clone(),
+                shutdown: shutdown.clone(),
+                metrics: config.metrics.clone(),
+            };
+            tracing::info!(%addr, "health and metrics listening");
+            Some(tokio::spawn(http::serve(listener, state)))
+        }
+        None => None,
+    };
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let tracker = TaskTracker::new();
     let info = ResolverInfo {
@@ -121,14 +164,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         max_inline_bytes,
     };
     // Before any request is taken: a request termed without an answer is copied first.
-    let advisories =
-        provision::ensure_dead_letters(&js, &config.dead_letters, &config.stream, config.provision)
-            .await
-            .map_err(RunError::DeadLetters)?;
+    let advisories = tokio::time::timeout(
+        worker::PROVISION_TIMEOUT,
+        provision::ensure_dead_letters(&js, &config.dead_letters, &config.stream, config.provision),
+    )
+    .await
+    .map_err(|_| RunError::ProvisionTimeout {
+        network: "dead letters".to_owned(),
+        timeout: worker::PROVISION_TIMEOUT,
+    })?
+    .map_err(RunError::DeadLetters)?;
     let dead = Arc::new(dlq::DeadLetters {
         client: client.clone(),
         js: js.clone(),
         requests: config.stream.name.clone(),
+        // Names the stream only: no request goes to the server.
         stream: js
             .get_stream_no_info(&config.stream.name)
             .await
@@ -140,24 +190,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             })?,
         instance: config.instance.clone(),
     });
-    let mut loops = vec![tokio::spawn(dlq::run(
-        dead.clone(),
-        advisories,
-        shutdown.clone(),
-    ))];
+    let mut loops = Vec::new();
+    {
+        // The first run uses the consumer provisioned above; a restart (the dead-letter stream
+        // or its consumer lost) provisions them again first.
+        let mut first = Some(advisories);
+        let (js, dead, shutdown) = (js.clone(), dead.clone(), shutdown.clone());
+        let (settings, stream, create) = (
+            config.dead_letters.clone(),
+            config.stream.clone(),
+            config.provision,
+        );
+        loops.push(supervisor.spawn("dead letters", move || {
+            let given = first.take();
+            let (js, dead, shutdown) = (js.clone(), dead.clone(), shutdown.clone());
+            let (settings, stream) = (settings.clone(), stream.clone());
+            async move {
+                let consumer = match given {
+                    Some(consumer) => consumer,
+                    None => tokio::time::timeout(
+                        worker::PROVISION_TIMEOUT,
+                        provision::ensure_dead_letters(&js, &settings, &stream, create),
+                    )
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "provisioning took longer than {:?}",
+                            worker::PROVISION_TIMEOUT
+                        )
+                    })?
+                    .map_err(|e| e.to_string())?,
+                };
+                dlq::run(dead, consumer, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }));
+    }
     for (net, store) in config.networks.iter().zip(stores) {
-        let consumer = provision::ensure_network(
+        let ensure = provision::ensure_network(
             &js,
             &config.stream,
             &config.consumer,
             &net.name,
             config.provision,
-        )
-        .await
-        .map_err(|source| RunError::Provision {
-            network: net.name.clone(),
-            source,
-        })?;
+        );
+        let consumer = tokio::time::timeout(worker::PROVISION_TIMEOUT, ensure)
+            .await
+            .map_err(|_| RunError::ProvisionTimeout {
+                network: net.name.clone(),
+                timeout: worker::PROVISION_TIMEOUT,
+            })?
+            .map_err(|source| RunError::Provision {
+                network: net.name.clone(),
+                source,
+            })?;
         let ctx = Arc::new(handler::Context {
             client: client.clone(),
             js: js.clone(),
@@ -178,27 +265,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             store_timeout: config.store_timeout,
             dead_letters: dead.clone(),
         });
-        loops.push(tokio::spawn(worker::run(
-            ctx,
-            consumer,
-            worker::PullSettings {
-                limit: config.concurrency,
-                expires: config.pull_expires,
-                ack_wait: config.consumer.ack_wait,
-            },
-            slots.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-        )));
+        let heal = worker::Heal {
+            stream: config.stream.clone(),
+            consumer: config.consumer.clone(),
+            provision: config.provision,
+            status: health.component(format!("pull {}", net.name), "starting"),
+        };
+        let settings = worker::PullSettings {
+            limit: config.concurrency,
+            expires: config.pull_expires,
+            ack_wait: config.consumer.ack_wait,
+        };
+        let (slots, tracker, shutdown) = (slots.clone(), tracker.clone(), shutdown.clone());
+        loops.push(supervisor.spawn(format!("pull {}", net.name), move || {
+            let run = worker::run(
+                ctx.clone(),
+                consumer.clone(),
+                settings,
+                heal.clone(),
+                slots.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            );
+            async move {
+                run.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        }));
     }
+    let body = bytes::Bytes::from(serde_json::to_vec(&info).expect("ResolverInfo serialises"));
     for net in &config.networks {
-        ping::serve(
-            client.clone(),
-            net.name.clone(),
-            info.clone(),
-            shutdown.clone(),
-        )
-        .await?;
+        let (client, network, body) = (client.clone(), net.name.clone(), body.clone());
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        loops.push(supervisor.spawn(format!("ping {}", net.name), move || {
+            ping::serve(
+                client.clone(),
+                network.clone(),
+                body.clone(),
+                health.clone(),
+                shutdown.clone(),
+            )
+        }));
     }
     tracing::info!(instance = config.instance, networks = ?info.networks, max_image_bytes, max_inline_bytes, chunk_bytes, "resolver ready");
 
@@ -217,7 +324,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     // Replies and acks of the last requests are still in the client's buffer; a flush waits
     // for a reconnect that may never come, so it is bounded.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
+    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?FINAL_FLUSH_TIMEOUT, "the last replies and acks could not be flushed; JetStream will redeliver what was not acked");
+    }
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     tracing::info!("resolver stopped");
     Ok(())
 }

@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = match Config::resolve(Args::parse(), |p| std::fs::read_to_string(p)) {
+    let mut config = match Config::resolve(Args::parse(), |p| std::fs::read_to_string(p)) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("imgfetch-resolver: configuration error: {err}");
@@ -22,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     imgfetch_common::telemetry::init(config.log_format);
+    config.metrics =
+        Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?);
     let shutdown = imgfetch_common::shutdown::on_signals();
     if let Err(err) = imgfetch_resolver::run(config, shutdown).await {
         eprintln!("imgfetch-resolver: {err}");

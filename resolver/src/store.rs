@@ -81,10 +81,18 @@ impl From<object_store::Error> for StoreError {
 
 /// A store could not be built or read at start.
 #[derive(Debug, thiserror::Error)]
-#[error("network {network:?}: {message}")]
+#[error("network {network:?}: {source}")]
 pub struct OpenError {
     network: String,
-    message: String,
+    #[source]
+    source: store::OpenError,
+}
+
+impl OpenError {
+    /// The network whose store it is.
+    pub fn network(&self) -> &str {
+        &self.network
+    }
 }
 
 /// An image and what the store knows about it.
@@ -333,9 +341,9 @@ impl Store {
         timeout: Duration,
         readers: &Arc<ReadPool>,
     ) -> Result<Store, OpenError> {
-        let fail = |e: store::OpenError| OpenError {
+        let fail = |source: store::OpenError| OpenError {
             network: network.to_owned(),
-            message: e.to_string(),
+            source,
         };
         let opened = store::build(spec, timeout, false).map_err(fail)?;
         store::check_readable(opened.store.as_ref())

@@ -25,7 +25,7 @@ use imgfetch_common::protocol::{header, ErrorCode, STATUS_OK};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::handler::{Context, Settle};
+use crate::handler::{bounded, Context, Settle};
 use crate::store::{Body, StoreError, StoreErrorKind};
 
 /// An image to stream.
@@ -78,16 +78,23 @@ pub async fn send(
     out: Outgoing,
 ) -> Result<Settle, async_nats::Error> {
     let flow = ctx.client.new_inbox();
-    let mut credits = ctx.client.subscribe(flow.clone()).await?;
+    let mut credits = bounded(
+        "the credit subscription",
+        ctx.client.subscribe(flow.clone()),
+    )
+    .await?;
     let chunk = ctx.chunk_bytes;
     let chunks = out.size.div_ceil(chunk);
     let mut head = out.head.clone();
     head.insert(header::FLOW, flow.as_str());
     head.insert(header::CHUNK_SIZE, chunk.to_string().as_str());
     head.insert(header::CHUNKS, chunks.to_string().as_str());
-    ctx.client
-        .publish_with_headers(out.callback.clone(), head, Bytes::new())
-        .await?;
+    bounded(
+        "the stream's head",
+        ctx.client
+            .publish_with_headers(out.callback.clone(), head, Bytes::new()),
+    )
+    .await?;
     metrics::counter!("imgfetch_resolver_streams_total").increment(1);
 
     let mut sender = Sender {
@@ -101,15 +108,18 @@ pub async fn send(
         last_progress: Instant::now(),
     };
     let result = sender.run(chunks).await;
-    let _ = credits.unsubscribe().await;
+    let _ = bounded("the unsubscribe", credits.unsubscribe()).await;
     match result {
         Ok(sha256) => {
             let mut end = base(&out.id, &flow);
             end.insert(header::STATUS, STATUS_OK);
             end.insert(header::SHA256, sha256.as_str());
-            ctx.client
-                .publish_with_headers(out.callback.clone(), end, Bytes::new())
-                .await?;
+            bounded(
+                "the stream's end",
+                ctx.client
+                    .publish_with_headers(out.callback.clone(), end, Bytes::new()),
+            )
+            .await?;
             metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK)
                 .increment(1);
             Ok(Settle::Ack)
@@ -125,9 +135,12 @@ pub async fn send(
             let mut end = base(&out.id, &flow);
             end.insert(header::STATUS, code.as_str());
             end.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-            ctx.client
-                .publish_with_headers(out.callback.clone(), end, Bytes::from(why))
-                .await?;
+            bounded(
+                "the stream's error",
+                ctx.client
+                    .publish_with_headers(out.callback.clone(), end, Bytes::from(why)),
+            )
+            .await?;
             metrics::counter!("imgfetch_resolver_replies_total", "status" => code.as_str())
                 .increment(1);
             Ok(Settle::Term)
@@ -177,10 +190,11 @@ impl Sender<'_> {
             hasher.update(&bytes);
             let mut headers = base(&self.out.id, self.flow);
             headers.insert(header::SEQ, seq.to_string().as_str());
-            self.ctx
-                .client
-                .publish_with_headers(self.out.callback.clone(), headers, bytes)
-                .await?;
+            let publish =
+                self.ctx
+                    .client
+                    .publish_with_headers(self.out.callback.clone(), headers, bytes);
+            bounded("a chunk", publish).await?;
             self.keep_alive().await?;
         }
         Ok(hasher.finish())
@@ -272,7 +286,7 @@ impl Sender<'_> {
     /// Tells JetStream the request is still being worked on, when that is due.
     async fn keep_alive(&mut self) -> Result<(), StreamError> {
         if self.last_progress.elapsed() >= self.progress_every() {
-            self.message.ack_with(AckKind::Progress).await?;
+            bounded("a progress ack", self.message.ack_with(AckKind::Progress)).await?;
             self.last_progress = Instant::now();
         }
         Ok(())

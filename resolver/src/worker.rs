@@ -20,16 +20,25 @@
 //! - **Refusals.** A status that ends a pull without saying what was left of it (a consumer
 //!   limit such as max waiting, a deleted consumer) ends the loop, which starts over after a
 //!   second.
+//! - **Healing.** Every [`CONSUMER_CHECK`] the loop asks the server about its consumer, so a
+//!   stream or consumer deleted while idle (or lost with a wiped JetStream store) is noticed
+//!   even when no pull says so. Whenever the loop starts over, the network is marked not ready
+//!   (its pings stop, see [`ping`](crate::ping)) and the stream and consumer are verified, and
+//!   re-created when provisioning is on, until that succeeds; then pulling resumes. See
+//!   docs/RELIABILITY.md.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::AckKind;
 use async_nats::StatusCode;
 use bytes::Bytes;
 use futures::StreamExt;
+use imgfetch_common::health::Component;
+use imgfetch_common::provision::{self, ConsumerSettings, ProvisionError, StreamSettings};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +52,16 @@ const PULL_LOST_SLACK: Duration = Duration::from_secs(5);
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// Longest a pull request may wait to be handed to the connection.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a pulling network asks whether its consumer still exists.
+pub const CONSUMER_CHECK: Duration = Duration::from_secs(2);
+/// Longest the consumer check may take; a slow answer is no verdict.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest one attempt at verifying or re-creating the stream and consumer may take.
+pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts at healing, and before pulling again after a failed pull.
+const HEAL_RETRY: Duration = Duration::from_secs(1);
+/// Longest a progress ack may wait to be handed to the connection.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How one network pulls.
 #[derive(Clone, Copy, Debug)]
@@ -70,24 +89,41 @@ enum PullError {
         status: StatusCode,
         description: String,
     },
+    #[error("the consumer is gone: {0}")]
+    Gone(#[source] async_nats::jetstream::context::ConsumerInfoError),
 }
 
-/// Runs the pull loop until `shutdown` fires. Handlers run on `tracker`, so the caller can wait
-/// for them to finish.
+/// What a network's stream and consumer look like, to verify or re-create them.
+#[derive(Clone, Debug)]
+pub struct Heal {
+    /// The stream.
+    pub stream: StreamSettings,
+    /// The consumers.
+    pub consumer: ConsumerSettings,
+    /// Re-create what is missing (false: only say what is missing, and stay unready).
+    pub provision: bool,
+    /// The network's readiness: ready while it pulls.
+    pub status: Component,
+}
+
+/// Runs the pull loop until `shutdown` fires, healing the stream and consumer whenever pulling
+/// fails. Handlers run on `tracker`, so the caller can wait for them to finish.
 pub async fn run(
     ctx: Arc<Context>,
     consumer: PullConsumer,
     settings: PullSettings,
+    heal: Heal,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let info = consumer.cached_info();
-    let puller = Puller {
+    let mut puller = Puller {
         subject: format!(
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             info.stream_name, info.name
         ),
+        consumer,
         settings: PullSettings {
             limit: settings.limit.max(1),
             ..settings
@@ -98,23 +134,92 @@ pub async fn run(
         slots,
         tracker,
     };
+    heal.status.ready();
     loop {
         match puller.pull(&shutdown).await {
             Ok(()) => return,
             Err(err) => {
-                tracing::warn!(network = puller.ctx.network, %err, "pull failed; retrying in 1 s");
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+                let network = &puller.ctx.network;
+                tracing::warn!(network, %err, "pull failed; verifying the stream and consumer");
+                heal.status.unready(format!("cannot pull: {err}"));
+                let Some(consumer) = heal_network(&puller.ctx, &heal, &shutdown).await else {
+                    return;
+                };
+                puller.consumer = consumer;
+                heal.status.ready();
             }
         }
     }
 }
 
+/// Verifies (and with provisioning re-creates) the network's stream and consumer until that
+/// succeeds; `None` when shutdown came first.
+async fn heal_network(
+    ctx: &Context,
+    heal: &Heal,
+    shutdown: &CancellationToken,
+) -> Option<PullConsumer> {
+    let network = &ctx.network;
+    // The same failure is logged once at its level, then quietly, so a long outage is one line.
+    let mut last_reason = String::new();
+    loop {
+        // A pause first: a pull that failed for a passing reason is not retried in a loop.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(HEAL_RETRY) => {}
+        }
+        let ensure = provision::ensure_network(
+            &ctx.js,
+            &heal.stream,
+            &heal.consumer,
+            network,
+            heal.provision,
+        );
+        let reason = match tokio::time::timeout(PROVISION_TIMEOUT, ensure).await {
+            Ok(Ok(consumer)) => {
+                tracing::info!(network, "stream and consumer in place; pulling again");
+                return Some(consumer);
+            }
+            Ok(Err(
+                err @ (ProvisionError::MissingStream(_)
+                | ProvisionError::MissingSubject { .. }
+                | ProvisionError::MissingConsumer { .. }),
+            )) => {
+                let reason = err.to_string();
+                if reason != last_reason {
+                    tracing::error!(network, %err, "cannot serve the network until an operator creates what is missing");
+                }
+                reason
+            }
+            Ok(Err(err)) => {
+                let reason = err.to_string();
+                if reason != last_reason {
+                    tracing::warn!(network, %err, "cannot set up the stream and consumer; retrying");
+                }
+                reason
+            }
+            Err(_) => {
+                let reason = format!(
+                    "setting up the stream and consumer timed out after {PROVISION_TIMEOUT:?}"
+                );
+                if reason != last_reason {
+                    tracing::warn!(network, reason, "retrying");
+                }
+                reason
+            }
+        };
+        if reason == last_reason {
+            tracing::debug!(network, reason, "still cannot serve the network");
+        }
+        heal.status.unready(reason.clone());
+        last_reason = reason;
+    }
+}
+
 struct Puller {
     subject: String,
+    consumer: PullConsumer,
     settings: PullSettings,
     in_flight: Arc<AtomicUsize>,
     freed: Arc<Notify>,
@@ -138,6 +243,8 @@ impl Puller {
         let mut connects = statistics.connects.load(Ordering::Relaxed);
         let mut check = tokio::time::interval(RECONNECT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut verify = tokio::time::interval(CONSUMER_CHECK);
+        verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Once stopping: when the last pull of this generation has surely ended.
         let mut stop_by: Option<Instant> = None;
         // When the newest pull went out: every pull has ended by this plus `expires`.
@@ -210,10 +317,13 @@ impl Puller {
                                     }
                                 }
                                 _ => {
-                                    return Err(PullError::Status {
-                                        status,
-                                        description: message.description.clone().unwrap_or_default(),
-                                    });
+                                    // No consumer, no responder: the server says 503 without a word.
+                                    let description = match message.description.clone() {
+                                        Some(d) if !d.is_empty() => d,
+                                        _ if status == StatusCode::NO_RESPONDERS => "no responders".to_owned(),
+                                        _ => String::new(),
+                                    };
+                                    return Err(PullError::Status { status, description });
                                 }
                             }
                         }
@@ -229,12 +339,33 @@ impl Puller {
                         outstanding = 0;
                     }
                 }
+                _ = verify.tick(), if stop_by.is_none() => self.verify().await?,
                 _ = tokio::time::sleep_until(lost_at), if outstanding > 0 && stop_by.is_none() => {
                     tracing::debug!(network = self.ctx.network, outstanding, "pulls unanswered; asking again");
                     generation += 1;
                     outstanding = 0;
                 }
             }
+        }
+    }
+
+    /// Asks the server about the consumer: `Err` when it or its stream is gone. No answer in
+    /// time is no verdict (a reconnect is handled apart).
+    async fn verify(&self) -> Result<(), PullError> {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.consumer.get_info()).await {
+            Ok(Err(err))
+                if matches!(
+                    err.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                Err(PullError::Gone(err))
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(network = self.ctx.network, %err, "consumer check failed");
+                Ok(())
+            }
+            Ok(Ok(_)) | Err(_) => Ok(()),
         }
     }
 
@@ -258,8 +389,10 @@ impl Puller {
                     }
                     // Busy with other networks' requests: keep this one from being redelivered.
                     _ = tokio::time::sleep(progress_every) => {
-                        if let Err(err) = message.ack_with(AckKind::Progress).await {
-                            tracing::debug!(network = ctx.network, %err, "progress ack failed");
+                        match tokio::time::timeout(PROGRESS_TIMEOUT, message.ack_with(AckKind::Progress)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(err)) => tracing::debug!(network = ctx.network, %err, "progress ack failed"),
+                            Err(_) => tracing::debug!(network = ctx.network, "progress ack timed out"),
                         }
                     }
                 }

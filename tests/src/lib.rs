@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`nats`]: a `nats-server` with JetStream in a temp directory.
+//! - [`nats`]: a `nats-server` with JetStream in a temp directory, or a three-node cluster.
 //! - [`s3`]: an `s3s-fs` S3 server (it checks SigV4 signatures) in a temp directory.
 //! - [`pipeline`]: resolvers and gateways run in this process through their `run` functions,
 //!   plus the clients the tests talk through.
@@ -73,7 +73,7 @@ pub(crate) fn find_binary(name: &str, override_var: &str, hint: &str) -> std::pa
 }
 
 /// A free TCP port on 127.0.0.1, for servers that cannot pick their own.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }

@@ -135,6 +135,93 @@ impl NatsServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Kills the server, deletes its JetStream store, and starts it again on the same port, as
+    /// a pod whose volume was lost: streams and consumers are gone.
+    pub fn restart_wiped(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.path().join("jetstream")).expect("delete the store");
+        self.restart();
+    }
+
+    /// Kills the server, as a crashed node, and waits for it to exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three `nats-server`s in one cluster on loopback, each with JetStream in its own temp
+/// directory, so that R3 streams have a quorum; killed on drop.
+pub struct NatsCluster {
+    /// The nodes, named `n1`, `n2`, `n3`.
+    pub nodes: Vec<NatsServer>,
+    /// Each node's monitoring port (`/connz`, `/jsz`).
+    pub monitor_ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes; JetStream elects its meta leader shortly after.
+    pub fn start() -> NatsCluster {
+        let routes: Vec<u16> = (0..3).map(|_| crate::free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..3).map(|_| crate::free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes = (0..3)
+            .map(|i| {
+                NatsServer::start_with(&format!(
+                    "server_name: n{}\nhttp: 127.0.0.1:{}\ncluster {{\n  name: imgfetch\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
+                    i + 1,
+                    monitor_ports[i],
+                    routes[i],
+                ))
+            })
+            .collect();
+        NatsCluster {
+            nodes,
+            monitor_ports,
+        }
+    }
+
+    /// Every node's URL, comma-separated, as `--nats-url` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node named `name` (`n1` is 0).
+    pub fn index_of(&self, name: &str) -> usize {
+        name.strip_prefix('n')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| n.checked_sub(1))
+            .filter(|i| *i < self.nodes.len())
+            .unwrap_or_else(|| panic!("no node named {name:?}"))
+    }
+
+    /// Names of the client connections node `index` holds, from its monitoring endpoint.
+    pub async fn connection_names(&self, index: usize) -> Vec<String> {
+        let url = format!("http://127.0.0.1:{}/connz", self.monitor_ports[index]);
+        let body: serde_json::Value = reqwest::get(&url)
+            .await
+            .expect("connz answers")
+            .json()
+            .await
+            .expect("connz is JSON");
+        body["connections"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// The project's `nats.conf`.

@@ -66,15 +66,23 @@ async fn publish_refused(
 async fn provision_harbor(nats: &NatsServer) -> async_nats::jetstream::consumer::PullConsumer {
     let (resolver, _) = nats.connect_as("resolver").await;
     let js = async_nats::jetstream::new(resolver);
+    ensure_harbor(&js)
+        .await
+        .expect("the resolver role provisions the stream and its consumer")
+}
+
+/// Provisions network `harbor` with the default settings, as a resolver does at start.
+async fn ensure_harbor(
+    js: &async_nats::jetstream::Context,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, provision::ProvisionError> {
     provision::ensure_network(
-        &js,
+        js,
         &StreamSettings::default(),
         &ConsumerSettings::default(),
         "harbor",
         true,
     )
     .await
-    .expect("the resolver role provisions the stream and its consumer")
 }
 
 /// A resolver of `harbor` and a gateway, each logged in as its role; `instance` names the
@@ -226,6 +234,31 @@ async fn the_publisher_cannot_publish_on_a_gateway_reply_subject() {
         .await
         .expect("the resolver's reply reaches the gateway");
     assert_eq!(first.payload.as_ref(), b"real", "the gateway got a forgery");
+}
+
+#[tokio::test]
+async fn provisioning_without_the_right_to_create_is_an_error_with_its_cause_not_contention() {
+    init_logs();
+    let nats = NatsServer::start_with_roles();
+    let (client, mut errors) = nats.connect_as("gateway").await;
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_secs(1));
+    let err = ensure_harbor(&js)
+        .await
+        .expect_err("the gateway role may not create the stream");
+    refused(&mut errors, "Permissions Violation").await;
+    assert!(
+        matches!(
+            err,
+            provision::ProvisionError::JetStream {
+                action: "creating the stream",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let cause = std::error::Error::source(&err).expect("the cause is kept");
+    assert!(cause.to_string().contains("timed out"), "{cause}");
 }
 
 #[tokio::test]
