@@ -46,6 +46,22 @@ async fn get(url: &str, token: Option<&str>, id: Option<&str>) -> reqwest::Respo
     request.send().await.expect("HTTP request")
 }
 
+/// Two gateways, `gw-one` and `gw-two`, sharing one archive as replicas in a cluster do.
+struct Pair {
+    one: Gateway,
+    two: Gateway,
+    _archive: tempfile::TempDir,
+}
+
+async fn pair(nats: &NatsServer) -> Pair {
+    let archive = tempfile::tempdir().unwrap();
+    Pair {
+        one: gateway(nats, archive.path(), |c| c.instance = "gw-one".into()).await,
+        two: gateway(nats, archive.path(), |c| c.instance = "gw-two".into()).await,
+        _archive: archive,
+    }
+}
+
 /// Status, headers but `date`, and body of a response.
 async fn parts(r: reqwest::Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let status = r.status().as_u16();
@@ -92,9 +108,7 @@ async fn an_answer_through_one_gateway_is_replayed_by_another_over_http_and_webs
     init_logs();
     let nats = NatsServer::start();
     let _resolver = sample_resolver(&nats.url(), "harbor").await;
-    let archive = tempfile::tempdir().unwrap();
-    let one = gateway(&nats, archive.path(), |_| {}).await;
-    let two = gateway(&nats, archive.path(), |_| {}).await;
+    let Pair { one, two, .. } = &pair(&nats).await;
 
     let original = get(
         &one.http("/v1/images/harbor/quay-east.jpg"),
@@ -141,9 +155,7 @@ async fn an_error_replays_its_status_and_an_unknown_id_is_unknown_request() {
     init_logs();
     let nats = NatsServer::start();
     let _resolver = sample_resolver(&nats.url(), "harbor").await;
-    let archive = tempfile::tempdir().unwrap();
-    let one = gateway(&nats, archive.path(), |_| {}).await;
-    let two = gateway(&nats, archive.path(), |_| {}).await;
+    let Pair { one, two, .. } = &pair(&nats).await;
 
     let original = get(
         &one.http("/v1/images/harbor/no-such.jpg"),
@@ -291,9 +303,7 @@ async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
     init_logs();
     let nats = NatsServer::start();
     let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
-    let archive = tempfile::tempdir().unwrap();
-    let one = gateway(&nats, archive.path(), |c| c.instance = "gw-one".into()).await;
-    let two = gateway(&nats, archive.path(), |c| c.instance = "gw-two".into()).await;
+    let Pair { one, two, _archive } = pair(&nats).await;
 
     let mut ws = WsClient::connect(&one.ws_url()).await;
     ws.fetch(json!({"type":"fetch","id":"k-1","network":"slow","key":"a.jpg"}))
@@ -338,9 +348,7 @@ async fn a_websocket_client_that_leaves_before_its_answer_gets_it_by_id_later() 
     init_logs();
     let nats = NatsServer::start();
     let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
-    let archive = tempfile::tempdir().unwrap();
-    let one = gateway(&nats, archive.path(), |_| {}).await;
-    let two = gateway(&nats, archive.path(), |_| {}).await;
+    let Pair { one, two, .. } = &pair(&nats).await;
 
     let mut ws = WsClient::connect(&one.ws_url()).await;
     ws.fetch(json!({"type":"fetch","id":"w-1","network":"slow","key":"a.jpg"}))
@@ -394,9 +402,7 @@ async fn a_streamed_image_is_replayed_from_the_archive_in_frames() {
     let mut config = resolver_config(&nats.url(), vec![file_network("vault", images.path())]);
     config.max_inline_bytes = Some(256 * 1024);
     let _resolver = Resolver::start(config).await;
-    let archive = tempfile::tempdir().unwrap();
-    let one = gateway(&nats, archive.path(), |_| {}).await;
-    let two = gateway(&nats, archive.path(), |_| {}).await;
+    let Pair { one, two, .. } = &pair(&nats).await;
 
     let mut ws = WsClient::connect(&one.ws_url()).await;
     ws.fetch(json!({"type":"fetch","id":"s-1","network":"vault","key":"big.jpg"}))
