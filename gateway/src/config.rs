@@ -427,6 +427,15 @@ mod tests {
             }
         );
         assert!(parse(&["--archive", "off"]).unwrap().archive.is_none());
+        assert_eq!(c.results.bucket, "IMGFETCH_RESULTS");
+        assert_eq!(c.results.ttl, Duration::from_secs(600));
+        let results = parse(&["--result-ttl-ms", "1500", "--results-replicas", "3"])
+            .unwrap()
+            .results;
+        assert_eq!(
+            (results.ttl, results.replicas),
+            (Duration::from_millis(1500), 3)
+        );
     }
 
     #[test]
