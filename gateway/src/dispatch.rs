@@ -533,7 +533,8 @@ impl Router {
         // Nobody waits (an orphan): the image is read to its end all the same, credit and
         // all, so that its archive copy is written and its result recorded.
         if let Err(Ok(mut image)) = tx.send(outcome) {
-            if matches!(image.body, Body::Stream(_)) && self.archive.is_some() {
+            let archiving = matches!(image.archived, crate::archive::Archived::Planned { .. });
+            if matches!(image.body, Body::Stream(_)) && archiving {
                 tokio::spawn(
                     async move { while let Some(Ok(_)) = image.body.next_chunk().await {} },
                 );
