@@ -11,7 +11,7 @@ use imgfetch_common::protocol::{header, FetchRequest};
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_gateway::auth::Tokens;
-use imgfetch_tests::fake::{fake_resolver, take_request};
+use imgfetch_tests::fake::{fake_resolver, send_stream, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
     file_network, resolver_config, sample_resolver, Gateway, Resolver, WsClient,
@@ -343,6 +343,25 @@ async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
     assert_eq!(again.bytes().await.unwrap().as_ref(), bytes.as_slice());
 }
 
+/// Asks `gateway` over a websocket for request `id` of network `slow`, which the stand-in
+/// takes (its callback and message are returned); then the client says goodbye and waits for
+/// the gateway to close its end: nobody waits for the answer any more.
+async fn fetch_then_leave(
+    gateway: &Gateway,
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    id: &str,
+) -> (String, async_nats::jetstream::Message) {
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "accepted");
+    let (_, callback, msg) = take_request(consumer).await;
+    ws.send(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    while ws.next_message().await.is_some() {}
+    (callback, msg)
+}
+
 #[tokio::test]
 async fn a_websocket_client_that_leaves_before_its_answer_gets_it_by_id_later() {
     init_logs();
@@ -350,15 +369,7 @@ async fn a_websocket_client_that_leaves_before_its_answer_gets_it_by_id_later() 
     let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
     let Pair { one, two, .. } = &pair(&nats).await;
 
-    let mut ws = WsClient::connect(&one.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"w-1","network":"slow","key":"a.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
-    let (_, callback, _msg) = take_request(&consumer).await;
-    // The client says goodbye and the gateway closes its end: nobody waits any more.
-    ws.send(tokio_tungstenite::tungstenite::Message::Close(None))
-        .await;
-    while ws.next_message().await.is_some() {}
+    let (callback, _msg) = fetch_then_leave(one, &consumer, "w-1").await;
     let bytes = sample("harbor/cranes/crane-07.jpg");
     answer(&fake, callback, "w-1", bytes.clone()).await;
 
@@ -373,6 +384,29 @@ async fn a_websocket_client_that_leaves_before_its_answer_gets_it_by_id_later() 
             .is_err(),
         "the request was not run again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_whose_client_left_is_still_archived_and_replayed() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let Pair { one, two, .. } = &pair(&nats).await;
+
+    let (callback, _msg) = fetch_then_leave(one, &consumer, "ls-1").await;
+    // Nobody waits, yet the gateway grants credit and reads the whole stream into the archive:
+    // the stand-in only sends chunks it was granted, and the end after the last.
+    let image: Vec<u8> = (0..1_500_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    send_stream(&fake, "ls-1", &callback, &image, 256 * 1024, None, None).await;
+
+    let mut ws = WsClient::connect(&two.ws_url()).await;
+    let (frame, bytes) = result_over_ws(&mut ws, "ls-1").await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    assert_eq!(
+        (frame["size"].as_u64(), frame["frames"].as_u64()),
+        (Some(1_500_000), Some(2))
+    );
+    assert_eq!(bytes.unwrap(), image);
 }
 
 /// Waits for a request on the consumer, forever.
