@@ -25,6 +25,12 @@ pub enum ClientFrame {
         #[serde(default)]
         meta: BTreeMap<String, String>,
     },
+    /// Replay the answer to an earlier request, by id, from any gateway: answered like a fetch
+    /// (an `image` frame and its binary frames, or an `error` frame), without `accepted`.
+    Result {
+        /// The earlier request's id.
+        id: String,
+    },
 }
 
 /// A JSON frame to the client.

@@ -25,6 +25,10 @@ pub const REPLY_PREFIX: &str = "imgfetch.reply";
 pub const PING_PREFIX: &str = "imgfetch.ping";
 /// Queue group the resolvers' ping responders share.
 pub const RESOLVER_QUEUE_GROUP: &str = "imgfetch-resolver";
+/// Prefix of the gateways' liveness subjects, one per instance.
+pub const GATEWAY_PREFIX: &str = "imgfetch.gateway";
+/// Default name of the key-value bucket where gateways record the outcome of each request.
+pub const DEFAULT_RESULTS_BUCKET: &str = "IMGFETCH_RESULTS";
 /// Queue group the gateways' sentinels share, on `imgfetch.req.>`.
 pub const SENTINEL_QUEUE_GROUP: &str = "imgfetch-gateway-sentinel";
 
@@ -49,6 +53,12 @@ pub fn reply_subject(instance: &str, token: &str) -> String {
 /// Wildcard a gateway instance subscribes to for all of its callbacks.
 pub fn reply_wildcard(instance: &str) -> String {
     format!("{REPLY_PREFIX}.{instance}.>")
+}
+
+/// Liveness subject of one gateway instance: `imgfetch.gateway.<instance>`. A request there
+/// with no responders means the instance is gone.
+pub fn gateway_subject(instance: &str) -> String {
+    format!("{GATEWAY_PREFIX}.{instance}")
 }
 
 /// Liveness subject of one network's resolvers.
@@ -212,11 +222,18 @@ pub enum ErrorCode {
     /// The request was delivered to resolvers as often as the consumer allows and none
     /// answered it; it is kept in the dead-letter stream.
     Undeliverable,
+    /// No result is recorded under that id: it was never asked through a gateway, it expired,
+    /// or it belongs to another client. Gateway clients only (`GET /v1/requests/{id}`).
+    UnknownRequest,
+    /// The request ended, but its answer cannot be replayed (the image was delivered without
+    /// an archive copy, or its copy cannot be read): ask for the image again. Gateway clients
+    /// only.
+    ResultUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownNetwork,
@@ -231,6 +248,8 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::TooManyRequests,
         ErrorCode::Undeliverable,
+        ErrorCode::UnknownRequest,
+        ErrorCode::ResultUnavailable,
     ];
 
     /// The wire spelling, as used in `Imgfetch-Status` and JSON `code` fields.
@@ -250,6 +269,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Undeliverable => "undeliverable",
+            ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::ResultUnavailable => "result_unavailable",
         }
     }
 }

@@ -243,6 +243,31 @@ impl Archive {
         (Archived::Planned { path, written }, Some(sink))
     }
 
+    /// Opens the copy at `path` for reading: its size, and its bytes as the store reads them
+    /// (a result replayed by id streams from here, never whole in memory).
+    pub async fn read(
+        &self,
+        path: &str,
+    ) -> Result<
+        (
+            u64,
+            futures::stream::BoxStream<'static, Result<Bytes, String>>,
+        ),
+        String,
+    > {
+        use futures::StreamExt;
+        let object = Path::parse(path).map_err(|e| format!("bad archive path: {e}"))?;
+        let found = self.store.get(&object).await.map_err(|e| e.to_string())?;
+        let size = found.meta.size;
+        Ok((
+            size,
+            found
+                .into_stream()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .boxed(),
+        ))
+    }
+
     /// Waits for writes in progress, e.g. during shutdown.
     pub async fn drain(&self) {
         self.writes.close();

@@ -213,6 +213,14 @@ pub enum Client {
 pub struct InFlight(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl Client {
+    /// The token's name, whose results only it may read; `None` when authentication is off.
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            Client::Open => None,
+            Client::Token(grant) => Some(grant.name()),
+        }
+    }
+
     /// Checks that the client may fetch from `network`, and takes one of its in-flight slots.
     pub fn begin(&self, network: &str) -> Result<InFlight, Failure> {
         let grant = match self {

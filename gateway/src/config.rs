@@ -50,6 +50,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 4096;
     /// Requests in flight at once for one token, over HTTP and websocket together.
     pub const MAX_IN_FLIGHT_PER_TOKEN: usize = 64;
+    /// How long the outcome of a request can be fetched again by id.
+    pub const RESULT_TTL_MS: u64 = 600_000;
+    /// Replicas of the results bucket when the gateway creates it.
+    pub const RESULTS_REPLICAS: usize = 1;
 }
 
 /// Command line of `imgfetch-gateway`.
@@ -123,6 +127,9 @@ pub struct Args {
     /// Client authentication and connection limits.
     #[command(flatten)]
     pub clients: ClientArgs,
+    /// Where request outcomes are recorded for fetching again by id.
+    #[command(flatten)]
+    pub results: ResultArgs,
 }
 
 /// Everything `run` needs, resolved.
@@ -162,6 +169,8 @@ pub struct Config {
     pub metrics: Option<PrometheusHandle>,
     /// Client authentication and connection limits.
     pub clients: ClientSettings,
+    /// Where request outcomes are recorded.
+    pub results: crate::results::ResultSettings,
 }
 
 impl Config {
@@ -188,6 +197,7 @@ impl Config {
             archive: None,
             metrics: None,
             clients: ClientSettings::default(),
+            results: crate::results::ResultSettings::default(),
         }
     }
 
@@ -232,6 +242,7 @@ impl Config {
             args.archive_file_template,
         )?;
         config.clients = ClientSettings::from_args(args.clients)?;
+        config.results = result_settings(args.results)?;
         config.log_format = match args.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -277,6 +288,9 @@ pub enum ConfigError {
     /// An archive path template is invalid.
     #[error("archive {0}")]
     ArchiveTemplate(#[from] crate::template::TemplateError),
+    /// The results bucket name cannot be a key-value bucket name.
+    #[error("results bucket {0:?}: only A-Z, a-z, 0-9, '_' and '-' are allowed")]
+    ResultsBucket(String),
 }
 
 /// Flags of client authentication and connection limits (see `docs/SECURITY.md`).
@@ -352,6 +366,40 @@ impl ClientSettings {
     }
 }
 
+/// Flags of the results bucket (see `docs/RELIABILITY.md`).
+#[derive(Debug, clap::Args)]
+pub struct ResultArgs {
+    /// Milliseconds the outcome of a request can be fetched again by id; also the bucket's
+    /// `max_age` when the gateway creates it.
+    #[arg(long, env = "IMGFETCH_RESULT_TTL_MS", default_value_t = defaults::RESULT_TTL_MS)]
+    pub result_ttl_ms: u64,
+    /// JetStream key-value bucket of request outcomes (created when missing).
+    #[arg(long, env = "IMGFETCH_RESULTS_BUCKET", default_value = imgfetch_common::protocol::DEFAULT_RESULTS_BUCKET)]
+    pub results_bucket: String,
+    /// Replicas of the results bucket when the gateway creates it (3 on a 3-node cluster).
+    #[arg(long, env = "IMGFETCH_RESULTS_REPLICAS", default_value_t = defaults::RESULTS_REPLICAS)]
+    pub results_replicas: usize,
+}
+
+fn result_settings(args: ResultArgs) -> Result<crate::results::ResultSettings, ConfigError> {
+    if args.result_ttl_ms == 0 || args.results_replicas == 0 {
+        return Err(ConfigError::Zero);
+    }
+    let bucket = &args.results_bucket;
+    let valid = !bucket.is_empty()
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        return Err(ConfigError::ResultsBucket(bucket.clone()));
+    }
+    Ok(crate::results::ResultSettings {
+        bucket: args.results_bucket,
+        ttl: Duration::from_millis(args.result_ttl_ms),
+        replicas: args.results_replicas,
+    })
+}
+
 /// `off`, a plain directory (relative to the working directory), or a store URL.
 fn archive_config(
     target: &str,
@@ -417,6 +465,15 @@ mod tests {
             }
         );
         assert!(parse(&["--archive", "off"]).unwrap().archive.is_none());
+        assert_eq!(c.results.bucket, "IMGFETCH_RESULTS");
+        assert_eq!(c.results.ttl, Duration::from_secs(600));
+        let results = parse(&["--result-ttl-ms", "1500", "--results-replicas", "3"])
+            .unwrap()
+            .results;
+        assert_eq!(
+            (results.ttl, results.replicas),
+            (Duration::from_millis(1500), 3)
+        );
     }
 
     #[test]
@@ -457,6 +514,8 @@ mod tests {
                 &["--tokens-file", "/nonexistent/tokens.toml"][..],
                 "tokens file",
             ),
+            (&["--result-ttl-ms", "0"][..], "result TTL"),
+            (&["--results-bucket", "A.B"][..], "results bucket"),
         ] {
             let err = parse(list).unwrap_err();
             assert!(

@@ -10,8 +10,14 @@
 //! Requests say they accept streamed answers. An inline reply becomes an image at once; the
 //! head of a stream becomes an image whose body is a [`Transfer`], and the stream's later
 //! messages (chunks, end, error), told apart by their `Imgfetch-Flow`, are routed to it.
+//!
+//! Outcomes are recorded in the results bucket ([`crate::results`]) here, where replies
+//! arrive, whether or not the client still waits: a ticket dropped before its answer (the
+//! client left, or its deadline passed) leaves its waiter among a bounded set of orphans, and
+//! an orphan's reply is still archived and recorded (a streamed one is read to its end for the
+//! archive), then dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::Archive;
 use crate::directory::Directory;
 use crate::outcome::{self, Body, Failure, Outcome};
+use crate::results::{Origin, Results};
 use crate::transfer::{Head, Part, Routed, StreamSettings, Streams, Transfer};
 
 /// How often resolvers whose stream waits for its client to start reading are told the stream
@@ -38,11 +45,34 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a cancel or a keepalive credit may wait for the connection; either is best effort.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Orphans kept at most: waiters whose ticket was dropped before its answer came. Beyond
+/// this, the oldest are forgotten and their replies dropped as late.
+const MAX_ORPHANS: usize = 4096;
+
 /// Waiters by callback token, and the token of each id in flight (for `duplicate_id`).
 #[derive(Debug, Default)]
 struct Waiters {
     by_token: HashMap<String, Waiter>,
     ids: HashMap<String, String>,
+    /// Waiters nobody waits on any more, by token, oldest first in `orphan_order`.
+    orphans: HashMap<String, Waiter>,
+    orphan_order: VecDeque<String>,
+}
+
+impl Waiters {
+    /// Keeps `waiter` so that a reply coming after its ticket is gone is still recorded.
+    fn orphan(&mut self, token: String, waiter: Waiter) {
+        while self.orphans.len() >= MAX_ORPHANS {
+            match self.orphan_order.pop_front() {
+                Some(oldest) => {
+                    self.orphans.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        self.orphan_order.push_back(token.clone());
+        self.orphans.insert(token, waiter);
+    }
 }
 
 /// What the gateway recorded of one request when it was queued.
@@ -51,6 +81,8 @@ struct Waiter {
     id: String,
     network: String,
     tx: oneshot::Sender<Outcome>,
+    /// What its outcome is recorded under.
+    origin: Arc<Origin>,
 }
 
 type Pending = Arc<Mutex<Waiters>>;
@@ -67,6 +99,7 @@ pub struct Dispatcher {
     draining: CancellationToken,
     streams: Streams,
     closed: CancellationToken,
+    results: Option<Arc<Results>>,
 }
 
 /// A request the queue accepted; wait on it for the answer.
@@ -103,7 +136,10 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut pending = self.pending.lock().expect("pending map poisoned");
-        pending.by_token.remove(&self.token);
+        if let Some(waiter) = pending.by_token.remove(&self.token) {
+            // The answer may still come: it is archived and recorded for a fetch by id.
+            pending.orphan(self.token.clone(), waiter);
+        }
         if pending.ids.get(&self.id) == Some(&self.token) {
             pending.ids.remove(&self.id);
         }
@@ -124,6 +160,7 @@ impl Dispatcher {
         timeouts: (Duration, Duration),
         stream_settings: StreamSettings,
         draining: CancellationToken,
+        results: Option<Arc<Results>>,
         supervisor: &Supervisor,
     ) -> Result<Arc<Dispatcher>, async_nats::SubscribeError> {
         let (request_timeout, publish_timeout) = timeouts;
@@ -148,6 +185,7 @@ impl Dispatcher {
             draining,
             streams: Streams::default(),
             closed: CancellationToken::new(),
+            results: results.clone(),
         });
         let router = Arc::new(Router {
             reply_prefix: protocol::reply_subject(&dispatcher.instance, ""),
@@ -156,6 +194,7 @@ impl Dispatcher {
             archive,
             client,
             settings: stream_settings,
+            results,
         });
         let closed = dispatcher.closed.clone();
         let first = Arc::new(std::sync::Mutex::new(Some(first)));
@@ -194,21 +233,70 @@ impl Dispatcher {
             .len()
     }
 
-    /// Validates, admits and enqueues a request. `Ok` means JetStream stored it: an answer,
-    /// image or error, will follow through the ticket. The request's deadline starts here and
-    /// bounds everything, admission and publishing included.
-    pub async fn submit(&self, request: FetchRequest) -> Result<Ticket, Failure> {
+    /// How long a client waits for an answer.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Validates, admits and enqueues a request of the token named `identity` (if any). `Ok`
+    /// means JetStream stored it: an answer, image or error, will follow through the ticket,
+    /// and the request is recorded as pending. The request's deadline starts here and bounds
+    /// everything, admission and publishing included.
+    pub async fn submit(
+        &self,
+        request: FetchRequest,
+        identity: Option<&str>,
+    ) -> Result<Ticket, Failure> {
         let deadline = Instant::now() + self.request_timeout;
         let network = request.network.clone().unwrap_or_default();
         validate::request(&request, &network)
             .map_err(|e| Failure::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        let origin = Arc::new(Origin {
+            id: request.id.clone(),
+            network: network.clone(),
+            key: request.key.clone(),
+            meta: request.meta.clone(),
+            identity: identity.map(str::to_owned),
+        });
+        let msg_id = request.id.clone();
+        self.queue(request, origin, &msg_id, true, deadline).await
+    }
+
+    /// Queues a recorded request again under its original id, with `msg_id` as its
+    /// de-duplication id (a takeover: the record already says who owns it now).
+    pub async fn resubmit(
+        &self,
+        origin: Origin,
+        msg_id: &str,
+        deadline: Instant,
+    ) -> Result<Ticket, Failure> {
+        let request = FetchRequest {
+            id: origin.id.clone(),
+            network: Some(origin.network.clone()),
+            key: origin.key.clone(),
+            meta: origin.meta.clone(),
+        };
+        self.queue(request, Arc::new(origin), msg_id, false, deadline)
+            .await
+    }
+
+    async fn queue(
+        &self,
+        request: FetchRequest,
+        origin: Arc<Origin>,
+        msg_id: &str,
+        fresh: bool,
+        deadline: Instant,
+    ) -> Result<Ticket, Failure> {
         if self.draining.is_cancelled() {
             return Err(Failure::new(
                 ErrorCode::Unavailable,
                 "the gateway is shutting down",
             ));
         }
-        match tokio::time::timeout_at(deadline, self.enqueue(request, network, deadline)).await {
+        let network = origin.network.clone();
+        let enqueue = self.enqueue(request, network, deadline, origin, msg_id, fresh);
+        match tokio::time::timeout_at(deadline, enqueue).await {
             Ok(result) => result,
             Err(_) => Err(Failure::new(
                 ErrorCode::Timeout,
@@ -222,6 +310,9 @@ impl Dispatcher {
         request: FetchRequest,
         network: String,
         deadline: Instant,
+        origin: Arc<Origin>,
+        msg_id: &str,
+        fresh: bool,
     ) -> Result<Ticket, Failure> {
         self.directory.admit(&network).await?;
 
@@ -240,6 +331,7 @@ impl Dispatcher {
                     id: id.clone(),
                     network: network.clone(),
                     tx,
+                    origin: origin.clone(),
                 },
             );
         }
@@ -256,7 +348,7 @@ impl Dispatcher {
             header::CALLBACK,
             protocol::reply_subject(&self.instance, &token).as_str(),
         );
-        headers.insert(header::MSG_ID, id.as_str());
+        headers.insert(header::MSG_ID, msg_id);
         headers.insert(header::ACCEPT_STREAM, "1");
         let remaining = deadline.saturating_duration_since(Instant::now());
         let deadline_ms = SystemTime::now()
@@ -285,6 +377,9 @@ impl Dispatcher {
                 Ok(Ok(ack)) if ack.duplicate && attempt == 0 => return Err(duplicate(&id)),
                 Ok(Ok(_)) => {
                     metrics::counter!("imgfetch_gateway_accepted_total").increment(1);
+                    if let (true, Some(results)) = (fresh, &self.results) {
+                        results.record_pending(&origin, deadline_ms.as_millis() as u64);
+                    }
                     return Ok(ticket);
                 }
                 Ok(Err(err)) => {
@@ -315,6 +410,7 @@ struct Router {
     archive: Option<Arc<Archive>>,
     client: async_nats::Client,
     settings: StreamSettings,
+    results: Option<Arc<Results>>,
 }
 
 impl Router {
@@ -407,6 +503,12 @@ impl Router {
                 );
             }
         }
+        if let Some(results) = &self.results {
+            match &mut outcome {
+                Ok(image) => results.record_image(&waiter.origin, image, get(header::SHA256)),
+                Err(failure) => results.record_failure(&waiter.origin, failure),
+            }
+        }
         let _ = waiter.tx.send(outcome);
     }
 
@@ -433,7 +535,11 @@ impl Router {
             Ok(head) => head,
             Err(why) => {
                 self.cancel(flow, &why);
-                let _ = tx.send(Err(Failure::new(ErrorCode::Integrity, why)));
+                let failure = Failure::new(ErrorCode::Integrity, why);
+                if let Some(results) = &self.results {
+                    results.record_failure(&waiter.origin, &failure);
+                }
+                let _ = tx.send(Err(failure));
                 return;
             }
         };
@@ -456,17 +562,37 @@ impl Router {
                 sink,
             )));
         }
-        // A waiter gone meanwhile drops the transfer, which cancels the stream.
-        let _ = tx.send(outcome);
+        if let Some(results) = &self.results {
+            match &mut outcome {
+                Ok(image) => results.record_image(&waiter.origin, image, None),
+                Err(failure) => results.record_failure(&waiter.origin, failure),
+            }
+        }
+        // Nobody waits (an orphan): the image is read to its end all the same, credit and
+        // all, so that its archive copy is written and its result recorded.
+        if let Err(Ok(mut image)) = tx.send(outcome) {
+            let archiving = matches!(image.archived, crate::archive::Archived::Planned { .. });
+            if matches!(image.body, Body::Stream(_)) && archiving {
+                tokio::spawn(
+                    async move { while let Some(Ok(_)) = image.body.next_chunk().await {} },
+                );
+            }
+        }
     }
 
     /// Takes the waiter of `token`, if the reply's id (`Imgfetch-Id`) is the one on record.
     fn waiter(&self, token: &str, id: Option<&str>) -> Option<Waiter> {
         let mut pending = self.pending.lock().expect("pending map poisoned");
-        let Some(recorded) = pending.by_token.get(token) else {
-            metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);
-            tracing::debug!(token, "reply for a request nobody waits for; dropped");
-            return None;
+        let recorded = match pending.by_token.get(token) {
+            Some(recorded) => recorded,
+            None => match pending.orphans.get(token) {
+                Some(orphan) => orphan,
+                None => {
+                    metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);
+                    tracing::debug!(token, "reply for a request nobody waits for; dropped");
+                    return None;
+                }
+            },
         };
         if id != Some(recorded.id.as_str()) {
             let recorded = recorded.id.clone();
@@ -477,7 +603,14 @@ impl Router {
             );
             return None;
         }
-        let waiter = pending.by_token.remove(token)?;
+        let waiter = match pending.by_token.remove(token) {
+            Some(waiter) => waiter,
+            None => {
+                metrics::counter!("imgfetch_gateway_orphan_replies_total").increment(1);
+                pending.orphan_order.retain(|t| t != token);
+                pending.orphans.remove(token)?
+            }
+        };
         if pending.ids.get(&waiter.id).map(String::as_str) == Some(token) {
             pending.ids.remove(&waiter.id);
         }

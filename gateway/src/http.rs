@@ -1,5 +1,5 @@
-//! The HTTP surface: `GET /v1/images/{network}/{*key}`, the websocket upgrade on `/v1/ws`,
-//! `/livez`, `/readyz` and `/metrics`.
+//! The HTTP surface: `GET /v1/images/{network}/{*key}`, `GET /v1/requests/{id}` (a past
+//! answer, by id), the websocket upgrade on `/v1/ws`, `/livez`, `/readyz` and `/metrics`.
 
 use std::sync::Arc;
 
@@ -20,17 +20,17 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::Archived;
 use crate::auth::Auth;
 use crate::dispatch::Dispatcher;
-use crate::outcome::{self, Failure};
-use crate::transfer::Transfer;
+use crate::outcome::{self, Failure, Image};
+use crate::results::Results;
 use crate::ws;
 
-/// A transfer as a body stream.
+/// A streamed or stored body as a body stream.
 fn chunks(
-    transfer: Box<Transfer>,
+    body: outcome::Body,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
-    futures::stream::unfold(transfer, |mut transfer| async move {
-        let next = transfer.next().await?;
-        Some((next.map_err(std::io::Error::other), transfer))
+    futures::stream::unfold(body, |mut body| async move {
+        let next = body.next_chunk().await?;
+        Some((next.map_err(std::io::Error::other), body))
     })
 }
 
@@ -88,6 +88,8 @@ fn info_headers(info: &ImageInfo) -> Vec<(String, String)> {
 pub struct AppState {
     /// The request side.
     pub dispatcher: Arc<Dispatcher>,
+    /// Recorded outcomes, by request id.
+    pub results: Arc<Results>,
     /// Open-websocket slots.
     pub websockets: Arc<Semaphore>,
     /// Slots for HTTP image requests waiting for their answer.
@@ -115,6 +117,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/images/{network}/{*key}", get(get_image))
+        .route("/v1/requests/{id}", get(get_result))
         .route("/v1/ws", get(websocket))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -151,7 +154,8 @@ pub fn served_content_type(sniffed: &str) -> &str {
 /// HTTP status of each error code.
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotFound | ErrorCode::UnknownRequest => StatusCode::NOT_FOUND,
+        ErrorCode::ResultUnavailable => StatusCode::GONE,
         ErrorCode::InvalidRequest | ErrorCode::UnknownNetwork => StatusCode::BAD_REQUEST,
         ErrorCode::DuplicateId => StatusCode::CONFLICT,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -217,68 +221,103 @@ async fn get_image(
         let f = Failure::new(ErrorCode::Unavailable, "too many HTTP requests in flight");
         return error_response(Some(&id), &f);
     };
-    let ticket = match state.dispatcher.submit(request).await {
+    let ticket = match state.dispatcher.submit(request, client.identity()).await {
         Ok(t) => t,
         Err(f) => return error_response(Some(&id), &f),
     };
     match ticket.outcome().await {
-        Ok(mut image) => {
-            let size = image.body.size();
-            let body =
-                std::mem::replace(&mut image.body, outcome::Body::Inline(bytes::Bytes::new()));
-            let mut response = match body {
-                outcome::Body::Inline(bytes) => Response::new(Body::from(bytes)),
-                // Chunks go out as the client takes them. A failure mid-way ends the body short
-                // of its Content-Length, which every HTTP client reports as an error; the last
-                // chunk is only released once the image is verified.
-                outcome::Body::Stream(transfer) => {
-                    // The token's slot is held until the body is sent or dropped, not only until
-                    // the headers are.
-                    let body = chunks(transfer).map(move |chunk| {
-                        let _held = &in_flight;
-                        chunk
-                    });
-                    let mut response = Response::new(Body::from_stream(body));
-                    response
-                        .headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-                    response
-                }
-            };
-            let h = response.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(served_content_type(&image.content_type)) {
-                h.insert(header::CONTENT_TYPE, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                h.insert(REQUEST_ID, v);
-            }
-            for (name, value) in &image.metadata {
-                let name = format!("imgfetch-{}", name.replace('_', "-"));
-                insert_encoded(h, &name, value);
-            }
-            // Percent-encoding can make wide-script metadata many times longer; proxies refuse
-            // responses with large headers, so extras stop at a budget (websocket clients and
-            // the archive still get them all).
-            let mut budget = MAX_INFO_HEADER_BYTES;
-            for (name, value) in info_headers(&image.info) {
-                let cost = name.len() + encoded(&value).len();
-                if name.starts_with(header_names::EXTRA_PREFIX) && cost > budget {
-                    h.insert(
-                        HeaderName::from_static(INFO_TRUNCATED),
-                        HeaderValue::from_static("true"),
-                    );
-                    continue;
-                }
-                budget = budget.saturating_sub(cost);
-                insert_encoded(h, &name, &value);
-            }
-            match &image.archived {
-                Archived::Planned { path, .. } => insert_encoded(h, ARCHIVED_AS, path),
-                Archived::Failed(why) => insert_encoded(h, ARCHIVE_ERROR, why),
-                Archived::Disabled => {}
-            }
+        Ok(image) => image_response(&id, image, in_flight),
+        Err(f) => error_response(Some(&id), &f),
+    }
+}
+
+/// The response carrying `image`; `held` (the token's in-flight slot) is kept until the body is
+/// sent or dropped, not only until the headers are.
+fn image_response(id: &str, mut image: Image, held: impl Send + Sync + 'static) -> Response {
+    let size = image.body.size();
+    let body = std::mem::replace(&mut image.body, outcome::Body::Inline(bytes::Bytes::new()));
+    let mut response = match body {
+        outcome::Body::Inline(bytes) => Response::new(Body::from(bytes)),
+        // Chunks go out as the client takes them. A failure mid-way ends the body short
+        // of its Content-Length, which every HTTP client reports as an error; the last
+        // chunk is only released once the image is verified.
+        body => {
+            let body = chunks(body).map(move |chunk| {
+                let _held = &held;
+                chunk
+            });
+            let mut response = Response::new(Body::from_stream(body));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             response
         }
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(served_content_type(&image.content_type)) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(REQUEST_ID, v);
+    }
+    for (name, value) in &image.metadata {
+        let name = format!("imgfetch-{}", name.replace('_', "-"));
+        insert_encoded(h, &name, value);
+    }
+    // Percent-encoding can make wide-script metadata many times longer; proxies refuse
+    // responses with large headers, so extras stop at a budget (websocket clients and
+    // the archive still get them all).
+    let mut budget = MAX_INFO_HEADER_BYTES;
+    for (name, value) in info_headers(&image.info) {
+        let cost = name.len() + encoded(&value).len();
+        if name.starts_with(header_names::EXTRA_PREFIX) && cost > budget {
+            h.insert(
+                HeaderName::from_static(INFO_TRUNCATED),
+                HeaderValue::from_static("true"),
+            );
+            continue;
+        }
+        budget = budget.saturating_sub(cost);
+        insert_encoded(h, &name, &value);
+    }
+    match &image.archived {
+        Archived::Planned { path, .. } => insert_encoded(h, ARCHIVED_AS, path),
+        Archived::Failed(why) => insert_encoded(h, ARCHIVE_ERROR, why),
+        Archived::Disabled => {}
+    }
+    response
+}
+
+/// `GET /v1/requests/{id}`: the answer to an earlier request, from any gateway, as
+/// [`get_image`] gave it (or would have): the image from the archive, or the error's status
+/// and body. Another token's result is answered exactly like an unknown id.
+async fn get_result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let client = match state.auth.identify(&headers, None) {
+        Ok(c) => c,
+        Err(f) => return error_response(None, &f),
+    };
+    if validate::id(&id).is_err() {
+        let f = Failure::new(
+            ErrorCode::InvalidRequest,
+            "a request id is 1 to 128 of A-Z, a-z, 0-9, '-' and '_'",
+        );
+        return error_response(None, &f);
+    }
+    let Ok(_slot) = state.http_slots.clone().try_acquire_owned() else {
+        let f = Failure::new(ErrorCode::Unavailable, "too many HTTP requests in flight");
+        return error_response(Some(&id), &f);
+    };
+    let until = tokio::time::Instant::now() + state.dispatcher.request_timeout();
+    match state
+        .results
+        .fetch(&id, &client, &state.dispatcher, until)
+        .await
+    {
+        Ok(replay) => image_response(&id, replay.image, replay.held),
         Err(f) => error_response(Some(&id), &f),
     }
 }
@@ -325,6 +364,7 @@ async fn websocket(
                     sink,
                     source,
                     state.dispatcher.clone(),
+                    state.results.clone(),
                     client,
                     state.limits,
                     state.draining.clone(),

@@ -13,12 +13,13 @@
 //! - [`dispatch`]: enqueue with de-duplication, route callbacks to waiters, enforce deadlines.
 //! - [`outcome`]: the image or the error a request ends in, and how a reply becomes one.
 //! - [`transfer`]: receiving a streamed image: credit, order, size and SHA-256 checks, stalls.
+//! - [`results`]: outcomes recorded by id in a key-value bucket, replayed, taken over.
 //! - [`sentinel`]: answers hand-published requests that no stream captured.
+//! - [`ws`]: the websocket session protocol.
+//! - [`http`]: routes, status codes, health and metrics.
 //!
 //! The reply router and the sentinel are supervised (`imgfetch_common::supervise`): one that
 //! ends early is restarted with a new subscription, and `/readyz` is false meanwhile.
-//! - [`ws`]: the websocket session protocol.
-//! - [`http`]: routes, status codes, health and metrics.
 //!
 //! [`run`] takes a bound listener, serves until shutdown, then drains within the grace period.
 
@@ -29,6 +30,7 @@ pub mod directory;
 pub mod dispatch;
 pub mod http;
 pub mod outcome;
+pub mod results;
 pub mod sentinel;
 pub mod serve;
 pub mod template;
@@ -65,6 +67,9 @@ pub enum RunError {
     /// The archive could not be set up.
     #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
+    /// The results bucket could not be opened.
+    #[error(transparent)]
+    Results(#[from] results::ResultsError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -91,6 +96,34 @@ pub async fn run(
     let health = Health::new();
     // Tasks stop when draining starts; the reply router only when the dispatcher closes, last.
     let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, draining.clone());
+    // Stopped, or abandoned (the task aborted): the gateway stops answering on its liveness
+    // subject and leaves NATS, so that other gateways take over what it held.
+    let alive = CancellationToken::new();
+    let _leave = Leave {
+        alive: alive.clone(),
+        client: client.clone(),
+    };
+    let results = results::Results::open(
+        client.clone(),
+        config.instance.clone(),
+        &config.results,
+        archive.clone(),
+        config.publish_timeout,
+    )
+    .await?;
+    {
+        // Answered until the gateway stops or is abandoned, draining included: other gateways
+        // take over its pending requests only once it is gone.
+        let (client, instance, timeout) = (
+            client.clone(),
+            config.instance.clone(),
+            config.publish_timeout,
+        );
+        let stop = alive.clone();
+        supervisor.until(alive.clone()).spawn("liveness", move || {
+            results::answer_liveness(client.clone(), instance.clone(), timeout, stop.clone())
+        });
+    }
     let dispatcher = dispatch::Dispatcher::start(
         client.clone(),
         archive.clone(),
@@ -99,6 +132,7 @@ pub async fn run(
         (config.request_timeout, config.publish_timeout),
         config.streams,
         draining.clone(),
+        Some(results.clone()),
         &supervisor,
     )
     .await?;
@@ -112,6 +146,7 @@ pub async fn run(
 
     let state = http::AppState {
         dispatcher: dispatcher.clone(),
+        results,
         websockets: Arc::new(Semaphore::new(config.max_websockets)),
         http_slots: Arc::new(Semaphore::new(config.max_http_in_flight)),
         sessions: tokio_util::task::TaskTracker::new(),
@@ -184,4 +219,24 @@ pub async fn run(
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Fires when `run` returns or is dropped: stops the liveness answers and drains the NATS
+/// connection, which the server task's clones would otherwise keep open.
+struct Leave {
+    alive: CancellationToken,
+    client: async_nats::Client,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.alive.cancel();
+        let client = self.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), client.drain()).await;
+            });
+        }
+    }
 }

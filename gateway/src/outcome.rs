@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
-use bytes::Bytes;
-use imgfetch_common::digest::sha256_hex;
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use imgfetch_common::digest::{sha256_hex, Hasher};
 use imgfetch_common::info::ImageInfo;
 use imgfetch_common::protocol::{header, ErrorCode, STATUS_OK};
 
@@ -39,6 +41,8 @@ pub enum Body {
     Inline(Bytes),
     /// To be received chunk by chunk.
     Stream(Box<Transfer>),
+    /// To be read from the archive, frame by frame (a result replayed by id).
+    Stored(Box<Stored>),
 }
 
 impl Body {
@@ -47,7 +51,145 @@ impl Body {
         match self {
             Body::Inline(bytes) => bytes.len() as u64,
             Body::Stream(transfer) => transfer.size(),
+            Body::Stored(stored) => stored.size,
         }
+    }
+
+    /// How many parts [`next_chunk`](Body::next_chunk) yields: one for an inline body.
+    pub fn chunks(&self) -> u64 {
+        match self {
+            Body::Inline(_) => 1,
+            Body::Stream(transfer) => transfer.chunks(),
+            Body::Stored(stored) => stored.chunks(),
+        }
+    }
+
+    /// The most bytes in one part.
+    pub fn chunk_size(&self) -> u64 {
+        match self {
+            Body::Inline(bytes) => bytes.len() as u64,
+            Body::Stream(transfer) => transfer.chunk_size(),
+            Body::Stored(_) => STORED_FRAME_BYTES,
+        }
+    }
+
+    /// The next part; `None` once all were given. After an error, nothing more comes.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, Failure>> {
+        match self {
+            Body::Inline(bytes) if bytes.is_empty() => None,
+            Body::Inline(bytes) => Some(Ok(std::mem::take(bytes))),
+            Body::Stream(transfer) => transfer.next().await,
+            Body::Stored(stored) => stored.next().await,
+        }
+    }
+}
+
+/// Bytes per part of an image read back from the archive: what the gateway holds of it at once.
+pub const STORED_FRAME_BYTES: u64 = 1 << 20;
+
+/// An image read back from the archive in parts of [`STORED_FRAME_BYTES`], whatever sizes the
+/// store reads in. Its size is checked, and its SHA-256 when one was recorded: the last part is
+/// only given once the image is verified, like a streamed image's.
+pub struct Stored {
+    size: u64,
+    sha256: Option<String>,
+    hasher: Hasher,
+    source: BoxStream<'static, Result<Bytes, String>>,
+    buffer: BytesMut,
+    given: u64,
+    parts: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("size", &self.size)
+            .field("given", &self.given)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stored {
+    /// Reads `size` bytes from `source`, checked against `sha256` when known.
+    pub fn new(
+        size: u64,
+        sha256: Option<String>,
+        source: BoxStream<'static, Result<Bytes, String>>,
+    ) -> Stored {
+        Stored {
+            size,
+            sha256,
+            hasher: Hasher::new(),
+            source,
+            buffer: BytesMut::new(),
+            given: 0,
+            parts: 0,
+            done: false,
+        }
+    }
+
+    /// Parts in the image (one for an empty image).
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(STORED_FRAME_BYTES).max(1)
+    }
+
+    /// The next part.
+    pub async fn next(&mut self) -> Option<Result<Bytes, Failure>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let last = self.parts + 1 == self.chunks();
+            let want = if last {
+                (self.size - self.given) as usize
+            } else {
+                STORED_FRAME_BYTES as usize
+            };
+            if self.buffer.len() >= want && !last {
+                let part = self.buffer.split_to(want).freeze();
+                self.hasher.update(&part);
+                self.given += part.len() as u64;
+                self.parts += 1;
+                return Some(Ok(part));
+            }
+            match self.source.next().await {
+                Some(Ok(bytes)) => {
+                    if self.given + (self.buffer.len() + bytes.len()) as u64 > self.size {
+                        return Some(self.fail("the archive copy is longer than recorded"));
+                    }
+                    self.buffer.extend_from_slice(&bytes);
+                }
+                Some(Err(why)) => return Some(self.fail(&format!("reading it failed: {why}"))),
+                None if self.buffer.len() != want => {
+                    return Some(self.fail("the archive copy is shorter than recorded"))
+                }
+                None => {
+                    let part = std::mem::take(&mut self.buffer).freeze();
+                    self.hasher.update(&part);
+                    let actual = std::mem::take(&mut self.hasher).finish();
+                    if let Some(sent) = &self.sha256 {
+                        if !actual.eq_ignore_ascii_case(sent) {
+                            return Some(self.fail(&format!(
+                                "the archive copy's SHA-256 is {actual}, {sent} was recorded"
+                            )));
+                        }
+                    }
+                    self.done = true;
+                    self.given += part.len() as u64;
+                    return Some(Ok(part));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> Result<Bytes, Failure> {
+        self.done = true;
+        tracing::warn!(why, "archive copy of a result unreadable");
+        Err(Failure::new(
+            ErrorCode::ResultUnavailable,
+            format!("the image's archive copy cannot be replayed: {why}; request it again"),
+        ))
     }
 }
 
@@ -119,7 +261,7 @@ pub fn from_parts(id: &str, headers: Option<&HeaderMap>, body: Body) -> Outcome 
     if !status_ok(headers) {
         let text = match &body {
             Body::Inline(bytes) => bytes.clone(),
-            Body::Stream(_) => Bytes::new(),
+            Body::Stream(_) | Body::Stored(_) => Bytes::new(),
         };
         return Err(failure_of(headers, &text));
     }

@@ -13,6 +13,10 @@
 //! fetch is answered with an `error` frame `forbidden`, and one beyond the token's in-flight
 //! limit with `too_many_requests`.
 //!
+//! `{"type":"result","id"}` replays the answer to an earlier request, made through any gateway
+//! (see [`crate::results`]): an `image` frame and its binary frames, or an `error` frame, with
+//! no `accepted` frame; an unknown, expired or other token's id is `unknown_request`.
+//!
 //! The session loop is generic over `Sink` and `Stream`, like axum's testing-websockets example.
 
 use std::collections::BTreeMap;
@@ -31,7 +35,7 @@ use crate::archive::Archived;
 use crate::auth::Client;
 use crate::dispatch::Dispatcher;
 use crate::outcome::{Body, Failure, Image};
-use crate::transfer::Transfer;
+use crate::results::Results;
 
 /// Limits of one session.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +54,7 @@ enum Out {
     Stream {
         id: String,
         head: Message,
-        transfer: Box<Transfer>,
+        body: Body,
     },
 }
 
@@ -97,6 +101,7 @@ pub async fn session<W, R, E>(
     mut sink: W,
     mut source: R,
     dispatcher: Arc<Dispatcher>,
+    results: Arc<Results>,
     client: Client,
     limits: Limits,
     shutdown: CancellationToken,
@@ -114,14 +119,10 @@ pub async fn session<W, R, E>(
         while let Some(out) = out_rx.recv().await {
             let sent = match out {
                 Out::Frames(frames) => send_frames(&mut sink, frames, limits.send_timeout).await,
-                Out::Stream {
-                    id,
-                    head,
-                    mut transfer,
-                } => {
+                Out::Stream { id, head, mut body } => {
                     let mut sent = send_frames(&mut sink, vec![head], limits.send_timeout).await;
                     while sent {
-                        let frame = match transfer.next().await {
+                        let frame = match body.next_chunk().await {
                             Some(Ok(bytes)) => Message::Binary(bytes),
                             Some(Err(f)) => error_frame(Some(&id), &f),
                             None => break,
@@ -209,6 +210,43 @@ pub async fn session<W, R, E>(
                 key,
                 meta,
             },
+            Ok(ClientFrame::Result { id }) => {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let f = too_many(limits.max_in_flight);
+                    let _ = out_tx
+                        .send(Out::Frames(vec![error_frame(Some(&id), &f)]))
+                        .await;
+                    continue;
+                };
+                let (dispatcher, results, client) =
+                    (dispatcher.clone(), results.clone(), client.clone());
+                let out = out_tx.clone();
+                tasks.spawn(async move {
+                    let answer = match imgfetch_common::validate::id(&id) {
+                        Err(e) => Err(Failure::new(ErrorCode::InvalidRequest, e.to_string())),
+                        Ok(()) => {
+                            let until = tokio::time::Instant::now() + dispatcher.request_timeout();
+                            results.fetch(&id, &client, &dispatcher, until).await
+                        }
+                    };
+                    let (answer, held) = match answer {
+                        Ok(mut replay) => (
+                            image_out(
+                                &mut replay.image,
+                                &replay.network,
+                                &replay.key,
+                                &replay.meta,
+                            ),
+                            replay.held.take(),
+                        ),
+                        Err(f) => (Out::Frames(vec![error_frame(Some(&id), &f)]), None),
+                    };
+                    let _ = out.send(answer).await;
+                    drop(held);
+                    drop(permit);
+                });
+                continue;
+            }
             Err(err) => {
                 let f = Failure::new(ErrorCode::InvalidRequest, format!("malformed frame: {err}"));
                 let _ = out_tx.send(Out::Frames(vec![error_frame(None, &f)])).await;
@@ -225,26 +263,21 @@ pub async fn session<W, R, E>(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let f = Failure::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "too many requests in flight on this connection (limit {})",
-                    limits.max_in_flight
-                ),
-            );
+            let f = too_many(limits.max_in_flight);
             let _ = out_tx
                 .send(Out::Frames(vec![error_frame(Some(&request.id), &f)]))
                 .await;
             continue;
         };
         let dispatcher = dispatcher.clone();
+        let identity = client.identity().map(str::to_owned);
         let out = out_tx.clone();
         tasks.spawn(async move {
             let id = request.id.clone();
             let network = request.network.clone().unwrap_or_default();
             let key = request.key.clone();
             let meta = request.meta.clone();
-            let ticket = match dispatcher.submit(request).await {
+            let ticket = match dispatcher.submit(request, identity.as_deref()).await {
                 Ok(t) => t,
                 Err(f) => {
                     let _ = out
@@ -269,16 +302,7 @@ pub async fn session<W, R, E>(
                     return;
                 }
             };
-            let body = std::mem::replace(&mut image.body, Body::Inline(Default::default()));
-            let head = image_frame(&image, &body, &network, &key, &meta);
-            let answer = match body {
-                Body::Inline(bytes) => Out::Frames(vec![head, Message::Binary(bytes)]),
-                Body::Stream(transfer) => Out::Stream {
-                    id: id.clone(),
-                    head,
-                    transfer,
-                },
-            };
+            let answer = image_out(&mut image, &network, &key, &meta);
             if out.send(answer).await.is_err() {
                 return;
             }
@@ -319,6 +343,27 @@ pub async fn session<W, R, E>(
     let _ = writer.await;
 }
 
+fn too_many(limit: usize) -> Failure {
+    Failure::new(
+        ErrorCode::Unavailable,
+        format!("too many requests in flight on this connection (limit {limit})"),
+    )
+}
+
+/// What the writer sends for `image`: its frame and bytes, or its frame and then its stream.
+fn image_out(image: &mut Image, network: &str, key: &str, meta: &BTreeMap<String, String>) -> Out {
+    let body = std::mem::replace(&mut image.body, Body::Inline(Default::default()));
+    let head = image_frame(image, &body, network, key, meta);
+    match body {
+        Body::Inline(bytes) => Out::Frames(vec![head, Message::Binary(bytes)]),
+        body => Out::Stream {
+            id: image.id.clone(),
+            head,
+            body,
+        },
+    }
+}
+
 fn image_frame(
     image: &Image,
     body: &Body,
@@ -331,10 +376,7 @@ fn image_frame(
         Archived::Failed(why) => (None, Some(why.as_str())),
         Archived::Disabled => (None, None),
     };
-    let (frames, frame_bytes) = match body {
-        Body::Inline(bytes) => (1, bytes.len() as u64),
-        Body::Stream(transfer) => (transfer.chunks(), transfer.chunk_size()),
-    };
+    let (frames, frame_bytes) = (body.chunks(), body.chunk_size());
     json(&ServerFrame::Image {
         id: &image.id,
         network,

@@ -330,28 +330,28 @@ pub async fn run(
             batch = tokio::time::timeout(STEP_TIMEOUT, pull) => batch,
         };
         let failure = match batch {
-            Ok(Ok(mut batch)) => {
-                loop {
-                    let next = tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => return Ok(()),
-                        next = tokio::time::timeout(PULL_EXPIRES + STEP_TIMEOUT, batch.next()) => next,
-                    };
-                    match next {
-                        Ok(Some(Ok(message))) => {
-                            failures = 0;
-                            handle(&dead, message).await;
-                        }
-                        Ok(Some(Err(err))) => {
-                            tracing::warn!(%err, "advisory pull failed");
-                            break Some(err.to_string());
-                        }
-                        Ok(None) | Err(_) => break None,
+            Ok(Ok(mut batch)) => loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(()),
+                    next = tokio::time::timeout(PULL_EXPIRES + STEP_TIMEOUT, batch.next()) => next,
+                };
+                match next {
+                    Ok(Some(Ok(message))) => {
+                        failures = 0;
+                        handle(&dead, message).await;
                     }
+                    Ok(Some(Err(err))) => {
+                        tracing::warn!(%err, "advisory pull failed");
+                        break Some(err.to_string());
+                    }
+                    Ok(None) | Err(_) => break None,
                 }
-            }
+            },
             Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!("pulling advisories took longer than {STEP_TIMEOUT:?}")),
+            Err(_) => Some(format!(
+                "pulling advisories took longer than {STEP_TIMEOUT:?}"
+            )),
         };
         let Some(last) = failure else {
             failures = 0;

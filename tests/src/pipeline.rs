@@ -167,6 +167,15 @@ impl Gateway {
             h.await.expect("gateway task").expect("gateway ran cleanly");
         }
     }
+
+    /// Stops it abruptly, as a crash would: its task is aborted with no drain, which closes its
+    /// NATS connection. What it held in flight is left to other gateways.
+    pub async fn kill(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+            let _ = h.await;
+        }
+    }
 }
 
 impl Drop for Gateway {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::digest::{sha256_hex, Hasher};
 use imgfetch_common::protocol::{self, header};
-use imgfetch_tests::fake::{fake_resolver, take_request};
+use imgfetch_tests::fake::{fake_resolver, send_stream, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{ask, dir_resolver, header_of, Gateway};
 use imgfetch_tests::pipeline::{WsAnswer, WsClient};
@@ -349,91 +349,6 @@ async fn a_client_leaving_mid_stream_stops_the_resolver_and_leaves_no_archive_co
     tokio::time::sleep(Duration::from_millis(500)).await;
     let left: Vec<_> = files_under(archive.path());
     assert!(left.is_empty(), "archive holds {left:?}");
-}
-
-/// Sends `image` as a stream of `chunk`-byte chunks on `callback`, honouring credit, with
-/// chunk `corrupt` (if any) altered after hashing, and `skip` (if any) left out.
-async fn send_stream(
-    client: &async_nats::Client,
-    id: &str,
-    callback: &str,
-    image: &[u8],
-    chunk: usize,
-    corrupt: Option<u64>,
-    skip: Option<u64>,
-) {
-    let flow = client.new_inbox();
-    let mut credits = client.subscribe(flow.clone()).await.unwrap();
-    let chunks = image.len().div_ceil(chunk) as u64;
-    let mut head = HeaderMap::new();
-    head.insert(header::ID, id);
-    head.insert(header::STATUS, "ok");
-    head.insert(header::NETWORK, "forge");
-    head.insert(header::KEY, "x.jpg");
-    head.insert(header::CONTENT_TYPE, "image/jpeg");
-    head.insert(header::SIZE, image.len().to_string().as_str());
-    head.insert(header::FLOW, flow.as_str());
-    head.insert(header::CHUNK_SIZE, chunk.to_string().as_str());
-    head.insert(header::CHUNKS, chunks.to_string().as_str());
-    client
-        .publish_with_headers(callback.to_owned(), head, Bytes::new())
-        .await
-        .unwrap();
-    let mut credit = 0u64;
-    for seq in 1..=chunks {
-        while credit < seq {
-            let Some(Some(m)) = next_within_sub(&mut credits).await else {
-                return; // cancelled or nobody granted: the gateway gave up
-            };
-            if m.headers
-                .as_ref()
-                .and_then(|h| h.get(header::CANCEL))
-                .is_some()
-            {
-                return;
-            }
-            if let Some(n) = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(header::CREDIT))
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-            {
-                credit = credit.max(n);
-            }
-        }
-        if Some(seq) == skip {
-            continue;
-        }
-        let start = (seq as usize - 1) * chunk;
-        let mut bytes = image[start..(start + chunk).min(image.len())].to_vec();
-        if Some(seq) == corrupt {
-            bytes[0] ^= 0xff;
-        }
-        let mut h = HeaderMap::new();
-        h.insert(header::ID, id);
-        h.insert(header::FLOW, flow.as_str());
-        h.insert(header::SEQ, seq.to_string().as_str());
-        client
-            .publish_with_headers(callback.to_owned(), h, bytes.into())
-            .await
-            .unwrap();
-    }
-    let mut end = HeaderMap::new();
-    end.insert(header::ID, id);
-    end.insert(header::FLOW, flow.as_str());
-    end.insert(header::STATUS, "ok");
-    end.insert(header::SHA256, sha256_hex(image).as_str());
-    client
-        .publish_with_headers(callback.to_owned(), end, Bytes::new())
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-}
-
-async fn next_within_sub(sub: &mut async_nats::Subscriber) -> Option<Option<async_nats::Message>> {
-    tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

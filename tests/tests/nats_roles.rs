@@ -112,6 +112,42 @@ async fn role_pipeline(
     (resolver, gateway)
 }
 
+/// The gateway role records results and reads them back: an image fetched without an archive
+/// replays as `result_unavailable` (not `unknown_request`), an error with its own status.
+async fn results_under_roles(gateway: &Gateway) {
+    let client = reqwest::Client::new();
+    let fetch = |path: &str, id: &str| {
+        client
+            .get(gateway.http(path))
+            .header("x-request-id", id)
+            .send()
+    };
+    let r = fetch("/v1/images/harbor/quay-east.jpg", "roles-ok")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = fetch("/v1/images/harbor/no-such.jpg", "roles-missing")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    for (id, status, code) in [
+        ("roles-ok", 410, "result_unavailable"),
+        ("roles-missing", 404, "not_found"),
+        ("roles-never", 404, "unknown_request"),
+    ] {
+        let r = reqwest::get(gateway.http(&format!("/v1/requests/{id}")))
+            .await
+            .unwrap();
+        let got = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{id}: {body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn anonymous_and_wrong_password_connections_are_refused() {
     init_logs();
@@ -361,6 +397,7 @@ async fn the_whole_pipeline_serves_images_with_roles_on() {
     );
     let ready = reqwest::get(gateway.http("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "the gateway role can read the stream");
+    results_under_roles(&gateway).await;
 
     gateway.stop().await;
     resolver.stop().await;
@@ -399,6 +436,7 @@ async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
     )
     .await;
     assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    results_under_roles(&gateway).await;
     gateway.stop().await;
     resolver.stop().await;
     let log = nats.log();

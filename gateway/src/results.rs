@@ -1,0 +1,665 @@
+//! Results that outlive a disconnect: the outcome of every request a gateway put on the queue
+//! is recorded in a JetStream key-value bucket (`IMGFETCH_RESULTS`, key = request id, entries
+//! expire after the result TTL), so that a client can fetch it again by id from any gateway.
+//!
+//! - **Records** are small versioned JSON ([`Record`]): `pending` once the stream accepted the
+//!   request (with its owner gateway and deadline), then `done` (the image's headers and its
+//!   archive path: the bytes are served from the archive, never stored twice), `unarchived`
+//!   (delivered, but there is no archive copy to replay) or `failed` (code and message).
+//!   Writes run off the client's path, each bounded by a timeout; a failed write is counted and
+//!   logged, never turned into a client error.
+//! - **Fetching** ([`Results::fetch`]) replays a terminal record; a `pending` one is waited
+//!   for while its owner lives and its deadline holds.
+//! - **Takeover**: a `pending` record whose owner gateway does not answer on its liveness
+//!   subject (`imgfetch.gateway.<instance>`), or whose deadline passed, is claimed with a
+//!   revision compare-and-set (one gateway wins), and the request is queued again under
+//!   `Nats-Msg-Id: <id>.retry.<n>`; its outcome is recorded under the original id.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
+use async_nats::jetstream::{self, context::KeyValueErrorKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use imgfetch_common::info::ImageInfo;
+use imgfetch_common::protocol::{self, ErrorCode};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::{Archive, Archived};
+use crate::auth::Client;
+use crate::dispatch::Dispatcher;
+use crate::outcome::{Body, Failure, Image, Outcome, Stored};
+
+/// Version of the record format, the `v` of every record.
+pub const RECORD_VERSION: u32 = 1;
+/// How often a fetch reads a `pending` record again while its owner works on it.
+const POLL: Duration = Duration::from_millis(250);
+/// How long an owner gateway has to answer on its liveness subject.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where outcomes are recorded, and for how long.
+#[derive(Clone, Debug)]
+pub struct ResultSettings {
+    /// The key-value bucket.
+    pub bucket: String,
+    /// How long a result can be fetched again; the bucket's `max_age`.
+    pub ttl: Duration,
+    /// Replicas of the bucket when the gateway creates it.
+    pub replicas: usize,
+}
+
+impl Default for ResultSettings {
+    fn default() -> Self {
+        ResultSettings {
+            bucket: protocol::DEFAULT_RESULTS_BUCKET.to_owned(),
+            ttl: Duration::from_millis(crate::config::defaults::RESULT_TTL_MS),
+            replicas: crate::config::defaults::RESULTS_REPLICAS,
+        }
+    }
+}
+
+/// Why the results bucket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    /// Neither found nor created.
+    #[error("results bucket {bucket}: {source}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// What NATS said.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// NATS did not answer in time.
+    #[error("results bucket {bucket}: no answer from NATS within {timeout:?}")]
+    Timeout {
+        /// The bucket.
+        bucket: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// The liveness subject could not be subscribed to.
+    #[error("cannot answer on the liveness subject: {0}")]
+    Liveness(#[source] async_nats::SubscribeError),
+    /// The liveness subscription ended.
+    #[error("the liveness subscription ended")]
+    LivenessEnded,
+    /// A liveness answer could not be sent.
+    #[error("cannot answer a liveness ping: {0}")]
+    LivenessAnswer(#[source] async_nats::PublishError),
+    /// Subscribing or answering took too long.
+    #[error("the liveness subject did not respond within {0:?}")]
+    LivenessTimeout(Duration),
+}
+
+/// One record of the bucket, as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Format version, [`RECORD_VERSION`].
+    pub v: u32,
+    /// The network the request was for.
+    pub network: String,
+    /// The image key.
+    pub key: String,
+    /// The request's `meta`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// Name of the token that asked; absent when the gateway takes no tokens. Only the same
+    /// identity may read the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Where the request stands.
+    #[serde(flatten)]
+    pub state: State,
+}
+
+/// Where a recorded request stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    /// On the queue; `owner` waits for its answer until `deadline_ms` (Unix milliseconds).
+    Pending {
+        /// The gateway instance whose callback the request carries.
+        owner: String,
+        /// When the owner stops waiting.
+        deadline_ms: u64,
+        /// Takeovers so far.
+        #[serde(default)]
+        attempt: u32,
+    },
+    /// Delivered and archived: replayed from the archive.
+    Done {
+        /// Sniffed media type.
+        content_type: String,
+        /// Bytes of the image.
+        size: u64,
+        /// What the store reported.
+        metadata: BTreeMap<String, String>,
+        /// The associated information.
+        info: Box<ImageInfo>,
+        /// Path of the archive copy.
+        archived_as: String,
+        /// SHA-256 of the image, lower-case hex, when the resolver sent it inline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
+    /// Delivered (or begun) without an archive copy: nothing to replay.
+    Unarchived {
+        /// Why there is no copy.
+        reason: String,
+    },
+    /// Ended in an error.
+    Failed {
+        /// The error code.
+        code: ErrorCode,
+        /// The message.
+        message: String,
+    },
+}
+
+/// What a gateway keeps of one request to record its outcome.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The request id: the record's key.
+    pub id: String,
+    /// The network.
+    pub network: String,
+    /// The image key.
+    pub key: String,
+    /// The request's `meta`.
+    pub meta: BTreeMap<String, String>,
+    /// The token that asked, if any.
+    pub identity: Option<String>,
+}
+
+impl Origin {
+    fn record(&self, state: State) -> Record {
+        Record {
+            v: RECORD_VERSION,
+            network: self.network.clone(),
+            key: self.key.clone(),
+            meta: self.meta.clone(),
+            identity: self.identity.clone(),
+            state,
+        }
+    }
+}
+
+/// A result being replayed: the image and what the request asked for.
+#[derive(Debug)]
+pub struct Replay {
+    /// The network.
+    pub network: String,
+    /// The image key.
+    pub key: String,
+    /// The request's `meta`.
+    pub meta: BTreeMap<String, String>,
+    /// The image; its body streams from the archive, or from the resolver after a takeover.
+    pub image: Image,
+    /// The token's in-flight slot when the request was run again; held until the body is sent.
+    pub held: Option<crate::auth::InFlight>,
+}
+
+/// The results bucket of one gateway.
+#[derive(Debug)]
+pub struct Results {
+    kv: kv::Store,
+    client: async_nats::Client,
+    instance: String,
+    archive: Option<Arc<Archive>>,
+    timeout: Duration,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn unknown(id: &str) -> Failure {
+    Failure::new(
+        ErrorCode::UnknownRequest,
+        format!("no result is recorded for request {id:?}: unknown, expired, or not yours"),
+    )
+}
+
+fn unavailable(why: impl std::fmt::Display) -> Failure {
+    Failure::new(
+        ErrorCode::Unavailable,
+        format!("the results bucket cannot be used: {why}"),
+    )
+}
+
+/// Answers on `instance`'s liveness subject until `stop` fires: other gateways take over this
+/// gateway's pending requests once it stops answering, so this runs supervised. Ends early
+/// (an error) when the subscription ends or an answer cannot be sent within `timeout`.
+pub async fn answer_liveness(
+    client: async_nats::Client,
+    instance: String,
+    timeout: Duration,
+    stop: CancellationToken,
+) -> Result<(), ResultsError> {
+    let mut pings = tokio::time::timeout(
+        timeout,
+        client.subscribe(protocol::gateway_subject(&instance)),
+    )
+    .await
+    .map_err(|_| ResultsError::LivenessTimeout(timeout))?
+    .map_err(ResultsError::Liveness)?;
+    let name = Bytes::from(instance);
+    loop {
+        let ping = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            ping = pings.next() => ping,
+        };
+        let Some(ping) = ping else {
+            return Err(ResultsError::LivenessEnded);
+        };
+        if let Some(reply) = ping.reply {
+            tokio::time::timeout(timeout, client.publish(reply, name.clone()))
+                .await
+                .map_err(|_| ResultsError::LivenessTimeout(timeout))?
+                .map_err(ResultsError::LivenessAnswer)?;
+        }
+    }
+}
+
+impl Results {
+    /// Opens the bucket, creating it when missing. Every NATS call waits at most `timeout`.
+    pub async fn open(
+        client: async_nats::Client,
+        instance: String,
+        settings: &ResultSettings,
+        archive: Option<Arc<Archive>>,
+        timeout: Duration,
+    ) -> Result<Arc<Results>, ResultsError> {
+        let js = jetstream::new(client.clone());
+        let bucket = settings.bucket.clone();
+        let timed_out = || ResultsError::Timeout {
+            bucket: bucket.clone(),
+            timeout,
+        };
+        let failed = |source: async_nats::Error| ResultsError::Bucket {
+            bucket: bucket.clone(),
+            source,
+        };
+        let kv = match tokio::time::timeout(timeout, js.get_key_value(bucket.clone())).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(kv)) => {
+                let max_age = kv.stream.cached_info().config.max_age;
+                if max_age != settings.ttl {
+                    tracing::warn!(
+                        bucket,
+                        bucket_ttl_ms = max_age.as_millis() as u64,
+                        result_ttl_ms = settings.ttl.as_millis() as u64,
+                        "the results bucket exists with another TTL; its entries expire after \
+                         the bucket's"
+                    );
+                }
+                kv
+            }
+            Ok(Err(err)) if err.kind() == KeyValueErrorKind::GetBucket => {
+                let config = kv::Config {
+                    bucket: bucket.clone(),
+                    description: "imgfetch: the outcome of each request, by id".into(),
+                    history: 1,
+                    max_age: settings.ttl,
+                    num_replicas: settings.replicas,
+                    ..Default::default()
+                };
+                match tokio::time::timeout(timeout, js.create_key_value(config)).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Ok(kv)) => kv,
+                    // Another gateway may have created it meanwhile.
+                    Ok(Err(create)) => {
+                        match tokio::time::timeout(timeout, js.get_key_value(bucket.clone())).await
+                        {
+                            Err(_) => return Err(timed_out()),
+                            Ok(Ok(kv)) => kv,
+                            Ok(Err(_)) => return Err(failed(create.into())),
+                        }
+                    }
+                }
+            }
+            Ok(Err(err)) => return Err(failed(err.into())),
+        };
+        Ok(Arc::new(Results {
+            kv,
+            client,
+            instance,
+            archive,
+            timeout,
+        }))
+    }
+
+    /// Records that the stream accepted `origin`, owned by this gateway until `deadline_ms`.
+    /// Written only if no record exists: an outcome recorded first is not overwritten.
+    pub fn record_pending(self: &Arc<Self>, origin: &Origin, deadline_ms: u64) {
+        let record = origin.record(State::Pending {
+            owner: self.instance.clone(),
+            deadline_ms,
+            attempt: 0,
+        });
+        let (results, id) = (self.clone(), origin.id.clone());
+        tokio::spawn(async move {
+            let value = Bytes::from(serde_json::to_vec(&record).expect("records serialise"));
+            match tokio::time::timeout(results.timeout, results.kv.create(&id, value)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Ok(Err(err)) => record_failed(&id, &err.to_string()),
+                Err(_) => record_failed(&id, "timed out"),
+            }
+        });
+    }
+
+    /// Records how `origin` ended, replacing what was recorded before.
+    pub fn record(self: &Arc<Self>, origin: &Origin, state: State) {
+        let record = origin.record(state);
+        let (results, id) = (self.clone(), origin.id.clone());
+        tokio::spawn(async move {
+            let value = Bytes::from(serde_json::to_vec(&record).expect("records serialise"));
+            match tokio::time::timeout(results.timeout, results.kv.put(&id, value)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => record_failed(&id, &err.to_string()),
+                Err(_) => record_failed(&id, "timed out"),
+            }
+        });
+    }
+
+    /// Records a failure.
+    pub fn record_failure(self: &Arc<Self>, origin: &Origin, failure: &Failure) {
+        self.record(
+            origin,
+            State::Failed {
+                code: failure.code,
+                message: failure.message.clone(),
+            },
+        );
+    }
+
+    /// Records an image once its archive copy is written (or not): `image.archived` is
+    /// replaced by a receiver that reports the same result after the record is written.
+    pub fn record_image(
+        self: &Arc<Self>,
+        origin: &Origin,
+        image: &mut Image,
+        sha256: Option<&str>,
+    ) {
+        let unarchived = |reason: String| State::Unarchived { reason };
+        match std::mem::replace(&mut image.archived, Archived::Disabled) {
+            Archived::Disabled => self.record(
+                origin,
+                unarchived("the gateway that fetched it archives nothing".into()),
+            ),
+            Archived::Failed(why) => {
+                self.record(origin, unarchived(why.clone()));
+                image.archived = Archived::Failed(why);
+            }
+            Archived::Planned { path, written } => {
+                let done = State::Done {
+                    content_type: image.content_type.clone(),
+                    size: image.body.size(),
+                    metadata: image.metadata.clone(),
+                    info: Box::new(image.info.clone()),
+                    archived_as: path.clone(),
+                    sha256: sha256.map(|s| s.trim().to_ascii_lowercase()),
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (results, origin) = (self.clone(), origin.clone());
+                tokio::spawn(async move {
+                    let result = written.await;
+                    let state = match &result {
+                        Ok(Ok(())) => done,
+                        Ok(Err(why)) => unarchived(why.clone()),
+                        // The copy was discarded because the image itself failed part-way.
+                        Err(_) => unarchived("the image did not arrive whole".into()),
+                    };
+                    results.record(&origin, state);
+                    if let Ok(result) = result {
+                        let _ = tx.send(result);
+                    }
+                });
+                image.archived = Archived::Planned { path, written: rx };
+            }
+        }
+    }
+
+    /// The answer to request `id` for `client`: replayed when recorded, waited for while its
+    /// owner works on it (until `until`), run again when its owner is gone or overdue.
+    pub async fn fetch(
+        &self,
+        id: &str,
+        client: &Client,
+        dispatcher: &Dispatcher,
+        until: Instant,
+    ) -> Result<Replay, Failure> {
+        loop {
+            let entry = match tokio::time::timeout(self.timeout, self.kv.entry(id)).await {
+                Ok(Ok(entry)) => entry,
+                Ok(Err(err)) => return Err(unavailable(err)),
+                Err(_) => return Err(unavailable("no answer from NATS in time")),
+            };
+            let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+                return Err(unknown(id));
+            };
+            let record: Record = serde_json::from_slice(&entry.value).map_err(|err| {
+                Failure::new(
+                    ErrorCode::Internal,
+                    format!("the record of request {id:?} is unreadable: {err}"),
+                )
+            })?;
+            // Another token's result looks exactly like no result: ids do not leak.
+            if record.identity.as_deref() != client.identity() {
+                return Err(unknown(id));
+            }
+            let (owner, deadline_ms, attempt) = match &record.state {
+                State::Done { .. } => return self.replay(id, record).await,
+                State::Unarchived { reason } => {
+                    return Err(Failure::new(
+                        ErrorCode::ResultUnavailable,
+                        format!(
+                            "the image was delivered but not archived ({reason}); request it \
+                             again"
+                        ),
+                    ))
+                }
+                State::Failed { code, message } => return Err(Failure::new(*code, message)),
+                State::Pending {
+                    owner,
+                    deadline_ms,
+                    attempt,
+                } => (owner.clone(), *deadline_ms, *attempt),
+            };
+            let overdue = now_ms() > deadline_ms;
+            if overdue || (owner != self.instance && !self.alive(&owner).await) {
+                tracing::info!(id, owner, overdue, "taking over a pending request");
+                match self
+                    .take_over(id, record, entry.revision, attempt, client, dispatcher)
+                    .await
+                {
+                    Some(answer) => return answer,
+                    // Another gateway changed the record first: read it again.
+                    None => continue,
+                }
+            }
+            if Instant::now() + POLL > until {
+                return Err(Failure::new(
+                    ErrorCode::Timeout,
+                    format!("request {id:?} is still in progress; ask again later"),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Whether gateway `owner` answers on its liveness subject. Only "no responders" counts
+    /// as gone: a slow answer is not proof of death.
+    async fn alive(&self, owner: &str) -> bool {
+        let ask = self
+            .client
+            .request(protocol::gateway_subject(owner), Bytes::new());
+        match tokio::time::timeout(LIVENESS_TIMEOUT, ask).await {
+            Ok(Err(err)) => err.kind() != async_nats::RequestErrorKind::NoResponders,
+            _ => true,
+        }
+    }
+
+    /// Claims the pending record at `revision` and runs the request again; `None` if another
+    /// gateway changed the record first.
+    async fn take_over(
+        &self,
+        id: &str,
+        record: Record,
+        revision: u64,
+        attempt: u32,
+        client: &Client,
+        dispatcher: &Dispatcher,
+    ) -> Option<Result<Replay, Failure>> {
+        let held = match client.begin(&record.network) {
+            Ok(held) => held,
+            Err(f) => return Some(Err(f)),
+        };
+        let attempt = attempt + 1;
+        let deadline = Instant::now() + dispatcher.request_timeout();
+        let deadline_ms = now_ms() + dispatcher.request_timeout().as_millis() as u64;
+        let claim = Record {
+            state: State::Pending {
+                owner: self.instance.clone(),
+                deadline_ms,
+                attempt,
+            },
+            ..record.clone()
+        };
+        let value = Bytes::from(serde_json::to_vec(&claim).expect("records serialise"));
+        match tokio::time::timeout(self.timeout, self.kv.update(id, value, revision)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => return None,
+            Ok(Err(err)) => return Some(Err(unavailable(err))),
+            Err(_) => return Some(Err(unavailable("no answer from NATS in time"))),
+        }
+        metrics::counter!("imgfetch_gateway_result_takeovers_total").increment(1);
+        let origin = Origin {
+            id: id.to_owned(),
+            network: record.network.clone(),
+            key: record.key.clone(),
+            meta: record.meta.clone(),
+            identity: record.identity.clone(),
+        };
+        let ticket = match dispatcher
+            .resubmit(origin, &format!("{id}.retry.{attempt}"), deadline)
+            .await
+        {
+            Ok(ticket) => ticket,
+            Err(f) => return Some(Err(f)),
+        };
+        let outcome: Outcome = ticket.outcome().await;
+        Some(outcome.map(|image| Replay {
+            network: record.network,
+            key: record.key,
+            meta: record.meta,
+            image,
+            held: Some(held),
+        }))
+    }
+
+    /// A `done` record's image, its bytes read from the archive as they are sent.
+    async fn replay(&self, id: &str, record: Record) -> Result<Replay, Failure> {
+        let State::Done {
+            content_type,
+            size,
+            metadata,
+            info,
+            archived_as,
+            sha256,
+        } = record.state
+        else {
+            unreachable!("only done records are replayed");
+        };
+        let gone = |why: String| {
+            Failure::new(
+                ErrorCode::ResultUnavailable,
+                format!("the archive copy at {archived_as:?} cannot be read ({why}); request the image again"),
+            )
+        };
+        let Some(archive) = &self.archive else {
+            return Err(gone("this gateway has no archive".into()));
+        };
+        let (found, source) = archive.read(&archived_as).await.map_err(&gone)?;
+        if found != size {
+            return Err(gone(format!(
+                "it holds {found} bytes, {size} were recorded"
+            )));
+        }
+        let (tx, written) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Ok(()));
+        Ok(Replay {
+            network: record.network,
+            key: record.key.clone(),
+            meta: record.meta,
+            image: Image {
+                id: id.to_owned(),
+                key: record.key,
+                content_type,
+                body: Body::Stored(Box::new(Stored::new(size, sha256, source))),
+                metadata,
+                info: *info,
+                archived: Archived::Planned {
+                    path: archived_as.clone(),
+                    written,
+                },
+            },
+            held: None,
+        })
+    }
+}
+
+fn record_failed(id: &str, err: &str) {
+    metrics::counter!("imgfetch_gateway_result_record_failures_total").increment(1);
+    tracing::warn!(id, err, "cannot record the request's result");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_flat_versioned_json() {
+        let origin = Origin {
+            id: "r1".into(),
+            network: "harbor".into(),
+            key: "a.jpg".into(),
+            meta: BTreeMap::new(),
+            identity: Some("ops".into()),
+        };
+        let record = origin.record(State::Failed {
+            code: ErrorCode::NotFound,
+            message: "no such key".into(),
+        });
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"v":1,"network":"harbor","key":"a.jpg","identity":"ops",
+                "state":"failed","code":"not_found","message":"no such key"})
+        );
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+        let pending: Record = serde_json::from_str(
+            r#"{"v":1,"network":"n","key":"k","state":"pending","owner":"gw1","deadline_ms":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            pending.state,
+            State::Pending {
+                owner: "gw1".into(),
+                deadline_ms: 5,
+                attempt: 0
+            }
+        );
+    }
+}

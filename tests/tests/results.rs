@@ -1,0 +1,463 @@
+//! Results that outlive a disconnect: the answer to a request, fetched again by id from any
+//! gateway (`GET /v1/requests/{id}`, websocket `{"type":"result"}`), replayed from the archive;
+//! errors replayed with their status; expiry; tokens; and takeover of a request whose gateway
+//! died, and of one whose client left.
+
+use std::path::Path;
+use std::time::Duration;
+
+use imgfetch_common::digest::sha256_hex;
+use imgfetch_common::protocol::{header, FetchRequest};
+use imgfetch_common::store::StoreSpec;
+use imgfetch_gateway::archive::ArchiveConfig;
+use imgfetch_gateway::auth::Tokens;
+use imgfetch_tests::fake::{fake_resolver, send_stream, take_request};
+use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::pipeline::{
+    file_network, resolver_config, sample_resolver, Gateway, Resolver, WsClient,
+};
+use imgfetch_tests::{eventually, init_logs, sample, write_large_image};
+use serde_json::{json, Value};
+
+const IMAGE: &str = "harbor/quay-east.jpg";
+
+/// A gateway archiving to `archive` (shared by every gateway of a test, as in a cluster).
+async fn gateway(
+    nats: &NatsServer,
+    archive: &Path,
+    tweak: impl FnOnce(&mut imgfetch_gateway::Config),
+) -> Gateway {
+    let archive = archive.to_path_buf();
+    Gateway::start(&nats.url(), move |c| {
+        c.archive = Some(ArchiveConfig::new(StoreSpec::File { root: archive }));
+        tweak(c);
+    })
+    .await
+}
+
+async fn get(url: &str, token: Option<&str>, id: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    if let Some(id) = id {
+        request = request.header("x-request-id", id);
+    }
+    request.send().await.expect("HTTP request")
+}
+
+/// Two gateways, `gw-one` and `gw-two`, sharing one archive as replicas in a cluster do.
+struct Pair {
+    one: Gateway,
+    two: Gateway,
+    _archive: tempfile::TempDir,
+}
+
+async fn pair(nats: &NatsServer) -> Pair {
+    let archive = tempfile::tempdir().unwrap();
+    Pair {
+        one: gateway(nats, archive.path(), |c| c.instance = "gw-one".into()).await,
+        two: gateway(nats, archive.path(), |c| c.instance = "gw-two".into()).await,
+        _archive: archive,
+    }
+}
+
+/// Status, headers but `date`, and body of a response.
+async fn parts(r: reqwest::Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let status = r.status().as_u16();
+    let mut headers: Vec<(String, String)> = r
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str() != "date")
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+async fn expect_error(r: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = r.status().as_u16();
+    let body: Value = r.json().await.expect("a JSON error body");
+    assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
+    body
+}
+
+/// The next JSON frame must be the answer itself: a result is never `accepted`.
+async fn result_over_ws(ws: &mut WsClient, id: &str) -> (Value, Option<Vec<u8>>) {
+    ws.fetch(json!({"type":"result","id":id})).await;
+    let frame = ws.next_json().await;
+    assert_ne!(
+        frame["type"], "accepted",
+        "a result is not accepted: {frame}"
+    );
+    if frame["type"] != "image" {
+        return (frame, None);
+    }
+    let mut bytes = Vec::new();
+    for _ in 0..frame["frames"].as_u64().unwrap() {
+        match ws.next_message().await {
+            Some(tokio_tungstenite::tungstenite::Message::Binary(b)) => bytes.extend_from_slice(&b),
+            other => panic!("expected a binary frame after {frame}, got {other:?}"),
+        }
+    }
+    (frame, Some(bytes))
+}
+
+#[tokio::test]
+async fn an_answer_through_one_gateway_is_replayed_by_another_over_http_and_websocket() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let Pair { one, two, .. } = &pair(&nats).await;
+
+    let original = get(
+        &one.http("/v1/images/harbor/quay-east.jpg"),
+        None,
+        Some("r-1"),
+    )
+    .await;
+    let (status, headers, body) = parts(original).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, sample(IMAGE));
+
+    let replayed = get(&two.http("/v1/requests/r-1"), None, None).await;
+    let (r_status, r_headers, r_body) = parts(replayed).await;
+    assert_eq!(r_status, status);
+    assert_eq!(
+        r_body, body,
+        "the bytes come back from the archive unchanged"
+    );
+    assert_eq!(
+        r_headers, headers,
+        "the same headers as the original answer"
+    );
+
+    let mut ws = WsClient::connect(&two.ws_url()).await;
+    let (frame, bytes) = result_over_ws(&mut ws, "r-1").await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    assert_eq!(frame["id"], "r-1");
+    assert_eq!(frame["network"], "harbor");
+    assert_eq!(frame["key"], "quay-east.jpg");
+    assert_eq!(frame["content_type"], "image/jpeg");
+    let archived_as = headers
+        .iter()
+        .find(|(n, _)| n == "imgfetch-archived-as")
+        .unwrap();
+    let archived_as = percent_encoding::percent_decode_str(&archived_as.1)
+        .decode_utf8()
+        .unwrap();
+    assert_eq!(frame["archived_as"], archived_as.as_ref());
+    assert_eq!(bytes.unwrap(), sample(IMAGE));
+}
+
+#[tokio::test]
+async fn an_error_replays_its_status_and_an_unknown_id_is_unknown_request() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let Pair { one, two, .. } = &pair(&nats).await;
+
+    let original = get(
+        &one.http("/v1/images/harbor/no-such.jpg"),
+        None,
+        Some("e-1"),
+    )
+    .await;
+    let original = expect_error(original, 404, "not_found").await;
+    let replayed = get(&two.http("/v1/requests/e-1"), None, None).await;
+    assert_eq!(replayed.headers()["x-request-id"], "e-1");
+    let replayed = expect_error(replayed, 404, "not_found").await;
+    assert_eq!(replayed, original, "the same error body");
+
+    let mut ws = WsClient::connect(&two.ws_url()).await;
+    let (frame, _) = result_over_ws(&mut ws, "e-1").await;
+    assert_eq!(frame["type"], "error");
+    assert_eq!(
+        (frame["id"].as_str(), frame["code"].as_str()),
+        (Some("e-1"), Some("not_found"))
+    );
+
+    let unknown = get(&two.http("/v1/requests/never-asked"), None, None).await;
+    let body = expect_error(unknown, 404, "unknown_request").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("never-asked"),
+        "{body}"
+    );
+    let (frame, _) = result_over_ws(&mut ws, "never-asked").await;
+    assert_eq!(frame["code"], "unknown_request", "{frame}");
+    let bad = get(&two.http("/v1/requests/a%20b"), None, None).await;
+    expect_error(bad, 400, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a_result_expires_after_its_ttl() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let archive = tempfile::tempdir().unwrap();
+    let gw = gateway(&nats, archive.path(), |c| {
+        c.results.ttl = Duration::from_millis(1500)
+    })
+    .await;
+    let r = get(
+        &gw.http("/v1/images/harbor/quay-east.jpg"),
+        None,
+        Some("x-1"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = get(&gw.http("/v1/requests/x-1"), None, None).await;
+    assert_eq!(r.status(), 200, "a fresh result is there");
+    let url = gw.http("/v1/requests/x-1");
+    eventually("the result to expire", Duration::from_secs(10), || async {
+        let r = get(&url, None, None).await;
+        (r.status() == 404).then_some(r)
+    })
+    .await;
+    let gone = get(&url, None, None).await;
+    expect_error(gone, 404, "unknown_request").await;
+}
+
+const HARBOR_TOKEN: &str = "harbor-7f3a9c1e5d";
+const OTHER_TOKEN: &str = "other-0b8e2d4f6a";
+
+fn tokens(dir: &Path) -> Tokens {
+    let path = dir.join("tokens.toml");
+    let text = format!(
+        "[[token]]\nname = \"harbor\"\nsha256 = \"{}\"\nnetworks = [\"harbor\"]\n\n\
+         [[token]]\nname = \"other\"\nsha256 = \"{}\"\nnetworks = [\"*\"]\n",
+        sha256_hex(HARBOR_TOKEN.as_bytes()),
+        sha256_hex(OTHER_TOKEN.as_bytes()),
+    );
+    std::fs::write(&path, text).unwrap();
+    Tokens::load(&path).unwrap()
+}
+
+#[tokio::test]
+async fn a_token_cannot_read_another_tokens_result() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let archive = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens = tokens(secrets.path());
+    let gw = gateway(&nats, archive.path(), move |c| {
+        c.clients.tokens = Some(tokens)
+    })
+    .await;
+
+    let r = get(
+        &gw.http("/v1/images/harbor/quay-east.jpg"),
+        Some(HARBOR_TOKEN),
+        Some("t-1"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let url = gw.http("/v1/requests/t-1");
+    let mine = get(&url, Some(HARBOR_TOKEN), None).await;
+    assert_eq!(mine.status(), 200);
+    assert_eq!(
+        mine.bytes().await.unwrap().as_ref(),
+        sample(IMAGE).as_slice()
+    );
+
+    let theirs = expect_error(
+        get(&url, Some(OTHER_TOKEN), None).await,
+        404,
+        "unknown_request",
+    )
+    .await;
+    let unknown = get(&gw.http("/v1/requests/t-2"), Some(OTHER_TOKEN), None).await;
+    let unknown = expect_error(unknown, 404, "unknown_request").await;
+    assert_eq!(
+        theirs["message"].as_str().unwrap().replace("t-1", "t-2"),
+        unknown["message"],
+        "another token's result reads exactly like an unknown id"
+    );
+    expect_error(get(&url, None, None).await, 401, "unauthorized").await;
+
+    let ws_url = format!("{}?token={OTHER_TOKEN}", gw.ws_url());
+    let mut ws = WsClient::connect(&ws_url).await;
+    let (frame, _) = result_over_ws(&mut ws, "t-1").await;
+    assert_eq!(frame["code"], "unknown_request", "{frame}");
+}
+
+/// Answers a request taken by the stand-in resolver with `bytes`, inline.
+async fn answer(client: &async_nats::Client, callback: String, id: &str, bytes: Vec<u8>) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(header::ID, id);
+    headers.insert(header::STATUS, "ok");
+    headers.insert(header::NETWORK, "slow");
+    headers.insert(header::KEY, "a.jpg");
+    headers.insert(header::CONTENT_TYPE, "image/jpeg");
+    headers.insert(header::SHA256, sha256_hex(&bytes).as_str());
+    client
+        .publish_with_headers(callback, headers, bytes.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let Pair { one, two, _archive } = pair(&nats).await;
+
+    let mut ws = WsClient::connect(&one.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"k-1","network":"slow","key":"a.jpg"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "accepted");
+    // The stand-in holds the request and never answers it.
+    let (id, callback, _held) = take_request(&consumer).await;
+    assert_eq!(id, "k-1");
+    assert!(callback.starts_with("imgfetch.reply.gw-one."), "{callback}");
+    one.kill().await;
+
+    let url = two.http("/v1/requests/k-1");
+    let fetch = tokio::spawn(async move { get(&url, None, None).await });
+    // Gateway two finds gateway one gone, claims the record and queues the request again
+    // under a de-duplication id of its own, with its own callback.
+    let (retry_id, retry_callback, retried) = take_request(&consumer).await;
+    assert_eq!(retry_id, "k-1.retry.1");
+    assert!(
+        retry_callback.starts_with("imgfetch.reply.gw-two."),
+        "{retry_callback}"
+    );
+    let request: FetchRequest = imgfetch_common::codec::decode(&retried.payload).unwrap();
+    assert_eq!(
+        (request.id.as_str(), request.key.as_str()),
+        ("k-1", "a.jpg")
+    );
+    let bytes = sample(IMAGE);
+    answer(&fake, retry_callback, "k-1", bytes.clone()).await;
+
+    let r = fetch.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "k-1");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    // Recorded under the original id: the next fetch replays it without another run.
+    let again = get(&two.http("/v1/requests/k-1"), None, None).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.bytes().await.unwrap().as_ref(), bytes.as_slice());
+}
+
+/// Asks `gateway` over a websocket for request `id` of network `slow`, which the stand-in
+/// takes (its callback and message are returned); then the client says goodbye and waits for
+/// the gateway to close its end: nobody waits for the answer any more.
+async fn fetch_then_leave(
+    gateway: &Gateway,
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    id: &str,
+) -> (String, async_nats::jetstream::Message) {
+    let mut ws = WsClient::connect(&gateway.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "accepted");
+    let (_, callback, msg) = take_request(consumer).await;
+    ws.send(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    while ws.next_message().await.is_some() {}
+    (callback, msg)
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_leaves_before_its_answer_gets_it_by_id_later() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let Pair { one, two, .. } = &pair(&nats).await;
+
+    let (callback, _msg) = fetch_then_leave(one, &consumer, "w-1").await;
+    let bytes = sample("harbor/cranes/crane-07.jpg");
+    answer(&fake, callback, "w-1", bytes.clone()).await;
+
+    // Gateway one still archives and records the late answer; no second run is needed.
+    let mut ws = WsClient::connect(&two.ws_url()).await;
+    let (frame, got) = result_over_ws(&mut ws, "w-1").await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    assert_eq!(got.unwrap(), bytes);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), take_request_quietly(&consumer))
+            .await
+            .is_err(),
+        "the request was not run again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_whose_client_left_is_still_archived_and_replayed() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let Pair { one, two, .. } = &pair(&nats).await;
+
+    let (callback, _msg) = fetch_then_leave(one, &consumer, "ls-1").await;
+    // Nobody waits, yet the gateway grants credit and reads the whole stream into the archive:
+    // the stand-in only sends chunks it was granted, and the end after the last.
+    let image: Vec<u8> = (0..1_500_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    send_stream(&fake, "ls-1", &callback, &image, 256 * 1024, None, None).await;
+
+    let mut ws = WsClient::connect(&two.ws_url()).await;
+    let (frame, bytes) = result_over_ws(&mut ws, "ls-1").await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    assert_eq!(
+        (frame["size"].as_u64(), frame["frames"].as_u64()),
+        (Some(1_500_000), Some(2))
+    );
+    assert_eq!(bytes.unwrap(), image);
+}
+
+/// Waits for a request on the consumer, forever.
+async fn take_request_quietly(consumer: &async_nats::jetstream::consumer::PullConsumer) {
+    use futures::StreamExt;
+    loop {
+        let mut batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        if let Some(Ok(_)) = batch.next().await {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_image_is_replayed_from_the_archive_in_frames() {
+    init_logs();
+    let nats = NatsServer::start();
+    let images = tempfile::tempdir().unwrap();
+    let size = 3 * 1024 * 1024 + 17;
+    write_large_image(&images.path().join("big.jpg"), size, 5);
+    let mut config = resolver_config(&nats.url(), vec![file_network("vault", images.path())]);
+    config.max_inline_bytes = Some(256 * 1024);
+    let _resolver = Resolver::start(config).await;
+    let Pair { one, two, .. } = &pair(&nats).await;
+
+    let mut ws = WsClient::connect(&one.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"s-1","network":"vault","key":"big.jpg"}))
+        .await;
+    let original = ws.next_answer().await;
+    let original_bytes = original.bytes.expect("the image");
+    assert_eq!(
+        original_bytes,
+        std::fs::read(images.path().join("big.jpg")).unwrap()
+    );
+
+    let mut ws = WsClient::connect(&two.ws_url()).await;
+    let (frame, bytes) = result_over_ws(&mut ws, "s-1").await;
+    assert_eq!(frame["type"], "image", "{frame}");
+    assert_eq!(frame["size"], size as u64);
+    assert_eq!(frame["frames"], 4, "1 MiB frames: {frame}");
+    assert_eq!(frame["archived_as"], original.frame["archived_as"]);
+    assert_eq!(bytes.unwrap(), original_bytes);
+
+    let r = get(&two.http("/v1/requests/s-1"), None, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], size.to_string().as_str());
+    assert_eq!(r.bytes().await.unwrap().as_ref(), original_bytes.as_slice());
+}
