@@ -158,6 +158,13 @@ impl Proc {
         &self.log
     }
 
+    /// Sends `signal` (a `kill` name such as `STOP` or `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status();
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

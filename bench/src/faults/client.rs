@@ -136,8 +136,7 @@ async fn client(
             let list = gateways.lock().expect("gateway list");
             list[gateway % list.len()].clone()
         };
-        let socket = match tokio::time::timeout(Duration::from_secs(5), connect_ws(&base)).await
-        {
+        let socket = match tokio::time::timeout(Duration::from_secs(5), connect_ws(&base)).await {
             Ok(Ok(socket)) => socket,
             _ => {
                 gateway += 1;
@@ -282,7 +281,8 @@ fn finish_image(
     in_flight: &mut HashMap<String, ()>,
 ) {
     in_flight.remove(&image.id);
-    let whole = image.got == image.size && images.matches(&image.key, image.hasher.finalize().into());
+    let whole =
+        image.got == image.size && images.matches(&image.key, image.hasher.finalize().into());
     ledger.with(&image.id, |e| {
         let asked = e.key == image.key;
         if whole && asked {

@@ -113,6 +113,11 @@ impl Ledger {
                 .filter(|e| e.accepted.is_some_and(|a| a >= *at))
                 .filter_map(|e| e.ok_at)
                 .min();
+            if first.is_none() {
+                r.failures.push(format!(
+                    "no request accepted after \"{label}\" got its image: never recovered"
+                ));
+            }
             r.recoveries.push(Recovery {
                 event: label.clone(),
                 seconds: first.map(|ok| ok.duration_since(*at).as_secs_f64()),

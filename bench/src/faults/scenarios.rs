@@ -70,10 +70,17 @@ impl Env {
         Ok(vec!["--no-provision".to_owned()])
     }
 
-    fn spec(&self, fault: Fault, nats_url: &str, store: Store, resolver_args: Vec<String>) -> anyhow::Result<StackSpec> {
+    fn spec(
+        &self,
+        fault: Fault,
+        nats_url: &str,
+        store: Store,
+        resolver_args: Vec<String>,
+    ) -> anyhow::Result<StackSpec> {
         let mut resolver_args = resolver_args;
         // Retries that outlast a 10 s store outage: waits of 1, 2, 4, 8, 8… s.
-        resolver_args.extend(["--store-attempts", "8", "--retry-delay-ms", "1000"].map(String::from));
+        resolver_args
+            .extend(["--store-attempts", "8", "--retry-delay-ms", "1000"].map(String::from));
         Ok(StackSpec {
             bin_dir: self.bin_dir.clone(),
             log_dir: self.log_dir(fault)?,
@@ -100,7 +107,12 @@ struct Run {
 impl Run {
     fn start(env: &Env, fault: Fault, stack: &Stack) -> Run {
         let ledger = Arc::new(Ledger::default());
-        let load = Load::start(&env.load(fault), stack.bases.clone(), env.images.clone(), ledger.clone());
+        let load = Load::start(
+            &env.load(fault),
+            stack.bases.clone(),
+            env.images.clone(),
+            ledger.clone(),
+        );
         Run {
             fault,
             ledger,
@@ -119,9 +131,9 @@ impl Run {
     async fn finish(self, env: &Env, reask_base: &str) -> FaultReport {
         self.load.finish().await;
         client::reask(reask_base, &env.images, &self.ledger).await;
-        let mut report = self
-            .ledger
-            .report(self.fault.name(), &self.events, self.started.elapsed());
+        let mut report =
+            self.ledger
+                .report(self.fault.name(), &self.events, self.started.elapsed());
         report.failures.extend(self.failures);
         report
     }
@@ -160,7 +172,7 @@ async fn resolver_kill(env: &Env) -> anyhow::Result<FaultReport> {
     let mut stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(Duration::from_secs(2)).await;
-    let until = Instant::now() + env.secs(60.0, 10.0);
+    let until = Instant::now() + env.secs(120.0, 10.0);
     let mut kills = 0;
     while Instant::now() < until {
         stack.kill_oldest_resolver();
@@ -184,17 +196,17 @@ async fn nats_restart(env: &Env) -> anyhow::Result<FaultReport> {
     let store = Store::Dir(env.corpus.root().to_path_buf());
     let stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
-    pause(env.secs(5.0, 3.0)).await;
+    pause(env.secs(10.0, 3.0)).await;
     nats.terminate();
     pause(env.secs(3.0, 2.0)).await;
     nats.start()?;
     run.event("nats-server SIGTERM, started again");
-    pause(env.secs(10.0, 5.0)).await;
+    pause(env.secs(20.0, 5.0)).await;
     nats.kill();
     pause(env.secs(3.0, 2.0)).await;
     nats.start()?;
     run.event("nats-server SIGKILL, started again");
-    pause(env.secs(10.0, 5.0)).await;
+    pause(env.secs(20.0, 5.0)).await;
     Ok(run.finish(env, &stack.base(0)).await)
 }
 
@@ -212,7 +224,7 @@ async fn stream_delete(env: &Env) -> anyhow::Result<FaultReport> {
     let store = Store::Dir(env.corpus.root().to_path_buf());
     let stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
-    pause(env.secs(5.0, 3.0)).await;
+    pause(env.secs(10.0, 3.0)).await;
     let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats.url()))
         .await
         .context("connecting to NATS timed out")??;
@@ -225,7 +237,7 @@ async fn stream_delete(env: &Env) -> anyhow::Result<FaultReport> {
     .context("deleting the stream timed out")?
     .context("deleting the stream")?;
     run.event("stream deleted");
-    pause(env.secs(20.0, 8.0)).await;
+    pause(env.secs(40.0, 8.0)).await;
     Ok(run.finish(env, &stack.base(0)).await)
 }
 
@@ -240,16 +252,21 @@ async fn dir_outage(env: &Env) -> anyhow::Result<FaultReport> {
     copy_images(env, &root)?;
     let nats = NatsNode::single(dir.path())?;
     let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let stack = Stack::start(env.spec(fault, &nats.url(), Store::Dir(root.clone()), args)?, 1, 2).await?;
+    let stack = Stack::start(
+        env.spec(fault, &nats.url(), Store::Dir(root.clone()), args)?,
+        1,
+        2,
+    )
+    .await?;
     let mut run = Run::start(env, fault, &stack);
-    pause(env.secs(5.0, 3.0)).await;
+    pause(env.secs(10.0, 3.0)).await;
     std::fs::rename(&root, &away)?;
     std::fs::write(&root, b"the store is out")?;
     pause(env.secs(10.0, 6.0)).await;
     std::fs::remove_file(&root)?;
     std::fs::rename(&away, &root)?;
     run.event("directory store back");
-    pause(env.secs(10.0, 5.0)).await;
+    pause(env.secs(20.0, 5.0)).await;
     Ok(run.finish(env, &stack.base(0)).await)
 }
 
@@ -267,12 +284,12 @@ async fn s3_outage(env: &Env) -> anyhow::Result<FaultReport> {
     };
     let stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
-    pause(env.secs(5.0, 3.0)).await;
+    pause(env.secs(10.0, 3.0)).await;
     s3.stop();
     pause(env.secs(10.0, 6.0)).await;
     s3.start()?;
     run.event("s3s-fs started again");
-    pause(env.secs(10.0, 5.0)).await;
+    pause(env.secs(20.0, 5.0)).await;
     Ok(run.finish(env, &stack.base(0)).await)
 }
 
@@ -286,11 +303,12 @@ async fn rolling_restart(env: &Env) -> anyhow::Result<FaultReport> {
     let store = Store::Dir(env.corpus.root().to_path_buf());
     let mut stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 2, 2).await?;
     let mut run = Run::start(env, fault, &stack);
-    let step = env.secs(4.0, 2.0);
+    let step = env.secs(8.0, 2.0);
     pause(step).await;
     for i in 0..2 {
         if !stack.stop_gateway(i) {
-            run.failures.push(format!("gateway {i} did not exit on SIGTERM within 40 s"));
+            run.failures
+                .push(format!("gateway {i} did not exit on SIGTERM within 40 s"));
         }
         stack.replace_gateway(i).await?;
         run.event(format!("gateway {i} replaced"));
@@ -298,7 +316,8 @@ async fn rolling_restart(env: &Env) -> anyhow::Result<FaultReport> {
     }
     for i in 0..2 {
         if !stack.stop_oldest_resolver() {
-            run.failures.push(format!("resolver {i} did not exit on SIGTERM within 30 s"));
+            run.failures
+                .push(format!("resolver {i} did not exit on SIGTERM within 30 s"));
         }
         stack.start_resolver().await?;
         run.event(format!("resolver {i} replaced"));
@@ -307,8 +326,9 @@ async fn rolling_restart(env: &Env) -> anyhow::Result<FaultReport> {
     Ok(run.finish(env, &stack.base(1)).await)
 }
 
-/// One of two gateways SIGKILLed with clients connected; they move to the other and ask for
-/// what they had asked by id.
+/// One of two gateways SIGKILLed with clients connected and requests in flight (the resolvers
+/// frozen for a second before); its clients move to the other and ask for what they had
+/// asked by id.
 async fn gateway_kill(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::GatewayKill;
     let dir = temp()?;
@@ -317,10 +337,15 @@ async fn gateway_kill(env: &Env) -> anyhow::Result<FaultReport> {
     let store = Store::Dir(env.corpus.root().to_path_buf());
     let mut stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 2, 2).await?;
     let mut run = Run::start(env, fault, &stack);
-    pause(env.secs(5.0, 3.0)).await;
+    pause(env.secs(10.0, 3.0)).await;
+    // Answers take milliseconds: hold them back for a moment so that the killed gateway has
+    // requests accepted and unanswered.
+    stack.freeze_resolvers(true);
+    pause(Duration::from_secs(1)).await;
     stack.kill_gateway(0);
     run.event("SIGKILL gateway 0");
-    pause(env.secs(10.0, 5.0)).await;
+    stack.freeze_resolvers(false);
+    pause(env.secs(20.0, 5.0)).await;
     stack.replace_gateway(0).await?;
     pause(env.secs(3.0, 2.0)).await;
     Ok(run.finish(env, &stack.base(1)).await)
@@ -340,7 +365,7 @@ async fn archive_full(env: &Env) -> anyhow::Result<FaultReport> {
     spec.archive = Some(archive);
     let stack = Stack::start(spec, 1, 2).await?;
     let run = Run::start(env, fault, &stack);
-    pause(env.secs(30.0, 10.0)).await;
+    pause(env.secs(60.0, 10.0)).await;
     let mut report = run.finish(env, &stack.base(0)).await;
     if report.archive_failed == 0 {
         report
@@ -377,16 +402,20 @@ async fn cluster_leader(env: &Env) -> anyhow::Result<FaultReport> {
     let store = Store::Dir(env.corpus.root().to_path_buf());
     let stack = Stack::start(env.spec(fault, &urls, store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
-    pause(env.secs(5.0, 3.0)).await;
+    pause(env.secs(10.0, 3.0)).await;
     nodes[leader_at].kill();
     run.event(format!("SIGKILL stream leader {leader}"));
-    pause(env.secs(20.0, 8.0)).await;
+    pause(env.secs(40.0, 8.0)).await;
     let mut report = run.finish(env, &stack.base(0)).await;
     let other = nodes[(leader_at + 1) % nodes.len()].url();
     match stream_leader(&other).await {
         Ok(new) if new != leader => {}
-        Ok(same) => report.failures.push(format!("the stream's leader is still {same}")),
-        Err(e) => report.failures.push(format!("no stream leader after the kill: {e:#}")),
+        Ok(same) => report
+            .failures
+            .push(format!("the stream's leader is still {same}")),
+        Err(e) => report
+            .failures
+            .push(format!("no stream leader after the kill: {e:#}")),
     }
     Ok(report)
 }
@@ -399,7 +428,9 @@ async fn stream_leader(nats_url: &str) -> anyhow::Result<String> {
     let js = async_nats::jetstream::new(client);
     for _ in 0..40 {
         let info = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut stream = js.get_stream(imgfetch_common::protocol::DEFAULT_STREAM).await?;
+            let mut stream = js
+                .get_stream(imgfetch_common::protocol::DEFAULT_STREAM)
+                .await?;
             Ok::<_, anyhow::Error>(stream.info().await?.cluster.clone())
         })
         .await;

@@ -69,7 +69,11 @@ pub struct Stack {
 
 impl Stack {
     /// Starts `resolvers` resolvers, then `gateways` gateways, each ready before the next.
-    pub async fn start(spec: StackSpec, gateways: usize, resolvers: usize) -> anyhow::Result<Stack> {
+    pub async fn start(
+        spec: StackSpec,
+        gateways: usize,
+        resolvers: usize,
+    ) -> anyhow::Result<Stack> {
         let mut stack = Stack {
             spec,
             gateways: Vec::new(),
@@ -163,6 +167,14 @@ impl Stack {
     /// SIGTERMs the oldest resolver and waits for it to exit (its grace period, at most 30 s).
     pub fn stop_oldest_resolver(&mut self) -> bool {
         !self.resolvers.is_empty() && self.resolvers.remove(0).terminate(Duration::from_secs(30))
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) every resolver: requests pile up accepted and
+    /// unanswered, as behind a slow store.
+    pub fn freeze_resolvers(&self, frozen: bool) {
+        for resolver in &self.resolvers {
+            resolver.signal(if frozen { "STOP" } else { "CONT" });
+        }
     }
 
     /// SIGKILLs gateway `i`.
@@ -277,8 +289,5 @@ pub async fn provision(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    anyhow::bail!(
-        "cannot provision the stream: {}",
-        last.unwrap_or_default()
-    )
+    anyhow::bail!("cannot provision the stream: {}", last.unwrap_or_default())
 }
