@@ -158,6 +158,25 @@ pub async fn run(env: &Env, fault: Fault) -> anyhow::Result<FaultReport> {
     }
 }
 
+/// One nats-server under `dir` and, on it, a stack of `gateways` gateways and two resolvers
+/// with a short ack wait, serving `store` (default: the corpus's directory).
+async fn on_one_node(
+    env: &Env,
+    fault: Fault,
+    dir: &std::path::Path,
+    store: Option<Store>,
+    archive: Option<PathBuf>,
+    gateways: usize,
+) -> anyhow::Result<(NatsNode, Stack)> {
+    let nats = NatsNode::single(dir)?;
+    let args = env.ack_wait_args(&nats.url(), 1).await?;
+    let store = store.unwrap_or_else(|| Store::Dir(env.corpus.root().to_path_buf()));
+    let mut spec = env.spec(fault, &nats.url(), store, args)?;
+    spec.archive = archive;
+    let stack = Stack::start(spec, gateways, 2).await?;
+    Ok((nats, stack))
+}
+
 fn temp() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::tempdir()?)
 }
@@ -166,10 +185,7 @@ fn temp() -> anyhow::Result<tempfile::TempDir> {
 async fn resolver_kill(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::ResolverKill;
     let dir = temp()?;
-    let nats = NatsNode::single(dir.path())?;
-    let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let store = Store::Dir(env.corpus.root().to_path_buf());
-    let mut stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
+    let (_nats, mut stack) = on_one_node(env, fault, dir.path(), None, None, 1).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(Duration::from_secs(2)).await;
     let until = Instant::now() + env.secs(120.0, 10.0);
@@ -191,10 +207,7 @@ async fn resolver_kill(env: &Env) -> anyhow::Result<FaultReport> {
 async fn nats_restart(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::NatsRestart;
     let dir = temp()?;
-    let mut nats = NatsNode::single(dir.path())?;
-    let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let store = Store::Dir(env.corpus.root().to_path_buf());
-    let stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
+    let (mut nats, stack) = on_one_node(env, fault, dir.path(), None, None, 1).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(env.secs(10.0, 3.0)).await;
     nats.terminate();
@@ -225,9 +238,7 @@ async fn stream_delete(env: &Env) -> anyhow::Result<FaultReport> {
     let stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(env.secs(10.0, 3.0)).await;
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats.url()))
-        .await
-        .context("connecting to NATS timed out")??;
+    let client = stack::connect(&nats.url()).await?;
     let js = async_nats::jetstream::new(client);
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -250,14 +261,8 @@ async fn dir_outage(env: &Env) -> anyhow::Result<FaultReport> {
     let root = dir.path().join("store");
     let away = dir.path().join("store-away");
     copy_images(env, &root)?;
-    let nats = NatsNode::single(dir.path())?;
-    let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let stack = Stack::start(
-        env.spec(fault, &nats.url(), Store::Dir(root.clone()), args)?,
-        1,
-        2,
-    )
-    .await?;
+    let store = Some(Store::Dir(root.clone()));
+    let (_nats, stack) = on_one_node(env, fault, dir.path(), store, None, 1).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(env.secs(10.0, 3.0)).await;
     std::fs::rename(&root, &away)?;
@@ -276,13 +281,11 @@ async fn s3_outage(env: &Env) -> anyhow::Result<FaultReport> {
     let dir = temp()?;
     let mut s3 = S3Node::start_in(dir.path())?;
     copy_images(env, &s3.bucket_dir("yard"))?;
-    let nats = NatsNode::single(dir.path())?;
-    let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let store = Store::S3 {
+    let store = Some(Store::S3 {
         endpoint: s3.endpoint(),
         bucket: "yard".to_owned(),
-    };
-    let stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
+    });
+    let (_nats, stack) = on_one_node(env, fault, dir.path(), store, None, 1).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(env.secs(10.0, 3.0)).await;
     s3.stop();
@@ -298,10 +301,7 @@ async fn s3_outage(env: &Env) -> anyhow::Result<FaultReport> {
 async fn rolling_restart(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::RollingRestart;
     let dir = temp()?;
-    let nats = NatsNode::single(dir.path())?;
-    let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let store = Store::Dir(env.corpus.root().to_path_buf());
-    let mut stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 2, 2).await?;
+    let (_nats, mut stack) = on_one_node(env, fault, dir.path(), None, None, 2).await?;
     let mut run = Run::start(env, fault, &stack);
     let step = env.secs(8.0, 2.0);
     pause(step).await;
@@ -332,10 +332,7 @@ async fn rolling_restart(env: &Env) -> anyhow::Result<FaultReport> {
 async fn gateway_kill(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::GatewayKill;
     let dir = temp()?;
-    let nats = NatsNode::single(dir.path())?;
-    let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let store = Store::Dir(env.corpus.root().to_path_buf());
-    let mut stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 2, 2).await?;
+    let (_nats, mut stack) = on_one_node(env, fault, dir.path(), None, None, 2).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(env.secs(10.0, 3.0)).await;
     // Answers take milliseconds: hold them back for a moment so that the killed gateway has
@@ -358,12 +355,7 @@ async fn archive_full(env: &Env) -> anyhow::Result<FaultReport> {
     let dir = temp()?;
     let archive = dir.path().join("archive");
     let _disk = Tmpfs::mount(&archive, 2 * 1024 * 1024)?;
-    let nats = NatsNode::single(dir.path())?;
-    let args = env.ack_wait_args(&nats.url(), 1).await?;
-    let store = Store::Dir(env.corpus.root().to_path_buf());
-    let mut spec = env.spec(fault, &nats.url(), store, args)?;
-    spec.archive = Some(archive);
-    let stack = Stack::start(spec, 1, 2).await?;
+    let (_nats, stack) = on_one_node(env, fault, dir.path(), None, Some(archive), 1).await?;
     let run = Run::start(env, fault, &stack);
     pause(env.secs(60.0, 10.0)).await;
     let mut report = run.finish(env, &stack.base(0)).await;
@@ -422,9 +414,7 @@ async fn cluster_leader(env: &Env) -> anyhow::Result<FaultReport> {
 
 /// The `server_name` of the stream's cluster leader.
 async fn stream_leader(nats_url: &str) -> anyhow::Result<String> {
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats_url))
-        .await
-        .context("connecting to NATS timed out")??;
+    let client = stack::connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
     for _ in 0..40 {
         let info = tokio::time::timeout(Duration::from_secs(5), async {

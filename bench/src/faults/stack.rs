@@ -254,6 +254,14 @@ pub fn flag_help(bin: &Path, flag: &str) -> String {
     help
 }
 
+/// Connects to NATS, giving up after 10 s.
+pub async fn connect(nats_url: &str) -> anyhow::Result<async_nats::Client> {
+    tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats_url))
+        .await
+        .context("connecting to NATS timed out")?
+        .with_context(|| format!("cannot connect to {nats_url}"))
+}
+
 /// Creates the stream and `network`'s consumer as the resolvers would, but with `ack_wait`
 /// and `replicas` of the harness's choosing; resolvers then run with `--no-provision`.
 pub async fn provision(
@@ -262,9 +270,7 @@ pub async fn provision(
     ack_wait: Duration,
     replicas: usize,
 ) -> anyhow::Result<()> {
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats_url))
-        .await
-        .context("connecting to NATS timed out")??;
+    let client = connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
     let stream = StreamSettings {
         replicas,
