@@ -12,12 +12,15 @@
 //! - [`load`]: workers, warm-up, pacing and latency samples.
 //! - [`large`]: one very large image streamed on a default-payload server, against raw NATS.
 //! - [`report`]: the table and the JSON.
+//! - [`faults`]: the fault suite (`imgfetch-faults`): processes killed for real under load,
+//!   every request counted.
 //!
 //! [`run`] starts a `nats-server` of its own (random port, temp store) and does every step.
 
 pub mod bare;
 pub mod clients;
 pub mod corpus;
+pub mod faults;
 pub mod large;
 pub mod load;
 pub mod procs;

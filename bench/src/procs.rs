@@ -96,10 +96,24 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Proc> {
-        let file = std::fs::File::create(&log)?;
+        Proc::spawn_logging(bin, args, log, "warn")
+    }
+
+    /// Starts `bin` with `args`, its output appended to `log` (a restarted process keeps the
+    /// log of the one before it), with `RUST_LOG` set to `filter`.
+    pub fn spawn_logging(
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+        filter: &str,
+    ) -> anyhow::Result<Proc> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -119,12 +133,50 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM, as an orchestrator stopping it would, and waits up to `grace` for it to
+    /// exit; kills it after that. Returns whether it exited by itself.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return true;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Sends `signal` (a `kill` name such as `STOP` or `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Its usage now.
     pub fn usage(&self) -> Usage {
         usage(self.pid()).unwrap_or_default()
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    /// An error with its log when it has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             bail!("process exited with {status}; its log:\n{log}");
@@ -299,7 +351,8 @@ async fn start_resolver(
     Ok(resolver)
 }
 
-async fn wait_until<F, Fut>(what: &str, proc: &mut Proc, mut check: F) -> anyhow::Result<()>
+/// Polls `check` every 50 ms until it holds, failing when `proc` exits or after 30 s.
+pub async fn wait_until<F, Fut>(what: &str, proc: &mut Proc, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

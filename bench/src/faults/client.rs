@@ -1,0 +1,344 @@
+//! The load of a fault run: websocket clients (`/v1/ws`) sending requests with known ids at a
+//! steady pace for images whose SHA-256 is known, verifying every image's bytes, moving to the
+//! next gateway when theirs goes away, and in the end asking again by id
+//! (`GET /v1/requests/{id}`) for whatever has no correct image.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::ledger::{Ledger, Reask};
+use crate::clients::connect_ws;
+use crate::corpus::{self, Corpus};
+
+/// The images a run asks for, by key, with their SHA-256.
+pub struct Images {
+    keys: Vec<String>,
+    sha: HashMap<String, [u8; 32]>,
+}
+
+impl Images {
+    /// Hashes every image of `corpus`.
+    pub fn of(corpus: &Corpus) -> std::io::Result<Images> {
+        let mut keys = Vec::new();
+        let mut sha = HashMap::new();
+        for i in 0..corpus.count {
+            let key = corpus::key(i);
+            sha.insert(key.clone(), Sha256::digest(corpus.read(i)?).into());
+            keys.push(key);
+        }
+        Ok(Images { keys, sha })
+    }
+
+    /// The keys, for copying the images into another store.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    fn matches(&self, key: &str, bytes_sha: [u8; 32]) -> bool {
+        self.sha.get(key) == Some(&bytes_sha)
+    }
+}
+
+/// How the clients load the gateways.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// The network asked.
+    pub network: String,
+    /// Websocket clients.
+    pub clients: usize,
+    /// Each client sends one request per interval.
+    pub interval: Duration,
+    /// A client skips its turn while it has this many requests unanswered.
+    pub max_in_flight: usize,
+    /// How long clients wait for the answers still due once the load stops.
+    pub drain: Duration,
+    /// Prefix of every request id of the run (ids are `<prefix>-<client>-<n>`).
+    pub prefix: String,
+}
+
+/// Running clients; [`Load::finish`] stops them and waits for the answers due.
+pub struct Load {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The gateways clients may connect to (`http://127.0.0.1:<port>`); a client whose gateway
+/// goes away tries the next one.
+pub type Gateways = Arc<Mutex<Vec<String>>>;
+
+impl Load {
+    /// Starts `spec.clients` clients, client `n` on gateway `n` modulo their number.
+    pub fn start(
+        spec: &LoadSpec,
+        gateways: Gateways,
+        images: Arc<Images>,
+        ledger: Arc<Ledger>,
+    ) -> Load {
+        let (stop, stopped) = watch::channel(false);
+        let tasks = (0..spec.clients)
+            .map(|n| {
+                tokio::spawn(client(
+                    n,
+                    spec.clone(),
+                    gateways.clone(),
+                    images.clone(),
+                    ledger.clone(),
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops sending and waits until every client has its answers or gave up waiting.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// An image whose binary frames are arriving.
+struct Incoming {
+    id: String,
+    key: String,
+    frames_left: u64,
+    size: u64,
+    got: u64,
+    hasher: Sha256,
+}
+
+/// One client: connects, sends, reads, and reconnects elsewhere when its socket dies.
+async fn client(
+    n: usize,
+    spec: LoadSpec,
+    gateways: Gateways,
+    images: Arc<Images>,
+    ledger: Arc<Ledger>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut gateway = n;
+    let mut seq = 0usize;
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if *stopped.borrow() {
+            // Nothing is in flight on a fresh socket: a stopped client has nothing to wait for.
+            return;
+        }
+        let base = {
+            let list = gateways.lock().expect("gateway list");
+            list[gateway % list.len()].clone()
+        };
+        let socket = match tokio::time::timeout(Duration::from_secs(5), connect_ws(&base)).await {
+            Ok(Ok(socket)) => socket,
+            _ => {
+                gateway += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (mut sink, mut frames) = socket.split();
+        let mut ticker = tokio::time::interval(spec.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight: HashMap<String, ()> = HashMap::new();
+        let mut incoming: Option<Incoming> = None;
+        loop {
+            let stopping = *stopped.borrow();
+            if stopping {
+                let until = *drain_until.get_or_insert_with(|| Instant::now() + spec.drain);
+                if in_flight.is_empty() || Instant::now() >= until {
+                    let _ = sink.close().await;
+                    return;
+                }
+            }
+            let wake = drain_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = ticker.tick(), if !stopping => {
+                    if in_flight.len() >= spec.max_in_flight {
+                        continue;
+                    }
+                    let id = format!("{}-{n}-{seq}", spec.prefix);
+                    let key = images.keys[corpus::pick(seq * 7919 + n, images.keys.len())].clone();
+                    seq += 1;
+                    ledger.with(&id, |e| e.key = key.clone());
+                    let frame = serde_json::json!({
+                        "type": "fetch", "id": id, "network": spec.network, "key": key,
+                    });
+                    in_flight.insert(id.clone(), ());
+                    if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+                _ = stopped.changed() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                message = frames.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        on_text(text.as_str(), &images, &ledger, &mut in_flight, &mut incoming);
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        on_binary(&bytes, &images, &ledger, &mut in_flight, &mut incoming);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
+            }
+        }
+        // The socket died. What it had sent and not seen accepted may or may not have been
+        // stored; the accepted ones are asked for again by id at the end.
+        for id in in_flight.keys() {
+            ledger.with(id, |e| {
+                if e.accepted.is_none() && e.refused.is_none() {
+                    e.refused = Some("connection_lost".to_owned());
+                }
+            });
+        }
+        gateway += 1;
+    }
+}
+
+fn on_text(
+    text: &str,
+    images: &Images,
+    ledger: &Ledger,
+    in_flight: &mut HashMap<String, ()>,
+    incoming: &mut Option<Incoming>,
+) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    let Some(id) = v["id"].as_str() else {
+        return;
+    };
+    match v["type"].as_str() {
+        Some("accepted") => ledger.with(id, |e| e.accepted = Some(Instant::now())),
+        Some("image") => {
+            if v["archive_error"].is_string() {
+                ledger.with(id, |e| e.archive_failed = true);
+            }
+            let image = Incoming {
+                id: id.to_owned(),
+                key: v["key"].as_str().unwrap_or_default().to_owned(),
+                frames_left: v["frames"].as_u64().unwrap_or(0),
+                size: v["size"].as_u64().unwrap_or(0),
+                got: 0,
+                hasher: Sha256::new(),
+            };
+            if image.frames_left == 0 {
+                finish_image(image, images, ledger, in_flight);
+            } else {
+                *incoming = Some(image);
+            }
+        }
+        Some("error") => {
+            let code = v["code"].as_str().unwrap_or("?").to_owned();
+            if incoming.as_ref().is_some_and(|i| i.id == id) {
+                *incoming = None;
+            }
+            in_flight.remove(id);
+            ledger.with(id, |e| {
+                if e.accepted.is_some() {
+                    e.terminals.push(Err(code));
+                } else {
+                    e.refused = Some(code);
+                }
+            });
+        }
+        Some("archive_failed") => ledger.with(id, |e| e.archive_failed = true),
+        _ => {}
+    }
+}
+
+fn on_binary(
+    bytes: &[u8],
+    images: &Images,
+    ledger: &Ledger,
+    in_flight: &mut HashMap<String, ()>,
+    incoming: &mut Option<Incoming>,
+) {
+    let Some(image) = incoming.as_mut() else {
+        return;
+    };
+    image.hasher.update(bytes);
+    image.got += bytes.len() as u64;
+    image.frames_left -= 1;
+    if image.frames_left == 0 {
+        let image = incoming.take().expect("an image in progress");
+        finish_image(image, images, ledger, in_flight);
+    }
+}
+
+fn finish_image(
+    image: Incoming,
+    images: &Images,
+    ledger: &Ledger,
+    in_flight: &mut HashMap<String, ()>,
+) {
+    in_flight.remove(&image.id);
+    let whole =
+        image.got == image.size && images.matches(&image.key, image.hasher.finalize().into());
+    ledger.with(&image.id, |e| {
+        let asked = e.key == image.key;
+        if whole && asked {
+            e.terminals.push(Ok(()));
+            e.ok_at.get_or_insert_with(Instant::now);
+        } else {
+            e.terminals.push(Err("damaged".to_owned()));
+        }
+    });
+}
+
+/// Asks `base` again, by id, for every accepted request without a correct image, and records
+/// the answers. A 404 without `{"code":"unknown_request"}` means the route does not exist.
+pub async fn reask(base: &str, images: &Images, ledger: &Ledger) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(45))
+        .build()
+        .expect("HTTP client");
+    let ids = ledger.without_image();
+    let answers = futures::stream::iter(ids.into_iter().map(|id| {
+        let http = http.clone();
+        let url = format!("{base}/v1/requests/{id}");
+        async move {
+            let answer = match http.get(url).send().await {
+                Err(e) => Err(Reask::Failed(e.to_string())),
+                Ok(response) => {
+                    let status = response.status();
+                    match response.bytes().await {
+                        Err(e) => Err(Reask::Failed(e.to_string())),
+                        Ok(body) if status.is_success() => Ok(Sha256::digest(&body).into()),
+                        Ok(body) => {
+                            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                                .ok()
+                                .and_then(|v| v["code"].as_str().map(str::to_owned));
+                            Err(match code {
+                                Some(code) => Reask::Error(code),
+                                None if status == 404 => Reask::Unsupported,
+                                None => Reask::Failed(format!("HTTP {status}")),
+                            })
+                        }
+                    }
+                }
+            };
+            (id, answer)
+        }
+    }))
+    .buffer_unordered(8)
+    .collect::<Vec<(String, Result<[u8; 32], Reask>)>>()
+    .await;
+    for (id, answer) in answers {
+        ledger.with(&id, |e| {
+            e.reask = Some(match answer {
+                Ok(sha) if images.matches(&e.key, sha) => Reask::Image,
+                Ok(_) => Reask::Damaged,
+                Err(reask) => reask,
+            });
+        });
+    }
+}

@@ -1,0 +1,158 @@
+//! The fault suite: the real `nats-server`, `imgfetch-gateway`, `imgfetch-resolver` and
+//! `s3s-fs` processes under a steady websocket load, each fault done for real (processes
+//! killed, a store made unreadable, a disk filled), and every request counted by id: accepted,
+//! refused, answered, lost, duplicated, and how long the system took to serve again.
+//! `docs/RELIABILITY.md` describes each fault and gives the figures of a full run.
+//!
+//! # Layout
+//!
+//! - [`servers`]: `nats-server` (one node or a cluster), `s3s-fs` and a tmpfs, stopped and
+//!   started again on the same port and data.
+//! - [`stack`]: the gateways and resolvers of a run, started, killed and replaced.
+//! - [`client`]: the websocket clients, and asking again by id in the end.
+//! - [`ledger`]: every request by id, and the counts of a [`FaultReport`].
+//! - [`scenarios`]: the faults, one function each.
+//! - [`table`]: the report as text and as Markdown.
+//!
+//! [`run`] runs the faults asked for, one after the other.
+
+pub mod client;
+pub mod ledger;
+pub mod scenarios;
+pub mod servers;
+pub mod stack;
+pub mod table;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use ledger::FaultReport;
+
+/// A fault, by its `--fault` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Two resolvers; every 2 s one is SIGKILLed and a new one started.
+    ResolverKill,
+    /// nats-server stopped (SIGTERM) and started again; then SIGKILLed and started again.
+    NatsRestart,
+    /// The stream deleted under load.
+    StreamDelete,
+    /// The directory store unreadable for 10 s.
+    DirOutage,
+    /// The S3 server stopped for 10 s and started again.
+    S3Outage,
+    /// Gateways and resolvers replaced one at a time (SIGTERM, new one, ready, next).
+    RollingRestart,
+    /// One of two gateways SIGKILLed with websocket clients connected.
+    GatewayKill,
+    /// The archive's disk full.
+    ArchiveFull,
+    /// The stream's leader SIGKILLed in a 3-node cluster with an R3 stream.
+    ClusterLeader,
+}
+
+impl Fault {
+    /// Every fault, in suite order.
+    pub const ALL: [Fault; 9] = [
+        Fault::ResolverKill,
+        Fault::NatsRestart,
+        Fault::StreamDelete,
+        Fault::DirOutage,
+        Fault::S3Outage,
+        Fault::RollingRestart,
+        Fault::GatewayKill,
+        Fault::ArchiveFull,
+        Fault::ClusterLeader,
+    ];
+
+    /// Its `--fault` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::ResolverKill => "resolver-kill",
+            Fault::NatsRestart => "nats-restart",
+            Fault::StreamDelete => "stream-delete",
+            Fault::DirOutage => "dir-outage",
+            Fault::S3Outage => "s3-outage",
+            Fault::RollingRestart => "rolling-restart",
+            Fault::GatewayKill => "gateway-kill",
+            Fault::ArchiveFull => "archive-full",
+            Fault::ClusterLeader => "cluster-leader",
+        }
+    }
+}
+
+/// Which faults, how long.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "imgfetch-faults", version, about)]
+pub struct Options {
+    /// A fault to run; repeatable.
+    #[arg(long = "fault", value_enum)]
+    pub faults: Vec<Fault>,
+    /// Run every fault.
+    #[arg(long)]
+    pub all: bool,
+    /// The short version: 4 clients and phases of a few seconds (about 2 minutes for all).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Where `imgfetch-resolver` and `imgfetch-gateway` are; default: beside this binary.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/imgfetch-faults.json")]
+    pub json: PathBuf,
+    /// Where to write the report as Markdown tables, if anywhere.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Where the processes' logs go; default: a temp directory kept after the run.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// Runs the faults of `options` one after the other; a fault whose setup fails is reported
+/// as failed and the next one runs.
+pub async fn run(options: &Options) -> anyhow::Result<Vec<FaultReport>> {
+    let bin_dir = crate::procs::find_bin_dir(options.bin_dir.as_deref())?;
+    let faults: Vec<Fault> = if options.all || options.faults.is_empty() {
+        Fault::ALL.to_vec()
+    } else {
+        options.faults.clone()
+    };
+    let log_root = match &options.log_dir {
+        Some(dir) => dir.clone(),
+        None => tempfile::Builder::new()
+            .prefix("imgfetch-faults-")
+            .tempdir()?
+            .keep(),
+    };
+    let corpus = crate::corpus::Corpus::create(16 * 1024, 40)?;
+    let env = scenarios::Env {
+        bin_dir,
+        images: Arc::new(client::Images::of(&corpus)?),
+        corpus,
+        smoke: options.smoke,
+        log_root,
+    };
+    println!("logs in {}", env.log_root.display());
+    let mut reports = Vec::new();
+    for fault in faults {
+        println!("fault {} …", fault.name());
+        let report = match scenarios::run(&env, fault).await {
+            Ok(report) => report,
+            Err(e) => FaultReport {
+                fault: fault.name().to_owned(),
+                failures: vec![format!("the scenario could not run: {e:#}")],
+                ..FaultReport::default()
+            },
+        };
+        println!("{}", table::text(&report));
+        reports.push(report);
+    }
+    if let Some(parent) = options.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&options.json, serde_json::to_string_pretty(&reports)?)?;
+    if let Some(path) = &options.markdown {
+        std::fs::write(path, table::markdown(&reports))?;
+    }
+    Ok(reports)
+}
