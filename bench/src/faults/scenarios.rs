@@ -54,20 +54,18 @@ impl Env {
         Ok(dir)
     }
 
-    /// The resolver's flags for a short ack wait: its own flag when it has one; otherwise the
-    /// harness provisions the consumer itself and the resolvers only verify it.
+    /// The resolver's flags for a short ack wait and `replicas` stream replicas; on a cluster,
+    /// first waits until its JetStream can create streams.
     async fn ack_wait_args(&self, nats_url: &str, replicas: usize) -> anyhow::Result<Vec<String>> {
-        if stack::supports(&self.bin_dir.join("imgfetch-resolver"), "--ack-wait-ms") {
-            if replicas > 1 {
-                stack::provision(nats_url, "yard", ACK_WAIT, replicas).await?;
-            }
-            return Ok(vec![
-                "--ack-wait-ms".to_owned(),
-                ACK_WAIT.as_millis().to_string(),
-            ]);
+        if replicas > 1 {
+            stack::wait_jetstream(nats_url).await?;
         }
-        stack::provision(nats_url, "yard", ACK_WAIT, replicas).await?;
-        Ok(vec!["--no-provision".to_owned()])
+        Ok(vec![
+            "--ack-wait-ms".to_owned(),
+            ACK_WAIT.as_millis().to_string(),
+            "--stream-replicas".to_owned(),
+            replicas.to_string(),
+        ])
     }
 
     fn spec(
@@ -228,12 +226,7 @@ async fn stream_delete(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::StreamDelete;
     let dir = temp()?;
     let nats = NatsNode::single(dir.path())?;
-    let resolver = env.bin_dir.join("imgfetch-resolver");
-    let args = if stack::supports(&resolver, "--ack-wait-ms") {
-        vec!["--ack-wait-ms".to_owned(), ACK_WAIT.as_millis().to_string()]
-    } else {
-        Vec::new()
-    };
+    let args = env.ack_wait_args(&nats.url(), 1).await?;
     let store = Store::Dir(env.corpus.root().to_path_buf());
     let stack = Stack::start(env.spec(fault, &nats.url(), store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
@@ -372,27 +365,16 @@ async fn cluster_leader(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::ClusterLeader;
     let dir = temp()?;
     let mut nodes = NatsNode::cluster(dir.path(), 3)?;
-    let mut args = env.ack_wait_args(&nodes[0].url(), 3).await?;
-    let resolver = env.bin_dir.join("imgfetch-resolver");
-    if stack::supports(&resolver, "--stream-replicas") {
-        args.extend(["--stream-replicas".to_owned(), "3".to_owned()]);
-    }
+    let args = env.ack_wait_args(&nodes[0].url(), 3).await?;
+    // Both binaries get every node's URL, as in a real cluster deployment.
+    let urls = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
+    let store = Store::Dir(env.corpus.root().to_path_buf());
+    let stack = Stack::start(env.spec(fault, &urls, store, args)?, 1, 2).await?;
     let leader = stream_leader(&nodes[0].url()).await?;
     let leader_at = nodes
         .iter()
         .position(|n| n.name == leader)
         .with_context(|| format!("the stream's leader {leader:?} is none of the nodes"))?;
-    // Every node's URL where both binaries take a list; else one node that is not the leader.
-    let lists = ["imgfetch-resolver", "imgfetch-gateway"]
-        .iter()
-        .all(|bin| stack::flag_help(&env.bin_dir.join(bin), "--nats-url").contains("comma"));
-    let urls = if lists {
-        nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
-    } else {
-        nodes[(leader_at + 1) % nodes.len()].url()
-    };
-    let store = Store::Dir(env.corpus.root().to_path_buf());
-    let stack = Stack::start(env.spec(fault, &urls, store, args)?, 1, 2).await?;
     let mut run = Run::start(env, fault, &stack);
     pause(env.secs(10.0, 3.0)).await;
     nodes[leader_at].kill();

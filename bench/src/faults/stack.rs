@@ -2,12 +2,11 @@
 //! resolvers started, killed and stopped one by one, and the stream provisioned up front when
 //! the resolvers cannot be told a short ack wait.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
 
 use super::client::Gateways;
 use super::servers::{free_port, S3_ACCESS_KEY, S3_SECRET_KEY};
@@ -232,28 +231,6 @@ impl Stack {
     }
 }
 
-/// Whether `bin --help` lists `flag`: flags being added elsewhere are used once they exist.
-pub fn supports(bin: &Path, flag: &str) -> bool {
-    std::process::Command::new(bin)
-        .arg("--help")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
-}
-
-/// What `bin --help` says about `flag`: its line and the description below it.
-pub fn flag_help(bin: &Path, flag: &str) -> String {
-    let Ok(out) = std::process::Command::new(bin).arg("--help").output() else {
-        return String::new();
-    };
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text.lines().skip_while(|l| !l.contains(flag));
-    let mut help = lines.next().unwrap_or_default().to_owned();
-    for line in lines.take_while(|l| !l.trim_start().starts_with('-')) {
-        help.push_str(line);
-    }
-    help
-}
-
 /// Connects to NATS, giving up after 10 s.
 pub async fn connect(nats_url: &str) -> anyhow::Result<async_nats::Client> {
     tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats_url))
@@ -262,38 +239,19 @@ pub async fn connect(nats_url: &str) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("cannot connect to {nats_url}"))
 }
 
-/// Creates the stream and `network`'s consumer as the resolvers would, but with `ack_wait`
-/// and `replicas` of the harness's choosing; resolvers then run with `--no-provision`.
-pub async fn provision(
-    nats_url: &str,
-    network: &str,
-    ack_wait: Duration,
-    replicas: usize,
-) -> anyhow::Result<()> {
+/// Waits until the JetStream of the server (or cluster) at `nats_url` answers: a new cluster
+/// elects its JetStream leader first, and a resolver that cannot provision at start exits.
+pub async fn wait_jetstream(nats_url: &str) -> anyhow::Result<()> {
     let client = connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
-    let stream = StreamSettings {
-        replicas,
-        ..StreamSettings::default()
-    };
-    let consumer = ConsumerSettings {
-        ack_wait,
-        ..ConsumerSettings::default()
-    };
-    // A new cluster may still be electing its JetStream leader: try again for a while.
-    let mut last = None;
-    for _ in 0..60 {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            provision::ensure_network(&js, &stream, &consumer, network, true),
-        )
-        .await
-        {
+    let mut last = String::new();
+    for _ in 0..120 {
+        match tokio::time::timeout(Duration::from_secs(5), js.query_account()).await {
             Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) => last = Some(e.to_string()),
-            Err(_) => last = Some("timed out".to_owned()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".to_owned(),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    anyhow::bail!("cannot provision the stream: {}", last.unwrap_or_default())
+    anyhow::bail!("JetStream never answered: {last}")
 }
