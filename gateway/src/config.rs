@@ -288,6 +288,9 @@ pub enum ConfigError {
     /// An archive path template is invalid.
     #[error("archive {0}")]
     ArchiveTemplate(#[from] crate::template::TemplateError),
+    /// The result TTL or the results replicas is zero.
+    #[error("the result TTL and the results replicas must be at least 1")]
+    ResultsZero,
     /// The results bucket name cannot be a key-value bucket name.
     #[error("results bucket {0:?}: only A-Z, a-z, 0-9, '_' and '-' are allowed")]
     ResultsBucket(String),
@@ -383,7 +386,7 @@ pub struct ResultArgs {
 
 fn result_settings(args: ResultArgs) -> Result<crate::results::ResultSettings, ConfigError> {
     if args.result_ttl_ms == 0 || args.results_replicas == 0 {
-        return Err(ConfigError::Zero);
+        return Err(ConfigError::ResultsZero);
     }
     let bucket = &args.results_bucket;
     let valid = !bucket.is_empty()
