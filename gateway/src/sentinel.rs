@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use imgfetch_common::protocol::{
-    header, network_of_subject, ErrorCode, REQUEST_PREFIX, SENTINEL_QUEUE_GROUP,
+    header, network_of_subject, ErrorCode, REPLY_PREFIX, REQUEST_PREFIX, SENTINEL_QUEUE_GROUP,
 };
 use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
@@ -85,6 +85,12 @@ async fn run(
             };
             let callback = callback.as_str().to_owned();
             if validate::callback(&callback).is_err() {
+                continue;
+            }
+            // A gateway's own request learns from its publish acknowledgement whether the
+            // stream took it. Answering it here could race a retried publish that the stream
+            // stores, and give an accepted request a false error before its real answer.
+            if callback.starts_with(&format!("{REPLY_PREFIX}.")) {
                 continue;
             }
             let network = network_of_subject(&msg.subject).unwrap_or_default();

@@ -151,7 +151,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 metrics: config.metrics.clone(),
             };
             tracing::info!(%addr, "health and metrics listening");
-            Some(tokio::spawn(http::serve(listener, state)))
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                let ended = http::serve(listener, state).await;
+                // axum keeps accepting through errors; ending early is a bug worth a loud line.
+                // `/livez` no longer answers, so an orchestrator restarts the resolver.
+                if !shutdown.is_cancelled() {
+                    tracing::error!(?ended, "the health and metrics listener stopped");
+                }
+            }))
         }
         None => None,
     };

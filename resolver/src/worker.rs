@@ -80,6 +80,8 @@ pub struct PullSettings {
 enum PullError {
     #[error("cannot subscribe to the pull inbox: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    #[error("subscribing to the pull inbox took longer than {0:?}")]
+    SubscribeTimeout(Duration),
     #[error("cannot send a pull request: {0}")]
     Publish(#[from] async_nats::PublishError),
     #[error("a pull request could not be sent within {0:?}")]
@@ -234,7 +236,9 @@ impl Puller {
         let client = &self.ctx.client;
         let PullSettings { limit, expires, .. } = self.settings;
         let inbox = client.new_inbox();
-        let mut sub = client.subscribe(format!("{inbox}.*")).await?;
+        let mut sub = tokio::time::timeout(PUBLISH_TIMEOUT, client.subscribe(format!("{inbox}.*")))
+            .await
+            .map_err(|_| PullError::SubscribeTimeout(PUBLISH_TIMEOUT))??;
         // Requests asked for in this generation and not yet delivered or ended.
         let mut outstanding = 0usize;
         let mut generation = 0u64;
@@ -382,6 +386,9 @@ impl Puller {
         let freed = self.freed.clone();
         let progress_every = self.settings.ack_wait / 3;
         self.tracker.spawn(async move {
+            // Whatever happens to the handler, a panic included, the request stops counting
+            // against this network's credit: a leak would stop the network pulling for good.
+            let _done = Done { in_flight, freed };
             let permit = loop {
                 tokio::select! {
                     permit = slots.clone().acquire_owned() => {
@@ -401,9 +408,20 @@ impl Puller {
                 tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
             }
             drop(permit);
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            freed.notify_one();
         });
+    }
+}
+
+/// Releases one request's share of its network's credit when dropped.
+struct Done {
+    in_flight: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
     }
 }
 

@@ -319,7 +319,6 @@ pub async fn reask(base: &str, images: &Images, ledger: &Ledger) {
                                 .and_then(|v| v["code"].as_str().map(str::to_owned));
                             Err(match code {
                                 Some(code) => Reask::Error(code),
-                                None if status == 404 => Reask::Unsupported,
                                 None => Reask::Failed(format!("HTTP {status}")),
                             })
                         }

@@ -13,8 +13,6 @@ pub enum Reask {
     Damaged,
     /// A JSON error with this code (`unknown_request` when the gateway did not know the id).
     Error(String),
-    /// The gateway has no `GET /v1/requests/{id}` route.
-    Unsupported,
     /// The HTTP request itself failed.
     Failed(String),
 }
@@ -95,7 +93,6 @@ impl Ledger {
             }
             match &e.reask {
                 Some(Reask::Image) if e.ok_at.is_none() => r.reask_ok += 1,
-                Some(Reask::Unsupported) => r.reask_unsupported += 1,
                 _ => {}
             }
             let ok_in_the_end = e.ok_at.is_some() || e.reask == Some(Reask::Image);
@@ -141,7 +138,6 @@ fn why_lost(e: &Entry) -> String {
     };
     match &e.reask {
         None => frames,
-        Some(Reask::Unsupported) => format!("{frames}; re-ask unsupported"),
         Some(other) => format!("{frames}; re-ask: {other:?}"),
     }
 }
@@ -173,8 +169,6 @@ pub struct FaultReport {
     pub errors: BTreeMap<String, usize>,
     /// Accepted requests answered by asking again by id (`GET /v1/requests/{id}`).
     pub reask_ok: usize,
-    /// Accepted requests whose re-ask found no such route on the gateway (counted as lost).
-    pub reask_unsupported: usize,
     /// Requests whose client was told their archive copy failed.
     pub archive_failed: usize,
     /// Accepted requests with no correct image in the end.

@@ -48,13 +48,6 @@ pub fn text(r: &FaultReport) -> String {
         r.duplicated,
         recovery(r)
     );
-    if r.reask_unsupported > 0 {
-        let _ = writeln!(
-            out,
-            "  re-ask unsupported (no GET /v1/requests/{{id}} on the gateway) for {} requests, counted as lost",
-            r.reask_unsupported
-        );
-    }
     for (what, ids) in [("lost", &r.lost_ids), ("duplicated", &r.duplicated_ids)] {
         if !ids.is_empty() {
             let shown = ids.iter().take(20).cloned().collect::<Vec<_>>().join("; ");
