@@ -461,3 +461,128 @@ async fn a_streamed_image_is_replayed_from_the_archive_in_frames() {
     assert_eq!(r.headers()["content-length"], size.to_string().as_str());
     assert_eq!(r.bytes().await.unwrap().as_ref(), original_bytes.as_slice());
 }
+
+/// The results bucket, through a client of its own.
+async fn results_bucket(nats: &NatsServer) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_key_value("IMGFETCH_RESULTS")
+        .await
+        .unwrap()
+}
+
+/// The record of `id`, as JSON (`null` if there is none).
+async fn record_of(kv: &async_nats::jetstream::kv::Store, id: &str) -> Value {
+    match kv.get(id).await.unwrap() {
+        Some(value) => serde_json::from_slice(&value).unwrap(),
+        None => Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn a_reused_id_replaces_the_earlier_requests_record() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let archive = tempfile::tempdir().unwrap();
+    let one = gateway(&nats, archive.path(), |c| c.instance = "gw-one".into()).await;
+    let kv = results_bucket(&nats).await;
+    // The outcome of an earlier request with the same id, whose de-duplication window is over.
+    let earlier = json!({"v":1,"network":"slow","key":"old.jpg","state":"failed",
+        "code":"not_found","message":"the earlier request's answer"});
+    kv.put("u-1", earlier.to_string().into()).await.unwrap();
+
+    let mut ws = WsClient::connect(&one.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":"u-1","network":"slow","key":"a.jpg"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "accepted");
+    let (id, callback, _held) = take_request(&consumer).await;
+    assert_eq!(id, "u-1");
+    // While the new request runs, a fetch must not find the earlier request's outcome.
+    let record = eventually(
+        "the new request's pending record",
+        Duration::from_secs(5),
+        || {
+            let kv = kv.clone();
+            async move {
+                let record = record_of(&kv, "u-1").await;
+                (record["state"] == "pending").then_some(record)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        (record["key"].as_str(), record["owner"].as_str()),
+        (Some("a.jpg"), Some("gw-one"))
+    );
+
+    let bytes = sample(IMAGE);
+    answer(&fake, callback, "u-1", bytes.clone()).await;
+    let r = get(&one.http("/v1/requests/u-1"), None, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
+}
+
+#[tokio::test]
+async fn a_takeover_that_cannot_queue_again_leaves_the_record_overdue() {
+    init_logs();
+    let nats = NatsServer::start();
+    let archive = tempfile::tempdir().unwrap();
+    let one = gateway(&nats, archive.path(), |c| c.instance = "gw-one".into()).await;
+    let kv = results_bucket(&nats).await;
+    // Owned by a gateway that is gone, for a network nobody serves: the takeover claims it,
+    // then cannot queue it again.
+    let pending = json!({"v":1,"network":"nowhere","key":"a.jpg","state":"pending",
+        "owner":"gw-gone","deadline_ms":u64::MAX / 2,"attempt":0});
+    kv.put("o-1", pending.to_string().into()).await.unwrap();
+
+    let r = get(&one.http("/v1/requests/o-1"), None, None).await;
+    let body = expect_error(r, 400, "unknown_network").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("nowhere"),
+        "{body}"
+    );
+    let record = record_of(&kv, "o-1").await;
+    assert_eq!(record["state"], "pending", "{record}");
+    assert_eq!(
+        record["deadline_ms"], 0,
+        "overdue, for the next fetch to retry: {record}"
+    );
+    assert_eq!(record["attempt"], 1, "{record}");
+}
+
+#[tokio::test]
+async fn the_results_bucket_is_created_again_after_it_was_deleted() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let archive = tempfile::tempdir().unwrap();
+    let one = gateway(&nats, archive.path(), |c| c.instance = "gw-one".into()).await;
+    let url = one.http("/v1/images/harbor/quay-east.jpg");
+    assert_eq!(get(&url, None, Some("w-1")).await.status(), 200);
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_key_value("IMGFETCH_RESULTS").await.unwrap();
+    // The request's record cannot be written: the gateway opens the bucket again.
+    assert_eq!(get(&url, None, Some("w-2")).await.status(), 200);
+    eventually("the bucket to exist again", Duration::from_secs(5), || {
+        let js = js.clone();
+        async move { js.get_key_value("IMGFETCH_RESULTS").await.ok() }
+    })
+    .await;
+
+    assert_eq!(get(&url, None, Some("w-3")).await.status(), 200);
+    let replay = eventually("w-3 to be replayed", Duration::from_secs(5), || {
+        let url = one.http("/v1/requests/w-3");
+        async move {
+            let r = get(&url, None, None).await;
+            (r.status() == 200).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        replay.bytes().await.unwrap().as_ref(),
+        sample(IMAGE).as_slice()
+    );
+}
