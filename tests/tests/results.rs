@@ -479,37 +479,71 @@ async fn record_of(kv: &async_nats::jetstream::kv::Store, id: &str) -> Value {
     }
 }
 
+/// The record of `id` once `ready` says so.
+async fn record_when(
+    kv: &async_nats::jetstream::kv::Store,
+    id: &str,
+    what: &str,
+    ready: fn(&Value) -> bool,
+) -> Value {
+    eventually(what, Duration::from_secs(5), || async {
+        let record = record_of(kv, id).await;
+        ready(&record).then_some(record)
+    })
+    .await
+}
+
+/// Gateway `gw-one` in front of a stand-in resolver of network `slow`, with request `id` asked
+/// over a websocket and held by the stand-in.
+struct Held {
+    fake: async_nats::Client,
+    one: Gateway,
+    kv: async_nats::jetstream::kv::Store,
+    /// The callback of the held request.
+    callback: String,
+    _ws: WsClient,
+    _held: async_nats::jetstream::Message,
+    _archive: tempfile::TempDir,
+}
+
+/// Starts [`Held`]; `earlier` is put under `id` first, as an earlier request's record.
+async fn held(nats: &NatsServer, id: &str, earlier: Option<Value>) -> Held {
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let archive = tempfile::tempdir().unwrap();
+    let one = gateway(nats, archive.path(), |c| c.instance = "gw-one".into()).await;
+    let kv = results_bucket(nats).await;
+    if let Some(record) = earlier {
+        kv.put(id, record.to_string().into()).await.unwrap();
+    }
+    let mut ws = WsClient::connect(&one.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "accepted");
+    let (taken, callback, message) = take_request(&consumer).await;
+    assert_eq!(taken, id);
+    Held {
+        fake,
+        one,
+        kv,
+        callback,
+        _ws: ws,
+        _held: message,
+        _archive: archive,
+    }
+}
+
 #[tokio::test]
 async fn a_reused_id_replaces_the_earlier_requests_record() {
     init_logs();
     let nats = NatsServer::start();
-    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
-    let archive = tempfile::tempdir().unwrap();
-    let one = gateway(&nats, archive.path(), |c| c.instance = "gw-one".into()).await;
-    let kv = results_bucket(&nats).await;
     // The outcome of an earlier request with the same id, whose de-duplication window is over.
     let earlier = json!({"v":1,"network":"slow","key":"old.jpg","state":"failed",
         "code":"not_found","message":"the earlier request's answer"});
-    kv.put("u-1", earlier.to_string().into()).await.unwrap();
-
-    let mut ws = WsClient::connect(&one.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"u-1","network":"slow","key":"a.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
-    let (id, callback, _held) = take_request(&consumer).await;
-    assert_eq!(id, "u-1");
+    let h = held(&nats, "u-1", Some(earlier)).await;
     // While the new request runs, a fetch must not find the earlier request's outcome.
-    let record = eventually(
-        "the new request's pending record",
-        Duration::from_secs(5),
-        || {
-            let kv = kv.clone();
-            async move {
-                let record = record_of(&kv, "u-1").await;
-                (record["state"] == "pending").then_some(record)
-            }
-        },
-    )
+    let record = record_when(&h.kv, "u-1", "the new request's pending record", |r| {
+        r["state"] == "pending"
+    })
     .await;
     assert_eq!(
         (record["key"].as_str(), record["owner"].as_str()),
@@ -517,8 +551,8 @@ async fn a_reused_id_replaces_the_earlier_requests_record() {
     );
 
     let bytes = sample(IMAGE);
-    answer(&fake, callback, "u-1", bytes.clone()).await;
-    let r = get(&one.http("/v1/requests/u-1"), None, None).await;
+    answer(&h.fake, h.callback.clone(), "u-1", bytes.clone()).await;
+    let r = get(&h.one.http("/v1/requests/u-1"), None, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
 }
@@ -585,4 +619,38 @@ async fn the_results_bucket_is_created_again_after_it_was_deleted() {
         replay.bytes().await.unwrap().as_ref(),
         sample(IMAGE).as_slice()
     );
+}
+
+#[tokio::test]
+async fn an_owner_receiving_a_stream_marks_its_record_delivering() {
+    init_logs();
+    let nats = NatsServer::start();
+    let h = held(&nats, "d-1", None).await;
+    // The head of a stream whose chunks are still to come, as for a large image.
+    let mut head = async_nats::HeaderMap::new();
+    for (name, value) in [
+        (header::ID, "d-1"),
+        (header::STATUS, "ok"),
+        (header::NETWORK, "slow"),
+        (header::KEY, "a.jpg"),
+        (header::CONTENT_TYPE, "image/jpeg"),
+        (header::SIZE, "2048"),
+        (header::FLOW, "test.flow.d-1"),
+        (header::CHUNK_SIZE, "1024"),
+        (header::CHUNKS, "2"),
+    ] {
+        head.insert(name, value);
+    }
+    h.fake
+        .publish_with_headers(h.callback.clone(), head, Vec::new().into())
+        .await
+        .unwrap();
+    h.fake.flush().await.unwrap();
+    // From now on only the owner's death allows a takeover, however long the stream lasts.
+    let record = record_when(&h.kv, "d-1", "the record to say delivering", |r| {
+        r["delivering"] == true
+    })
+    .await;
+    assert_eq!(record["state"], "pending", "{record}");
+    assert_eq!(record["owner"], "gw-one", "{record}");
 }
