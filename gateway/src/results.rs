@@ -7,7 +7,13 @@
 //!   archive path: the bytes are served from the archive, never stored twice), `unarchived`
 //!   (delivered, but there is no archive copy to replay) or `failed` (code and message).
 //!   Writes run off the client's path, each bounded by a timeout; a failed write is counted and
-//!   logged, never turned into a client error.
+//!   logged, never turned into a client error, and the bucket is opened again (created when
+//!   missing) in case it is gone.
+//! - **Ordering**: a fresh request's `pending` replaces whatever its id recorded (an id reused
+//!   after the stream's de-duplication window is a new request); one request's writes on one
+//!   gateway run in order ([`WriteOrder`]); every later write is a revision compare-and-set
+//!   that never replaces a newer record ([`State::replaceable_by`]), and an owner receiving the
+//!   image marks its record `delivering`, which only the owner's death lets another take over.
 //! - **Fetching** ([`Results::fetch`]) replays a terminal record; a `pending` one is waited
 //!   for while its owner lives and its deadline holds.
 //! - **Takeover**: a `pending` record whose owner gateway does not answer on its liveness
