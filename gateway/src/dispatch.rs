@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::Archive;
 use crate::directory::Directory;
 use crate::outcome::{self, Body, Failure, Outcome};
-use crate::results::{Origin, Results};
+use crate::results::{Origin, Results, WriteOrder};
 use crate::transfer::{Head, Part, Routed, StreamSettings, Streams, Transfer};
 
 /// How often resolvers whose stream waits for its client to start reading are told the stream
@@ -130,6 +130,14 @@ impl Ticket {
                 ))
             }
         }
+    }
+
+    /// Forgets the waiter of a request the stream did not store: no reply can come, so it is
+    /// not kept as an orphan (a failed publish must not evict real ones).
+    fn discard(self) {
+        let mut pending = self.pending.lock().expect("pending map poisoned");
+        pending.by_token.remove(&self.token);
+        // Dropping the ticket below releases its id.
     }
 }
 
@@ -257,6 +265,8 @@ impl Dispatcher {
             key: request.key.clone(),
             meta: request.meta.clone(),
             identity: identity.map(str::to_owned),
+            attempt: 0,
+            writes: WriteOrder::default(),
         });
         let msg_id = request.id.clone();
         self.queue(request, origin, &msg_id, true, deadline).await
@@ -361,6 +371,15 @@ impl Dispatcher {
         );
         let body = codec::encode(&request);
         let subject = protocol::request_subject(&network);
+        // Reserved before publishing, so that a reply routed before the ack is recorded after
+        // the request's `pending` record, never overwritten by it.
+        let accepted = match (fresh, &self.results) {
+            (true, Some(results)) => Some(results.reserve_pending(&origin)),
+            _ => None,
+        };
+        // Whether an attempt timed out: the request may have been stored, and its reply may
+        // come, so its waiter stays as an orphan; otherwise a failure leaves nothing behind.
+        let mut maybe_stored = false;
 
         // A publish that fails or times out may still have been stored. Publishing again with
         // the same Nats-Msg-Id settles it: the stream stores it at most once, and a
@@ -374,11 +393,15 @@ impl Dispatcher {
                     .await
             };
             match tokio::time::timeout(self.publish_timeout, ack).await {
-                Ok(Ok(ack)) if ack.duplicate && attempt == 0 => return Err(duplicate(&id)),
+                Ok(Ok(ack)) if ack.duplicate && attempt == 0 => {
+                    // The stored request carries another callback: nothing answers this one.
+                    ticket.discard();
+                    return Err(duplicate(&id));
+                }
                 Ok(Ok(_)) => {
                     metrics::counter!("imgfetch_gateway_accepted_total").increment(1);
-                    if let (true, Some(results)) = (fresh, &self.results) {
-                        results.record_pending(&origin, deadline_ms.as_millis() as u64);
+                    if let Some(accepted) = accepted {
+                        let _ = accepted.send(deadline_ms.as_millis() as u64);
                     }
                     return Ok(ticket);
                 }
@@ -392,10 +415,14 @@ impl Dispatcher {
                     };
                 }
                 Err(_) => {
+                    maybe_stored = true;
                     tracing::warn!(id, network, attempt, "publish not acknowledged in time");
                     last_error = "the queue did not acknowledge the request in time".into();
                 }
             }
+        }
+        if !maybe_stored {
+            ticket.discard();
         }
         Err(Failure::new(ErrorCode::Unavailable, last_error))
     }

@@ -7,7 +7,13 @@
 //!   archive path: the bytes are served from the archive, never stored twice), `unarchived`
 //!   (delivered, but there is no archive copy to replay) or `failed` (code and message).
 //!   Writes run off the client's path, each bounded by a timeout; a failed write is counted and
-//!   logged, never turned into a client error.
+//!   logged, never turned into a client error, and the bucket is opened again (created when
+//!   missing) in case it is gone.
+//! - **Ordering**: a fresh request's `pending` replaces whatever its id recorded (an id reused
+//!   after the stream's de-duplication window is a new request); one request's writes on one
+//!   gateway run in order ([`WriteOrder`]); every later write is a revision compare-and-set
+//!   that never replaces a newer record ([`State::replaceable_by`]), and an owner receiving the
+//!   image marks its record `delivering`, which only the owner's death lets another take over.
 //! - **Fetching** ([`Results::fetch`]) replays a terminal record; a `pending` one is waited
 //!   for while its owner lives and its deadline holds.
 //! - **Takeover**: a `pending` record whose owner gateway does not answer on its liveness
@@ -26,6 +32,7 @@ use futures::StreamExt;
 use imgfetch_common::info::ImageInfo;
 use imgfetch_common::protocol::{self, ErrorCode};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +47,12 @@ pub const RECORD_VERSION: u32 = 1;
 const POLL: Duration = Duration::from_millis(250);
 /// How long an owner gateway has to answer on its liveness subject.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Compare-and-set tries of one write before it gives up (another gateway kept writing).
+const CAS_TRIES: usize = 4;
+/// Least time between two attempts to open the bucket again after it failed.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Longest a replay waits for the archive to open the copy, or for each part of it.
+const ARCHIVE_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where outcomes are recorded, and for how long.
 #[derive(Clone, Debug)]
@@ -125,11 +138,17 @@ pub enum State {
     Pending {
         /// The gateway instance whose callback the request carries.
         owner: String,
-        /// When the owner stops waiting.
+        /// When the owner stops waiting; 0 means overdue (a takeover that could not queue the
+        /// request again leaves it so, for the next fetch to retry).
         deadline_ms: u64,
         /// Takeovers so far.
         #[serde(default)]
         attempt: u32,
+        /// The owner receives the image (a stream's head, or an inline reply, came): the
+        /// deadline no longer applies, only the owner's death allows a takeover, so that a long
+        /// stream is not run a second time while it is delivered.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delivering: bool,
     },
     /// Delivered and archived: replayed from the archive.
     Done {
@@ -146,11 +165,17 @@ pub enum State {
         /// SHA-256 of the image, lower-case hex, when the resolver sent it inline.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sha256: Option<String>,
+        /// The attempt (takeovers before it) that produced this outcome.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        attempt: u32,
     },
     /// Delivered (or begun) without an archive copy: nothing to replay.
     Unarchived {
         /// Why there is no copy.
         reason: String,
+        /// The attempt that produced this outcome.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        attempt: u32,
     },
     /// Ended in an error.
     Failed {
@@ -158,7 +183,43 @@ pub enum State {
         code: ErrorCode,
         /// The message.
         message: String,
+        /// The attempt that produced this outcome.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        attempt: u32,
     },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl State {
+    /// The attempt this state belongs to.
+    fn attempt(&self) -> u32 {
+        match self {
+            State::Pending { attempt, .. }
+            | State::Done { attempt, .. }
+            | State::Unarchived { attempt, .. }
+            | State::Failed { attempt, .. } => *attempt,
+        }
+    }
+
+    /// Whether a record in state `self` may be replaced by one in state `new` (see
+    /// docs/RELIABILITY.md): never by an older attempt's outcome (a late answer after a
+    /// takeover), and within one attempt a terminal state only by `done`: a failure never
+    /// replaces the image it followed, and a pending state never replaces an outcome.
+    pub fn replaceable_by(&self, new: &State) -> bool {
+        use std::cmp::Ordering;
+        match self.attempt().cmp(&new.attempt()) {
+            Ordering::Greater => false,
+            Ordering::Less => true,
+            Ordering::Equal => match (self, new) {
+                (State::Pending { .. }, _) => true,
+                (State::Done { .. }, _) | (_, State::Pending { .. }) => false,
+                _ => true,
+            },
+        }
+    }
 }
 
 /// What a gateway keeps of one request to record its outcome.
@@ -174,6 +235,30 @@ pub struct Origin {
     pub meta: BTreeMap<String, String>,
     /// The token that asked, if any.
     pub identity: Option<String>,
+    /// Takeovers before this run of the request; its outcome is recorded with it.
+    pub attempt: u32,
+    /// Orders this request's writes on this gateway.
+    pub writes: WriteOrder,
+}
+
+/// The writes of one request on one gateway, run one after the other in the order they were
+/// asked for: a fast answer's record is never overwritten by its own `pending` record.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOrder(Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>);
+
+impl WriteOrder {
+    /// Runs `write` once every write asked for before it has ended. Each write is bounded by
+    /// its own timeouts, so the chain is too.
+    fn then(&self, write: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut last = self.0.lock().expect("write order poisoned");
+        let before = last.take();
+        *last = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            write.await;
+        }));
+    }
 }
 
 impl Origin {
@@ -207,7 +292,12 @@ pub struct Replay {
 /// The results bucket of one gateway.
 #[derive(Debug)]
 pub struct Results {
-    kv: kv::Store,
+    /// The bucket; replaced when it has to be opened again (see [`Results::reopen`]).
+    kv: std::sync::RwLock<kv::Store>,
+    js: jetstream::Context,
+    settings: ResultSettings,
+    /// When the bucket was last opened again.
+    reopened: std::sync::Mutex<Option<Instant>>,
     client: async_nats::Client,
     instance: String,
     archive: Option<Arc<Archive>>,
@@ -280,57 +370,12 @@ impl Results {
         timeout: Duration,
     ) -> Result<Arc<Results>, ResultsError> {
         let js = jetstream::new(client.clone());
-        let bucket = settings.bucket.clone();
-        let timed_out = || ResultsError::Timeout {
-            bucket: bucket.clone(),
-            timeout,
-        };
-        let failed = |source: async_nats::Error| ResultsError::Bucket {
-            bucket: bucket.clone(),
-            source,
-        };
-        let kv = match tokio::time::timeout(timeout, js.get_key_value(bucket.clone())).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Ok(kv)) => {
-                let max_age = kv.stream.cached_info().config.max_age;
-                if max_age != settings.ttl {
-                    tracing::warn!(
-                        bucket,
-                        bucket_ttl_ms = max_age.as_millis() as u64,
-                        result_ttl_ms = settings.ttl.as_millis() as u64,
-                        "the results bucket exists with another TTL; its entries expire after \
-                         the bucket's"
-                    );
-                }
-                kv
-            }
-            Ok(Err(err)) if err.kind() == KeyValueErrorKind::GetBucket => {
-                let config = kv::Config {
-                    bucket: bucket.clone(),
-                    description: "imgfetch: the outcome of each request, by id".into(),
-                    history: 1,
-                    max_age: settings.ttl,
-                    num_replicas: settings.replicas,
-                    ..Default::default()
-                };
-                match tokio::time::timeout(timeout, js.create_key_value(config)).await {
-                    Err(_) => return Err(timed_out()),
-                    Ok(Ok(kv)) => kv,
-                    // Another gateway may have created it meanwhile.
-                    Ok(Err(create)) => {
-                        match tokio::time::timeout(timeout, js.get_key_value(bucket.clone())).await
-                        {
-                            Err(_) => return Err(timed_out()),
-                            Ok(Ok(kv)) => kv,
-                            Ok(Err(_)) => return Err(failed(create.into())),
-                        }
-                    }
-                }
-            }
-            Ok(Err(err)) => return Err(failed(err.into())),
-        };
+        let (kv, _) = get_or_create(&js, settings, timeout).await?;
         Ok(Arc::new(Results {
-            kv,
+            kv: std::sync::RwLock::new(kv),
+            js,
+            settings: settings.clone(),
+            reopened: std::sync::Mutex::new(None),
             client,
             instance,
             archive,
@@ -338,38 +383,142 @@ impl Results {
         }))
     }
 
-    /// Records that the stream accepted `origin`, owned by this gateway until `deadline_ms`.
-    /// Written only if no record exists: an outcome recorded first is not overwritten.
-    pub fn record_pending(self: &Arc<Self>, origin: &Origin, deadline_ms: u64) {
-        let record = origin.record(State::Pending {
-            owner: self.instance.clone(),
-            deadline_ms,
-            attempt: 0,
-        });
-        let (results, id) = (self.clone(), origin.id.clone());
-        tokio::spawn(async move {
-            let value = Bytes::from(serde_json::to_vec(&record).expect("records serialise"));
-            match tokio::time::timeout(results.timeout, results.kv.create(&id, value)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Ok(Err(err)) => record_failed(&id, &err.to_string()),
-                Err(_) => record_failed(&id, "timed out"),
-            }
-        });
+    fn kv(&self) -> kv::Store {
+        self.kv
+            .read()
+            .expect("results bucket lock poisoned")
+            .clone()
     }
 
-    /// Records how `origin` ended, replacing what was recorded before.
-    pub fn record(self: &Arc<Self>, origin: &Origin, state: State) {
-        let record = origin.record(state);
-        let (results, id) = (self.clone(), origin.id.clone());
-        tokio::spawn(async move {
+    /// After the bucket failed a read or a write: it may be gone (JetStream's store was wiped),
+    /// so it is opened again, created when missing, at most once per [`REOPEN_EVERY`].
+    async fn reopen(&self) {
+        {
+            let mut last = self.reopened.lock().expect("reopen lock poisoned");
+            if last.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match get_or_create(&self.js, &self.settings, self.timeout).await {
+            Ok((kv, created)) => {
+                if created {
+                    metrics::counter!("imgfetch_gateway_results_bucket_recreated_total")
+                        .increment(1);
+                    tracing::warn!(
+                        bucket = self.settings.bucket,
+                        "the results bucket was gone; created it again"
+                    );
+                }
+                *self.kv.write().expect("results bucket lock poisoned") = kv;
+            }
+            Err(err) => tracing::warn!(%err, "cannot open the results bucket again"),
+        }
+    }
+
+    /// Reserves the `pending` record of a fresh request, before it is published: the record
+    /// is written, owned by this gateway until the deadline sent on the returned channel, once
+    /// the stream accepted it (nothing is written if the channel is dropped). The request's
+    /// later writes wait for it, so its outcome is never overwritten by its own `pending`.
+    ///
+    /// The record replaces whatever its id recorded: an id used again (after the stream's
+    /// de-duplication window) must not replay the earlier request's outcome.
+    pub fn reserve_pending(self: &Arc<Self>, origin: &Origin) -> oneshot::Sender<u64> {
+        let (tx, rx) = oneshot::channel::<u64>();
+        let (results, origin_c) = (self.clone(), origin.clone());
+        origin.writes.then(async move {
+            let Ok(deadline_ms) = rx.await else { return };
+            let record = origin_c.record(State::Pending {
+                owner: results.instance.clone(),
+                deadline_ms,
+                attempt: origin_c.attempt,
+                delivering: false,
+            });
             let value = Bytes::from(serde_json::to_vec(&record).expect("records serialise"));
-            match tokio::time::timeout(results.timeout, results.kv.put(&id, value)).await {
+            let id = &origin_c.id;
+            match tokio::time::timeout(results.timeout, results.kv().put(id, value)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(err)) => record_failed(&id, &err.to_string()),
-                Err(_) => record_failed(&id, "timed out"),
+                Ok(Err(err)) => {
+                    record_failed(id, &err.to_string());
+                    results.reopen().await;
+                }
+                Err(_) => record_failed(id, "timed out"),
             }
         });
+        tx
+    }
+
+    /// Records where `origin` stands, after its earlier writes on this gateway, unless the
+    /// record holds something newer ([`State::replaceable_by`]): a revision compare-and-set,
+    /// retried a few times when another gateway writes in between.
+    pub fn record(self: &Arc<Self>, origin: &Origin, mut state: State) {
+        match &mut state {
+            State::Pending { attempt, .. }
+            | State::Done { attempt, .. }
+            | State::Unarchived { attempt, .. }
+            | State::Failed { attempt, .. } => *attempt = origin.attempt,
+        }
+        let record = origin.record(state);
+        let (results, id) = (self.clone(), origin.id.clone());
+        origin
+            .writes
+            .then(async move { results.write_over(&id, &record).await });
+    }
+
+    async fn write_over(&self, id: &str, record: &Record) {
+        let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
+        for _ in 0..CAS_TRIES {
+            let kv = self.kv();
+            let entry = match tokio::time::timeout(self.timeout, kv.entry(id)).await {
+                Ok(Ok(entry)) => entry,
+                Ok(Err(err)) => {
+                    record_failed(id, &err.to_string());
+                    return self.reopen().await;
+                }
+                Err(_) => return record_failed(id, "timed out"),
+            };
+            let write = match entry {
+                None => Write::Create,
+                Some(entry) => {
+                    let newer = entry.operation == Operation::Put
+                        && serde_json::from_slice::<Record>(&entry.value)
+                            .is_ok_and(|old| !old.state.replaceable_by(&record.state));
+                    if newer {
+                        metrics::counter!("imgfetch_gateway_result_stale_writes_total")
+                            .increment(1);
+                        tracing::debug!(id, "a newer record is kept over a late one");
+                        return;
+                    }
+                    Write::Update(entry.revision)
+                }
+            };
+            let err = match write {
+                Write::Create => {
+                    match tokio::time::timeout(self.timeout, kv.create(id, value.clone())).await {
+                        Ok(Ok(_)) => return,
+                        Ok(Err(err)) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                            continue
+                        }
+                        Ok(Err(err)) => err.to_string(),
+                        Err(_) => return record_failed(id, "timed out"),
+                    }
+                }
+                Write::Update(revision) => {
+                    let update = kv.update(id, value.clone(), revision);
+                    match tokio::time::timeout(self.timeout, update).await {
+                        Ok(Ok(_)) => return,
+                        Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => {
+                            continue
+                        }
+                        Ok(Err(err)) => err.to_string(),
+                        Err(_) => return record_failed(id, "timed out"),
+                    }
+                }
+            };
+            record_failed(id, &err);
+            return self.reopen().await;
+        }
+        record_failed(id, "the record kept changing");
     }
 
     /// Records a failure.
@@ -379,6 +528,7 @@ impl Results {
             State::Failed {
                 code: failure.code,
                 message: failure.message.clone(),
+                attempt: origin.attempt,
             },
         );
     }
@@ -391,7 +541,8 @@ impl Results {
         image: &mut Image,
         sha256: Option<&str>,
     ) {
-        let unarchived = |reason: String| State::Unarchived { reason };
+        let attempt = origin.attempt;
+        let unarchived = move |reason: String| State::Unarchived { reason, attempt };
         match std::mem::replace(&mut image.archived, Archived::Disabled) {
             Archived::Disabled => self.record(
                 origin,
@@ -409,7 +560,18 @@ impl Results {
                     info: Box::new(image.info.clone()),
                     archived_as: path.clone(),
                     sha256: sha256.map(|s| s.trim().to_ascii_lowercase()),
+                    attempt,
                 };
+                // The owner delivers: no takeover while it lives, however long the copy takes.
+                self.record(
+                    origin,
+                    State::Pending {
+                        owner: self.instance.clone(),
+                        deadline_ms: 0,
+                        attempt,
+                        delivering: true,
+                    },
+                );
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let (results, origin) = (self.clone(), origin.clone());
                 tokio::spawn(async move {
@@ -440,9 +602,12 @@ impl Results {
         until: Instant,
     ) -> Result<Replay, Failure> {
         loop {
-            let entry = match tokio::time::timeout(self.timeout, self.kv.entry(id)).await {
+            let entry = match tokio::time::timeout(self.timeout, self.kv().entry(id)).await {
                 Ok(Ok(entry)) => entry,
-                Ok(Err(err)) => return Err(unavailable(err)),
+                Ok(Err(err)) => {
+                    self.reopen().await;
+                    return Err(unavailable(err));
+                }
                 Err(_) => return Err(unavailable("no answer from NATS in time")),
             };
             let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
@@ -458,9 +623,9 @@ impl Results {
             if record.identity.as_deref() != client.identity() {
                 return Err(unknown(id));
             }
-            let (owner, deadline_ms, attempt) = match &record.state {
+            let (owner, deadline_ms, attempt, delivering) = match &record.state {
                 State::Done { .. } => return self.replay(id, record).await,
-                State::Unarchived { reason } => {
+                State::Unarchived { reason, .. } => {
                     return Err(Failure::new(
                         ErrorCode::ResultUnavailable,
                         format!(
@@ -469,14 +634,16 @@ impl Results {
                         ),
                     ))
                 }
-                State::Failed { code, message } => return Err(Failure::new(*code, message)),
+                State::Failed { code, message, .. } => return Err(Failure::new(*code, message)),
                 State::Pending {
                     owner,
                     deadline_ms,
                     attempt,
-                } => (owner.clone(), *deadline_ms, *attempt),
+                    delivering,
+                } => (owner.clone(), *deadline_ms, *attempt, *delivering),
             };
-            let overdue = now_ms() > deadline_ms;
+            // An owner delivering the image has no deadline: only its death allows a takeover.
+            let overdue = !delivering && now_ms() > deadline_ms;
             if overdue || (owner != self.instance && !self.alive(&owner).await) {
                 tracing::info!(id, owner, overdue, "taking over a pending request");
                 match self
@@ -528,21 +695,26 @@ impl Results {
         let attempt = attempt + 1;
         let deadline = Instant::now() + dispatcher.request_timeout();
         let deadline_ms = now_ms() + dispatcher.request_timeout().as_millis() as u64;
-        let claim = Record {
-            state: State::Pending {
-                owner: self.instance.clone(),
-                deadline_ms,
-                attempt,
-            },
-            ..record.clone()
+        let pending = |deadline_ms| {
+            let claim = Record {
+                state: State::Pending {
+                    owner: self.instance.clone(),
+                    deadline_ms,
+                    attempt,
+                    delivering: false,
+                },
+                ..record.clone()
+            };
+            Bytes::from(serde_json::to_vec(&claim).expect("records serialise"))
         };
-        let value = Bytes::from(serde_json::to_vec(&claim).expect("records serialise"));
-        match tokio::time::timeout(self.timeout, self.kv.update(id, value, revision)).await {
-            Ok(Ok(_)) => {}
+        let kv = self.kv();
+        let claim = kv.update(id, pending(deadline_ms), revision);
+        let claimed = match tokio::time::timeout(self.timeout, claim).await {
+            Ok(Ok(claimed)) => claimed,
             Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => return None,
             Ok(Err(err)) => return Some(Err(unavailable(err))),
             Err(_) => return Some(Err(unavailable("no answer from NATS in time"))),
-        }
+        };
         metrics::counter!("imgfetch_gateway_result_takeovers_total").increment(1);
         let origin = Origin {
             id: id.to_owned(),
@@ -550,13 +722,25 @@ impl Results {
             key: record.key.clone(),
             meta: record.meta.clone(),
             identity: record.identity.clone(),
+            attempt,
+            writes: WriteOrder::default(),
         };
         let ticket = match dispatcher
             .resubmit(origin, &format!("{id}.retry.{attempt}"), deadline)
             .await
         {
             Ok(ticket) => ticket,
-            Err(f) => return Some(Err(f)),
+            Err(f) => {
+                // Nothing runs: the claim goes back to overdue (deadline 0), so that the next
+                // fetch tries again instead of waiting for a request nobody works on.
+                let release = kv.update(id, pending(0), claimed);
+                match tokio::time::timeout(self.timeout, release).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => record_failed(id, &err.to_string()),
+                    Err(_) => record_failed(id, "timed out"),
+                }
+                return Some(Err(f));
+            }
         };
         let outcome: Outcome = ticket.outcome().await;
         Some(outcome.map(|image| Replay {
@@ -577,6 +761,7 @@ impl Results {
             info,
             archived_as,
             sha256,
+            ..
         } = record.state
         else {
             unreachable!("only done records are replayed");
@@ -590,7 +775,12 @@ impl Results {
         let Some(archive) = &self.archive else {
             return Err(gone("this gateway has no archive".into()));
         };
-        let (found, source) = archive.read(&archived_as).await.map_err(&gone)?;
+        let (found, source) =
+            tokio::time::timeout(ARCHIVE_READ_TIMEOUT, archive.read(&archived_as))
+                .await
+                .map_err(|_| gone(format!("no answer within {ARCHIVE_READ_TIMEOUT:?}")))?
+                .map_err(&gone)?;
+        let source = bounded(source, ARCHIVE_READ_TIMEOUT);
         if found != size {
             return Err(gone(format!(
                 "it holds {found} bytes, {size} were recorded"
@@ -619,6 +809,87 @@ impl Results {
     }
 }
 
+/// How a record is written: created, or replacing the revision read.
+enum Write {
+    Create,
+    Update(u64),
+}
+
+/// The bucket, created when missing; `true` if this call created it.
+async fn get_or_create(
+    js: &jetstream::Context,
+    settings: &ResultSettings,
+    timeout: Duration,
+) -> Result<(kv::Store, bool), ResultsError> {
+    let bucket = settings.bucket.clone();
+    let timed_out = || ResultsError::Timeout {
+        bucket: bucket.clone(),
+        timeout,
+    };
+    let failed = |source: async_nats::Error| ResultsError::Bucket {
+        bucket: bucket.clone(),
+        source,
+    };
+    match tokio::time::timeout(timeout, js.get_key_value(bucket.clone())).await {
+        Err(_) => Err(timed_out()),
+        Ok(Ok(kv)) => {
+            let max_age = kv.stream.cached_info().config.max_age;
+            if max_age != settings.ttl {
+                tracing::warn!(
+                    bucket,
+                    bucket_ttl_ms = max_age.as_millis() as u64,
+                    result_ttl_ms = settings.ttl.as_millis() as u64,
+                    "the results bucket exists with another TTL; its entries expire after \
+                     the bucket's"
+                );
+            }
+            Ok((kv, false))
+        }
+        Ok(Err(err)) if err.kind() == KeyValueErrorKind::GetBucket => {
+            let config = kv::Config {
+                bucket: bucket.clone(),
+                description: "imgfetch: the outcome of each request, by id".into(),
+                history: 1,
+                max_age: settings.ttl,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            };
+            match tokio::time::timeout(timeout, js.create_key_value(config)).await {
+                Err(_) => Err(timed_out()),
+                Ok(Ok(kv)) => Ok((kv, true)),
+                // Another gateway may have created it meanwhile.
+                Ok(Err(create)) => {
+                    match tokio::time::timeout(timeout, js.get_key_value(bucket.clone())).await {
+                        Err(_) => Err(timed_out()),
+                        Ok(Ok(kv)) => Ok((kv, false)),
+                        Ok(Err(_)) => Err(failed(create.into())),
+                    }
+                }
+            }
+        }
+        Ok(Err(err)) => Err(failed(err.into())),
+    }
+}
+
+/// `source` ended with an error when a part takes longer than `per_part` to come.
+fn bounded(
+    source: futures::stream::BoxStream<'static, Result<Bytes, String>>,
+    per_part: Duration,
+) -> futures::stream::BoxStream<'static, Result<Bytes, String>> {
+    futures::stream::unfold(Some(source), move |source| async move {
+        let mut source = source?;
+        match tokio::time::timeout(per_part, source.next()).await {
+            Ok(Some(part)) => Some((part, Some(source))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(format!("the archive sent nothing for {per_part:?}")),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
+
 fn record_failed(id: &str, err: &str) {
     metrics::counter!("imgfetch_gateway_result_record_failures_total").increment(1);
     tracing::warn!(id, err, "cannot record the request's result");
@@ -636,10 +907,13 @@ mod tests {
             key: "a.jpg".into(),
             meta: BTreeMap::new(),
             identity: Some("ops".into()),
+            attempt: 0,
+            writes: WriteOrder::default(),
         };
         let record = origin.record(State::Failed {
             code: ErrorCode::NotFound,
             message: "no such key".into(),
+            attempt: 0,
         });
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(
@@ -658,8 +932,37 @@ mod tests {
             State::Pending {
                 owner: "gw1".into(),
                 deadline_ms: 5,
-                attempt: 0
+                attempt: 0,
+                delivering: false,
             }
         );
+    }
+
+    #[test]
+    fn a_late_outcome_never_replaces_a_newer_one() {
+        let failed = |attempt| State::Failed {
+            code: ErrorCode::Undeliverable,
+            message: "late".into(),
+            attempt,
+        };
+        let unarchived = |attempt| State::Unarchived {
+            reason: "none".into(),
+            attempt,
+        };
+        let pending = |attempt, delivering| State::Pending {
+            owner: "gw".into(),
+            deadline_ms: 1,
+            attempt,
+            delivering,
+        };
+        // A takeover (attempt 1) is not undone by the old owner's late answer (attempt 0).
+        assert!(!pending(1, false).replaceable_by(&failed(0)));
+        assert!(!unarchived(1).replaceable_by(&failed(0)));
+        assert!(pending(0, false).replaceable_by(&failed(1)));
+        // Within one attempt: pending gives way to anything, an outcome never to pending.
+        assert!(pending(0, false).replaceable_by(&pending(0, true)));
+        assert!(pending(0, true).replaceable_by(&failed(0)));
+        assert!(!failed(0).replaceable_by(&pending(0, true)));
+        assert!(unarchived(0).replaceable_by(&failed(0)));
     }
 }

@@ -56,6 +56,8 @@ enum Out {
         head: Message,
         body: Body,
     },
+    /// An answer sent while holding a token's in-flight slot, released once it is sent.
+    Holding(Box<Out>, crate::auth::InFlight),
 }
 
 /// Sends frames in one write within `timeout`; `false` if the client is gone or too slow.
@@ -117,6 +119,10 @@ pub async fn session<W, R, E>(
     let writer_gone = gone.clone();
     let writer = tokio::spawn(async move {
         while let Some(out) = out_rx.recv().await {
+            let (out, held) = match out {
+                Out::Holding(out, held) => (*out, Some(held)),
+                out => (out, None),
+            };
             let sent = match out {
                 Out::Frames(frames) => send_frames(&mut sink, frames, limits.send_timeout).await,
                 Out::Stream { id, head, mut body } => {
@@ -135,7 +141,9 @@ pub async fn session<W, R, E>(
                     }
                     sent
                 }
+                Out::Holding(..) => unreachable!("answers are held once"),
             };
+            drop(held);
             if !sent {
                 writer_gone.cancel();
                 return;
@@ -229,20 +237,24 @@ pub async fn session<W, R, E>(
                             results.fetch(&id, &client, &dispatcher, until).await
                         }
                     };
-                    let (answer, held) = match answer {
-                        Ok(mut replay) => (
-                            image_out(
+                    let answer = match answer {
+                        Ok(mut replay) => {
+                            let image = image_out(
                                 &mut replay.image,
                                 &replay.network,
                                 &replay.key,
                                 &replay.meta,
-                            ),
-                            replay.held.take(),
-                        ),
-                        Err(f) => (Out::Frames(vec![error_frame(Some(&id), &f)]), None),
+                            );
+                            // A request run again holds its token's slot until its body is
+                            // sent, as over HTTP.
+                            match replay.held.take() {
+                                Some(held) => Out::Holding(Box::new(image), held),
+                                None => image,
+                            }
+                        }
+                        Err(f) => Out::Frames(vec![error_frame(Some(&id), &f)]),
                     };
                     let _ = out.send(answer).await;
-                    drop(held);
                     drop(permit);
                 });
                 continue;

@@ -461,3 +461,196 @@ async fn a_streamed_image_is_replayed_from_the_archive_in_frames() {
     assert_eq!(r.headers()["content-length"], size.to_string().as_str());
     assert_eq!(r.bytes().await.unwrap().as_ref(), original_bytes.as_slice());
 }
+
+/// The results bucket, through a client of its own.
+async fn results_bucket(nats: &NatsServer) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_key_value("IMGFETCH_RESULTS")
+        .await
+        .unwrap()
+}
+
+/// The record of `id`, as JSON (`null` if there is none).
+async fn record_of(kv: &async_nats::jetstream::kv::Store, id: &str) -> Value {
+    match kv.get(id).await.unwrap() {
+        Some(value) => serde_json::from_slice(&value).unwrap(),
+        None => Value::Null,
+    }
+}
+
+/// The record of `id` once `ready` says so.
+async fn record_when(
+    kv: &async_nats::jetstream::kv::Store,
+    id: &str,
+    what: &str,
+    ready: fn(&Value) -> bool,
+) -> Value {
+    eventually(what, Duration::from_secs(5), || async {
+        let record = record_of(kv, id).await;
+        ready(&record).then_some(record)
+    })
+    .await
+}
+
+/// Gateway `gw-one` in front of a stand-in resolver of network `slow`, with request `id` asked
+/// over a websocket and held by the stand-in.
+struct Held {
+    fake: async_nats::Client,
+    one: Gateway,
+    kv: async_nats::jetstream::kv::Store,
+    /// The callback of the held request.
+    callback: String,
+    _ws: WsClient,
+    _held: async_nats::jetstream::Message,
+    _archive: tempfile::TempDir,
+}
+
+/// Starts [`Held`]; `earlier` is put under `id` first, as an earlier request's record.
+async fn held(nats: &NatsServer, id: &str, earlier: Option<Value>) -> Held {
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let archive = tempfile::tempdir().unwrap();
+    let one = gateway(nats, archive.path(), |c| c.instance = "gw-one".into()).await;
+    let kv = results_bucket(nats).await;
+    if let Some(record) = earlier {
+        kv.put(id, record.to_string().into()).await.unwrap();
+    }
+    let mut ws = WsClient::connect(&one.ws_url()).await;
+    ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "accepted");
+    let (taken, callback, message) = take_request(&consumer).await;
+    assert_eq!(taken, id);
+    Held {
+        fake,
+        one,
+        kv,
+        callback,
+        _ws: ws,
+        _held: message,
+        _archive: archive,
+    }
+}
+
+#[tokio::test]
+async fn a_reused_id_replaces_the_earlier_requests_record() {
+    init_logs();
+    let nats = NatsServer::start();
+    // The outcome of an earlier request with the same id, whose de-duplication window is over.
+    let earlier = json!({"v":1,"network":"slow","key":"old.jpg","state":"failed",
+        "code":"not_found","message":"the earlier request's answer"});
+    let h = held(&nats, "u-1", Some(earlier)).await;
+    // While the new request runs, a fetch must not find the earlier request's outcome.
+    let record = record_when(&h.kv, "u-1", "the new request's pending record", |r| {
+        r["state"] == "pending"
+    })
+    .await;
+    assert_eq!(
+        (record["key"].as_str(), record["owner"].as_str()),
+        (Some("a.jpg"), Some("gw-one"))
+    );
+
+    let bytes = sample(IMAGE);
+    answer(&h.fake, h.callback.clone(), "u-1", bytes.clone()).await;
+    let r = get(&h.one.http("/v1/requests/u-1"), None, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
+}
+
+#[tokio::test]
+async fn a_takeover_that_cannot_queue_again_leaves_the_record_overdue() {
+    init_logs();
+    let nats = NatsServer::start();
+    let archive = tempfile::tempdir().unwrap();
+    let one = gateway(&nats, archive.path(), |c| c.instance = "gw-one".into()).await;
+    let kv = results_bucket(&nats).await;
+    // Owned by a gateway that is gone, for a network nobody serves: the takeover claims it,
+    // then cannot queue it again.
+    let pending = json!({"v":1,"network":"nowhere","key":"a.jpg","state":"pending",
+        "owner":"gw-gone","deadline_ms":u64::MAX / 2,"attempt":0});
+    kv.put("o-1", pending.to_string().into()).await.unwrap();
+
+    let r = get(&one.http("/v1/requests/o-1"), None, None).await;
+    let body = expect_error(r, 400, "unknown_network").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("nowhere"),
+        "{body}"
+    );
+    let record = record_of(&kv, "o-1").await;
+    assert_eq!(record["state"], "pending", "{record}");
+    assert_eq!(
+        record["deadline_ms"], 0,
+        "overdue, for the next fetch to retry: {record}"
+    );
+    assert_eq!(record["attempt"], 1, "{record}");
+}
+
+#[tokio::test]
+async fn the_results_bucket_is_created_again_after_it_was_deleted() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let archive = tempfile::tempdir().unwrap();
+    let one = gateway(&nats, archive.path(), |c| c.instance = "gw-one".into()).await;
+    let url = one.http("/v1/images/harbor/quay-east.jpg");
+    assert_eq!(get(&url, None, Some("w-1")).await.status(), 200);
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_key_value("IMGFETCH_RESULTS").await.unwrap();
+    // The request's record cannot be written: the gateway opens the bucket again.
+    assert_eq!(get(&url, None, Some("w-2")).await.status(), 200);
+    eventually("the bucket to exist again", Duration::from_secs(5), || {
+        let js = js.clone();
+        async move { js.get_key_value("IMGFETCH_RESULTS").await.ok() }
+    })
+    .await;
+
+    assert_eq!(get(&url, None, Some("w-3")).await.status(), 200);
+    let replay = eventually("w-3 to be replayed", Duration::from_secs(5), || {
+        let url = one.http("/v1/requests/w-3");
+        async move {
+            let r = get(&url, None, None).await;
+            (r.status() == 200).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        replay.bytes().await.unwrap().as_ref(),
+        sample(IMAGE).as_slice()
+    );
+}
+
+#[tokio::test]
+async fn an_owner_receiving_a_stream_marks_its_record_delivering() {
+    init_logs();
+    let nats = NatsServer::start();
+    let h = held(&nats, "d-1", None).await;
+    // The head of a stream whose chunks are still to come, as for a large image.
+    let mut head = async_nats::HeaderMap::new();
+    for (name, value) in [
+        (header::ID, "d-1"),
+        (header::STATUS, "ok"),
+        (header::NETWORK, "slow"),
+        (header::KEY, "a.jpg"),
+        (header::CONTENT_TYPE, "image/jpeg"),
+        (header::SIZE, "2048"),
+        (header::FLOW, "test.flow.d-1"),
+        (header::CHUNK_SIZE, "1024"),
+        (header::CHUNKS, "2"),
+    ] {
+        head.insert(name, value);
+    }
+    h.fake
+        .publish_with_headers(h.callback.clone(), head, Vec::new().into())
+        .await
+        .unwrap();
+    h.fake.flush().await.unwrap();
+    // From now on only the owner's death allows a takeover, however long the stream lasts.
+    let record = record_when(&h.kv, "d-1", "the record to say delivering", |r| {
+        r["delivering"] == true
+    })
+    .await;
+    assert_eq!(record["state"], "pending", "{record}");
+    assert_eq!(record["owner"], "gw-one", "{record}");
+}
