@@ -9,17 +9,29 @@
 use std::path::{Path, PathBuf};
 
 /// Credentials and TLS of a NATS connection. All empty: anonymous, plain TCP (what a server
-/// without `authorization` or `accounts` accepts).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// without `authorization` or `accounts` accepts). Both binaries take these as the same flags
+/// (`#[command(flatten)]`); the doc comments are their help.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct NatsAuth {
-    /// A `.creds` file (user JWT and nkey seed).
+    /// NATS .creds file (user JWT and nkey seed).
+    #[arg(long = "nats-creds", env = "IMGFETCH_NATS_CREDS", value_name = "FILE")]
     pub creds_file: Option<PathBuf>,
-    /// User name, with [`NatsAuth::password_file`].
+    /// NATS user name; the password comes from --nats-password-file.
+    #[arg(long = "nats-user", env = "IMGFETCH_NATS_USER")]
     pub user: Option<String>,
-    /// File holding the user's password (a mounted Kubernetes Secret); trailing newlines are
-    /// ignored.
+    /// File holding the NATS user's password (never logged; trailing newlines are ignored).
+    #[arg(
+        long = "nats-password-file",
+        env = "IMGFETCH_NATS_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     pub password_file: Option<PathBuf>,
-    /// PEM file of the CA to trust; makes the connection TLS.
+    /// PEM file of the CA to trust for NATS; makes the connection TLS.
+    #[arg(
+        long = "nats-tls-ca",
+        env = "IMGFETCH_NATS_TLS_CA",
+        value_name = "FILE"
+    )]
     pub tls_ca: Option<PathBuf>,
 }
 
@@ -57,6 +69,16 @@ pub enum ConnectError {
 }
 
 impl NatsAuth {
+    /// These settings, each one missing taken from `fallback` (flags over a config file).
+    pub fn or(self, fallback: NatsAuth) -> NatsAuth {
+        NatsAuth {
+            creds_file: self.creds_file.or(fallback.creds_file),
+            user: self.user.or(fallback.user),
+            password_file: self.password_file.or(fallback.password_file),
+            tls_ca: self.tls_ca.or(fallback.tls_ca),
+        }
+    }
+
     /// Checks that the settings fit together: a creds file or a user with a password file,
     /// not both; a password file only with a user. Files are read later, when connecting.
     pub fn check(&self) -> Result<(), ConnectError> {

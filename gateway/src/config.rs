@@ -2,7 +2,6 @@
 //! [`defaults`]. The gateway needs no list of networks: it learns them from JetStream.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -67,19 +66,9 @@ pub struct Args {
     /// NATS server URL, or a comma-separated list of the nodes of a cluster.
     #[arg(long, env = "IMGFETCH_NATS_URL", default_value = defaults::NATS_URL)]
     pub nats_url: String,
-    // NATS credentials and TLS (see imgfetch_common::connect), kept together.
-    /// NATS .creds file (user JWT and nkey seed).
-    #[arg(long, env = "IMGFETCH_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// NATS user name; the password comes from --nats-password-file.
-    #[arg(long, env = "IMGFETCH_NATS_USER")]
-    pub nats_user: Option<String>,
-    /// File holding the NATS user's password (never logged).
-    #[arg(long, env = "IMGFETCH_NATS_PASSWORD_FILE")]
-    pub nats_password_file: Option<PathBuf>,
-    /// PEM file of the CA to trust for NATS; makes the connection TLS.
-    #[arg(long, env = "IMGFETCH_NATS_TLS_CA")]
-    pub nats_tls_ca: Option<PathBuf>,
+    /// NATS credentials and TLS, the same flags as the resolver's.
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
     /// Address to listen on.
     #[arg(long, env = "IMGFETCH_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
@@ -204,12 +193,7 @@ impl Config {
     /// Turns parsed flags into a config, checking what clap cannot.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let mut config = Config::new(args.nats_url);
-        config.nats_auth = NatsAuth {
-            creds_file: args.nats_creds,
-            user: args.nats_user,
-            password_file: args.nats_password_file,
-            tls_ca: args.nats_tls_ca,
-        };
+        config.nats_auth = args.nats_auth;
         imgfetch_common::connect::server_addrs(&config.nats_url)?;
         config.nats_auth.check()?;
         if let Some(instance) = args.instance {

@@ -68,18 +68,9 @@ pub struct Args {
     /// [default: nats://127.0.0.1:4222].
     #[arg(long, env = "IMGFETCH_NATS_URL")]
     pub nats_url: Option<String>,
-    /// NATS .creds file (user JWT and nkey seed).
-    #[arg(long, env = "IMGFETCH_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// NATS user name; the password comes from --nats-password-file.
-    #[arg(long, env = "IMGFETCH_NATS_USER")]
-    pub nats_user: Option<String>,
-    /// File holding the NATS user's password (never logged).
-    #[arg(long, env = "IMGFETCH_NATS_PASSWORD_FILE")]
-    pub nats_password_file: Option<PathBuf>,
-    /// PEM file of the CA to trust for NATS; makes the connection TLS.
-    #[arg(long, env = "IMGFETCH_NATS_TLS_CA")]
-    pub nats_tls_ca: Option<PathBuf>,
+    /// NATS credentials and TLS, the same flags as the gateway's.
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
     /// A network and its store, as NAME=URL (file:///dir or s3://bucket[/prefix]); repeatable.
     /// S3 settings come from the standard AWS_* variables.
     #[arg(long = "network", env = "IMGFETCH_NETWORKS", value_delimiter = ',')]
@@ -354,12 +345,12 @@ impl Config {
                 .unwrap_or_else(|| defaults::NATS_URL.to_owned()),
             networks,
         );
-        config.nats_auth = NatsAuth {
-            creds_file: args.nats_creds.or(file.nats_creds),
-            user: args.nats_user.or(file.nats_user),
-            password_file: args.nats_password_file.or(file.nats_password_file),
-            tls_ca: args.nats_tls_ca.or(file.nats_tls_ca),
-        };
+        config.nats_auth = args.nats_auth.or(NatsAuth {
+            creds_file: file.nats_creds,
+            user: file.nats_user,
+            password_file: file.nats_password_file,
+            tls_ca: file.nats_tls_ca,
+        });
         config
             .nats_auth
             .check()
