@@ -14,12 +14,12 @@ use imgfetch_tests::{init_logs, sample};
 
 const NETWORK: &str = "harbor";
 
-/// Runs `imgfetch get` against `gateway` with `args`, progress hidden (stderr is a pipe).
-async fn imgfetch_get(gateway: &Gateway, args: &[&str]) -> Output {
+/// Runs `imgfetch get` against the gateway at `gateway` (its base URL) for `network` with
+/// `args`, progress hidden (stderr is a pipe).
+async fn imgfetch_get(gateway: String, network: &str, args: Vec<String>) -> Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgfetch"))
         .arg("get")
-        .args(["--gateway", &gateway.http("")])
-        .args(["--network", NETWORK])
+        .args(["--gateway", &gateway, "--network", network])
         .args(args)
         .env_remove("IMGFETCH_TOKEN")
         .kill_on_drop(true)
@@ -28,6 +28,34 @@ async fn imgfetch_get(gateway: &Gateway, args: &[&str]) -> Output {
         .await
         .expect("imgfetch finished within 30 s")
         .expect("imgfetch ran")
+}
+
+/// Owned arguments.
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|a| a.to_string()).collect()
+}
+
+/// Runs `imgfetch get --keep-names x.jpg -o out_dir` while the fake resolver answers with
+/// `image` streamed, chunk `skip` (if any) left out.
+async fn get_streamed(
+    gateway: &Gateway,
+    (resolver, consumer): &(
+        async_nats::Client,
+        async_nats::jetstream::consumer::PullConsumer,
+    ),
+    out_dir: &Path,
+    image: &[u8],
+    skip: Option<u64>,
+) -> Output {
+    let run = tokio::spawn(imgfetch_get(
+        gateway.http(""),
+        "forge",
+        args(&["--keep-names", "x.jpg", "-o", out_dir.to_str().unwrap()]),
+    ));
+    let (id, callback, msg) = take_request(consumer).await;
+    send_stream(resolver, &id, &callback, image, 256 * 1024, None, skip).await;
+    msg.ack().await.unwrap();
+    run.await.expect("imgfetch task")
 }
 
 fn stderr(out: &Output) -> String {
@@ -80,15 +108,16 @@ async fn a_batch_of_1000_keys_is_saved_whole_under_archive_names() {
 
     let start = Instant::now();
     let out = imgfetch_get(
-        &gateway,
-        &[
+        gateway.http(""),
+        NETWORK,
+        args(&[
             "--from-file",
             keys_file.to_str().unwrap(),
             "--concurrency",
             "32",
             "-o",
             out_dir.to_str().unwrap(),
-        ],
+        ]),
     )
     .await;
     let took = start.elapsed();
@@ -137,13 +166,14 @@ async fn a_missing_key_fails_the_run_and_is_named_in_the_summary() {
     let out_dir = work.path().join("out");
 
     let out = imgfetch_get(
-        &gateway,
-        &[
+        gateway.http(""),
+        NETWORK,
+        args(&[
             "quay-east.jpg",
             "no/such.jpg",
             "-o",
             out_dir.to_str().unwrap(),
-        ],
+        ]),
     )
     .await;
 
@@ -176,8 +206,9 @@ async fn keep_names_saves_under_keys_and_hostile_keys_write_nothing_outside() {
     let out_dir = work.path().join("out");
 
     let out = imgfetch_get(
-        &gateway,
-        &[
+        gateway.http(""),
+        NETWORK,
+        args(&[
             "--keep-names",
             "quay-east.jpg",
             "cranes/crane-07.jpg",
@@ -186,7 +217,7 @@ async fn keep_names_saves_under_keys_and_hostile_keys_write_nothing_outside() {
             "/etc/escape.jpg",
             "-o",
             out_dir.to_str().unwrap(),
-        ],
+        ]),
     )
     .await;
 
@@ -253,32 +284,14 @@ async fn bad_usage_exits_2() {
 async fn a_streamed_image_is_saved_whole_and_one_cut_short_leaves_nothing() {
     init_logs();
     let nats = NatsServer::start();
-    let (resolver, consumer) = fake_resolver(&nats.url(), "forge").await;
+    let forge = fake_resolver(&nats.url(), "forge").await;
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let work = tempfile::tempdir().unwrap();
     let out_dir = work.path().join("out");
-    let out_arg = out_dir.to_str().unwrap().to_owned();
     let image: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let chunk = 256 * 1024;
-    let get = |gateway_url: String, out_arg: String| async move {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_imgfetch"))
-            .args(["get", "--gateway", &gateway_url, "--network", "forge"])
-            .args(["--keep-names", "x.jpg", "-o", &out_arg])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("imgfetch ran")
-    };
 
     // Chunk 2 left out: the gateway ends the body short of its Content-Length.
-    let run = tokio::spawn(get(gateway.http(""), out_arg.clone()));
-    let (id, callback, msg) = take_request(&consumer).await;
-    send_stream(&resolver, &id, &callback, &image, chunk, None, Some(2)).await;
-    msg.ack().await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("imgfetch finished within 30 s")
-        .unwrap();
+    let out = get_streamed(&gateway, &forge, &out_dir, &image, Some(2)).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "a cut stream fails: {err}");
     assert!(
@@ -293,14 +306,7 @@ async fn a_streamed_image_is_saved_whole_and_one_cut_short_leaves_nothing() {
     );
 
     // The whole stream: saved, byte for byte.
-    let run = tokio::spawn(get(gateway.http(""), out_arg));
-    let (id, callback, msg) = take_request(&consumer).await;
-    send_stream(&resolver, &id, &callback, &image, chunk, None, None).await;
-    msg.ack().await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("imgfetch finished within 30 s")
-        .unwrap();
+    let out = get_streamed(&gateway, &forge, &out_dir, &image, None).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(files_in(&out_dir), ["x.jpg"]);
     let saved = std::fs::read(out_dir.join("x.jpg")).unwrap();
