@@ -5,12 +5,14 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use imgfetch_common::digest::sha256_hex;
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
-use imgfetch_tests::fake::{fake_resolver, send_stream, take_request};
+use imgfetch_gateway::auth::Tokens;
+use imgfetch_tests::fake::{fake_resolver, send_stream, send_stream_part, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway};
-use imgfetch_tests::{init_logs, sample};
+use imgfetch_tests::{eventually, init_logs, sample};
 
 const NETWORK: &str = "harbor";
 
@@ -311,4 +313,105 @@ async fn a_streamed_image_is_saved_whole_and_one_cut_short_leaves_nothing() {
     assert_eq!(files_in(&out_dir), ["x.jpg"]);
     let saved = std::fs::read(out_dir.join("x.jpg")).unwrap();
     assert!(saved == image, "saved {} bytes, not the image", saved.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_sent_as_a_bearer_and_a_refusal_is_reported() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), NETWORK).await;
+    let work = tempfile::tempdir().unwrap();
+    let tokens_path = work.path().join("tokens.toml");
+    let token = "cli-test-token-0123456789";
+    std::fs::write(
+        &tokens_path,
+        format!(
+            "[[token]]\nname = \"cli\"\nsha256 = \"{}\"\nnetworks = [\"harbor\"]\n",
+            sha256_hex(token.as_bytes())
+        ),
+    )
+    .unwrap();
+    let tokens = Tokens::load(&tokens_path).expect("a valid tokens file");
+    let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
+    let out_dir = work.path().join("out");
+    let out_arg = out_dir.to_str().unwrap();
+
+    let out = imgfetch_get(
+        gateway.http(""),
+        NETWORK,
+        args(&["quay-east.jpg", "-o", out_arg]),
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "no token: {err}");
+    assert!(
+        err.contains(r#"failed "quay-east.jpg": status 401, unauthorized: "#),
+        "{err}"
+    );
+
+    let out = imgfetch_get(
+        gateway.http(""),
+        NETWORK,
+        args(&["--token", token, "quay-east.jpg", "-o", out_arg]),
+    )
+    .await;
+    assert!(out.status.success(), "with the token: {}", stderr(&out));
+    assert_eq!(files_in(&out_dir).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_leaves_no_half_file() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (resolver, consumer) = fake_resolver(&nats.url(), "forge").await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let work = tempfile::tempdir().unwrap();
+    let out_dir = work.path().join("out");
+    let image: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgfetch"))
+        .args(["get", "--gateway", &gateway.http(""), "--network", "forge"])
+        .args(["x.jpg", "-o", out_dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("imgfetch started");
+    let pid = child.id().expect("a pid").to_string();
+    // The first 3 chunks only, so the body stalls part-way in.
+    let (id, callback, msg) = take_request(&consumer).await;
+    send_stream_part(&resolver, &id, &callback, &image, 256 * 1024, 3).await;
+    let part = eventually(
+        "a temp file with bytes in it",
+        Duration::from_secs(10),
+        || {
+            let dir = out_dir.clone();
+            async move {
+                std::fs::read_dir(&dir).ok()?.find_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name.ends_with(".part") && e.metadata().ok()?.len() > 0).then_some(name)
+                })
+            }
+        },
+    )
+    .await;
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill ran");
+    assert!(kill.success());
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("imgfetch stopped within 10 s of SIGINT")
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "interrupted: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(
+        files_in(&out_dir),
+        Vec::<String>::new(),
+        "{part} was removed, nothing else left"
+    );
+    let _ = msg.ack().await;
 }
