@@ -158,6 +158,51 @@ pub async fn send_stream(
     corrupt: Option<u64>,
     skip: Option<u64>,
 ) {
+    let faults = Faults {
+        corrupt,
+        skip,
+        stop_after: None,
+    };
+    stream_with(client, id, callback, image, chunk, faults).await
+}
+
+/// Starts `image` as a stream like [`send_stream`], but sends only chunks `1..=stop_after` and
+/// then nothing more: a resolver stalled part-way.
+pub async fn send_stream_part(
+    client: &async_nats::Client,
+    id: &str,
+    callback: &str,
+    image: &[u8],
+    chunk: usize,
+    stop_after: u64,
+) {
+    let faults = Faults {
+        corrupt: None,
+        skip: None,
+        stop_after: Some(stop_after),
+    };
+    stream_with(client, id, callback, image, chunk, faults).await
+}
+
+/// What a stream sent by [`stream_with`] gets wrong.
+struct Faults {
+    corrupt: Option<u64>,
+    skip: Option<u64>,
+    stop_after: Option<u64>,
+}
+
+async fn stream_with(
+    client: &async_nats::Client,
+    id: &str,
+    callback: &str,
+    image: &[u8],
+    chunk: usize,
+    Faults {
+        corrupt,
+        skip,
+        stop_after,
+    }: Faults,
+) {
     let flow = client.new_inbox();
     let mut credits = client.subscribe(flow.clone()).await.unwrap();
     let chunks = image.len().div_ceil(chunk) as u64;
@@ -177,6 +222,10 @@ pub async fn send_stream(
         .unwrap();
     let mut credit = 0u64;
     for seq in 1..=chunks {
+        if stop_after.is_some_and(|last| seq > last) {
+            client.flush().await.unwrap();
+            return;
+        }
         while credit < seq {
             let Some(Some(m)) = next_within_sub(&mut credits).await else {
                 return; // cancelled or nobody granted: the gateway gave up
