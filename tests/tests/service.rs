@@ -51,6 +51,13 @@ fn fetch_stats(stats: &Value) -> (u64, u64) {
     )
 }
 
+/// The micro protocol's error headers of an answer: its code and its message.
+fn service_error(msg: &async_nats::Message) -> (String, String) {
+    let code = header_of(msg, "Nats-Service-Error-Code").expect("an error code");
+    let error = header_of(msg, "Nats-Service-Error").expect("an error message");
+    (code, error)
+}
+
 async fn fetch(client: &async_nats::Client, body: &str) -> async_nats::Message {
     let ask = client.request("imgfetch.fetch", body.to_owned().into());
     tokio::time::timeout(Duration::from_secs(10), ask)
@@ -173,43 +180,32 @@ async fn fetch_answers_the_image_or_a_service_error() {
     );
 
     let missing = fetch(&client, r#"{"network":"harbor","key":"missing.jpg"}"#).await;
-    assert_eq!(
-        header_of(&missing, "Nats-Service-Error-Code").as_deref(),
-        Some("404")
-    );
-    let error = header_of(&missing, "Nats-Service-Error").unwrap();
+    let (code, error) = service_error(&missing);
+    assert_eq!(code, "404");
     assert!(error.starts_with("not_found: "), "{error}");
     assert!(missing.payload.is_empty());
 
-    for bad in [
-        "nope",
-        r#"{"network":"harbor"}"#,
-        r#"{"network":"harbor","key":"a","kye":1}"#,
+    for (body, status, prefix) in [
+        ("nope", "400", "invalid_request: "),
+        (r#"{"network":"harbor"}"#, "400", "invalid_request: "),
+        (
+            r#"{"network":"harbor","key":"a","kye":1}"#,
+            "400",
+            "invalid_request: ",
+        ),
+        (
+            r#"{"network":"nowhere","key":"a.jpg"}"#,
+            "400",
+            "unknown_network: ",
+        ),
+        // Over the inline limit: streamed to HTTP and websocket clients, refused here.
+        (r#"{"network":"big","key":"big.jpg"}"#, "502", "too_large: "),
     ] {
-        let msg = fetch(&client, bad).await;
-        assert_eq!(
-            header_of(&msg, "Nats-Service-Error-Code").as_deref(),
-            Some("400"),
-            "{bad}"
-        );
-        let error = header_of(&msg, "Nats-Service-Error").unwrap();
-        assert!(error.starts_with("invalid_request: "), "{bad}: {error}");
+        let (code, error) = service_error(&fetch(&client, body).await);
+        assert_eq!(code, status, "{body}: {error}");
+        assert!(error.starts_with(prefix), "{body}: {error}");
+        if prefix == "too_large: " {
+            assert!(error.contains("HTTP"), "{error}");
+        }
     }
-    let unknown = fetch(&client, r#"{"network":"nowhere","key":"a.jpg"}"#).await;
-    assert_eq!(
-        header_of(&unknown, "Nats-Service-Error-Code").as_deref(),
-        Some("400")
-    );
-
-    // Over the inline limit: streamed to HTTP and websocket clients, refused here.
-    let large = fetch(&client, r#"{"network":"big","key":"big.jpg"}"#).await;
-    assert_eq!(
-        header_of(&large, "Nats-Service-Error-Code").as_deref(),
-        Some("502")
-    );
-    let error = header_of(&large, "Nats-Service-Error").unwrap();
-    assert!(
-        error.starts_with("too_large: ") && error.contains("HTTP"),
-        "{error}"
-    );
 }
