@@ -13,6 +13,7 @@
 //! - [`frames`]: the websocket frames, both ways.
 //! - [`info`]: the associated information of an image (place, time, device) as one record.
 //! - [`validate`]: the rules for network names, request ids, keys and `meta` maps.
+//! - [`micro`]: service discovery: registering with the NATS micro protocol (`$SRV.*`).
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
 //! - [`store`]: store URLs (`file://`, `s3://`) and building an `object_store` from one.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or SIGINT.
@@ -26,6 +27,7 @@ pub mod digest;
 pub mod frames;
 pub mod health;
 pub mod info;
+pub mod micro;
 pub mod protocol;
 pub mod provision;
 pub mod shutdown;

@@ -14,11 +14,12 @@
 //! - [`outcome`]: the image or the error a request ends in, and how a reply becomes one.
 //! - [`transfer`]: receiving a streamed image: credit, order, size and SHA-256 checks, stalls.
 //! - [`results`]: outcomes recorded by id in a key-value bucket, replayed, taken over.
+//! - [`fetch`]: the `imgfetch-gateway` micro service and its `imgfetch.fetch` endpoint.
 //! - [`sentinel`]: answers hand-published requests that no stream captured.
 //! - [`ws`]: the websocket session protocol.
 //! - [`http`]: routes, status codes, health and metrics.
 //!
-//! The reply router and the sentinel are supervised (`imgfetch_common::supervise`): one that
+//! The reply router, the sentinel and the fetch service are supervised (`imgfetch_common::supervise`): one that
 //! ends early is restarted with a new subscription, and `/readyz` is false meanwhile.
 //!
 //! [`run`] takes a bound listener, serves until shutdown, then drains within the grace period.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod directory;
 pub mod dispatch;
+pub mod fetch;
 pub mod http;
 pub mod outcome;
 pub mod results;
@@ -45,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 use imgfetch_common::health::Health;
+use imgfetch_common::micro::{Registration, GATEWAY_SERVICE};
 use imgfetch_common::supervise::Supervisor;
 
 /// Longest the last flush at shutdown may wait.
@@ -143,13 +146,36 @@ pub async fn run(
         &supervisor,
     )
     .await?;
+    let sessions = tokio_util::task::TaskTracker::new();
+    let http_slots = Arc::new(Semaphore::new(config.max_http_in_flight));
+    {
+        // Listed by `nats micro ls`; answers `imgfetch.fetch` until draining, and what it
+        // accepted is answered within the grace period, like a websocket session's requests.
+        let fetch = fetch::FetchService {
+            registration: Registration::new(
+                GATEWAY_SERVICE,
+                env!("CARGO_PKG_VERSION"),
+                "Fetches images from any network: HTTP, websocket, and imgfetch.fetch",
+                &config.instance,
+                // Every network the stream captures; the directory learns them as asked.
+                &["*".to_owned()],
+            ),
+            dispatcher: dispatcher.clone(),
+            slots: http_slots.clone(),
+            answering: sessions.clone(),
+        };
+        let (client, draining) = (client.clone(), draining.clone());
+        supervisor.spawn("fetch service", move || {
+            fetch.clone().run(client.clone(), draining.clone())
+        });
+    }
 
     let state = http::AppState {
         dispatcher: dispatcher.clone(),
         results,
         websockets: Arc::new(Semaphore::new(config.max_websockets)),
-        http_slots: Arc::new(Semaphore::new(config.max_http_in_flight)),
-        sessions: tokio_util::task::TaskTracker::new(),
+        http_slots,
+        sessions,
         limits: ws::Limits {
             max_in_flight: config.max_in_flight_per_socket,
             send_timeout: config.send_timeout,

@@ -18,7 +18,8 @@
 //!   requesters told `undeliverable`.
 //!
 //! [`run`] ties them together, supervises the long-lived tasks (each network's pull loop and
-//! ping answerer, restarted when they end early; see `imgfetch_common::supervise`) and drains
+//! ping answerer, and the `imgfetch-resolver` service registration of
+//! `imgfetch_common::micro`, restarted when they end early; see `imgfetch_common::supervise`) and drains
 //! in-flight work on shutdown.
 
 pub mod config;
@@ -34,6 +35,7 @@ pub mod worker;
 use std::sync::Arc;
 
 use imgfetch_common::health::Health;
+use imgfetch_common::micro::{MicroError, Registration, RESOLVER_SERVICE};
 use imgfetch_common::protocol::ResolverInfo;
 use imgfetch_common::provision::{self, ProvisionError};
 use imgfetch_common::supervise::Supervisor;
@@ -313,6 +315,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 health.clone(),
                 shutdown.clone(),
             )
+        }));
+    }
+    {
+        // Listed by `nats micro ls` while it runs; registered again if its task ends early.
+        let mut registration = Registration::new(
+            RESOLVER_SERVICE,
+            env!("CARGO_PKG_VERSION"),
+            "Reads images from a network's store and answers the gateways' requests",
+            &config.instance,
+            &info.networks,
+        );
+        registration
+            .metadata
+            .insert("max_image_bytes".into(), max_image_bytes.to_string());
+        registration
+            .metadata
+            .insert("max_inline_bytes".into(), max_inline_bytes.to_string());
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        loops.push(supervisor.spawn("service", move || {
+            let (client, registration, shutdown) =
+                (client.clone(), registration.clone(), shutdown.clone());
+            async move {
+                let _registered = registration.register(&client).await?;
+                shutdown.cancelled().await;
+                Ok::<(), MicroError>(())
+            }
         }));
     }
     tracing::info!(instance = config.instance, networks = ?info.networks, max_image_bytes, max_inline_bytes, chunk_bytes, "resolver ready");

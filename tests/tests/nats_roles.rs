@@ -352,6 +352,41 @@ async fn the_gateway_role_cannot_pull_from_a_consumer() {
     msg.ack().await.expect("the resolver role may ack");
 }
 
+/// The publisher lists both services (`nats micro ls`) and fetches through `imgfetch.fetch`:
+/// the roles let each side subscribe and answer what the micro protocol needs.
+async fn service_under_roles(publisher: &async_nats::Client) {
+    imgfetch_tests::eventually("both services listed", Duration::from_secs(10), || async {
+        let inbox = publisher.new_inbox();
+        let mut sub = publisher.subscribe(inbox.clone()).await.ok()?;
+        publisher
+            .publish_with_reply("$SRV.PING", inbox, "".into())
+            .await
+            .ok()?;
+        let mut names = Vec::new();
+        while names.len() < 2 {
+            let msg = next_within(&mut sub, Duration::from_secs(1)).await?;
+            let ping: serde_json::Value = serde_json::from_slice(&msg.payload).ok()?;
+            names.push(ping["name"].as_str()?.to_owned());
+        }
+        names.sort();
+        (names == ["imgfetch-gateway", "imgfetch-resolver"]).then_some(())
+    })
+    .await;
+    let ask = publisher.request(
+        "imgfetch.fetch",
+        r#"{"network":"harbor","key":"quay-east.jpg"}"#.into(),
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(10), ask)
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(
+        answer.payload.as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
+}
+
 #[tokio::test]
 async fn the_whole_pipeline_serves_images_with_roles_on() {
     init_logs();
@@ -398,6 +433,7 @@ async fn the_whole_pipeline_serves_images_with_roles_on() {
     let ready = reqwest::get(gateway.http("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "the gateway role can read the stream");
     results_under_roles(&gateway).await;
+    service_under_roles(&publisher).await;
 
     gateway.stop().await;
     resolver.stop().await;
@@ -437,6 +473,7 @@ async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
     .await;
     assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
     results_under_roles(&gateway).await;
+    service_under_roles(&publisher).await;
     gateway.stop().await;
     resolver.stop().await;
     let log = nats.log();

@@ -1,0 +1,222 @@
+//! The `imgfetch-gateway` service (NATS micro protocol) and its `imgfetch.fetch` endpoint: a
+//! synchronous request over core NATS, `nats req imgfetch.fetch '{"network":"N","key":"K"}'`,
+//! answered with the image's bytes and the headers of a resolver's inline reply.
+//!
+//! A request goes through the queue like an HTTP one ([`Dispatcher::submit`]), so it is
+//! de-duplicated, recorded and archived the same way. Errors are answered in the micro
+//! protocol's `Nats-Service-Error` (`<code>: <message>`) and `Nats-Service-Error-Code` (the
+//! code's HTTP status) headers, and counted in `nats micro stats`. An image too large for one
+//! message is refused with a pointer to HTTP and the websocket, which stream it.
+//!
+//! The endpoint is a queue subscription: each request goes to one gateway. It shares the HTTP
+//! in-flight cap, and answering it is tracked with the websocket sessions, so a draining
+//! gateway still answers what it accepted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::{self, endpoint::Endpoint};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use imgfetch_common::digest::sha256_hex;
+use imgfetch_common::micro::{MicroError, Registration, REGISTER_TIMEOUT};
+use imgfetch_common::protocol::{header, ErrorCode, FetchRequest, STATUS_OK};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::archive::Archived;
+use crate::dispatch::{new_id, Dispatcher};
+use crate::http::{status_of, ARCHIVED_AS, ARCHIVE_ERROR};
+use crate::outcome::{Body, Failure, Image};
+
+/// The subject of the fetch endpoint.
+pub const FETCH_SUBJECT: &str = "imgfetch.fetch";
+/// The endpoint's name in `nats micro info` and `stats`.
+pub const FETCH_ENDPOINT: &str = "fetch";
+/// Longest an answer may wait for the connection.
+const RESPOND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the service task stopped before draining.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The service could not register.
+    #[error(transparent)]
+    Register(#[from] MicroError),
+    /// The endpoint could not subscribe.
+    #[error("cannot add the {FETCH_SUBJECT} endpoint: {0}")]
+    Endpoint(#[source] async_nats::Error),
+    /// Adding the endpoint did not finish in time.
+    #[error("adding the {FETCH_SUBJECT} endpoint timed out after {REGISTER_TIMEOUT:?}")]
+    EndpointTimeout,
+    /// The endpoint's subscription ended.
+    #[error("the {FETCH_SUBJECT} subscription ended")]
+    Ended,
+}
+
+/// The body of an `imgfetch.fetch` request: a [`FetchRequest`] whose id may be left out.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchBody {
+    #[serde(default)]
+    id: Option<String>,
+    network: String,
+    key: String,
+    #[serde(default)]
+    meta: BTreeMap<String, String>,
+}
+
+/// What the service task needs.
+#[derive(Clone, Debug)]
+pub struct FetchService {
+    /// The instance's entry in the service directory.
+    pub registration: Registration,
+    /// Where requests are queued.
+    pub dispatcher: Arc<Dispatcher>,
+    /// The HTTP in-flight cap, shared.
+    pub slots: Arc<Semaphore>,
+    /// Answers in progress, waited for when draining.
+    pub answering: TaskTracker,
+}
+
+impl FetchService {
+    /// Registers the service and answers `imgfetch.fetch` until `draining` fires.
+    pub async fn run(
+        self,
+        client: async_nats::Client,
+        draining: CancellationToken,
+    ) -> Result<(), FetchError> {
+        let registered = self.registration.register(&client).await?;
+        let add = registered
+            .service()
+            .endpoint_builder()
+            .name(FETCH_ENDPOINT)
+            .add(FETCH_SUBJECT);
+        let mut endpoint: Endpoint = tokio::time::timeout(REGISTER_TIMEOUT, add)
+            .await
+            .map_err(|_| FetchError::EndpointTimeout)?
+            .map_err(FetchError::Endpoint)?;
+        loop {
+            let request = tokio::select! {
+                _ = draining.cancelled() => return Ok(()),
+                next = endpoint.next() => next.ok_or(FetchError::Ended)?,
+            };
+            let (dispatcher, slots) = (self.dispatcher.clone(), self.slots.clone());
+            self.answering.spawn(async move {
+                let (result, headers) = match slots.try_acquire_owned() {
+                    Ok(_slot) => answer(fetch(&dispatcher, &request.message.payload).await),
+                    Err(_) => answer(Err(Failure::new(
+                        ErrorCode::Unavailable,
+                        "too many HTTP and NATS requests in flight",
+                    ))),
+                };
+                let respond = request.respond_with_headers(result, headers);
+                match tokio::time::timeout(RESPOND_TIMEOUT, respond).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::debug!(%err, "fetch answer failed"),
+                    Err(_) => tracing::debug!("fetch answer not sent in time"),
+                }
+            });
+        }
+    }
+}
+
+/// Reads the body, queues the request and waits for its answer.
+async fn fetch(dispatcher: &Dispatcher, body: &[u8]) -> Result<Image, Failure> {
+    let body: FetchBody = serde_json::from_slice(body).map_err(|e| {
+        Failure::new(
+            ErrorCode::InvalidRequest,
+            format!("the body must be {{\"network\":\"N\",\"key\":\"K\"}} (optional \"id\", \"meta\"): {e}"),
+        )
+    })?;
+    let request = FetchRequest {
+        id: body.id.unwrap_or_else(new_id),
+        network: Some(body.network),
+        key: body.key,
+        meta: body.meta,
+    };
+    let mut image = dispatcher.submit(request, None).await?.outcome().await?;
+    match std::mem::replace(&mut image.body, Body::Inline(Bytes::new())) {
+        Body::Inline(bytes) => {
+            image.body = Body::Inline(bytes);
+            Ok(image)
+        }
+        // Dropping a streamed body cancels the stream.
+        body => Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the image ({} bytes) is too large for one NATS message; fetch it over HTTP \
+                 (GET /v1/images/{{network}}/{{key}}) or the websocket, which stream it",
+                body.size()
+            ),
+        )),
+    }
+}
+
+/// The answer to send: the image with a resolver's inline headers, or a micro protocol error.
+fn answer(outcome: Result<Image, Failure>) -> (Result<Bytes, service::error::Error>, HeaderMap) {
+    let mut headers = HeaderMap::new();
+    match outcome {
+        Ok(mut image) => {
+            let bytes = match std::mem::replace(&mut image.body, Body::Inline(Bytes::new())) {
+                Body::Inline(bytes) => bytes,
+                _ => Bytes::new(),
+            };
+            headers.insert(header::ID, image.id.as_str());
+            headers.insert(header::STATUS, STATUS_OK);
+            headers.insert(header::CONTENT_TYPE, image.content_type.as_str());
+            headers.insert(header::KEY, image.key.as_str());
+            for (name, key) in [
+                (header::SIZE, "size"),
+                (header::LAST_MODIFIED, "last_modified"),
+                (header::ETAG, "etag"),
+            ] {
+                if let Some(value) = image.metadata.get(key) {
+                    headers.insert(name, value.as_str());
+                }
+            }
+            image.info.write_headers(&mut headers);
+            headers.insert(header::SHA256, sha256_hex(&bytes).as_str());
+            match &image.archived {
+                Archived::Planned { path, .. } => headers.insert(ARCHIVED_AS, one_line(path)),
+                Archived::Failed(why) => headers.insert(ARCHIVE_ERROR, one_line(why)),
+                Archived::Disabled => {}
+            }
+            (Ok(bytes), headers)
+        }
+        Err(failure) => {
+            headers.insert(header::STATUS, failure.code.as_str());
+            let error = service::error::Error {
+                status: one_line(&failure.to_string()),
+                code: status_of(failure.code).as_u16().into(),
+            };
+            (Err(error), headers)
+        }
+    }
+}
+
+/// `text` fit for a header value: line breaks and other controls become spaces.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_its_code_and_http_status() {
+        let (result, headers) = answer(Err(Failure::new(
+            ErrorCode::NotFound,
+            "no such key\r\nInjected: yes",
+        )));
+        let error = result.expect_err("an error");
+        assert_eq!(error.code, 404);
+        assert_eq!(error.status, "not_found: no such key  Injected: yes");
+        assert_eq!(headers.get(header::STATUS).unwrap().as_str(), "not_found");
+    }
+}

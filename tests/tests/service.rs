@@ -1,0 +1,211 @@
+//! Service discovery and the `imgfetch.fetch` endpoint, asked with a plain client the way the
+//! NATS CLI does (`nats micro ls/info/stats`, `nats req imgfetch.fetch ...`).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use imgfetch_common::protocol::header;
+use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::pipeline::{
+    file_network, header_of, resolver_config, samples_dir, Gateway, Resolver,
+};
+use imgfetch_tests::{eventually, init_logs, sample, write_large_image};
+use serde_json::Value;
+
+/// Sends `subject` and gathers the answers until `want` came; `None` if fewer came in 2 s.
+async fn gather(client: &async_nats::Client, subject: &str, want: usize) -> Option<Vec<Value>> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(subject.to_owned(), inbox, "".into())
+        .await
+        .expect("publish");
+    let mut answers = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while answers.len() < want {
+        let msg = tokio::time::timeout_at(until, sub.next()).await.ok()??;
+        answers.push(serde_json::from_slice(&msg.payload).expect("a JSON answer"));
+    }
+    Some(answers)
+}
+
+/// The one answer to `subject`, once the instances registered.
+async fn one(client: &async_nats::Client, subject: &str) -> Value {
+    eventually(subject, Duration::from_secs(10), || async {
+        gather(client, subject, 1).await.map(|mut v| v.remove(0))
+    })
+    .await
+}
+
+/// The fetch endpoint's stats in a `$SRV.STATS` answer.
+fn fetch_stats(stats: &Value) -> (u64, u64) {
+    let endpoint = stats["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["name"] == "fetch")
+        .unwrap_or_else(|| panic!("no fetch endpoint in {stats}"));
+    (
+        endpoint["num_requests"].as_u64().unwrap(),
+        endpoint["num_errors"].as_u64().unwrap(),
+    )
+}
+
+/// The micro protocol's error headers of an answer: its code and its message.
+fn service_error(msg: &async_nats::Message) -> (String, String) {
+    let code = header_of(msg, "Nats-Service-Error-Code").expect("an error code");
+    let error = header_of(msg, "Nats-Service-Error").expect("an error message");
+    (code, error)
+}
+
+async fn fetch(client: &async_nats::Client, body: &str) -> async_nats::Message {
+    let ask = client.request("imgfetch.fetch", body.to_owned().into());
+    tokio::time::timeout(Duration::from_secs(10), ask)
+        .await
+        .expect("an answer within 10 s")
+        .expect("an answer")
+}
+
+#[tokio::test]
+async fn every_instance_is_listed_with_its_networks_and_counts() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = Resolver::start({
+        let mut config = resolver_config(
+            &nats.url(),
+            vec![
+                file_network("harbor", samples_dir().join("harbor")),
+                file_network("plant", samples_dir().join("plant")),
+            ],
+        );
+        config.instance = "resolver-1".into();
+        config
+    })
+    .await;
+    let _gateway = Gateway::start(&nats.url(), |c| c.instance = "gateway-1".into()).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+
+    // `nats micro ls`: one answer per instance.
+    eventually("both instances", Duration::from_secs(10), || async {
+        gather(&client, "$SRV.PING", 2).await
+    })
+    .await;
+    let mut pings = gather(&client, "$SRV.PING", 2).await.unwrap();
+    pings.sort_by_key(|p| p["name"].as_str().unwrap().to_owned());
+    assert_eq!(pings[0]["name"], "imgfetch-gateway");
+    assert_eq!(pings[0]["metadata"]["instance"], "gateway-1");
+    assert_eq!(pings[1]["name"], "imgfetch-resolver");
+    assert_eq!(pings[1]["metadata"]["instance"], "resolver-1");
+    assert_eq!(pings[1]["metadata"]["networks"], "harbor,plant");
+    for ping in &pings {
+        assert_eq!(ping["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    // The forms naming a service, and one instance of it.
+    let resolver = one(&client, "$SRV.PING.imgfetch-resolver").await;
+    assert_eq!(resolver["metadata"]["networks"], "harbor,plant");
+    let id = pings[0]["id"].as_str().unwrap();
+    let by_id = one(&client, &format!("$SRV.INFO.imgfetch-gateway.{id}")).await;
+    assert_eq!(by_id["id"], id);
+    let endpoints = by_id["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{by_id}");
+    assert_eq!(endpoints[0]["subject"], "imgfetch.fetch");
+    assert_eq!(endpoints[0]["queue_group"], "imgfetch-gateway");
+    let info = one(&client, "$SRV.INFO.imgfetch-resolver").await;
+    assert_eq!(info["metadata"]["instance"], "resolver-1");
+
+    // `nats micro stats`: the counts move with requests and errors.
+    let before = fetch_stats(&one(&client, "$SRV.STATS.imgfetch-gateway").await);
+    assert_eq!(before, (0, 0));
+    fetch(&client, r#"{"network":"harbor","key":"quay-east.jpg"}"#).await;
+    fetch(&client, r#"{"network":"harbor","key":"missing.jpg"}"#).await;
+    let after = fetch_stats(&one(&client, "$SRV.STATS.imgfetch-gateway").await);
+    assert_eq!(after, (2, 1));
+    let all = gather(&client, "$SRV.STATS", 2).await.expect("two stats");
+    assert!(
+        all.iter().any(|s| s["name"] == "imgfetch-resolver"),
+        "{all:?}"
+    );
+}
+
+#[tokio::test]
+async fn fetch_answers_the_image_or_a_service_error() {
+    init_logs();
+    let nats = NatsServer::start();
+    let big = tempfile::tempdir().unwrap();
+    write_large_image(&big.path().join("big.jpg"), 256 * 1024, 7);
+    let _resolver = Resolver::start({
+        let mut config = resolver_config(
+            &nats.url(),
+            vec![
+                file_network("harbor", samples_dir().join("harbor")),
+                file_network("big", big.path()),
+            ],
+        );
+        config.max_inline_bytes = Some(64 * 1024);
+        config
+    })
+    .await;
+    let _gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    one(&client, "$SRV.INFO.imgfetch-gateway").await;
+
+    let body =
+        r#"{"id":"nats-1","network":"harbor","key":"quay-east.jpg","meta":{"camera":"east"}}"#;
+    let msg = fetch(&client, body).await;
+    assert_eq!(
+        msg.payload.as_ref(),
+        sample("harbor/quay-east.jpg").as_slice()
+    );
+    assert_eq!(header_of(&msg, "Nats-Service-Error-Code"), None);
+    assert_eq!(header_of(&msg, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(header_of(&msg, header::ID).as_deref(), Some("nats-1"));
+    assert_eq!(
+        header_of(&msg, header::CONTENT_TYPE).as_deref(),
+        Some("image/jpeg")
+    );
+    assert_eq!(header_of(&msg, header::NETWORK).as_deref(), Some("harbor"));
+    assert_eq!(
+        header_of(&msg, header::KEY).as_deref(),
+        Some("quay-east.jpg")
+    );
+    assert_eq!(header_of(&msg, header::SIZE).as_deref(), Some("5543"));
+    assert_eq!(
+        header_of(&msg, header::DEVICE).as_deref(),
+        Some("Quay camera 3")
+    );
+    assert_eq!(
+        header_of(&msg, "Imgfetch-Meta-camera").as_deref(),
+        Some("east")
+    );
+
+    let missing = fetch(&client, r#"{"network":"harbor","key":"missing.jpg"}"#).await;
+    let (code, error) = service_error(&missing);
+    assert_eq!(code, "404");
+    assert!(error.starts_with("not_found: "), "{error}");
+    assert!(missing.payload.is_empty());
+
+    for (body, status, prefix) in [
+        ("nope", "400", "invalid_request: "),
+        (r#"{"network":"harbor"}"#, "400", "invalid_request: "),
+        (
+            r#"{"network":"harbor","key":"a","kye":1}"#,
+            "400",
+            "invalid_request: ",
+        ),
+        (
+            r#"{"network":"nowhere","key":"a.jpg"}"#,
+            "400",
+            "unknown_network: ",
+        ),
+        // Over the inline limit: streamed to HTTP and websocket clients, refused here.
+        (r#"{"network":"big","key":"big.jpg"}"#, "502", "too_large: "),
+    ] {
+        let (code, error) = service_error(&fetch(&client, body).await);
+        assert_eq!(code, status, "{body}: {error}");
+        assert!(error.starts_with(prefix), "{body}: {error}");
+        if prefix == "too_large: " {
+            assert!(error.contains("HTTP"), "{error}");
+        }
+    }
+}
