@@ -221,6 +221,14 @@ impl Client {
         }
     }
 
+    /// Whether the client may fetch from `network` (what `/v1/networks` lists for it).
+    pub fn may_fetch(&self, network: &str) -> bool {
+        match self {
+            Client::Open => true,
+            Client::Token(grant) => grant.spec.networks.allows(network),
+        }
+    }
+
     /// Checks that the client may fetch from `network`, and takes one of its in-flight slots.
     pub fn begin(&self, network: &str) -> Result<InFlight, Failure> {
         let grant = match self {

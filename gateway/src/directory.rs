@@ -89,6 +89,29 @@ impl Directory {
         Ok(known.networks.contains(network))
     }
 
+    /// Every network the stream captures (re-read when the last read is older than the cache
+    /// lifetime), each with whether a resolver answers its ping right now. The pings go out
+    /// together, so a listing takes one ping timeout at most.
+    pub async fn list(&self) -> Result<Vec<(String, bool)>, Failure> {
+        let names: Vec<String> = {
+            let mut known = self.networks.lock().await;
+            let fresh = known.fetched.is_some_and(|t| t.elapsed() < NETWORKS_TTL);
+            if !fresh {
+                *known = tokio::time::timeout(JS_TIMEOUT, self.fetch())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::new(
+                            ErrorCode::Unavailable,
+                            format!("reading the stream timed out after {JS_TIMEOUT:?}"),
+                        ))
+                    })?;
+            }
+            known.networks.iter().cloned().collect()
+        };
+        let served = futures::future::join_all(names.iter().map(|n| self.served(n))).await;
+        Ok(names.into_iter().zip(served).collect())
+    }
+
     /// The largest request message the stream stores, as of the last read.
     pub async fn max_message_size(&self) -> Option<usize> {
         let known = self.networks.lock().await;

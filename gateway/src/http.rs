@@ -1,5 +1,6 @@
 //! The HTTP surface: `GET /v1/images/{network}/{*key}`, `GET /v1/requests/{id}` (a past
-//! answer, by id), the websocket upgrade on `/v1/ws`, `/livez`, `/readyz` and `/metrics`.
+//! answer, by id), `GET /v1/networks`, the websocket upgrade on `/v1/ws`, `/livez`, `/readyz`,
+//! `/metrics`, and the web viewer's files (`crate::viewer`).
 
 use std::sync::Arc;
 
@@ -118,10 +119,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/images/{network}/{*key}", get(get_image))
         .route("/v1/requests/{id}", get(get_result))
+        .route("/v1/networks", get(list_networks))
         .route("/v1/ws", get(websocket))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::viewer::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(axum::middleware::map_response(nosniff))
         .with_state(state)
@@ -373,6 +376,30 @@ async fn websocket(
                 drop(slot);
             })
         })
+}
+
+/// `GET /v1/networks`: the networks the client may fetch from, each with whether a resolver
+/// serves it right now. `{"networks":[{"name":"harbor","served":true}]}`, sorted by name.
+async fn list_networks(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let client = match state.auth.identify(&headers, None) {
+        Ok(c) => c,
+        Err(f) => return error_response(None, &f),
+    };
+    match state.dispatcher.directory().list().await {
+        Ok(networks) => {
+            let networks: Vec<_> = networks
+                .into_iter()
+                .filter(|(name, _)| client.may_fetch(name))
+                .map(|(name, served)| serde_json::json!({ "name": name, "served": served }))
+                .collect();
+            let mut response = Json(serde_json::json!({ "networks": networks })).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(failure) => error_response(None, &failure),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

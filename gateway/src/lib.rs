@@ -18,6 +18,7 @@
 //! - [`sentinel`]: answers hand-published requests that no stream captured.
 //! - [`ws`]: the websocket session protocol.
 //! - [`http`]: routes, status codes, health and metrics.
+//! - [`viewer`]: the web viewer at `/`, static files compiled into the binary.
 //!
 //! The reply router, the sentinel and the fetch service are supervised (`imgfetch_common::supervise`): one that
 //! ends early is restarted with a new subscription, and `/readyz` is false meanwhile.
@@ -37,6 +38,7 @@ pub mod sentinel;
 pub mod serve;
 pub mod template;
 pub mod transfer;
+pub mod viewer;
 pub mod ws;
 
 use std::sync::Arc;

@@ -116,11 +116,40 @@ impl Gateway {
         nats_url: &str,
         tweak: impl FnOnce(&mut imgfetch_gateway::Config),
     ) -> Gateway {
-        let mut config = imgfetch_gateway::Config::new(nats_url);
-        tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Gateway::serve(listener, nats_url, tweak).await
+    }
+
+    /// Starts a gateway on `addr`, as a restarted gateway comes back on its old port (a browser
+    /// reconnects to the same address). Retries the bind while the old socket lets go.
+    pub async fn start_at(
+        addr: SocketAddr,
+        nats_url: &str,
+        tweak: impl FnOnce(&mut imgfetch_gateway::Config),
+    ) -> Gateway {
+        let mut bound = None;
+        for _ in 0..100 {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    bound = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let listener = bound.unwrap_or_else(|| panic!("cannot bind {addr} again within 5 s"));
+        Gateway::serve(listener, nats_url, tweak).await
+    }
+
+    async fn serve(
+        listener: tokio::net::TcpListener,
+        nats_url: &str,
+        tweak: impl FnOnce(&mut imgfetch_gateway::Config),
+    ) -> Gateway {
+        let mut config = imgfetch_gateway::Config::new(nats_url);
+        tweak(&mut config);
         let addr = listener.local_addr().expect("addr");
         let token = CancellationToken::new();
         let handle = tokio::spawn(imgfetch_gateway::run(listener, config, token.clone()));
