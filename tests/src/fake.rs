@@ -97,6 +97,31 @@ pub async fn take_request(
     (id, callback, msg)
 }
 
+/// Answers request `id` on `callback` with `bytes` as an inline JPEG of `network`/`key`, as a
+/// resolver would.
+pub async fn answer_image(
+    client: &async_nats::Client,
+    callback: String,
+    id: &str,
+    network: &str,
+    key: &str,
+    bytes: Vec<u8>,
+) {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ID, id);
+    headers.insert(header::STATUS, "ok");
+    headers.insert(header::NETWORK, network);
+    headers.insert(header::KEY, key);
+    headers.insert(header::CONTENT_TYPE, "image/jpeg");
+    headers.insert(header::SHA256, sha256_hex(&bytes).as_str());
+    client
+        .publish_with_headers(callback, headers, bytes.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+/// The value of header `name` of a JetStream message, or "" without it.
 pub fn header_of_js(msg: &async_nats::jetstream::Message, name: &str) -> String {
     msg.headers
         .as_ref()

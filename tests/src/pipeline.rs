@@ -102,12 +102,15 @@ pub async fn wait_served(client: &async_nats::Client, network: &str) {
     .await
 }
 
-/// A gateway running in this process.
+/// A gateway running in this process, on a runtime of its own (as if it were its own process):
+/// [`Gateway::kill`] ends everything it runs at once, its sockets, sessions and NATS
+/// connection included.
 pub struct Gateway {
     /// Where it listens.
     pub addr: SocketAddr,
     token: CancellationToken,
-    handle: Option<JoinHandle<Result<(), imgfetch_gateway::RunError>>>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<Result<(), imgfetch_gateway::RunError>>>,
 }
 
 impl Gateway {
@@ -131,6 +134,7 @@ impl Gateway {
     ) -> Gateway {
         let mut bound = None;
         for _ in 0..100 {
+            // tokio sets SO_REUSEADDR, so the old gateway's closed connections do not block it.
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => {
                     bound = Some(l);
@@ -151,12 +155,46 @@ impl Gateway {
         let mut config = imgfetch_gateway::Config::new(nats_url);
         tweak(&mut config);
         let addr = listener.local_addr().expect("addr");
+        let listener = listener.into_std().expect("listener off this runtime");
         let token = CancellationToken::new();
-        let handle = tokio::spawn(imgfetch_gateway::run(listener, config, token.clone()));
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let shutdown = token.clone();
+        std::thread::Builder::new()
+            .name(format!("gateway {addr}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("gateway runtime");
+                let outcome = runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("gateway listener");
+                    // Only a sent kill kills: a dropped `Gateway` drains instead.
+                    let killed = async {
+                        if killed.await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        ran = imgfetch_gateway::run(listener, config, shutdown) => Some(ran),
+                        () = killed => None,
+                    }
+                });
+                // What the gateway still runs (sessions, supervised tasks, its NATS connection)
+                // ends with its runtime, as it would with its process.
+                runtime.shutdown_timeout(Duration::from_millis(500));
+                if let Some(ran) = outcome {
+                    let _ = finished.send(ran);
+                }
+            })
+            .expect("gateway thread");
         let gateway = Gateway {
             addr,
             token,
-            handle: Some(handle),
+            kill: Some(kill),
+            done: Some(done),
         };
         let url = gateway.http("/livez");
         crate::eventually(
@@ -192,18 +230,27 @@ impl Gateway {
     /// Stops it and waits for the drain.
     pub async fn stop(mut self) {
         self.token.cancel();
-        if let Some(h) = self.handle.take() {
-            h.await.expect("gateway task").expect("gateway ran cleanly");
+        if let Some(done) = self.done.take() {
+            done.await
+                .expect("the gateway's runtime ended without its result")
+                .expect("gateway ran cleanly");
         }
     }
 
-    /// Stops it abruptly, as a crash would: its task is aborted with no drain, which closes its
-    /// NATS connection. What it held in flight is left to other gateways.
+    /// Stops it abruptly, as a crash would: its runtime is shut down with no drain, which
+    /// closes its listener, its client connections and its NATS connection. What it held in
+    /// flight is left to other gateways. Returns once its listener is closed.
     pub async fn kill(mut self) {
-        if let Some(h) = self.handle.take() {
-            h.abort();
-            let _ = h.await;
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
         }
+        let addr = self.addr;
+        crate::eventually(
+            "the killed gateway to stop listening",
+            Duration::from_secs(10),
+            || async { tokio::net::TcpStream::connect(addr).await.is_err().then_some(()) },
+        )
+        .await;
     }
 }
 

@@ -11,7 +11,7 @@ use imgfetch_common::protocol::{header, FetchRequest};
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_gateway::auth::Tokens;
-use imgfetch_tests::fake::{fake_resolver, send_stream, take_request};
+use imgfetch_tests::fake::{answer_image, fake_resolver, send_stream, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
     file_network, resolver_config, sample_resolver, Gateway, Resolver, WsClient,
@@ -282,22 +282,6 @@ async fn a_token_cannot_read_another_tokens_result() {
     assert_eq!(frame["code"], "unknown_request", "{frame}");
 }
 
-/// Answers a request taken by the stand-in resolver with `bytes`, inline.
-async fn answer(client: &async_nats::Client, callback: String, id: &str, bytes: Vec<u8>) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(header::ID, id);
-    headers.insert(header::STATUS, "ok");
-    headers.insert(header::NETWORK, "slow");
-    headers.insert(header::KEY, "a.jpg");
-    headers.insert(header::CONTENT_TYPE, "image/jpeg");
-    headers.insert(header::SHA256, sha256_hex(&bytes).as_str());
-    client
-        .publish_with_headers(callback, headers, bytes.into())
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-}
-
 #[tokio::test]
 async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
     init_logs();
@@ -331,7 +315,7 @@ async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
         ("k-1", "a.jpg")
     );
     let bytes = sample(IMAGE);
-    answer(&fake, retry_callback, "k-1", bytes.clone()).await;
+    answer_image(&fake, retry_callback, "k-1", "slow", "a.jpg", bytes.clone()).await;
 
     let r = fetch.await.unwrap();
     assert_eq!(r.status(), 200);
@@ -371,7 +355,7 @@ async fn a_websocket_client_that_leaves_before_its_answer_gets_it_by_id_later() 
 
     let (callback, _msg) = fetch_then_leave(one, &consumer, "w-1").await;
     let bytes = sample("harbor/cranes/crane-07.jpg");
-    answer(&fake, callback, "w-1", bytes.clone()).await;
+    answer_image(&fake, callback, "w-1", "slow", "a.jpg", bytes.clone()).await;
 
     // Gateway one still archives and records the late answer; no second run is needed.
     let mut ws = WsClient::connect(&two.ws_url()).await;
@@ -551,7 +535,7 @@ async fn a_reused_id_replaces_the_earlier_requests_record() {
     );
 
     let bytes = sample(IMAGE);
-    answer(&h.fake, h.callback.clone(), "u-1", bytes.clone()).await;
+    answer_image(&h.fake, h.callback.clone(), "u-1", "slow", "a.jpg", bytes.clone()).await;
     let r = get(&h.one.http("/v1/requests/u-1"), None, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());

@@ -16,9 +16,10 @@ use chromiumoxide::Page;
 use futures::StreamExt;
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
+use imgfetch_tests::fake::{answer_image, fake_resolver, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{sample_resolver, Gateway};
-use imgfetch_tests::{eventually, init_logs};
+use imgfetch_tests::{eventually, init_logs, sample};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -387,4 +388,51 @@ async fn the_page_reconnects_by_itself_and_sends_what_was_asked_while_the_gatewa
     assert!(thrown.is_empty(), "the page threw: {thrown:#?}");
     chromium.close().await;
     again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_accepted_before_its_gateway_died_arrives_after_the_page_reconnects() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let one = Gateway::start(&nats.url(), |c| c.instance = "gw-one".into()).await;
+    let addr = one.addr;
+
+    let chromium = Chromium::launch().await;
+    let (page, exceptions) = chromium.open(&one.http("/?network=slow&keys=a.jpg")).await;
+    // The stand-in resolver takes the request and holds it: accepted, not answered.
+    let (id, _callback, _held) = take_request(&consumer).await;
+    eventually("the card to say fetching", PAGE_WAIT, || async {
+        let cards: Vec<Value> = eval(&page, CARDS).await;
+        (cards.len() == 1 && cards[0]["state"] == "fetching").then_some(())
+    })
+    .await;
+
+    // The gateway dies with the request in flight; another comes back at the same address.
+    one.kill().await;
+    eventually("the page to see the gateway gone", PAGE_WAIT, || async {
+        (connection_state(&page).await != "connected").then_some(())
+    })
+    .await;
+    let two = Gateway::start_at(addr, &nats.url(), |c| c.instance = "gw-two".into()).await;
+
+    // The page asks for its request by id; the new gateway finds the owner gone, takes the
+    // request over and queues it again, and the answer reaches the page.
+    let (retry_id, retry_callback, _retried) = take_request(&consumer).await;
+    assert_eq!(retry_id, format!("{id}.retry.1"));
+    let bytes = sample("harbor/quay-east.jpg");
+    answer_image(&fake, retry_callback, &id, "slow", "a.jpg", bytes.clone()).await;
+    let cards = settled_cards(&page, 1).await;
+    assert_eq!(cards[0]["state"], "shown", "{cards:#?}");
+    assert!(cards[0]["width"].as_u64().unwrap() > 0);
+    assert_eq!(
+        cards[0]["info"]["Size"].as_str().unwrap().split(" · ").next(),
+        Some("5.4 KiB")
+    );
+    assert_eq!(bytes.len(), 5543);
+
+    let thrown = exceptions.lock().unwrap().clone();
+    assert!(thrown.is_empty(), "the page threw: {thrown:#?}");
+    chromium.close().await;
+    two.stop().await;
 }
