@@ -85,6 +85,12 @@ imgfetch is running.
   archive     .local/archive/ (every image fetched, filed by place and capture date)
   logs        .local/logs/
 
+Open the web viewer:
+  http://$HTTP/?network=harbor&keys=quay-east.jpg,cranes/crane-07.jpg,line-3/overview.png
+
+Command-line client (built above as target/debug/imgfetch):
+  target/debug/imgfetch get --gateway http://$HTTP --network harbor quay-east.jpg cranes/crane-07.jpg -o fetched/
+
 Try:
   curl -o quay.jpg http://$HTTP/v1/images/harbor/quay-east.jpg
   curl -sS -D - -o overview.png http://$HTTP/v1/images/plant/line-3/overview.png
@@ -101,6 +107,8 @@ NATS CLI (see docs/PROTOCOL.md), as the publisher role (user publisher, developm
   nats sub --count 1 --raw me.img1 > crane.jpg &
   nats pub imgfetch.req.harbor '{"id":"img1","key":"cranes/crane-07.jpg"}' \\
       -H Imgfetch-Callback:me.img1 -H Nats-Msg-Id:img1
+  nats micro ls                                   # the gateway and the resolver, as services
+  nats req imgfetch.fetch '{"network":"harbor","key":"quay-east.jpg"}' --raw > quay.jpg
 
 Press Ctrl-C to stop.
 MSG

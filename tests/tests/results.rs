@@ -535,7 +535,15 @@ async fn a_reused_id_replaces_the_earlier_requests_record() {
     );
 
     let bytes = sample(IMAGE);
-    answer_image(&h.fake, h.callback.clone(), "u-1", "slow", "a.jpg", bytes.clone()).await;
+    answer_image(
+        &h.fake,
+        h.callback.clone(),
+        "u-1",
+        "slow",
+        "a.jpg",
+        bytes.clone(),
+    )
+    .await;
     let r = get(&h.one.http("/v1/requests/u-1"), None, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());

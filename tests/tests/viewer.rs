@@ -133,18 +133,14 @@ const CARDS: &str = r#"Array.from(document.querySelectorAll('#results .card')).m
 
 /// Waits until the page has `count` cards and none is still queued or fetching.
 async fn settled_cards(page: &Page, count: usize) -> Vec<Value> {
-    eventually(
-        &format!("{count} cards to settle"),
-        PAGE_WAIT,
-        || async {
-            let cards: Vec<Value> = eval(page, CARDS).await;
-            let done = cards.len() == count
-                && cards
-                    .iter()
-                    .all(|c| c["state"] == "shown" || c["state"] == "error");
-            done.then_some(cards)
-        },
-    )
+    eventually(&format!("{count} cards to settle"), PAGE_WAIT, || async {
+        let cards: Vec<Value> = eval(page, CARDS).await;
+        let done = cards.len() == count
+            && cards
+                .iter()
+                .all(|c| c["state"] == "shown" || c["state"] == "error");
+        done.then_some(cards)
+    })
     .await
 }
 
@@ -174,11 +170,7 @@ async fn screenshot(page: &Page, name: &str) -> PathBuf {
 }
 
 async fn connection_state(page: &Page) -> String {
-    eval(
-        page,
-        "document.getElementById('connection').dataset.state",
-    )
-    .await
+    eval(page, "document.getElementById('connection').dataset.state").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,10 +194,16 @@ async fn a_shared_link_shows_images_with_their_information_and_errors_as_errors(
         .to_owned();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert!(page_response.text().await.unwrap().contains("/viewer.js"));
-    for (path, kind) in [("/viewer.js", "text/javascript"), ("/viewer.css", "text/css")] {
+    for (path, kind) in [
+        ("/viewer.js", "text/javascript"),
+        ("/viewer.css", "text/css"),
+    ] {
         let r = reqwest::get(gateway.http(path)).await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind));
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
     }
     let networks: Value = reqwest::get(gateway.http("/v1/networks"))
         .await
@@ -237,7 +235,10 @@ async fn a_shared_link_shows_images_with_their_information_and_errors_as_errors(
             root.join(archived).is_file(),
             "the card names the archive copy {archived:?}"
         );
-        assert!(c["info"]["Size"].as_str().unwrap().contains(" px"), "{c:#?}");
+        assert!(
+            c["info"]["Size"].as_str().unwrap().contains(" px"),
+            "{c:#?}"
+        );
     }
     let quay = card(&cards, "quay-east.jpg");
     assert!(quay["info"]["Place"]
@@ -426,7 +427,11 @@ async fn an_image_accepted_before_its_gateway_died_arrives_after_the_page_reconn
     assert_eq!(cards[0]["state"], "shown", "{cards:#?}");
     assert!(cards[0]["width"].as_u64().unwrap() > 0);
     assert_eq!(
-        cards[0]["info"]["Size"].as_str().unwrap().split(" · ").next(),
+        cards[0]["info"]["Size"]
+            .as_str()
+            .unwrap()
+            .split(" · ")
+            .next(),
         Some("5.4 KiB")
     );
     assert_eq!(bytes.len(), 5543);
