@@ -415,3 +415,75 @@ async fn an_interrupted_run_leaves_no_half_file() {
     );
     let _ = msg.ack().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_progress_bar_shows_done_failed_bytes_and_rate() {
+    init_logs();
+    let nats = NatsServer::start();
+    let zone = tempfile::tempdir().unwrap();
+    let image = sample("harbor/quay-east.jpg");
+    let mut keys = Vec::new();
+    for i in 0..300 {
+        let key = format!("tty/img-{i:03}.jpg");
+        std::fs::create_dir_all(zone.path().join("tty")).unwrap();
+        std::fs::write(zone.path().join(&key), &image).unwrap();
+        keys.push(key);
+    }
+    keys.push("tty/missing.jpg".into());
+    let work = tempfile::tempdir().unwrap();
+    let keys_file = work.path().join("keys.txt");
+    std::fs::write(&keys_file, keys.join("\n")).unwrap();
+    let _resolver = dir_resolver(&nats.url(), NETWORK, zone.path()).await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let out_dir = work.path().join("out");
+
+    // `script` (util-linux) runs the client on a pseudo-terminal and copies what it drew.
+    let command = format!(
+        "{} get --gateway {} --network {NETWORK} --from-file {} -o {}",
+        env!("CARGO_BIN_EXE_imgfetch"),
+        gateway.http(""),
+        keys_file.display(),
+        out_dir.display()
+    );
+    let run = tokio::process::Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env_remove("IMGFETCH_TOKEN")
+        .env("TERM", "xterm")
+        .env("COLUMNS", "120")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("imgfetch finished within 60 s")
+        .expect("script ran (util-linux)");
+    let drawn = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "one key failed: {drawn}");
+    // The bar: keys done of all, failures, bytes written and the rate.
+    assert!(drawn.contains("/301 done"), "no bar drawn: {drawn}");
+    assert!(drawn.contains(" failed · "), "no failure count: {drawn}");
+    assert!(
+        drawn.contains("KiB/s") || drawn.contains("MiB/s"),
+        "no rate: {drawn}"
+    );
+    assert!(
+        drawn.contains("saved 300 of 301, failed 1"),
+        "summary: {drawn}"
+    );
+    assert_eq!(files_in(&out_dir).len(), 300);
+
+    // The same run on pipes draws nothing: no bar in logs.
+    let piped = imgfetch_get(
+        gateway.http(""),
+        NETWORK,
+        args(&[
+            "--from-file",
+            keys_file.to_str().unwrap(),
+            "-o",
+            work.path().join("again").to_str().unwrap(),
+        ]),
+    )
+    .await;
+    assert!(!stderr(&piped).contains(" done "), "{}", stderr(&piped));
+    assert!(stderr(&piped).contains("saved 300 of 301, failed 1"));
+}
