@@ -84,8 +84,31 @@ impl Registration {
     /// Registers the instance; it answers `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` (and the
     /// forms naming the service, and its id) until the returned handle is dropped.
     pub async fn register(&self, client: &async_nats::Client) -> Result<Registered, MicroError> {
-        let start = client
+        self.start(client.service_builder()).await
+    }
+
+    /// [`Registration::register`], with `data` filling each endpoint's `data` in `$SRV.STATS`
+    /// answers from the endpoint's name (counts the micro protocol cannot see, such as work
+    /// that arrives from a stream rather than as requests).
+    pub async fn register_with_data<F>(
+        &self,
+        client: &async_nats::Client,
+        mut data: F,
+    ) -> Result<Registered, MicroError>
+    where
+        F: FnMut(&str) -> serde_json::Value + Send + Sync + 'static,
+    {
+        let builder = client
             .service_builder()
+            .stats_handler(move |endpoint, _stats| data(&endpoint));
+        self.start(builder).await
+    }
+
+    async fn start(
+        &self,
+        builder: async_nats::service::ServiceBuilder,
+    ) -> Result<Registered, MicroError> {
+        let start = builder
             .description(self.description)
             .metadata(self.metadata.clone())
             .queue_group(self.queue_group)

@@ -66,6 +66,14 @@ pub fn ping_subject(network: &str) -> String {
     format!("{PING_PREFIX}.{network}")
 }
 
+/// Prefix of the resolvers' stat endpoints (`imgfetch.stat.<network>`, NATS micro protocol).
+pub const STAT_PREFIX: &str = "imgfetch.stat";
+
+/// Subject of one network's stat endpoint: what its store knows of a key, without the image.
+pub fn stat_subject(network: &str) -> String {
+    format!("{STAT_PREFIX}.{network}")
+}
+
 /// Dead-letter subject of one network: `imgfetch.dlq.<network>`.
 pub fn dead_letter_subject(network: &str) -> String {
     format!("{DLQ_PREFIX}.{network}")

@@ -65,6 +65,8 @@ pub struct Context {
     pub store_timeout: Duration,
     /// Where requests that cannot be answered are copied before they are termed.
     pub dead_letters: std::sync::Arc<crate::dlq::DeadLetters>,
+    /// What this network's requests ended in, for `nats micro stats`.
+    pub counts: std::sync::Arc<crate::service::Counts>,
 }
 
 /// A reply to send on the callback subject.
@@ -171,6 +173,13 @@ pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), as
             .map_err(Unsettled::Flush)?;
         if ctx.client.statistics().connects.load(Ordering::Relaxed) != connects {
             return Err(Unsettled::Reconnected.into());
+        }
+    }
+    if sent {
+        match settle {
+            Settle::Ack => ctx.counts.image(),
+            Settle::Term => ctx.counts.error(),
+            Settle::Nak(_) => {}
         }
     }
     let kind = match settle {

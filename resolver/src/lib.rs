@@ -14,12 +14,13 @@
 //! - [`ping`]: the liveness answer gateways use to detect "no resolver", given only while the
 //!   network can be served.
 //! - [`http`]: the optional `/livez`, `/readyz` and `/metrics` listener.
+//! - [`service`]: the `imgfetch-resolver` micro service: a stat endpoint per network, and what
+//!   each network's requests ended in, for `nats micro stats`.
 //! - [`dlq`]: requests that end without an answer: copied to the dead-letter stream, their
 //!   requesters told `undeliverable`.
 //!
 //! [`run`] ties them together, supervises the long-lived tasks (each network's pull loop and
-//! ping answerer, and the `imgfetch-resolver` service registration of
-//! `imgfetch_common::micro`, restarted when they end early; see `imgfetch_common::supervise`) and drains
+//! ping answerer, and the `imgfetch-resolver` service of [`service`], restarted when they end early; see `imgfetch_common::supervise`) and drains
 //! in-flight work on shutdown.
 
 pub mod config;
@@ -28,6 +29,7 @@ pub mod handler;
 pub mod http;
 pub mod info;
 pub mod ping;
+pub mod service;
 pub mod store;
 pub mod stream;
 pub mod worker;
@@ -35,7 +37,7 @@ pub mod worker;
 use std::sync::Arc;
 
 use imgfetch_common::health::Health;
-use imgfetch_common::micro::{MicroError, Registration, RESOLVER_SERVICE};
+use imgfetch_common::micro::{Registration, RESOLVER_SERVICE};
 use imgfetch_common::protocol::ResolverInfo;
 use imgfetch_common::provision::{self, ProvisionError};
 use imgfetch_common::supervise::Supervisor;
@@ -237,7 +239,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             }
         }));
     }
+    let mut served = Vec::with_capacity(config.networks.len());
     for (net, store) in config.networks.iter().zip(stores) {
+        let counts = Arc::new(service::Counts::default());
+        served.push(service::Network {
+            name: net.name.clone(),
+            store: store.clone(),
+            counts: counts.clone(),
+        });
         let ensure = provision::ensure_network(
             &js,
             &config.stream,
@@ -274,6 +283,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             retry_delay_max: config.retry_delay_max,
             store_timeout: config.store_timeout,
             dead_letters: dead.clone(),
+            counts,
         });
         let heal = worker::Heal {
             stream: config.stream.clone(),
@@ -334,13 +344,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             .insert("max_inline_bytes".into(), max_inline_bytes.to_string());
         let (client, shutdown) = (client.clone(), shutdown.clone());
         loops.push(supervisor.spawn("service", move || {
-            let (client, registration, shutdown) =
-                (client.clone(), registration.clone(), shutdown.clone());
-            async move {
-                let _registered = registration.register(&client).await?;
-                shutdown.cancelled().await;
-                Ok::<(), MicroError>(())
-            }
+            service::serve(
+                client.clone(),
+                registration.clone(),
+                served.clone(),
+                shutdown.clone(),
+            )
         }));
     }
     tracing::info!(instance = config.instance, networks = ?info.networks, max_image_bytes, max_inline_bytes, chunk_bytes, "resolver ready");

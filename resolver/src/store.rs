@@ -398,6 +398,26 @@ impl Store {
             .unwrap_or_else(|| (Err(reader_gone()), Err(reader_gone())))
     }
 
+    /// What the store knows of `key` (size, date, etag) without reading it, under the same key
+    /// rules and directory confinement as a read.
+    pub async fn head(&self, key: &str) -> Result<object_store::ObjectMeta, StoreError> {
+        let path = parse(key)?;
+        let Some(readers) = &self.readers else {
+            return Ok(self.inner.head(&path).await?);
+        };
+        let this = self.clone();
+        let key = key.to_owned();
+        readers
+            .run(move || {
+                if let Some(root) = &this.confine {
+                    confine(root, &key)?;
+                }
+                Ok(futures::executor::block_on(this.inner.head(&path))?)
+            })
+            .await
+            .unwrap_or_else(|| Err(reader_gone()))
+    }
+
     /// A directory-store read on the calling (reader) thread, where `object_store` does its
     /// file I/O inline.
     fn read_here(&self, key: &str, limits: Limits) -> Result<Fetched, StoreError> {

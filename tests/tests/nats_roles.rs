@@ -385,6 +385,14 @@ async fn service_under_roles(publisher: &async_nats::Client) {
         answer.payload.as_ref(),
         sample("harbor/quay-east.jpg").as_slice()
     );
+    let ask = publisher.request("imgfetch.stat.harbor", r#"{"key":"quay-east.jpg"}"#.into());
+    let stat = tokio::time::timeout(Duration::from_secs(10), ask)
+        .await
+        .expect("a stat answer in time")
+        .expect("a stat answer");
+    assert_eq!(header_of(&stat, header::STATUS).as_deref(), Some("ok"));
+    let stat: serde_json::Value = serde_json::from_slice(&stat.payload).unwrap();
+    assert_eq!(stat["size"], sample("harbor/quay-east.jpg").len());
 }
 
 #[tokio::test]

@@ -126,6 +126,127 @@ async fn every_instance_is_listed_with_its_networks_and_counts() {
         all.iter().any(|s| s["name"] == "imgfetch-resolver"),
         "{all:?}"
     );
+
+    // The resolver: one stat endpoint per network, and in its `data` what the network's
+    // requests from the stream ended in (the two fetches above: an image and a not_found).
+    let info = one(&client, "$SRV.INFO.imgfetch-resolver").await;
+    let mut subjects: Vec<(String, String, String)> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["subject"].as_str().unwrap().to_owned(),
+                e["queue_group"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            (
+                "harbor".into(),
+                "imgfetch.stat.harbor".into(),
+                "imgfetch-resolver".into()
+            ),
+            (
+                "plant".into(),
+                "imgfetch.stat.plant".into(),
+                "imgfetch-resolver".into()
+            ),
+        ]
+    );
+    let data = eventually("the resolver's counts", Duration::from_secs(10), || async {
+        let stats = one(&client, "$SRV.STATS.imgfetch-resolver").await;
+        let harbor = endpoint_stats(&stats, "harbor");
+        (harbor["data"] == serde_json::json!({"images": 1, "errors": 1})).then_some(stats)
+    })
+    .await;
+    assert_eq!(
+        endpoint_stats(&data, "plant")["data"],
+        serde_json::json!({"images": 0, "errors": 0})
+    );
+}
+
+/// One endpoint's entry in a `$SRV.STATS` answer.
+fn endpoint_stats<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no endpoint {name} in {stats}"))
+}
+
+#[tokio::test]
+async fn a_resolver_says_what_its_store_knows_of_a_key_without_reading_it() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = Resolver::start(resolver_config(
+        &nats.url(),
+        vec![file_network("harbor", samples_dir().join("harbor"))],
+    ))
+    .await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    one(&client, "$SRV.INFO.imgfetch-resolver").await;
+    let stat = |body: &'static str| {
+        let client = client.clone();
+        async move {
+            let ask = client.request("imgfetch.stat.harbor", body.into());
+            tokio::time::timeout(Duration::from_secs(10), ask)
+                .await
+                .expect("an answer within 10 s")
+                .expect("an answer")
+        }
+    };
+
+    let found = stat(r#"{"key":"quay-east.jpg"}"#).await;
+    assert_eq!(header_of(&found, "Nats-Service-Error-Code"), None);
+    assert_eq!(header_of(&found, header::STATUS).as_deref(), Some("ok"));
+    let answer: Value = serde_json::from_slice(&found.payload).unwrap();
+    assert_eq!(answer["network"], "harbor");
+    assert_eq!(answer["key"], "quay-east.jpg");
+    assert_eq!(answer["size"], sample("harbor/quay-east.jpg").len());
+    let modified = answer["last_modified"].as_str().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(modified, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "{modified}"
+    );
+    let nested = stat(r#"{"key":"cranes/crane-07.jpg"}"#).await;
+    assert_eq!(header_of(&nested, header::STATUS).as_deref(), Some("ok"));
+
+    for (body, code, prefix) in [
+        (r#"{"key":"no/such.jpg"}"#, "404", "not_found: "),
+        (r#"{"key":"cranes"}"#, "404", "not_found: "),
+        (r#"{"key":"../etc/passwd"}"#, "400", "invalid_request: "),
+        (r#"{"key":"/etc/passwd"}"#, "400", "invalid_request: "),
+        ("quay-east.jpg", "400", "invalid_request: "),
+        (r#"{"key":"a.jpg","extra":1}"#, "400", "invalid_request: "),
+    ] {
+        let msg = stat(body).await;
+        let (got, error) = service_error(&msg);
+        assert_eq!(got, code, "{body}: {error}");
+        assert!(error.starts_with(prefix), "{body}: {error}");
+        assert_eq!(
+            header_of(&msg, header::STATUS).as_deref(),
+            Some(prefix.trim_end_matches(": "))
+        );
+    }
+
+    // `nats micro stats`: eight stat requests, six of them errors.
+    let stats = one(&client, "$SRV.STATS.imgfetch-resolver").await;
+    let harbor = endpoint_stats(&stats, "harbor");
+    assert_eq!(
+        (
+            harbor["num_requests"].as_u64(),
+            harbor["num_errors"].as_u64()
+        ),
+        (Some(8), Some(6)),
+        "{harbor}"
+    );
 }
 
 #[tokio::test]
