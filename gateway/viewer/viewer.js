@@ -41,6 +41,8 @@
   let everOpened = false;
   let retryMs = RETRY_MIN_MS;
   let retryTimer = null;
+  /** The gateway refused /v1/networks without a (valid) token. */
+  let needToken = false;
   /** Closed by the gateway for idleness: reconnect when there is work, not before. */
   let idle = false;
   /** The image whose binary frames are arriving: { request, frame, left, parts, bytes }. */
@@ -79,8 +81,11 @@
     retryTimer = null;
     if (socket) return;
     idle = false;
-    setConnection(everOpened ? 'reconnecting' : 'connecting',
-      everOpened ? 'Reconnecting to the gateway…' : 'Connecting to the gateway…');
+    // A refusal stays on screen while the page keeps trying, until a token is given.
+    if (ui.connection.dataset.state !== 'refused') {
+      setConnection(everOpened ? 'reconnecting' : 'connecting',
+        everOpened ? 'Reconnecting to the gateway…' : 'Connecting to the gateway…');
+    }
     let opened = false;
     const ws = new WebSocket(socketUrl());
     ws.binaryType = 'blob';
@@ -453,10 +458,12 @@
     try {
       const r = await fetch('/v1/networks', { headers: authHeaders(), cache: 'no-store' });
       if (r.status === 401) {
+        needToken = true;
         ui.auth.open = true;
         showFormError('This gateway needs a bearer token: enter it under “Bearer token”.');
         return false;
       }
+      needToken = false;
       const body = await r.json();
       if (!r.ok) {
         showFormError(`Could not list the networks: ${body.code}: ${body.message}`);
@@ -514,7 +521,8 @@
         'use the imgfetch command-line client for large batches.');
       return;
     }
-    showFormError('');
+    // What the gateway said about the token stays until a token works.
+    if (!needToken) showFormError('');
     const fresh = [];
     for (const key of keys) {
       const r = newRequest(network, key);
@@ -548,6 +556,7 @@
 
   ui.token.addEventListener('change', () => {
     sessionStorage.setItem(TOKEN_KEY, token());
+    setConnection('connecting', 'Connecting with the new token…');
     loadNetworks();
     // The token is given at the upgrade: a new token needs a new socket.
     if (socket) socket.close(1000, 'new token');

@@ -14,8 +14,10 @@ use chromiumoxide::cdp::js_protocol::runtime::EventExceptionThrown;
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::Page;
 use futures::StreamExt;
+use imgfetch_common::digest::sha256_hex;
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
+use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::fake::{answer_image, fake_resolver, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{sample_resolver, Gateway};
@@ -440,4 +442,95 @@ async fn an_image_accepted_before_its_gateway_died_arrives_after_the_page_reconn
     assert!(thrown.is_empty(), "the page threw: {thrown:#?}");
     chromium.close().await;
     two.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_the_page_asks_for_one_and_shows_only_its_networks() {
+    const TOKEN: &str = "viewer-harbor-5c9d2e71";
+    init_logs();
+    let nats = NatsServer::start();
+    let _harbor = sample_resolver(&nats.url(), "harbor").await;
+    let _plant = sample_resolver(&nats.url(), "plant").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens_file = secrets.path().join("tokens.toml");
+    std::fs::write(
+        &tokens_file,
+        format!(
+            "[[token]]\nname = \"harbor-viewer\"\nsha256 = \"{}\"\nnetworks = [\"harbor\"]\n",
+            sha256_hex(TOKEN.as_bytes())
+        ),
+    )
+    .unwrap();
+    let tokens = Tokens::load(&tokens_file).unwrap();
+    let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
+
+    let chromium = Chromium::launch().await;
+    let (page, exceptions) = chromium
+        .open(&gateway.http("/?network=harbor&keys=quay-east.jpg"))
+        .await;
+    // Refused at the upgrade and at /v1/networks: the page says a token is needed.
+    eventually("the page to ask for a token", PAGE_WAIT, || async {
+        let state: Value = eval(
+            &page,
+            "({connection: document.getElementById('connection').dataset.state, \
+               error: document.getElementById('form-error').textContent, \
+               open: document.getElementById('auth').open})",
+        )
+        .await;
+        (state["connection"] == "refused"
+            && state["error"].as_str().unwrap().contains("bearer token")
+            && state["open"] == true)
+            .then_some(())
+    })
+    .await;
+    let waiting: Vec<Value> = eval(&page, CARDS).await;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0]["state"], "queued");
+
+    // The token, typed in; the request the link asked for then goes through.
+    let field = page.find_element("#token").await.expect("token field");
+    field.click().await.expect("focus token");
+    field.type_str(TOKEN).await.expect("type token");
+    page.find_element("#keys")
+        .await
+        .expect("keys field")
+        .click()
+        .await
+        .expect("leave the token field");
+    let cards = settled_cards(&page, 1).await;
+    assert_eq!(cards[0]["state"], "shown", "{cards:#?}");
+    assert!(cards[0]["width"].as_u64().unwrap() > 0);
+    let seen: Value = eval(
+        &page,
+        "({href: location.href, \
+           share: document.getElementById('share').href, \
+           stored: sessionStorage.getItem('imgfetch-token'), \
+           options: Array.from(document.getElementById('network').options).map(o => o.value)})",
+    )
+    .await;
+    assert_eq!(
+        seen["options"],
+        serde_json::json!(["harbor"]),
+        "only the token's networks"
+    );
+    assert_eq!(seen["stored"], TOKEN);
+    for field in ["href", "share"] {
+        assert!(
+            !seen[field].as_str().unwrap().contains(TOKEN),
+            "the token leaked into {field}: {seen}"
+        );
+    }
+
+    // A link to a network the token may not fetch: the card says forbidden.
+    page.goto(gateway.http("/?network=plant&keys=line-3/overview.png"))
+        .await
+        .expect("navigate");
+    let cards = settled_cards(&page, 1).await;
+    assert_eq!(cards[0]["state"], "error");
+    assert_eq!(cards[0]["code"], "forbidden");
+
+    let thrown = exceptions.lock().unwrap().clone();
+    assert!(thrown.is_empty(), "the page threw: {thrown:#?}");
+    chromium.close().await;
+    gateway.stop().await;
 }
