@@ -86,7 +86,7 @@ imgfetch is running.
   logs        .local/logs/
 
 Open the web viewer:
-  http://$HTTP/?network=harbor&keys=quay-east.jpg,cranes/crane-07.jpg,line-3/overview.png
+  http://$HTTP/?network=harbor&keys=quay-east.jpg,cranes/crane-07.jpg,no/such.jpg
 
 Command-line client (built above as target/debug/imgfetch):
   target/debug/imgfetch get --gateway http://$HTTP --network harbor quay-east.jpg cranes/crane-07.jpg -o fetched/
@@ -109,6 +109,7 @@ NATS CLI (see docs/PROTOCOL.md), as the publisher role (user publisher, developm
       -H Imgfetch-Callback:me.img1 -H Nats-Msg-Id:img1
   nats micro ls                                   # the gateway and the resolver, as services
   nats req imgfetch.fetch '{"network":"harbor","key":"quay-east.jpg"}' --raw > quay.jpg
+  nats req imgfetch.stat.plant '{"key":"line-3/overview.png"}'   # size, date, etag; no bytes
 
 Press Ctrl-C to stop.
 MSG
