@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
+use imgfetch_common::protocol::http_header::{ARCHIVED_AS, REQUEST_ID};
 use imgfetch_common::validate;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::Deserialize;
@@ -21,10 +22,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::names;
 
-/// The request id header, sent and echoed by the gateway.
-const REQUEST_ID: &str = "x-request-id";
-/// Where the gateway archived the image (percent-encoded path); see docs/PROTOCOL.md.
-const ARCHIVED_AS: &str = "imgfetch-archived-as";
 /// The most of an error body read, which is a short JSON object.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 

@@ -91,6 +91,17 @@ pub fn consumer_name(network: &str) -> String {
 }
 
 /// Header names. NATS headers are case-sensitive; these are the exact spellings.
+/// Headers of the gateway's HTTP answers that clients read (lowercase, as HTTP/2 spells
+/// them); the gateway's `imgfetch.fetch` answers carry the archive ones too.
+pub mod http_header {
+    /// The request id, sent by the client or made by the gateway, and echoed.
+    pub const REQUEST_ID: &str = "x-request-id";
+    /// Where the archive copy is written (percent-encoded path).
+    pub const ARCHIVED_AS: &str = "imgfetch-archived-as";
+    /// Why there is no archive copy.
+    pub const ARCHIVE_ERROR: &str = "imgfetch-archive-error";
+}
+
 pub mod header {
     /// Subject the resolver must reply on. Required on every request.
     pub const CALLBACK: &str = "Imgfetch-Callback";

@@ -35,12 +35,7 @@ fn chunks(
     })
 }
 
-/// Header carrying the request id in and out.
-pub const REQUEST_ID: &str = "x-request-id";
-/// Header naming where the archive copy is written.
-pub const ARCHIVED_AS: &str = "imgfetch-archived-as";
-/// Header saying why there is no archive copy.
-pub const ARCHIVE_ERROR: &str = "imgfetch-archive-error";
+pub use imgfetch_common::protocol::http_header::{ARCHIVED_AS, ARCHIVE_ERROR, REQUEST_ID};
 
 /// Bytes of associated-information headers an HTTP response carries at most (extras beyond
 /// are left out and `Imgfetch-Info-Truncated: true` says so).
