@@ -73,7 +73,7 @@ pub struct Args {
     #[arg(long, env = "IMGFETCH_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
     /// Name of this instance; part of its callback subjects, so unique per replica
-    /// [default: gw-<random>].
+    /// [default: gw- and 12 random hex digits].
     #[arg(long, env = "IMGFETCH_INSTANCE")]
     pub instance: Option<String>,
     /// JetStream stream name.
