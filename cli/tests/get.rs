@@ -417,14 +417,14 @@ async fn an_interrupted_run_leaves_no_half_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_terminal_the_progress_bar_shows_done_failed_bytes_and_rate() {
+async fn on_a_terminal_a_batch_of_1000_keys_shows_a_progress_bar_of_done_failed_bytes_and_rate() {
     init_logs();
     let nats = NatsServer::start();
     let zone = tempfile::tempdir().unwrap();
     let image = sample("harbor/quay-east.jpg");
     let mut keys = Vec::new();
-    for i in 0..300 {
-        let key = format!("tty/img-{i:03}.jpg");
+    for i in 0..1000 {
+        let key = format!("tty/img-{i:04}.jpg");
         std::fs::create_dir_all(zone.path().join("tty")).unwrap();
         std::fs::write(zone.path().join(&key), &image).unwrap();
         keys.push(key);
@@ -460,17 +460,17 @@ async fn on_a_terminal_the_progress_bar_shows_done_failed_bytes_and_rate() {
     let drawn = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "one key failed: {drawn}");
     // The bar: keys done of all, failures, bytes written and the rate.
-    assert!(drawn.contains("/301 done"), "no bar drawn: {drawn}");
+    assert!(drawn.contains("/1001 done"), "no bar drawn: {drawn}");
     assert!(drawn.contains(" failed · "), "no failure count: {drawn}");
     assert!(
         drawn.contains("KiB/s") || drawn.contains("MiB/s"),
         "no rate: {drawn}"
     );
     assert!(
-        drawn.contains("saved 300 of 301, failed 1"),
+        drawn.contains("saved 1000 of 1001, failed 1"),
         "summary: {drawn}"
     );
-    assert_eq!(files_in(&out_dir).len(), 300);
+    assert_eq!(files_in(&out_dir).len(), 1000);
 
     // The same run on pipes draws nothing: no bar in logs.
     let piped = imgfetch_get(
@@ -485,5 +485,5 @@ async fn on_a_terminal_the_progress_bar_shows_done_failed_bytes_and_rate() {
     )
     .await;
     assert!(!stderr(&piped).contains(" done "), "{}", stderr(&piped));
-    assert!(stderr(&piped).contains("saved 300 of 301, failed 1"));
+    assert!(stderr(&piped).contains("saved 1000 of 1001, failed 1"));
 }
