@@ -203,6 +203,7 @@ impl Bench<'_> {
             archive,
             log_dir: self.logs.path(),
             gateway_args: &[],
+            resolver_args: &[],
         })
         .await
         .context("starting the pipeline")
@@ -348,6 +349,7 @@ impl Bench<'_> {
                 archive,
                 log_dir: self.logs.path(),
                 gateway_args: &[],
+                resolver_args: &[],
             })
             .await
             .context("starting the pipeline")?;

@@ -224,13 +224,16 @@ pub struct PipelineSpec<'a> {
     pub log_dir: &'a Path,
     /// More flags for the gateway.
     pub gateway_args: &'a [String],
+    /// More flags for the resolver.
+    pub resolver_args: &'a [String],
 }
 
 impl Pipeline {
     /// Starts the resolver, waits until it answers pings for every network, then the gateway,
     /// and waits until it is ready.
     pub async fn start(spec: PipelineSpec<'_>) -> anyhow::Result<Pipeline> {
-        let resolver_args = args_of_resolver(spec.nats_url, spec.networks, spec.store_url);
+        let mut resolver_args = args_of_resolver(spec.nats_url, spec.networks, spec.store_url);
+        resolver_args.extend(spec.resolver_args.iter().cloned());
         let resolver_bin = spec.bin_dir.join("imgfetch-resolver");
         let resolver_log = spec.log_dir.join("resolver.log");
         let resolver = start_resolver(

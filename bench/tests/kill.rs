@@ -28,6 +28,7 @@ async fn a_resolver_killed_mid_stream_is_a_clean_error_and_the_next_one_serves_t
         archive: false,
         log_dir: logs.path(),
         gateway_args: &gateway_args,
+        resolver_args: &[],
     })
     .await
     .unwrap();

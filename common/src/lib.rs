@@ -20,6 +20,7 @@
 //! - [`health`]: readiness of named components; ready when all are, with the first reason.
 //! - [`supervise`]: long-lived tasks restarted with backoff when they end early, counted.
 //! - [`telemetry`]: tracing-subscriber setup.
+//! - [`prometheus`]: the `/metrics` recorder, with histogram buckets.
 
 pub mod codec;
 pub mod connect;
@@ -28,6 +29,7 @@ pub mod frames;
 pub mod health;
 pub mod info;
 pub mod micro;
+pub mod prometheus;
 pub mod protocol;
 pub mod provision;
 pub mod shutdown;

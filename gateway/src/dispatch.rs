@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
+use imgfetch_common::prometheus::Held;
 use imgfetch_common::protocol::{self, header, ErrorCode, FetchRequest};
 use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
@@ -111,11 +112,37 @@ pub struct Ticket {
     deadline: Instant,
     pending: Pending,
     token: String,
+    /// Its network, a label of the request metrics.
+    network: String,
+    /// When it was submitted.
+    started: Instant,
+    /// Counts it among `imgfetch_gateway_requests_in_flight` while it lives.
+    _in_flight: Held,
 }
 
 impl Ticket {
-    /// Waits for the answer, or for the deadline.
-    pub async fn outcome(mut self) -> Outcome {
+    /// Waits for the answer, or for the deadline; counts the answer by network and status,
+    /// and the time it took (for a streamed image, to its first chunk).
+    pub async fn outcome(self) -> Outcome {
+        let network = self.network.clone();
+        let started = self.started;
+        let outcome = self.wait().await;
+        let status = match &outcome {
+            Ok(image) => {
+                metrics::counter!("imgfetch_gateway_image_bytes_total", "network" => network.clone())
+                    .increment(image.body.size());
+                protocol::STATUS_OK
+            }
+            Err(failure) => failure.code.as_str(),
+        };
+        metrics::counter!("imgfetch_gateway_requests_total", "network" => network.clone(), "status" => status)
+            .increment(1);
+        metrics::histogram!("imgfetch_gateway_request_seconds", "network" => network)
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn wait(mut self) -> Outcome {
         match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(Failure::new(
@@ -351,6 +378,9 @@ impl Dispatcher {
             deadline,
             pending: self.pending.clone(),
             token: token.clone(),
+            network: network.clone(),
+            started: Instant::now(),
+            _in_flight: Held::new(metrics::gauge!("imgfetch_gateway_requests_in_flight")),
         };
 
         let mut headers = HeaderMap::new();

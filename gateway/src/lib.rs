@@ -98,6 +98,9 @@ pub async fn run(
         )
         .await?;
     let draining = shutdown.child_token();
+    // The gauges exist from the start, at zero, before the first client.
+    metrics::gauge!("imgfetch_gateway_requests_in_flight").increment(0.0);
+    metrics::gauge!("imgfetch_gateway_websockets").increment(0.0);
     let health = Health::new();
     // Tasks stop when draining starts; the reply router only when the dispatcher closes, last.
     let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, draining.clone());

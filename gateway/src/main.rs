@@ -24,8 +24,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     imgfetch_common::telemetry::init(config.log_format);
-    config.metrics =
-        Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?);
+    config.metrics = Some(imgfetch_common::prometheus::install()?);
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(err) => {

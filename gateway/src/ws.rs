@@ -112,6 +112,8 @@ pub async fn session<W, R, E>(
     R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
+    let _open =
+        imgfetch_common::prometheus::Held::new(metrics::gauge!("imgfetch_gateway_websockets"));
     // Each item is sent whole, so an image's JSON frame and its binary frames stay together.
     // A streamed image is pulled by the writer itself, so the socket's pace is the stream's.
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.max_in_flight.max(1));

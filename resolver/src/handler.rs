@@ -28,6 +28,7 @@ use crate::info;
 use crate::store::{Fetched, Limits, Store, StoreError, StoreErrorKind};
 use crate::stream::{self, Outgoing};
 use imgfetch_common::info::ImageInfo;
+use imgfetch_common::prometheus::Held;
 
 /// What a handler needs besides the message.
 #[derive(Clone, Debug)]
@@ -125,7 +126,20 @@ pub enum Unsettled {
 /// Handles one message end to end. Errors mean the message was left unsettled and JetStream
 /// will redeliver it after the ack wait.
 pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), async_nats::Error> {
+    let _in_flight = Held::new(
+        metrics::gauge!("imgfetch_resolver_requests_in_flight", "network" => ctx.network.clone()),
+    );
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    if delivered > 1 {
+        metrics::counter!("imgfetch_resolver_redeliveries_total", "network" => ctx.network.clone())
+            .increment(1);
+    } else if let Ok(info) = message.info() {
+        // From the stream storing the request to this resolver taking it; a redelivery's wait
+        // would include its backoff, so only first deliveries are timed.
+        let waited = time::OffsetDateTime::now_utc() - info.published;
+        metrics::histogram!("imgfetch_resolver_queue_wait_seconds", "network" => ctx.network.clone())
+            .record(waited.as_seconds_f64().max(0.0));
+    }
     if let Some((reason, _)) = callback_refusal(message.headers.as_ref()) {
         // Copied before the term: a copy that fails leaves the request to be redelivered.
         let stream_seq = message.info().map(|i| i.stream_sequence)?;
@@ -234,7 +248,7 @@ pub async fn decide(
         .and_then(|h| h.get(header::MSG_ID))
         .map(|v| v.as_str().to_owned());
     let term_with = |id: Option<&str>, code: ErrorCode, message: String| {
-        metrics::counter!("imgfetch_resolver_replies_total", "status" => code.as_str())
+        metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => code.as_str())
             .increment(1);
         Decision {
             reply: Some((callback.clone(), error_reply(id, ctx, code, &message))),
@@ -331,8 +345,10 @@ pub async fn decide(
                     ),
                 );
             }
-            metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK)
+            metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => STATUS_OK)
                 .increment(1);
+            metrics::counter!("imgfetch_resolver_image_bytes_total", "network" => ctx.network.clone())
+                .increment(reply.body.len() as u64);
             return Decision {
                 reply: Some((callback, reply)),
                 settle: Settle::Ack,
@@ -404,7 +420,7 @@ fn retry_or_give_up(
             stream: None,
         };
     }
-    metrics::counter!("imgfetch_resolver_replies_total", "status" => ErrorCode::StoreUnavailable.as_str()).increment(1);
+    metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => ErrorCode::StoreUnavailable.as_str()).increment(1);
     let message = format!("store failed {delivered} times; last error: {message}");
     Decision {
         reply: Some((
@@ -484,6 +500,7 @@ async fn read_with_info(
     request: &FetchRequest,
 ) -> Result<(Fetched, ImageInfo), StoreError> {
     let sidecar_key = format!("{}{}", request.key, info::SIDECAR_SUFFIX);
+    let reading = std::time::Instant::now();
     let (image, sidecar) = ctx
         .store
         .read_pair(
@@ -496,6 +513,8 @@ async fn read_with_info(
             info::MAX_SIDECAR_BYTES,
         )
         .await;
+    metrics::histogram!("imgfetch_resolver_store_read_seconds", "network" => ctx.network.clone())
+        .record(reading.elapsed().as_secs_f64());
     let fetched = image?;
     let sidecar = match sidecar {
         Ok(found) => match info::from_sidecar(&found.bytes) {

@@ -241,6 +241,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     let mut served = Vec::with_capacity(config.networks.len());
     for (net, store) in config.networks.iter().zip(stores) {
+        // Every network's series exist from the start, at zero, so that rates and alerts see
+        // them before the first request.
+        let network = net.name.clone();
+        metrics::counter!("imgfetch_resolver_redeliveries_total", "network" => network.clone())
+            .increment(0);
+        metrics::counter!("imgfetch_resolver_image_bytes_total", "network" => network.clone())
+            .increment(0);
+        metrics::gauge!("imgfetch_resolver_requests_in_flight", "network" => network)
+            .increment(0.0);
         let counts = Arc::new(service::Counts::default());
         served.push(service::Network {
             name: net.name.clone(),

@@ -22,8 +22,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     imgfetch_common::telemetry::init(config.log_format);
-    config.metrics =
-        Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?);
+    config.metrics = Some(imgfetch_common::prometheus::install()?);
     let shutdown = imgfetch_common::shutdown::on_signals();
     if let Err(err) = imgfetch_resolver::run(config, shutdown).await {
         eprintln!("imgfetch-resolver: {err}");

@@ -120,8 +120,10 @@ pub async fn send(
                     .publish_with_headers(out.callback.clone(), end, Bytes::new()),
             )
             .await?;
-            metrics::counter!("imgfetch_resolver_replies_total", "status" => STATUS_OK)
+            metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => STATUS_OK)
                 .increment(1);
+            metrics::counter!("imgfetch_resolver_image_bytes_total", "network" => ctx.network.clone())
+                .increment(out.size);
             Ok(Settle::Ack)
         }
         Err(StreamError::Nats(err)) => Err(err),
@@ -141,7 +143,7 @@ pub async fn send(
                     .publish_with_headers(out.callback.clone(), end, Bytes::from(why)),
             )
             .await?;
-            metrics::counter!("imgfetch_resolver_replies_total", "status" => code.as_str())
+            metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => code.as_str())
                 .increment(1);
             Ok(Settle::Term)
         }
