@@ -158,12 +158,13 @@ pub async fn session<W, R, E>(
     let slots = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut tasks = JoinSet::new();
     let mut client_left = false;
+    let mut shutting_down = false;
     let idle = tokio::time::sleep(limits.idle_timeout);
     tokio::pin!(idle);
     loop {
         while tasks.try_join_next().is_some() {}
         let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => { shutting_down = true; break }
             _ = gone.cancelled() => { client_left = true; break }
             () = &mut idle => {
                 // A request in flight is the client waiting, not idling.
@@ -347,6 +348,14 @@ pub async fn session<W, R, E>(
                 next = tasks.join_next() => if next.is_none() { break },
                 _ = gone.cancelled() => { tasks.abort_all(); break }
             }
+        }
+        if shutting_down {
+            // 1001 "going away": the client may reconnect at once, to another gateway.
+            let close = Message::Close(Some(CloseFrame {
+                code: close_code::AWAY,
+                reason: Utf8Bytes::from_static("the gateway is shutting down"),
+            }));
+            let _ = out_tx.send(Out::Frames(vec![close])).await;
         }
     }
     drop(out_tx);

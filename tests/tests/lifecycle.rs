@@ -10,6 +10,7 @@ use imgfetch_tests::pipeline::{
     file_network, header_of, next_within, resolver_config, samples_dir, Gateway, Resolver, WsClient,
 };
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 fn harbor_config(nats: &NatsServer, instance: &str) -> imgfetch_resolver::Config {
     let mut c = resolver_config(
@@ -152,6 +153,17 @@ async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
     let answer = ws.next_answer().await;
     assert_eq!(answer.frame["type"], "image", "{}", answer.frame);
     assert_eq!(answer.frame["id"], "drain-1");
+    // Then the socket is closed as "going away", so the client reconnects elsewhere.
+    let closed = loop {
+        match ws.next_message().await {
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => continue,
+            None => panic!("the socket ended without a close frame"),
+        }
+    };
+    let closed = closed.expect("a close frame with a code");
+    assert_eq!(u16::from(closed.code), 1001, "{closed:?}");
+    assert_eq!(closed.reason.as_str(), "the gateway is shutting down");
     tokio::time::timeout(Duration::from_secs(10), stop)
         .await
         .expect("gateway stops after draining")
