@@ -124,11 +124,12 @@ else
   say "made $BASE_IMAGE"
 fi
 
-# podman's defaults do not run everywhere: crun refuses a host whose cgroup v2 hierarchy is
+# podman's defaults do not run everywhere: its default open-files limit for containers
+# (1048576) fails where that is above the host's hard limit and the runtime may not raise it (no
+# CAP_SYS_RESOURCE), and crun, its default runtime, refuses a host whose cgroup v2 hierarchy is
 # mounted next to v1 controllers and has controllers of its own ("cgroups in hybrid mode not
-# supported"), and podman's default limits (open files 1048576) fail where the runtime may not
-# raise its hard limits (no CAP_SYS_RESOURCE). Use the defaults when they work, else runc with
-# limits within this host's.
+# supported"). Use the defaults when they work, else runc with the host's open-files limit and a
+# process limit (given one limit, podman sets the other to 1048576, again above the host's).
 step "container runtime"
 run_flags=()
 build_flags=()
