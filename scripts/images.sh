@@ -229,62 +229,52 @@ for _ in $(seq 1 100); do
 done
 (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null || die "nats-server does not listen on $nats_port"
 
-wait_http() { # what, url
-  for _ in $(seq 1 150); do
-    if curl -fsS -o /dev/null --max-time 1 "$2" 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  return 1
-}
-started() { # what, container id: fails unless its main process runs as 65532 on a read-only root
-  local pid uid
-  pid=$(podman inspect --format '{{.State.Pid}}' "$2")
+# Starts one container on the host network as the NATS role of the same name (its password
+# mounted as a file), checks that its process runs as 65532 on a read-only root, and waits until
+# it is ready.
+run_container() { # role, readiness URL, more `podman run` arguments and the image
+  local role=$1 ready=$2 cid pid uid
+  shift 2
+  cid=$(podman run -d --network host "${secure[@]}" \
+    -v "$work/secrets/$role.password:/var/run/secrets/imgfetch/nats/password:ro" \
+    -e IMGFETCH_NATS_URL="nats://127.0.0.1:$nats_port" \
+    -e IMGFETCH_NATS_USER="$role" \
+    -e IMGFETCH_NATS_PASSWORD_FILE=/var/run/secrets/imgfetch/nats/password \
+    "$@")
+  containers+=("$cid")
+  pid=$(podman inspect --format '{{.State.Pid}}' "$cid")
   if [[ "$pid" == 0 ]]; then
-    podman logs "$2" 2>&1 | tail -n 20 >&2
-    die "$1 exited at start (log above)"
+    podman logs "$cid" 2>&1 | tail -n 20 >&2
+    die "the $role exited at start (log above)"
   fi
   uid=$(awk '/^Uid:/ {print $2 "," $3 "," $4 "," $5}' "/proc/$pid/status")
-  [[ "$uid" == 65532,65532,65532,65532 ]] || die "$1 runs as uid $uid, not 65532"
-  [[ $(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$2") == true ]] ||
-    die "$1 has a writable root filesystem"
-  say "$1 running as container ${2:0:12}, pid $pid, uid 65532, read-only root"
+  [[ "$uid" == 65532,65532,65532,65532 ]] || die "the $role runs as uid $uid, not 65532"
+  [[ $(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$cid") == true ]] ||
+    die "the $role has a writable root filesystem"
+  say "$role running as container ${cid:0:12}, pid $pid, uid 65532, read-only root"
+  for _ in $(seq 1 150); do
+    if curl -fsS -o /dev/null --max-time 1 "$ready" 2>/dev/null; then return 0; fi
+    [[ $(podman inspect --format '{{.State.Running}}' "$cid") == true ]] || break
+    sleep 0.2
+  done
+  podman logs "$cid" 2>&1 | tail -n 20 >&2
+  die "the $role did not become ready, or exited (log above)"
 }
 
-cid=$(podman run -d --network host "${secure[@]}" \
+run_container resolver "http://127.0.0.1:$resolver_port/readyz" \
   -v "$root/samples/harbor:/srv/images:ro" \
-  -v "$work/secrets/resolver.password:/var/run/secrets/imgfetch/nats/password:ro" \
-  -e IMGFETCH_NATS_URL="nats://127.0.0.1:$nats_port" \
   -e IMGFETCH_NETWORKS=harbor=file:///srv/images \
   -e IMGFETCH_INSTANCE=images-resolver \
-  -e IMGFETCH_NATS_USER=resolver \
-  -e IMGFETCH_NATS_PASSWORD_FILE=/var/run/secrets/imgfetch/nats/password \
   -e IMGFETCH_HTTP_LISTEN="127.0.0.1:$resolver_port" \
-  "$RESOLVER_IMAGE")
-containers+=("$cid")
-started resolver "$cid"
-wait_http resolver "http://127.0.0.1:$resolver_port/readyz" || {
-  podman logs "$cid" 2>&1 | tail -n 20 >&2
-  die "the resolver did not become ready"
-}
-
+  "$RESOLVER_IMAGE"
 # Host network: the image's 0.0.0.0:8080 would take the host's port 8080, so listen elsewhere.
 # nats.conf lets the gateway role listen only under imgfetch.reply.local-gateway.>.
-cid=$(podman run -d --network host "${secure[@]}" \
+run_container gateway "http://127.0.0.1:$http_port/readyz" \
   -v "$work/archive:/archive" \
-  -v "$work/secrets/gateway.password:/var/run/secrets/imgfetch/nats/password:ro" \
   -e IMGFETCH_LISTEN="127.0.0.1:$http_port" \
-  -e IMGFETCH_NATS_URL="nats://127.0.0.1:$nats_port" \
   -e IMGFETCH_INSTANCE=local-gateway \
-  -e IMGFETCH_NATS_USER=gateway \
-  -e IMGFETCH_NATS_PASSWORD_FILE=/var/run/secrets/imgfetch/nats/password \
   -e IMGFETCH_ARCHIVE=/archive \
-  "$GATEWAY_IMAGE")
-containers+=("$cid")
-started gateway "$cid"
-wait_http gateway "http://127.0.0.1:$http_port/readyz" || {
-  podman logs "$cid" 2>&1 | tail -n 20 >&2
-  die "the gateway did not become ready"
-}
+  "$GATEWAY_IMAGE"
 
 fetched=$work/fetched/quay-east.jpg
 curl -fsS -o "$fetched" -w 'images: GET quay-east.jpg: HTTP %{http_code}, %{size_download} bytes in %{time_total} s\n' \
