@@ -201,12 +201,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 nats_port=$(free_port)
 http_port=$(free_port)
 resolver_port=$(free_port)
-# nats.conf's roles, on a free port and a store of this run's own.
+# nats.conf's roles, on a free port and a store of this run's own. The streams reserve 256 MB
+# each; a fixed file-store limit (as the tests' servers have) lets them be created on a host
+# short of free disk, where JetStream's default limit (a share of the free space) would not.
 mkdir -p "$work/nats" "$work/secrets" "$work/archive" "$work/fetched"
 {
   echo "listen: 127.0.0.1:$nats_port"
   echo "max_payload: 8MB"
-  echo "jetstream { store_dir: \"$work/nats\" }"
+  echo "jetstream { store_dir: \"$work/nats\", max_file_store: 1GB, max_memory_store: 64MB }"
   sed -n '/^# BEGIN imgfetch roles/,/^# END imgfetch roles/p' nats.conf
 } >"$work/nats.conf"
 dev_password() { awk -v u="$1" '$1 == "user:" && $2 == u { getline; print $2; exit }' nats.conf; }
