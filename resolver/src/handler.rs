@@ -68,6 +68,9 @@ pub struct Context {
     pub dead_letters: std::sync::Arc<crate::dlq::DeadLetters>,
     /// What this network's requests ended in, for `nats micro stats`.
     pub counts: std::sync::Arc<crate::service::Counts>,
+    /// Fired when the shutdown grace period runs out: requests still in hand are given back
+    /// (nak) for another resolver to take at once.
+    pub abandon: tokio_util::sync::CancellationToken,
 }
 
 /// A reply to send on the callback subject.

@@ -102,6 +102,10 @@ pub enum RunError {
 const RESTARTS_METRIC: &str = "imgfetch_resolver_task_restarts_total";
 /// Longest the last flush at shutdown may wait: it waits for a reconnect that may never come.
 const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest the requests still in hand when the grace period ends may take to be given back.
+const ABANDON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest draining the connection (unsubscribing, flushing, closing) may take at the end.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the resolver until `shutdown` fires, then lets in-flight requests finish within the
 /// grace period.
@@ -239,6 +243,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             }
         }));
     }
+    let abandon = CancellationToken::new();
     let mut served = Vec::with_capacity(config.networks.len());
     for (net, store) in config.networks.iter().zip(stores) {
         // Every network's series exist from the start, at zero, so that rates and alerts see
@@ -293,6 +298,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             store_timeout: config.store_timeout,
             dead_letters: dead.clone(),
             counts,
+            abandon: abandon.clone(),
         });
         let heal = worker::Heal {
             stream: config.stream.clone(),
@@ -373,8 +379,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .is_err()
     {
         tracing::warn!(
-            "grace period over with requests still in flight; JetStream will redeliver them"
+            "grace period over with requests still in flight; giving them back to the stream"
         );
+        abandon.cancel();
+        let _ = tokio::time::timeout(ABANDON_TIMEOUT, tracker.wait()).await;
     }
     // Replies and acks of the last requests are still in the client's buffer; a flush waits
     // for a reconnect that may never come, so it is bounded.
@@ -383,6 +391,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .is_err()
     {
         tracing::warn!(timeout = ?FINAL_FLUSH_TIMEOUT, "the last replies and acks could not be flushed; JetStream will redeliver what was not acked");
+    }
+    // Drained, the server drops this connection's subscriptions (pings, stats, service verbs)
+    // at once instead of when it notices the socket is gone.
+    if tokio::time::timeout(DRAIN_TIMEOUT, client.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "draining the NATS connection timed out");
     }
     if let Some(http) = http {
         let _ = http.await;

@@ -389,6 +389,36 @@ impl Puller {
             // Whatever happens to the handler, a panic included, the request stops counting
             // against this network's credit: a leak would stop the network pulling for good.
             let _done = Done { in_flight, freed };
+            let ack = message.reply.clone();
+            let abandon = ctx.abandon.clone();
+            let handled = Self::handle_in_slot(&ctx, message, slots, progress_every);
+            tokio::select! {
+                () = handled => {}
+                // The grace period ran out: give the request back at once rather than leave it
+                // to the ack wait, so another resolver takes it now.
+                () = abandon.cancelled() => {
+                    if let Some(ack) = ack {
+                        let nak = ctx.client.publish(ack, Bytes::from_static(b"-NAK"));
+                        match tokio::time::timeout(PROGRESS_TIMEOUT, nak).await {
+                            Ok(Ok(())) => tracing::info!(network = ctx.network, "request given back unfinished at shutdown"),
+                            Ok(Err(err)) => tracing::warn!(network = ctx.network, %err, "could not give back a request at shutdown; it will be redelivered after the ack wait"),
+                            Err(_) => tracing::warn!(network = ctx.network, "giving back a request at shutdown timed out; it will be redelivered after the ack wait"),
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Waits for a slot (keeping the request from being redelivered meanwhile), then handles
+    /// the request.
+    async fn handle_in_slot(
+        ctx: &Context,
+        message: async_nats::jetstream::Message,
+        slots: Arc<Semaphore>,
+        progress_every: Duration,
+    ) {
+        {
             let permit = loop {
                 tokio::select! {
                     permit = slots.clone().acquire_owned() => {
@@ -404,11 +434,11 @@ impl Puller {
                     }
                 }
             };
-            if let Err(err) = handler::handle(&ctx, message).await {
+            if let Err(err) = handler::handle(ctx, message).await {
                 tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
             }
             drop(permit);
-        });
+        }
     }
 }
 

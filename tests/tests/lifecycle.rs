@@ -280,3 +280,67 @@ async fn after_nats_server_restarts_the_pipeline_serves_again_within_seconds() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_resolver_stopped_with_a_request_in_hand_gives_it_back_at_once() {
+    init_logs();
+    let nats = NatsServer::start();
+    let zone = tempfile::tempdir().unwrap();
+    // Over the inline limit: streamed, and nothing is sent before the receiver gives credit.
+    imgfetch_tests::write_large_image(&zone.path().join("big.jpg"), 3 * 1024 * 1024, 3);
+    let ack_wait = Duration::from_secs(30);
+    let resolver = Resolver::start({
+        let mut c = resolver_config(&nats.url(), vec![file_network("slowzone", zone.path())]);
+        c.grace = Duration::from_millis(300);
+        c.consumer.ack_wait = ack_wait;
+        c
+    })
+    .await;
+
+    // A receiver that takes the stream's head and never gives credit: the resolver holds the
+    // request, waiting.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut callback = client.subscribe("me.give-1").await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(header::CALLBACK, "me.give-1");
+    headers.insert(header::MSG_ID, "give-1");
+    headers.insert(header::ACCEPT_STREAM, "1");
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish_with_headers(
+        "imgfetch.req.slowzone",
+        headers,
+        r#"{"id":"give-1","key":"big.jpg"}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .expect("the stream stored the request");
+    let head = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut callback),
+    )
+    .await
+    .expect("the stream's head within 10 s")
+    .unwrap();
+    assert!(
+        head.headers
+            .as_ref()
+            .and_then(|h| h.get("Imgfetch-Flow"))
+            .is_some(),
+        "a streamed answer's head"
+    );
+
+    // Stopped past its grace period, it gives the request back: redelivered now, not after
+    // the 30 s ack wait.
+    let stopped = std::time::Instant::now();
+    resolver.stop().await;
+    let (_fake, consumer) = imgfetch_tests::fake::fake_resolver(&nats.url(), "slowzone").await;
+    let (id, _, again) = imgfetch_tests::fake::take_request(&consumer).await;
+    let waited = stopped.elapsed();
+    assert_eq!(id, "give-1");
+    assert_eq!(again.info().unwrap().delivered, 2);
+    assert!(
+        waited < ack_wait / 2,
+        "redelivered after {waited:?}: the request was not given back"
+    );
+}
