@@ -17,6 +17,7 @@ use imgfetch_common::validate;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::archive::Archived;
 use crate::auth::Auth;
@@ -205,6 +206,20 @@ async fn get_image(
         },
         None => crate::dispatch::new_id(),
     };
+    let span = tracing::error_span!("request", id, network);
+    answer_image(state, client, id, network, key)
+        .instrument(span)
+        .await
+}
+
+/// The rest of `GET /v1/images`, within the request's span.
+async fn answer_image(
+    state: AppState,
+    client: crate::auth::Client,
+    id: String,
+    network: String,
+    key: String,
+) -> Response {
     let in_flight = match client.begin(&network) {
         Ok(held) => held,
         Err(f) => return error_response(Some(&id), &f),

@@ -30,6 +30,7 @@ use imgfetch_common::protocol::{ErrorCode, FetchRequest};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::archive::Archived;
 use crate::auth::Client;
@@ -287,55 +288,63 @@ pub async fn session<W, R, E>(
         let dispatcher = dispatcher.clone();
         let identity = client.identity().map(str::to_owned);
         let out = out_tx.clone();
-        tasks.spawn(async move {
-            let id = request.id.clone();
-            let network = request.network.clone().unwrap_or_default();
-            let key = request.key.clone();
-            let meta = request.meta.clone();
-            let ticket = match dispatcher.submit(request, identity.as_deref()).await {
-                Ok(t) => t,
-                Err(f) => {
-                    let _ = out
-                        .send(Out::Frames(vec![error_frame(Some(&id), &f)]))
-                        .await;
+        let span = tracing::error_span!(
+            "request",
+            id = request.id,
+            network = request.network.as_deref().unwrap_or_default()
+        );
+        tasks.spawn(
+            async move {
+                let id = request.id.clone();
+                let network = request.network.clone().unwrap_or_default();
+                let key = request.key.clone();
+                let meta = request.meta.clone();
+                let ticket = match dispatcher.submit(request, identity.as_deref()).await {
+                    Ok(t) => t,
+                    Err(f) => {
+                        let _ = out
+                            .send(Out::Frames(vec![error_frame(Some(&id), &f)]))
+                            .await;
+                        return;
+                    }
+                };
+                if out
+                    .send(Out::Frames(vec![json(&ServerFrame::Accepted { id: &id })]))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
-            };
-            if out
-                .send(Out::Frames(vec![json(&ServerFrame::Accepted { id: &id })]))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let mut image = match ticket.outcome().await {
-                Ok(image) => image,
-                Err(f) => {
-                    let _ = out
-                        .send(Out::Frames(vec![error_frame(Some(&id), &f)]))
-                        .await;
+                let mut image = match ticket.outcome().await {
+                    Ok(image) => image,
+                    Err(f) => {
+                        let _ = out
+                            .send(Out::Frames(vec![error_frame(Some(&id), &f)]))
+                            .await;
+                        return;
+                    }
+                };
+                let answer = image_out(&mut image, &network, &key, &meta);
+                if out.send(answer).await.is_err() {
                     return;
                 }
-            };
-            let answer = image_out(&mut image, &network, &key, &meta);
-            if out.send(answer).await.is_err() {
-                return;
-            }
-            // The request is answered; the archive report below must not hold its slots.
-            drop(permit);
-            drop(token_slot);
-            // The archive write runs behind the image; report it only if it fails.
-            if let Archived::Planned { path, written } = image.archived {
-                if let Ok(Err(message)) = written.await {
-                    let frame = json(&ServerFrame::ArchiveFailed {
-                        id: &id,
-                        archived_as: &path,
-                        message: &message,
-                    });
-                    let _ = out.send(Out::Frames(vec![frame])).await;
+                // The request is answered; the archive report below must not hold its slots.
+                drop(permit);
+                drop(token_slot);
+                // The archive write runs behind the image; report it only if it fails.
+                if let Archived::Planned { path, written } = image.archived {
+                    if let Ok(Err(message)) = written.await {
+                        let frame = json(&ServerFrame::ArchiveFailed {
+                            id: &id,
+                            archived_as: &path,
+                            message: &message,
+                        });
+                        let _ = out.send(Out::Frames(vec![frame])).await;
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
     }
     if client_left {
         // Nobody is left to answer; dropping the set cancels the waits, and late replies are

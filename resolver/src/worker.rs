@@ -43,6 +43,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::handler::{self, Context};
 
@@ -391,12 +392,24 @@ impl Puller {
             let _done = Done { in_flight, freed };
             let ack = message.reply.clone();
             let abandon = ctx.abandon.clone();
-            let handled = Self::handle_in_slot(&ctx, message, slots, progress_every);
+            // Every line logged about this request carries its id (the de-duplication id:
+            // `<id>`, or `<id>.retry.<n>` for a request taken over) and its network. The span
+            // is at error level so that no `RUST_LOG` filter that keeps a line drops its context.
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(imgfetch_common::protocol::header::MSG_ID))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            let span = tracing::error_span!("request", id, network = ctx.network);
+            let handled = Self::handle_in_slot(&ctx, message, slots, progress_every)
+                .instrument(span.clone());
             tokio::select! {
                 () = handled => {}
                 // The grace period ran out: give the request back at once rather than leave it
                 // to the ack wait, so another resolver takes it now.
                 () = abandon.cancelled() => {
+                    let _entered = span.enter();
                     if let Some(ack) = ack {
                         let nak = ctx.client.publish(ack, Bytes::from_static(b"-NAK"));
                         match tokio::time::timeout(PROGRESS_TIMEOUT, nak).await {
