@@ -245,11 +245,7 @@ impl Config {
     /// One line for `--check-config`: NATS and as whom, the instance, the stream, the archive
     /// and who may connect. Names no secret.
     pub fn summary(&self) -> String {
-        let user = match (&self.nats_auth.user, &self.nats_auth.creds_file) {
-            (Some(user), _) => format!(" as {user}"),
-            (None, Some(_)) => " with a creds file".to_owned(),
-            (None, None) => String::new(),
-        };
+        let user = self.nats_auth.summary();
         let archive = match &self.archive {
             Some(archive) => archive.store.summary(),
             None => "off".to_owned(),

@@ -476,11 +476,7 @@ impl Config {
             .iter()
             .map(|n| format!("{}={}", n.name, n.store.summary()))
             .collect();
-        let user = match (&self.nats_auth.user, &self.nats_auth.creds_file) {
-            (Some(user), _) => format!(" as {user}"),
-            (None, Some(_)) => " with a creds file".to_owned(),
-            (None, None) => String::new(),
-        };
+        let user = self.nats_auth.summary();
         let http = match self.http_listen {
             Some(addr) => format!("health on {addr}"),
             None => "no health listener".to_owned(),
