@@ -46,10 +46,17 @@ if [ ! -f "$PYDIR/.kubernetes-validate-$VALIDATE_VERSION" ]; then
 fi
 export PYTHONPATH="$PYDIR${PYTHONPATH:+:$PYTHONPATH}"
 
-# The binaries whose --check-config reads the rendered configuration (a no-op after
-# `cargo test`, which builds them).
-cargo build --locked --quiet -p imgfetch-resolver -p imgfetch-gateway --bins
+# The binaries whose --check-config reads the rendered configuration. `cargo test` builds them
+# (a `cargo build` of the two packages alone may build them again, with other features), so they
+# are built here only when missing or older than their sources.
 BIN="${CARGO_TARGET_DIR:-target}/debug"
+for bin in imgfetch-resolver imgfetch-gateway; do
+  if [ ! -x "$BIN/$bin" ] || [ -n "$(find Cargo.lock common/src resolver/src gateway/src \
+    -newer "$BIN/$bin" -print -quit)" ]; then
+    cargo build --locked --quiet -p imgfetch-resolver -p imgfetch-gateway --bins
+    break
+  fi
+done
 for bin in imgfetch-resolver imgfetch-gateway; do
   if ! "$BIN/$bin" --help | grep -q -- '--check-config'; then
     echo "check-deploy: $BIN/$bin has no --check-config" >&2
