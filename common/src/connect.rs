@@ -79,6 +79,16 @@ impl NatsAuth {
         }
     }
 
+    /// How the connection logs in, for `--check-config` summaries: " as USER", " with a creds
+    /// file", or nothing when anonymous. Names no secret.
+    pub fn summary(&self) -> String {
+        match (&self.user, &self.creds_file) {
+            (Some(user), _) => format!(" as {user}"),
+            (None, Some(_)) => " with a creds file".to_owned(),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Checks that the settings fit together: a creds file or a user with a password file,
     /// not both; a password file only with a user. Files are read later, when connecting.
     pub fn check(&self) -> Result<(), ConnectError> {

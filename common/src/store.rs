@@ -99,6 +99,40 @@ pub fn parse_url(url: &str, options: S3Options) -> Result<StoreSpec, BadUrl> {
     }
 }
 
+impl StoreSpec {
+    /// One line naming the store and where it is, for `--check-config`; never a credential.
+    pub fn summary(&self) -> String {
+        match self {
+            StoreSpec::File { root } => format!("file://{}", root.display()),
+            StoreSpec::S3 {
+                bucket,
+                prefix,
+                options,
+            } => {
+                let mut line = format!("s3://{bucket}");
+                if let Some(prefix) = prefix {
+                    line.push('/');
+                    line.push_str(prefix);
+                }
+                let mut notes = Vec::new();
+                if let Some(endpoint) = &options.endpoint {
+                    notes.push(format!("endpoint {endpoint}"));
+                }
+                if let Some(region) = &options.region {
+                    notes.push(format!("region {region}"));
+                }
+                if options.from_env {
+                    notes.push("AWS_* from the environment".to_owned());
+                }
+                if !notes.is_empty() {
+                    line.push_str(&format!(" ({})", notes.join(", ")));
+                }
+                line
+            }
+        }
+    }
+}
+
 /// A store that could not be built or read, with the cause.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -266,6 +300,29 @@ fn s3_builder(bucket: &str, options: &S3Options, timeout: Duration) -> AmazonS3B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_name_the_store_and_never_a_secret() {
+        let file = parse_url("file:///srv/images", S3Options::default()).unwrap();
+        assert_eq!(file.summary(), "file:///srv/images");
+        let s3 = parse_url(
+            "s3://cams/raw/",
+            S3Options {
+                endpoint: Some("http://minio:9000".into()),
+                region: Some("eu-west-1".into()),
+                access_key_id: Some("AK".into()),
+                secret_access_key: Some("SECRET".into()),
+                ..S3Options::default()
+            },
+        )
+        .unwrap();
+        let line = s3.summary();
+        assert_eq!(
+            line,
+            "s3://cams/raw (endpoint http://minio:9000, region eu-west-1)"
+        );
+        assert!(!line.contains("SECRET") && !line.contains("AK"));
+    }
 
     #[test]
     fn urls_parse() {

@@ -119,6 +119,11 @@ pub struct Args {
     /// Where request outcomes are recorded for fetching again by id.
     #[command(flatten)]
     pub results: ResultArgs,
+    /// Only parse and validate the configuration (flags, environment, the tokens file), print
+    /// a one-line summary and exit: 0 when it is usable, 64 when not. Connects to nothing,
+    /// opens no archive and binds no port.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Everything `run` needs, resolved.
@@ -233,6 +238,29 @@ impl Config {
             other => return Err(ConfigError::LogFormat(other.to_owned())),
         };
         Ok(config)
+    }
+}
+
+impl Config {
+    /// One line for `--check-config`: NATS and as whom, the instance, the stream, the archive
+    /// and who may connect. Names no secret.
+    pub fn summary(&self) -> String {
+        let user = self.nats_auth.summary();
+        let archive = match &self.archive {
+            Some(archive) => archive.store.summary(),
+            None => "off".to_owned(),
+        };
+        let clients = match &self.clients.tokens {
+            Some(tokens) => format!("{} tokens", tokens.len()),
+            None => "every client let in".to_owned(),
+        };
+        format!(
+            "NATS {}{user}; instance {}; stream {}; archive {archive}; {clients}; grace {} ms",
+            self.nats_url,
+            self.instance,
+            self.stream,
+            self.grace.as_millis(),
+        )
     }
 }
 

@@ -16,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listen = args.listen;
+    let check_only = args.check_config;
     let mut config = match Config::from_args(args) {
         Ok(c) => c,
         Err(err) => {
@@ -23,6 +24,14 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_CONFIG);
         }
     };
+    if check_only {
+        // Everything a start checks before it binds and connects; the archive stays unopened.
+        println!(
+            "imgfetch-gateway: configuration ok: listen {listen}; {}",
+            config.summary()
+        );
+        return Ok(());
+    }
     imgfetch_common::telemetry::init(config.log_format);
     config.metrics = Some(imgfetch_common::prometheus::install()?);
     let listener = match tokio::net::TcpListener::bind(listen).await {

@@ -13,3 +13,45 @@ fn bad_configuration_is_one_line_and_exit_64() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
     assert!(stderr.contains("instance"), "{stderr}");
 }
+
+#[test]
+fn check_config_validates_without_binding_connecting_or_opening_the_archive() {
+    // The port is taken (held below), and neither NATS nor the S3 endpoint exists: a start
+    // would fail on each, a check must not look.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-gateway"))
+        .args([
+            "--check-config",
+            "--listen",
+            &listen,
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "--instance",
+            "gateway-0",
+            "--archive",
+            "s3://imgfetch-archive",
+        ])
+        .env("AWS_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .expect("run imgfetch-gateway");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout:?}");
+    assert!(
+        stdout.contains(&format!(
+            "listen {listen}; NATS nats://127.0.0.1:1; instance gateway-0"
+        )) && stdout.contains("archive s3://imgfetch-archive"),
+        "{stdout}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-gateway"))
+        .args(["--check-config", "--archive", "ftp://archive"])
+        .output()
+        .expect("run imgfetch-gateway");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
+    assert!(stderr.contains("archive"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}

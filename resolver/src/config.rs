@@ -127,6 +127,11 @@ pub struct Args {
     /// Deliveries after which JetStream stops redelivering a request [default: 10].
     #[arg(long, env = "IMGFETCH_MAX_DELIVER")]
     pub max_deliver: Option<i64>,
+    /// Only parse and validate the configuration (flags, environment, TOML file and the files
+    /// it names), print a one-line summary and exit: 0 when it is usable, 64 when not. Connects
+    /// to nothing and opens no store.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The TOML file. Unknown keys are errors.
@@ -462,6 +467,36 @@ impl Config {
     }
 }
 
+impl Config {
+    /// One line for `--check-config`: the networks with their stores, where NATS is and as
+    /// whom, and whether the stream is provisioned. Names no secret.
+    pub fn summary(&self) -> String {
+        let networks: Vec<String> = self
+            .networks
+            .iter()
+            .map(|n| format!("{}={}", n.name, n.store.summary()))
+            .collect();
+        let user = self.nats_auth.summary();
+        let http = match self.http_listen {
+            Some(addr) => format!("health on {addr}"),
+            None => "no health listener".to_owned(),
+        };
+        format!(
+            "{} network{}: {}; NATS {}{user}; stream {} ({}); {http}",
+            networks.len(),
+            if networks.len() == 1 { "" } else { "s" },
+            networks.join(", "),
+            self.nats_url,
+            self.stream.name,
+            if self.provision {
+                "provisioned"
+            } else {
+                "verified only"
+            },
+        )
+    }
+}
+
 /// Parses `text` or `json`.
 pub fn parse_log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
     match value {
@@ -759,6 +794,33 @@ mod tests {
                 "{list:?}: expected {expect:?} in {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_summary_lists_every_network_and_its_store() {
+        const FILE: &str = r#"
+            nats_url = "nats://nats:4222"
+            provision = false
+            http_listen = "0.0.0.0:9090"
+            [networks.cams]
+            url = "s3://camera-images"
+            endpoint = "http://minio:9000"
+            region = "us-east-1"
+            access_key_id = "AK"
+            secret_access_key = "SK-NOT-SHOWN"
+            [networks.dmz]
+            url = "file:///srv/images"
+        "#;
+        let c =
+            Config::resolve(args(&["--config", "/c.toml"]), files(&[("/c.toml", FILE)])).unwrap();
+        let line = c.summary();
+        assert_eq!(
+            line,
+            "2 networks: cams=s3://camera-images (endpoint http://minio:9000, region \
+             us-east-1), dmz=file:///srv/images; NATS nats://nats:4222; stream IMGFETCH \
+             (verified only); health on 0.0.0.0:9090"
+        );
+        assert!(!line.contains("SK-NOT-SHOWN"));
     }
 
     #[test]

@@ -14,13 +14,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut config = match Config::resolve(Args::parse(), |p| std::fs::read_to_string(p)) {
+    let args = Args::parse();
+    let check_only = args.check_config;
+    let mut config = match Config::resolve(args, |p| std::fs::read_to_string(p)) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("imgfetch-resolver: configuration error: {err}");
             std::process::exit(EXIT_CONFIG);
         }
     };
+    if check_only {
+        // Everything a start checks before it connects; stores stay unopened (no S3 call).
+        println!("imgfetch-resolver: configuration ok: {}", config.summary());
+        return Ok(());
+    }
     imgfetch_common::telemetry::init(config.log_format);
     config.metrics = Some(imgfetch_common::prometheus::install()?);
     let shutdown = imgfetch_common::shutdown::on_signals();

@@ -53,3 +53,71 @@ fn an_unreadable_store_fails_at_start_in_one_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_validates_without_opening_stores_or_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret_access_key");
+    std::fs::write(&secret, "not-a-real-key\n").unwrap();
+    let good = dir.path().join("good.toml");
+    // Neither the directory, the S3 endpoint nor NATS exist: a start would fail on each, a
+    // check must not look.
+    std::fs::write(
+        &good,
+        format!(
+            r#"
+nats_url = "nats://127.0.0.1:1"
+provision = false
+[networks.cams]
+url = "s3://camera-images"
+endpoint = "http://127.0.0.1:1"
+region = "us-east-1"
+access_key_id = "reader"
+secret_access_key_file = "{}"
+allow_http = true
+[networks.dmz]
+url = "file:///nonexistent/imgfetch"
+"#,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-resolver"))
+        .args(["--config", good.to_str().unwrap(), "--check-config"])
+        .env_remove("IMGFETCH_NETWORKS")
+        .output()
+        .expect("run imgfetch-resolver");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout:?}");
+    assert!(
+        stdout.contains("2 networks: cams=s3://camera-images (endpoint http://127.0.0.1:1")
+            && stdout.contains("dmz=file:///nonexistent/imgfetch")
+            && stdout.contains("verified only"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not-a-real-key"), "{stdout}");
+
+    // The same file with a typo, and one whose secret file is missing.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        "[networks.a]\nurl = \"file:///x\"\nendpiont = \"x\"\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        "[networks.a]\nurl = \"s3://b\"\nsecret_access_key_file = \"/nonexistent/key\"\n",
+    )
+    .unwrap();
+    for (file, expect) in [
+        (&typo, "unknown field `endpiont`"),
+        (&missing, "cannot read /nonexistent/key"),
+    ] {
+        let (code, stderr) = run(&["--config", file.to_str().unwrap(), "--check-config"]);
+        assert_eq!(code, 64, "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
+        assert!(stderr.contains(expect), "expected {expect:?} in {stderr:?}");
+    }
+}

