@@ -7,6 +7,7 @@
 //! and never appears in logs or in `Debug` output: only the file's path does.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Credentials and TLS of a NATS connection. All empty: anonymous, plain TCP (what a server
 /// without `authorization` or `accounts` accepts). Both binaries take these as the same flags
@@ -67,6 +68,44 @@ pub enum ConnectError {
         source: async_nats::ConnectError,
     },
 }
+
+impl ConnectError {
+    /// Whether waiting could fix it: no server reachable yet (refused, unresolvable, timed
+    /// out). Refused credentials, TLS failures and bad settings are not.
+    pub fn is_transient(&self) -> bool {
+        use async_nats::ConnectErrorKind as Kind;
+        let ConnectError::Connect { source, .. } = self else {
+            return false;
+        };
+        match source.kind() {
+            Kind::TimedOut | Kind::Dns | Kind::MaxReconnects => true,
+            // A failed TLS handshake (an unknown CA, a bad certificate) arrives as an I/O
+            // error of kind `InvalidData`: no retry mends it.
+            Kind::Io => {
+                let io = std::error::Error::source(source)
+                    .and_then(|e| e.downcast_ref::<std::io::Error>())
+                    .map(std::io::Error::kind);
+                !matches!(
+                    io,
+                    Some(
+                        std::io::ErrorKind::InvalidData
+                            | std::io::ErrorKind::InvalidInput
+                            | std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::Unsupported
+                    )
+                )
+            }
+            Kind::ServerParse | Kind::Authentication | Kind::AuthorizationViolation | Kind::Tls => {
+                false
+            }
+        }
+    }
+}
+
+/// First wait between attempts at a first connection; doubled up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between attempts at a first connection.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl NatsAuth {
     /// These settings, each one missing taken from `fallback` (flags over a config file).
@@ -156,6 +195,34 @@ impl NatsAuth {
                 url: url.to_owned(),
                 source,
             })
+    }
+}
+
+impl NatsAuth {
+    /// [`NatsAuth::connect`], tried again with backoff ([`RETRY_FIRST`] doubling to
+    /// [`RETRY_MAX`]) while no server is reachable, as when NATS starts after its clients;
+    /// anything waiting cannot fix fails at once. `None` if `stop` fired first.
+    pub async fn connect_retrying(
+        &self,
+        url: &str,
+        name: String,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<async_nats::Client>, ConnectError> {
+        let mut wait = RETRY_FIRST;
+        loop {
+            match self.connect(url, name.clone()).await {
+                Ok(client) => return Ok(Some(client)),
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(error = %err, retry_in = ?wait, "NATS is not reachable yet; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => return Ok(None),
+                    }
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
 

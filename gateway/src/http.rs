@@ -126,6 +126,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What the port answers while the gateway starts (NATS not reached yet): `/livez` 200,
+/// `/readyz` 503 `connecting to NATS`, anything else 503 `unavailable`.
+pub fn starting_router() -> Router {
+    let starting = Failure::new(
+        ErrorCode::Unavailable,
+        "the gateway is starting: it has not reached NATS yet",
+    );
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "connecting to NATS") }),
+        )
+        .fallback(move || {
+            let starting = starting.clone();
+            async move { error_response(None, &starting) }
+        })
+        .layer(axum::middleware::map_response(nosniff))
+}
+
 /// Every response tells browsers not to guess its type: an image must never be run as a page.
 async fn nosniff(mut response: Response) -> Response {
     response.headers_mut().insert(

@@ -86,17 +86,34 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let listener = Arc::new(listener);
+    let limits = serve::Limits {
+        max_connections: config.clients.max_connections,
+        header_read_timeout: config.clients.header_read_timeout,
+    };
+    // Until NATS is reached and everything is set up, the port answers probes: alive, not
+    // ready, and every other request `unavailable`. It stops whichever way `run` returns.
+    let starting = CancellationToken::new();
+    let _starting_stop = starting.clone().drop_guard();
+    let starting_server = tokio::spawn(serve::serve(
+        listener.clone(),
+        http::starting_router(),
+        limits,
+        starting.clone(),
+    ));
     let archive = match &config.archive {
         Some(spec) => Some(Arc::new(archive::Archive::open(spec).await?)),
         None => None,
     };
-    let client = config
-        .nats_auth
-        .connect(
-            &config.nats_url,
-            format!("imgfetch-gateway {}", config.instance),
-        )
-        .await?;
+    let connecting = config.nats_auth.connect_retrying(
+        &config.nats_url,
+        format!("imgfetch-gateway {}", config.instance),
+        &shutdown,
+    );
+    let Some(client) = connecting.await? else {
+        tracing::info!("stopped before NATS could be reached");
+        return Ok(());
+    };
     let draining = shutdown.child_token();
     // The gauges exist from the start, at zero, before the first client.
     metrics::gauge!("imgfetch_gateway_requests_in_flight").increment(0.0);
@@ -203,14 +220,15 @@ pub async fn run(
     };
     let sessions = state.sessions.clone();
     let addr = listener.local_addr()?;
+    starting.cancel();
+    if let Ok(Err(err)) = starting_server.await {
+        tracing::warn!(%err, "the start-up listener ended with an error");
+    }
     tracing::info!(%addr, instance = config.instance, "gateway listening");
     let server = tokio::spawn(serve::serve(
         listener,
         http::router(state),
-        serve::Limits {
-            max_connections: config.clients.max_connections,
-            header_read_timeout: config.clients.header_read_timeout,
-        },
+        limits,
         shutdown.clone(),
     ));
     shutdown.cancelled().await;

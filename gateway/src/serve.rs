@@ -91,7 +91,7 @@ impl AsyncWrite for Counted {
 
 /// Serves `router` on `listener` until `shutdown` fires, then waits for open requests.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,

@@ -1,6 +1,7 @@
 //! The resolver's optional HTTP listener (`--http-listen`): `/livez`, `/readyz` and `/metrics`
 //! for Kubernetes probes and Prometheus. It serves nothing else.
 //!
+//! It is up before NATS is reached: `/livez` answers and `/readyz` says `connecting to NATS`.
 //! `/readyz` is 200 `ready` only while NATS is connected and every component in the
 //! [`Health`] is ready (each network's pull loop, each supervised task); else 503 with the
 //! first reason, e.g. `pull cams: cannot pull: the consumer is gone: consumer not found`.
@@ -20,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub struct HttpState {
     /// Readiness of the components.
     pub health: Health,
-    /// The NATS connection.
-    pub client: async_nats::Client,
+    /// The NATS connection, once made: the resolver answers probes while it connects.
+    pub client: std::sync::Arc<std::sync::OnceLock<async_nats::Client>>,
     /// Fired at shutdown: readiness turns false at once.
     pub shutdown: CancellationToken,
     /// Metrics renderer; `None` serves no metrics.
@@ -46,7 +47,10 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    if state.client.connection_state() != async_nats::connection::State::Connected {
+    let Some(client) = state.client.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "connecting to NATS").into_response();
+    };
+    if client.connection_state() != async_nats::connection::State::Connected {
         return (StatusCode::SERVICE_UNAVAILABLE, "NATS is not connected").into_response();
     }
     match state.health.check() {

@@ -117,13 +117,46 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         stores.push(Store::open(&net.name, &net.store, config.store_timeout, &readers).await?);
     }
 
-    let client = config
-        .nats_auth
-        .connect(
-            &config.nats_url,
-            format!("imgfetch-resolver {}", config.instance),
-        )
-        .await?;
+    let health = Health::new();
+    // Probes are answered while NATS is still being reached: alive, not ready.
+    let connected = Arc::new(std::sync::OnceLock::new());
+    let http_stop = shutdown.child_token();
+    let http = match config.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })?;
+            let state = http::HttpState {
+                health: health.clone(),
+                client: connected.clone(),
+                shutdown: http_stop.clone(),
+                metrics: config.metrics.clone(),
+            };
+            tracing::info!(%addr, "health and metrics listening");
+            let stop = http_stop.clone();
+            Some(tokio::spawn(async move {
+                let ended = http::serve(listener, state).await;
+                // axum keeps accepting through errors; ending early is a bug worth a loud line.
+                // `/livez` no longer answers, so an orchestrator restarts the resolver.
+                if !stop.is_cancelled() {
+                    tracing::error!(?ended, "the health and metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+    // The listener stops with the resolver, whichever way `run` returns.
+    let _http_stop = http_stop.clone().drop_guard();
+    let connecting = config.nats_auth.connect_retrying(
+        &config.nats_url,
+        format!("imgfetch-resolver {}", config.instance),
+        &shutdown,
+    );
+    let Some(client) = connecting.await? else {
+        tracing::info!("stopped before NATS could be reached");
+        return Ok(());
+    };
+    let _ = connected.set(client.clone());
     let max_payload = client.server_info().max_payload as u64;
     let fits = max_payload.saturating_sub(defaults::PAYLOAD_HEADROOM);
     let max_inline_bytes = match config.max_inline_bytes {
@@ -145,32 +178,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .max(1024);
 
     let js = async_nats::jetstream::new(client.clone());
-    let health = Health::new();
     let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, shutdown.clone());
-    let http = match config.http_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Listen { addr, source })?;
-            let state = http::HttpState {
-                health: health.clone(),
-                client: client.clone(),
-                shutdown: shutdown.clone(),
-                metrics: config.metrics.clone(),
-            };
-            tracing::info!(%addr, "health and metrics listening");
-            let shutdown = shutdown.clone();
-            Some(tokio::spawn(async move {
-                let ended = http::serve(listener, state).await;
-                // axum keeps accepting through errors; ending early is a bug worth a loud line.
-                // `/livez` no longer answers, so an orchestrator restarts the resolver.
-                if !shutdown.is_cancelled() {
-                    tracing::error!(?ended, "the health and metrics listener stopped");
-                }
-            }))
-        }
-        None => None,
-    };
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let tracker = TaskTracker::new();
     let info = ResolverInfo {

@@ -196,18 +196,15 @@ impl Gateway {
             kill: Some(kill),
             done: Some(done),
         };
-        let url = gateway.http("/livez");
-        crate::eventually(
-            "the gateway to answer /livez",
-            Duration::from_secs(10),
-            || async {
-                reqwest::get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            },
-        )
+        // Started: past the start-up answers (`connecting to NATS`), serving its routes. Ready
+        // or not is each test's business (a gateway is not ready until a resolver made the
+        // stream).
+        let url = gateway.http("/readyz");
+        crate::eventually("the gateway to start", Duration::from_secs(10), || async {
+            let r = reqwest::get(&url).await.ok()?;
+            let body = r.text().await.ok()?;
+            (body != "connecting to NATS").then_some(())
+        })
         .await;
         gateway
     }
