@@ -83,7 +83,11 @@ impl Fault {
 
 /// Which faults, how long.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "imgfetch-faults", version, about)]
+#[command(
+    name = "imgfetch-faults",
+    version,
+    about = "The fault suite: the real binaries under a steady load while processes are killed, restarted and starved; counts every request lost or answered twice (docs/RELIABILITY.md)."
+)]
 pub struct Options {
     /// A fault to run; repeatable.
     #[arg(long = "fault", value_enum)]
