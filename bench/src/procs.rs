@@ -328,6 +328,29 @@ fn args_of_resolver(nats_url: &str, networks: &[String], store_url: &str) -> Vec
     args
 }
 
+/// The test binaries serving one network, `zone`, from the directory `dir`: the pipeline the
+/// process tests of this crate start, with `archive` and the extra flags as given.
+pub async fn zone_pipeline(
+    nats_url: &str,
+    dir: &Path,
+    log_dir: &Path,
+    archive: bool,
+    gateway_args: &[String],
+    resolver_args: &[String],
+) -> anyhow::Result<Pipeline> {
+    Pipeline::start(PipelineSpec {
+        bin_dir: &test_bin_dir(),
+        nats_url,
+        networks: &["zone".to_owned()],
+        store_url: &format!("file://{}", dir.display()),
+        archive,
+        log_dir,
+        gateway_args,
+        resolver_args,
+    })
+    .await
+}
+
 /// Starts a resolver and waits until it answers pings for every network.
 async fn start_resolver(
     bin: &Path,

@@ -5,31 +5,26 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use imgfetch_bench::procs::{Pipeline, PipelineSpec};
+use imgfetch_bench::procs::zone_pipeline;
 use imgfetch_common::digest::Hasher;
 use imgfetch_tests::nats::NatsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolver_killed_mid_stream_is_a_clean_error_and_the_next_one_serves_the_image() {
-    let bin_dir = imgfetch_bench::procs::test_bin_dir();
     let nats = NatsServer::start();
     let images = tempfile::tempdir().unwrap();
     let size = 200_000_000;
     let sha = imgfetch_tests::write_large_image(&images.path().join("big.jpg"), size, 11);
     let logs = tempfile::tempdir().unwrap();
-    let nets = vec!["zone".to_owned()];
-    let store_url = format!("file://{}", images.path().display());
     let gateway_args = ["--chunk-timeout-ms".to_owned(), "3000".to_owned()];
-    let mut pipeline = Pipeline::start(PipelineSpec {
-        bin_dir: &bin_dir,
-        nats_url: &nats.url(),
-        networks: &nets,
-        store_url: &store_url,
-        archive: false,
-        log_dir: logs.path(),
-        gateway_args: &gateway_args,
-        resolver_args: &[],
-    })
+    let mut pipeline = zone_pipeline(
+        &nats.url(),
+        images.path(),
+        logs.path(),
+        false,
+        &gateway_args,
+        &[],
+    )
     .await
     .unwrap();
     let url = format!("{}/v1/images/zone/big.jpg", pipeline.base);

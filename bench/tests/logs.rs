@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use imgfetch_bench::procs::{test_bin_dir, Pipeline, PipelineSpec};
+use imgfetch_bench::procs::zone_pipeline;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::{eventually, sample};
 
@@ -14,18 +14,15 @@ async fn a_request_s_log_lines_carry_its_id() {
     // A sidecar that is not JSON: the resolver warns while handling the request.
     std::fs::write(images.path().join("a.jpg.json"), "not json").unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let nets = vec!["zone".to_owned()];
-    let store_url = format!("file://{}", images.path().display());
-    let pipeline = Pipeline::start(PipelineSpec {
-        bin_dir: &test_bin_dir(),
-        nats_url: &nats.url(),
-        networks: &nets,
-        store_url: &store_url,
-        archive: false,
-        log_dir: logs.path(),
-        gateway_args: &[],
-        resolver_args: &["--log-format".to_owned(), "json".to_owned()],
-    })
+    let json_logs = ["--log-format".to_owned(), "json".to_owned()];
+    let pipeline = zone_pipeline(
+        &nats.url(),
+        images.path(),
+        logs.path(),
+        false,
+        &[],
+        &json_logs,
+    )
     .await
     .unwrap();
 

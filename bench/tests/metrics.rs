@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use imgfetch_bench::procs::{test_bin_dir, Pipeline, PipelineSpec};
+use imgfetch_bench::procs::zone_pipeline;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::{eventually, sample, write_large_image};
 
@@ -55,18 +55,14 @@ async fn both_binaries_expose_requests_latency_bytes_in_flight_and_sockets() {
         .local_addr()
         .unwrap();
     let resolver_args = ["--http-listen".to_owned(), admin.to_string()];
-    let nets = vec!["zone".to_owned()];
-    let store_url = format!("file://{}", images.path().display());
-    let pipeline = Pipeline::start(PipelineSpec {
-        bin_dir: &test_bin_dir(),
-        nats_url: &nats.url(),
-        networks: &nets,
-        store_url: &store_url,
-        archive: true,
-        log_dir: logs.path(),
-        gateway_args: &[],
-        resolver_args: &resolver_args,
-    })
+    let pipeline = zone_pipeline(
+        &nats.url(),
+        images.path(),
+        logs.path(),
+        true,
+        &[],
+        &resolver_args,
+    )
     .await
     .unwrap();
     let gateway_metrics = format!("{}/metrics", pipeline.base);
