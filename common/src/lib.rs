@@ -16,6 +16,8 @@
 //! - [`micro`]: service discovery: registering with the NATS micro protocol (`$SRV.*`).
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
 //! - [`store`]: store URLs (`file://`, `s3://`) and building an `object_store` from one.
+//! - [`settings`]: the configuration style both binaries share: human durations, the TOML
+//!   file, secrets as `*_FILE`.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or SIGINT.
 //! - [`health`]: readiness of named components; ready when all are, with the first reason.
 //! - [`supervise`]: long-lived tasks restarted with backoff when they end early, counted.
@@ -32,6 +34,7 @@ pub mod micro;
 pub mod prometheus;
 pub mod protocol;
 pub mod provision;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod supervise;

@@ -2,8 +2,9 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How log lines are written: `--log-format text|json`, `log_format = "json"` in a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

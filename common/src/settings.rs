@@ -1,0 +1,341 @@
+//! The one configuration style of both binaries: a flag, an `IMGFETCH_*` variable, or a key of
+//! the TOML file named by `--config`, in that order of precedence, over a built-in default.
+//!
+//! This module holds what the two share:
+//! - [`duration`]: durations in human form (`30s`, `1m 30s`, `500ms`, `7d`), for flags, variables
+//!   and, through [`de_duration`], TOML keys;
+//! - [`read_toml`]: reads the file, refusing unknown keys with the key and the file named;
+//! - [`secret`]: a secret given either as itself or as a file holding it (the `*_FILE` twin),
+//!   never both;
+//! - [`s3_from_env`]: the `AWS_*` variables, with `AWS_SECRET_ACCESS_KEY_FILE` and
+//!   `AWS_SESSION_TOKEN_FILE` read at start;
+//! - [`renamed`]: settings whose names changed, refused with the new name rather than ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::store::S3Options;
+
+/// Parses a duration in human form: `30s`, `1m 30s`, `500ms`, `2h`, `7d`. A bare number is
+/// refused (was it seconds or milliseconds?), with an example in the message.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} has no unit: write it as {text}s or {text}ms (units: ms, s, m, h, d)"
+        ));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
+/// Prints a duration the way [`duration`] reads it back (`30s`, `1m 30s`, `250ms`).
+pub fn show(value: Duration) -> String {
+    humantime::format_duration(value).to_string()
+}
+
+/// `#[serde(default, deserialize_with = "de_duration")]` for an `Option<Duration>` TOML key,
+/// written as a string in human form (`ack_wait = "30s"`).
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    duration(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has a key of the wrong type, or a key the binary does not know.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the line and the key.
+        message: String,
+    },
+}
+
+/// Reads the TOML file at `path` through `read` (tests pass a map of files). The target type
+/// should refuse unknown keys (`#[serde(deny_unknown_fields)]`): a misspelt key is an error,
+/// not a setting silently left at its default.
+pub fn read_toml<T: DeserializeOwned>(
+    path: &Path,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<T, FileError> {
+    let text = read(path).map_err(|source| FileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start].matches('\n').count() + 1);
+        FileError::Toml {
+            path: path.to_owned(),
+            message: match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_owned(),
+            },
+        }
+    })
+}
+
+/// A secret given as itself or as a file holding it (trailing newlines dropped), or neither.
+/// `name` is the setting's name, for the message when both are given.
+pub fn secret(
+    name: &str,
+    value: Option<String>,
+    file: Option<PathBuf>,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<Option<String>, String> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(format!("give {name} or {name}_file, not both")),
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => match read(&path) {
+            Ok(text) => Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned())),
+            Err(e) => Err(format!("{name}_file: cannot read {}: {e}", path.display())),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+/// S3 settings from the standard `AWS_*` variables (read by the S3 client itself), plus the
+/// `*_FILE` twins of the secret ones, which the S3 client does not know: a variable
+/// `AWS_SECRET_ACCESS_KEY_FILE` (or `AWS_SESSION_TOKEN_FILE`) names a file, typically a mounted
+/// Kubernetes Secret, read here, at start. Giving a variable and its `_FILE` twin is an error.
+pub fn s3_from_env(
+    env: impl Fn(&str) -> Option<String>,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<S3Options, String> {
+    let twin = |name: &str| {
+        secret(
+            name,
+            env(name),
+            env(&format!("{name}_FILE")).map(PathBuf::from),
+            &read,
+        )
+        .map_err(|e| e.replace(&format!("{name}_file"), &format!("{name}_FILE")))
+    };
+    Ok(S3Options {
+        from_env: true,
+        secret_access_key: twin("AWS_SECRET_ACCESS_KEY")?,
+        session_token: twin("AWS_SESSION_TOKEN")?,
+        ..S3Options::default()
+    })
+}
+
+/// A setting whose name changed: its old variable and the new one with how to write it.
+#[derive(Clone, Copy, Debug)]
+pub struct Renamed {
+    /// The variable as it was.
+    pub old: &'static str,
+    /// The variable now.
+    pub new: &'static str,
+    /// An example of the new value.
+    pub example: &'static str,
+}
+
+/// The variables of `table` still set in `env`, each as a message naming the new variable: an
+/// old `IMGFETCH_GRACE_MS=30000` would otherwise be silently ignored and the default used.
+pub fn renamed(table: &[Renamed], env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    let set: Vec<String> = table
+        .iter()
+        .filter(|r| env(r.old).is_some())
+        .map(|r| {
+            format!(
+                "{} is now {} and takes a duration in human form (e.g. {}={})",
+                r.old, r.new, r.new, r.example
+            )
+        })
+        .collect();
+    if set.is_empty() {
+        Ok(())
+    } else {
+        Err(set.join("; "))
+    }
+}
+
+/// Parses the command line of binary `name`, first refusing the variables of `renamed_vars`.
+/// Every configuration error, the parser's included, prints one message and exits 64
+/// (EX_USAGE); `--help` and `--version` print and exit 0.
+pub fn parse_args<A: clap::Parser>(name: &str, renamed_vars: &[Renamed]) -> A {
+    if let Err(err) = renamed(renamed_vars, |k| std::env::var(k).ok()) {
+        eprintln!("{name}: configuration error: {err}");
+        std::process::exit(EXIT_CONFIG);
+    }
+    match A::try_parse() {
+        Ok(args) => args,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            let _ = err.print();
+            std::process::exit(EXIT_CONFIG);
+        }
+    }
+}
+
+/// Exit status of a configuration that cannot be used (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A reader of files held in memory, by path, for the `read` argument of the functions here:
+/// what tests give instead of the file system. A path not in `map` is not found.
+pub fn in_memory(
+    map: &'static [(&'static str, &'static str)],
+) -> impl Fn(&Path) -> std::io::Result<String> {
+    move |p: &Path| {
+        map.iter()
+            .find(|(name, _)| Path::new(name) == p)
+            .map(|(_, text)| text.to_string())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_memory as files;
+    use super::*;
+
+    #[test]
+    fn durations_are_read_in_human_form_and_bare_numbers_refused() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        let err = duration("30000").unwrap_err();
+        assert!(err.contains("no unit") && err.contains("30000ms"), "{err}");
+        assert!(duration("soon").unwrap_err().contains("not a duration"));
+        assert_eq!(show(Duration::from_millis(90_250)), "1m 30s 250ms");
+        assert_eq!(
+            duration(&show(Duration::from_millis(90_250))),
+            Ok(Duration::from_millis(90_250))
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[serde(default, deserialize_with = "de_duration")]
+        grace: Option<Duration>,
+        name: Option<String>,
+    }
+
+    #[test]
+    fn toml_files_name_the_line_of_a_bad_or_unknown_key() {
+        let ok: Sample = read_toml(
+            Path::new("/a.toml"),
+            files(&[("/a.toml", "name = \"x\"\ngrace = \"45s\"\n")]),
+        )
+        .unwrap();
+        assert_eq!(ok.grace, Some(Duration::from_secs(45)));
+        assert_eq!(ok.name.as_deref(), Some("x"));
+        for (text, expect) in [
+            (
+                "name = \"x\"\ngrace_ms = 5\n",
+                "line 2: unknown field `grace_ms`",
+            ),
+            ("grace = \"5\"\n", "no unit"),
+            ("grace = 5\n", "invalid type"),
+            ("name = \n", "line 1"),
+        ] {
+            let err = read_toml::<Sample>(Path::new("/b.toml"), |_: &Path| Ok(text.to_owned()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("/b.toml: ") && err.contains(expect),
+                "{text:?}: {err}"
+            );
+        }
+        let err = read_toml::<Sample>(Path::new("/none.toml"), files(&[])).unwrap_err();
+        assert!(matches!(err, FileError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_their_value_or_their_file_never_both() {
+        let read = files(&[("/s", "hunter2\n")]);
+        assert_eq!(secret("k", None, None, &read), Ok(None));
+        assert_eq!(
+            secret("k", Some("v".into()), None, &read),
+            Ok(Some("v".into()))
+        );
+        assert_eq!(
+            secret("k", None, Some("/s".into()), &read),
+            Ok(Some("hunter2".into()))
+        );
+        assert!(secret("k", Some("v".into()), Some("/s".into()), &read)
+            .unwrap_err()
+            .contains("not both"));
+        assert!(secret("k", None, Some("/missing".into()), &read)
+            .unwrap_err()
+            .contains("k_file: cannot read /missing"));
+    }
+
+    #[test]
+    fn s3_secret_files_are_read_from_the_environment() {
+        let read = files(&[("/run/sk", "SK\n"), ("/run/st", "ST")]);
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let options = s3_from_env(
+            env(&[
+                ("AWS_SECRET_ACCESS_KEY_FILE", "/run/sk"),
+                ("AWS_SESSION_TOKEN_FILE", "/run/st"),
+            ]),
+            &read,
+        )
+        .unwrap();
+        assert!(options.from_env);
+        assert_eq!(options.secret_access_key.as_deref(), Some("SK"));
+        assert_eq!(options.session_token.as_deref(), Some("ST"));
+        // Without the _FILE twins the S3 client reads the variables itself.
+        let plain = s3_from_env(env(&[("AWS_SECRET_ACCESS_KEY", "X")]), &read).unwrap();
+        assert_eq!(plain.secret_access_key.as_deref(), Some("X"));
+        let both = s3_from_env(
+            env(&[
+                ("AWS_SECRET_ACCESS_KEY", "X"),
+                ("AWS_SECRET_ACCESS_KEY_FILE", "/run/sk"),
+            ]),
+            &read,
+        )
+        .unwrap_err();
+        assert!(
+            both.contains("AWS_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY_FILE"),
+            "{both}"
+        );
+        let missing = s3_from_env(env(&[("AWS_SESSION_TOKEN_FILE", "/nope")]), &read).unwrap_err();
+        assert!(
+            missing.contains("AWS_SESSION_TOKEN_FILE: cannot read /nope"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn old_variable_names_are_refused_with_the_new_one() {
+        const TABLE: &[Renamed] = &[Renamed {
+            old: "IMGFETCH_GRACE_MS",
+            new: "IMGFETCH_GRACE",
+            example: "30s",
+        }];
+        assert_eq!(renamed(TABLE, |_| None), Ok(()));
+        let err = renamed(TABLE, |k| {
+            (k == "IMGFETCH_GRACE_MS").then(|| "30000".into())
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("IMGFETCH_GRACE_MS is now IMGFETCH_GRACE")
+                && err.contains("IMGFETCH_GRACE=30s"),
+            "{err}"
+        );
+    }
+}
