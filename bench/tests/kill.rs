@@ -16,7 +16,7 @@ async fn a_resolver_killed_mid_stream_is_a_clean_error_and_the_next_one_serves_t
     let size = 200_000_000;
     let sha = imgfetch_tests::write_large_image(&images.path().join("big.jpg"), size, 11);
     let logs = tempfile::tempdir().unwrap();
-    let gateway_args = ["--chunk-timeout-ms".to_owned(), "3000".to_owned()];
+    let gateway_args = ["--chunk-timeout".to_owned(), "3s".to_owned()];
     let mut pipeline = zone_pipeline(
         &nats.url(),
         images.path(),

@@ -1,27 +1,34 @@
-//! Gateway configuration: flags and `IMGFETCH_*` variables over built-in defaults, all named in
-//! [`defaults`]. The gateway needs no list of networks: it learns them from JetStream.
+//! Gateway configuration: flags and `IMGFETCH_*` variables over an optional TOML file
+//! (`--config`) over built-in defaults, all named in [`defaults`]. The style is the resolver's
+//! ([`imgfetch_common::settings`]). The gateway needs no list of networks: it learns them from
+//! JetStream.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use imgfetch_common::connect::NatsAuth;
+use imgfetch_common::settings::{de_duration, duration, Renamed};
 use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
 
 use crate::archive::ArchiveConfig;
 
 /// The built-in defaults, in one place.
 pub mod defaults {
+    use std::time::Duration;
+
     /// NATS server to connect to.
     pub const NATS_URL: &str = "nats://127.0.0.1:4222";
     /// Address the HTTP and websocket server listens on.
     pub const LISTEN: &str = "127.0.0.1:8080";
     /// How long a client waits for an answer.
-    pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     /// How long a JetStream publish may take to be acknowledged.
-    pub const PUBLISH_TIMEOUT_MS: u64 = 5_000;
+    pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
     /// Open websockets at once.
     pub const MAX_WEBSOCKETS: usize = 1024;
     /// Requests in flight on one websocket.
@@ -31,29 +38,63 @@ pub mod defaults {
     /// Largest websocket message a client may send.
     pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
     /// How long one frame may take to reach a slow client before it is disconnected.
-    pub const SEND_TIMEOUT_MS: u64 = 10_000;
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// How long in-flight requests may take to finish after SIGTERM.
-    pub const GRACE_MS: u64 = 30_000;
+    pub const GRACE: Duration = Duration::from_secs(30);
     /// The archive, relative to the working directory.
     pub const ARCHIVE: &str = "archive";
     /// Bytes of a streamed image the gateway lets a resolver send ahead of the client (its
     /// credit window); chosen by measurement, see `docs/PROTOCOL.md`.
     pub const STREAM_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
     /// How long a stream may go without a chunk, while it has credit, before it is failed.
-    pub const CHUNK_TIMEOUT_MS: u64 = 30_000;
+    pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
     /// How long a websocket may stay silent with nothing in flight before it is closed.
-    pub const WS_IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const WS_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// How long a client may take to send a request's headers.
-    pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// Open TCP connections at once (HTTP and websocket alike).
     pub const MAX_CONNECTIONS: usize = 4096;
     /// Requests in flight at once for one token, over HTTP and websocket together.
     pub const MAX_IN_FLIGHT_PER_TOKEN: usize = 64;
     /// How long the outcome of a request can be fetched again by id.
-    pub const RESULT_TTL_MS: u64 = 600_000;
+    pub const RESULT_TTL: Duration = Duration::from_secs(600);
     /// Replicas of the results bucket when the gateway creates it.
     pub const RESULTS_REPLICAS: usize = 1;
 }
+
+/// Variables renamed when durations took their human form; still setting one is an error.
+pub const RENAMED: &[Renamed] = &[
+    Renamed {
+        old: "IMGFETCH_REQUEST_TIMEOUT_MS",
+        new: "IMGFETCH_REQUEST_TIMEOUT",
+        example: "30s",
+    },
+    Renamed {
+        old: "IMGFETCH_GRACE_MS",
+        new: "IMGFETCH_GRACE",
+        example: "30s",
+    },
+    Renamed {
+        old: "IMGFETCH_CHUNK_TIMEOUT_MS",
+        new: "IMGFETCH_CHUNK_TIMEOUT",
+        example: "30s",
+    },
+    Renamed {
+        old: "IMGFETCH_WS_IDLE_TIMEOUT_MS",
+        new: "IMGFETCH_WS_IDLE_TIMEOUT",
+        example: "1m",
+    },
+    Renamed {
+        old: "IMGFETCH_HEADER_READ_TIMEOUT_MS",
+        new: "IMGFETCH_HEADER_READ_TIMEOUT",
+        example: "10s",
+    },
+    Renamed {
+        old: "IMGFETCH_RESULT_TTL_MS",
+        new: "IMGFETCH_RESULT_TTL",
+        example: "10m",
+    },
+];
 
 /// Command line of `imgfetch-gateway`.
 #[derive(Debug, Parser)]
@@ -63,72 +104,171 @@ pub mod defaults {
     about = "Accepts image requests over websocket and HTTP and queues them on JetStream"
 )]
 pub struct Args {
-    /// NATS server URL, or a comma-separated list of the nodes of a cluster.
-    #[arg(long, env = "IMGFETCH_NATS_URL", default_value = defaults::NATS_URL)]
-    pub nats_url: String,
+    /// TOML configuration file (the keys are the flags' names with '_' for '-'; unknown keys
+    /// are refused); flags and environment variables override it.
+    #[arg(long, env = "IMGFETCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// NATS credentials and TLS, the same flags as the resolver's.
     #[command(flatten)]
     pub nats_auth: NatsAuth,
-    /// Address to listen on.
-    #[arg(long, env = "IMGFETCH_LISTEN", default_value = defaults::LISTEN)]
-    pub listen: SocketAddr,
+    /// Every other setting.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// Only parse and validate the configuration (flags, environment, the TOML file and the
+    /// files it names), print a one-line summary and exit: 0 when it is usable, 64 when not.
+    /// Connects to nothing, opens no archive and binds no port.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The settings, as flags and variables and as the keys of the TOML file. Each is optional here:
+/// a flag or variable wins over the file, the file over the default.
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// NATS server URL, or a comma-separated list of the nodes of a cluster
+    /// [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "IMGFETCH_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS .creds file (in the TOML file; the flag is --nats-creds).
+    #[arg(skip)]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name (in the TOML file; the flag is --nats-user).
+    #[arg(skip)]
+    pub nats_user: Option<String>,
+    /// File holding the NATS password (in the TOML file; the flag is --nats-password-file).
+    #[arg(skip)]
+    pub nats_password_file: Option<PathBuf>,
+    /// CA of a TLS NATS (in the TOML file; the flag is --nats-tls-ca).
+    #[arg(skip)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "IMGFETCH_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Name of this instance; part of its callback subjects, so unique per replica
     /// [default: gw- and 12 random hex digits].
     #[arg(long, env = "IMGFETCH_INSTANCE")]
     pub instance: Option<String>,
-    /// JetStream stream name.
-    #[arg(long, env = "IMGFETCH_STREAM", default_value = imgfetch_common::protocol::DEFAULT_STREAM)]
-    pub stream: String,
-    /// How long a client waits for an answer, in milliseconds.
-    #[arg(long, env = "IMGFETCH_REQUEST_TIMEOUT_MS", default_value_t = defaults::REQUEST_TIMEOUT_MS)]
-    pub request_timeout_ms: u64,
-    /// Open websockets at once.
-    #[arg(long, env = "IMGFETCH_MAX_WEBSOCKETS", default_value_t = defaults::MAX_WEBSOCKETS)]
-    pub max_websockets: usize,
-    /// Requests in flight on one websocket.
-    #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_SOCKET", default_value_t = defaults::MAX_IN_FLIGHT_PER_SOCKET)]
-    pub max_in_flight_per_socket: usize,
-    /// HTTP image requests waiting for their answer at once.
-    #[arg(long, env = "IMGFETCH_MAX_HTTP_IN_FLIGHT", default_value_t = defaults::MAX_HTTP_IN_FLIGHT)]
-    pub max_http_in_flight: usize,
-    /// Drain time after SIGTERM, in milliseconds.
-    #[arg(long, env = "IMGFETCH_GRACE_MS", default_value_t = defaults::GRACE_MS)]
-    pub grace_ms: u64,
-    /// Log format: text or json.
-    #[arg(long, env = "IMGFETCH_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-    /// Bytes of a streamed image a resolver may send ahead of the client.
-    #[arg(long, env = "IMGFETCH_STREAM_WINDOW_BYTES", default_value_t = defaults::STREAM_WINDOW_BYTES)]
-    pub stream_window_bytes: u64,
-    /// Milliseconds a streamed image may go without a chunk while it has credit.
-    #[arg(long, env = "IMGFETCH_CHUNK_TIMEOUT_MS", default_value_t = defaults::CHUNK_TIMEOUT_MS)]
-    pub chunk_timeout_ms: u64,
+    /// JetStream stream name [default: IMGFETCH].
+    #[arg(long, env = "IMGFETCH_STREAM")]
+    pub stream: Option<String>,
+    /// How long a client waits for an answer, e.g. 30s [default: 30s].
+    #[arg(long, env = "IMGFETCH_REQUEST_TIMEOUT", value_parser = duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub request_timeout: Option<Duration>,
+    /// Open websockets at once [default: 1024].
+    #[arg(long, env = "IMGFETCH_MAX_WEBSOCKETS")]
+    pub max_websockets: Option<usize>,
+    /// Requests in flight on one websocket [default: 32].
+    #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_SOCKET")]
+    pub max_in_flight_per_socket: Option<usize>,
+    /// HTTP image requests waiting for their answer at once [default: 1024].
+    #[arg(long, env = "IMGFETCH_MAX_HTTP_IN_FLIGHT")]
+    pub max_http_in_flight: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM [default: 30s].
+    #[arg(long, env = "IMGFETCH_GRACE", value_parser = duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub grace: Option<Duration>,
+    /// Log format [default: text].
+    #[arg(long, env = "IMGFETCH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Bytes of a streamed image a resolver may send ahead of the client [default: 4194304].
+    #[arg(long, env = "IMGFETCH_STREAM_WINDOW_BYTES")]
+    pub stream_window_bytes: Option<u64>,
+    /// How long a streamed image may go without a chunk while it has credit [default: 30s].
+    #[arg(long, env = "IMGFETCH_CHUNK_TIMEOUT", value_parser = duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub chunk_timeout: Option<Duration>,
     /// Where fetched images are archived: a directory, file:///dir or s3://bucket[/prefix]
-    /// (S3 settings from the AWS_* variables), or `off`.
-    #[arg(long, env = "IMGFETCH_ARCHIVE", default_value = defaults::ARCHIVE)]
-    pub archive: String,
+    /// (S3 settings from the AWS_* variables, the secret also from AWS_SECRET_ACCESS_KEY_FILE),
+    /// or `off` [default: archive].
+    #[arg(long, env = "IMGFETCH_ARCHIVE")]
+    pub archive: Option<String>,
     /// Directory template of the archive; placeholders are listed in docs/ARCHIVE.md.
-    #[arg(long, env = "IMGFETCH_ARCHIVE_DIR_TEMPLATE", default_value = crate::template::DEFAULT_DIR)]
-    pub archive_dir_template: String,
+    #[arg(long, env = "IMGFETCH_ARCHIVE_DIR_TEMPLATE")]
+    pub archive_dir_template: Option<String>,
     /// File name template of the archive.
-    #[arg(long, env = "IMGFETCH_ARCHIVE_FILE_TEMPLATE", default_value = crate::template::DEFAULT_FILE)]
-    pub archive_file_template: String,
-    /// Client authentication and connection limits.
-    #[command(flatten)]
-    pub clients: ClientArgs,
-    /// Where request outcomes are recorded for fetching again by id.
-    #[command(flatten)]
-    pub results: ResultArgs,
-    /// Only parse and validate the configuration (flags, environment, the tokens file), print
-    /// a one-line summary and exit: 0 when it is usable, 64 when not. Connects to nothing,
-    /// opens no archive and binds no port.
-    #[arg(long)]
-    pub check_config: bool,
+    #[arg(long, env = "IMGFETCH_ARCHIVE_FILE_TEMPLATE")]
+    pub archive_file_template: Option<String>,
+    /// TOML file of accepted bearer tokens (SHA-256 hashes) and the networks each may fetch;
+    /// without it every client is let in.
+    #[arg(long, env = "IMGFETCH_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Requests in flight at once for one token, HTTP and websocket together [default: 64].
+    #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_TOKEN")]
+    pub max_in_flight_per_token: Option<usize>,
+    /// How long a websocket may stay silent, with nothing in flight, before it is closed
+    /// [default: 1m].
+    #[arg(long, env = "IMGFETCH_WS_IDLE_TIMEOUT", value_parser = duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub ws_idle_timeout: Option<Duration>,
+    /// How long a client may take to send a request's headers before the connection is closed
+    /// [default: 10s].
+    #[arg(long, env = "IMGFETCH_HEADER_READ_TIMEOUT", value_parser = duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// Open TCP connections at once; further ones get a 503 and are closed [default: 4096].
+    #[arg(long, env = "IMGFETCH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long the outcome of a request can be fetched again by id; also the results
+    /// bucket's max_age when the gateway creates it [default: 10m].
+    #[arg(long, env = "IMGFETCH_RESULT_TTL", value_parser = duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub result_ttl: Option<Duration>,
+    /// JetStream key-value bucket of request outcomes, created when missing
+    /// [default: IMGFETCH_RESULTS].
+    #[arg(long, env = "IMGFETCH_RESULTS_BUCKET")]
+    pub results_bucket: Option<String>,
+    /// Replicas of the results bucket when the gateway creates it (3 on a 3-node cluster)
+    /// [default: 1].
+    #[arg(long, env = "IMGFETCH_RESULTS_REPLICAS")]
+    pub results_replicas: Option<usize>,
+}
+
+impl Settings {
+    /// These settings, each one missing taken from `file`.
+    pub fn or(self, file: Settings) -> Settings {
+        Settings {
+            nats_url: self.nats_url.or(file.nats_url),
+            nats_creds: self.nats_creds.or(file.nats_creds),
+            nats_user: self.nats_user.or(file.nats_user),
+            nats_password_file: self.nats_password_file.or(file.nats_password_file),
+            nats_tls_ca: self.nats_tls_ca.or(file.nats_tls_ca),
+            listen: self.listen.or(file.listen),
+            instance: self.instance.or(file.instance),
+            stream: self.stream.or(file.stream),
+            request_timeout: self.request_timeout.or(file.request_timeout),
+            max_websockets: self.max_websockets.or(file.max_websockets),
+            max_in_flight_per_socket: self
+                .max_in_flight_per_socket
+                .or(file.max_in_flight_per_socket),
+            max_http_in_flight: self.max_http_in_flight.or(file.max_http_in_flight),
+            grace: self.grace.or(file.grace),
+            log_format: self.log_format.or(file.log_format),
+            stream_window_bytes: self.stream_window_bytes.or(file.stream_window_bytes),
+            chunk_timeout: self.chunk_timeout.or(file.chunk_timeout),
+            archive: self.archive.or(file.archive),
+            archive_dir_template: self.archive_dir_template.or(file.archive_dir_template),
+            archive_file_template: self.archive_file_template.or(file.archive_file_template),
+            tokens_file: self.tokens_file.or(file.tokens_file),
+            max_in_flight_per_token: self
+                .max_in_flight_per_token
+                .or(file.max_in_flight_per_token),
+            ws_idle_timeout: self.ws_idle_timeout.or(file.ws_idle_timeout),
+            header_read_timeout: self.header_read_timeout.or(file.header_read_timeout),
+            max_connections: self.max_connections.or(file.max_connections),
+            result_ttl: self.result_ttl.or(file.result_ttl),
+            results_bucket: self.results_bucket.or(file.results_bucket),
+            results_replicas: self.results_replicas.or(file.results_replicas),
+        }
+    }
 }
 
 /// Everything `run` needs, resolved.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Address to listen on (main binds it; `run` takes the listener).
+    pub listen: SocketAddr,
     /// NATS server URL.
     pub nats_url: String,
     /// NATS credentials and TLS.
@@ -171,21 +311,24 @@ impl Config {
     /// A config with defaults for everything but the NATS URL.
     pub fn new(nats_url: impl Into<String>) -> Config {
         Config {
+            listen: defaults::LISTEN
+                .parse()
+                .expect("the default address parses"),
             nats_url: nats_url.into(),
             nats_auth: NatsAuth::default(),
             instance: format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             stream: imgfetch_common::protocol::DEFAULT_STREAM.to_owned(),
-            request_timeout: Duration::from_millis(defaults::REQUEST_TIMEOUT_MS),
-            publish_timeout: Duration::from_millis(defaults::PUBLISH_TIMEOUT_MS),
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            publish_timeout: defaults::PUBLISH_TIMEOUT,
             max_websockets: defaults::MAX_WEBSOCKETS,
             max_in_flight_per_socket: defaults::MAX_IN_FLIGHT_PER_SOCKET,
             max_http_in_flight: defaults::MAX_HTTP_IN_FLIGHT,
             max_client_frame_bytes: defaults::MAX_CLIENT_FRAME_BYTES,
-            send_timeout: Duration::from_millis(defaults::SEND_TIMEOUT_MS),
-            grace: Duration::from_millis(defaults::GRACE_MS),
+            send_timeout: defaults::SEND_TIMEOUT,
+            grace: defaults::GRACE,
             streams: crate::transfer::StreamSettings {
                 window_bytes: defaults::STREAM_WINDOW_BYTES,
-                chunk_timeout: Duration::from_millis(defaults::CHUNK_TIMEOUT_MS),
+                chunk_timeout: defaults::CHUNK_TIMEOUT,
             },
             log_format: LogFormat::Text,
             archive: None,
@@ -195,49 +338,127 @@ impl Config {
         }
     }
 
-    /// Turns parsed flags into a config, checking what clap cannot.
-    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let mut config = Config::new(args.nats_url);
-        config.nats_auth = args.nats_auth;
+    /// Combines flags and variables, the TOML file they name (read through `read`) and the
+    /// defaults, checking what clap cannot; S3 settings of the archive come from `env`.
+    pub fn resolve(
+        args: Args,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => imgfetch_common::settings::read_toml::<Settings>(path, &read)?,
+            None => Settings::default(),
+        };
+        let nats_auth = args.nats_auth.or(NatsAuth {
+            creds_file: file.nats_creds.clone(),
+            user: file.nats_user.clone(),
+            password_file: file.nats_password_file.clone(),
+            tls_ca: file.nats_tls_ca.clone(),
+        });
+        let s = args.settings.or(file);
+        let mut config = Config::new(s.nats_url.unwrap_or_else(|| defaults::NATS_URL.to_owned()));
+        if let Some(listen) = s.listen {
+            config.listen = listen;
+        }
+        config.nats_auth = nats_auth;
         imgfetch_common::connect::server_addrs(&config.nats_url)?;
         config.nats_auth.check()?;
-        if let Some(instance) = args.instance {
+        if let Some(instance) = s.instance {
             imgfetch_common::validate::id(&instance).map_err(ConfigError::Instance)?;
             config.instance = instance;
         }
-        if args.stream.is_empty() || args.stream.contains(['.', '*', '>', ' ']) {
-            return Err(ConfigError::StreamName(args.stream));
+        if let Some(stream) = s.stream {
+            if stream.is_empty() || stream.contains(['.', '*', '>', ' ']) {
+                return Err(ConfigError::StreamName(stream));
+            }
+            config.stream = stream;
         }
-        if args.request_timeout_ms == 0
-            || args.max_websockets == 0
-            || args.max_in_flight_per_socket == 0
-            || args.max_http_in_flight == 0
-            || args.stream_window_bytes == 0
-            || args.chunk_timeout_ms == 0
-        {
-            return Err(ConfigError::Zero);
-        }
-        config.stream = args.stream;
-        config.request_timeout = Duration::from_millis(args.request_timeout_ms);
-        config.max_websockets = args.max_websockets;
-        config.max_in_flight_per_socket = args.max_in_flight_per_socket;
-        config.max_http_in_flight = args.max_http_in_flight;
-        config.grace = Duration::from_millis(args.grace_ms);
-        config.streams.window_bytes = args.stream_window_bytes;
-        config.streams.chunk_timeout = Duration::from_millis(args.chunk_timeout_ms);
-        config.archive = archive_config(
-            &args.archive,
-            args.archive_dir_template,
-            args.archive_file_template,
+        config.request_timeout =
+            positive("request_timeout", s.request_timeout, config.request_timeout)?;
+        config.max_websockets =
+            positive("max_websockets", s.max_websockets, config.max_websockets)?;
+        config.max_in_flight_per_socket = positive(
+            "max_in_flight_per_socket",
+            s.max_in_flight_per_socket,
+            config.max_in_flight_per_socket,
         )?;
-        config.clients = ClientSettings::from_args(args.clients)?;
-        config.results = result_settings(args.results)?;
-        config.log_format = match args.log_format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => return Err(ConfigError::LogFormat(other.to_owned())),
-        };
+        config.max_http_in_flight = positive(
+            "max_http_in_flight",
+            s.max_http_in_flight,
+            config.max_http_in_flight,
+        )?;
+        config.grace = s.grace.unwrap_or(config.grace);
+        config.streams.window_bytes = positive(
+            "stream_window_bytes",
+            s.stream_window_bytes,
+            config.streams.window_bytes,
+        )?;
+        config.streams.chunk_timeout = positive(
+            "chunk_timeout",
+            s.chunk_timeout,
+            config.streams.chunk_timeout,
+        )?;
+        config.log_format = s.log_format.unwrap_or_default();
+        config.archive = archive_config(
+            s.archive.as_deref().unwrap_or(defaults::ARCHIVE),
+            s.archive_dir_template
+                .unwrap_or_else(|| crate::template::DEFAULT_DIR.to_owned()),
+            s.archive_file_template
+                .unwrap_or_else(|| crate::template::DEFAULT_FILE.to_owned()),
+            &read,
+            &env,
+        )?;
+        let clients = &mut config.clients;
+        clients.max_in_flight_per_token = positive(
+            "max_in_flight_per_token",
+            s.max_in_flight_per_token,
+            clients.max_in_flight_per_token,
+        )?;
+        clients.ws_idle_timeout = positive(
+            "ws_idle_timeout",
+            s.ws_idle_timeout,
+            clients.ws_idle_timeout,
+        )?;
+        clients.header_read_timeout = positive(
+            "header_read_timeout",
+            s.header_read_timeout,
+            clients.header_read_timeout,
+        )?;
+        clients.max_connections = positive(
+            "max_connections",
+            s.max_connections,
+            clients.max_connections,
+        )?;
+        if let Some(path) = &s.tokens_file {
+            clients.tokens = Some(crate::auth::Tokens::load(path)?);
+        }
+        let results = &mut config.results;
+        results.ttl = positive("result_ttl", s.result_ttl, results.ttl)?;
+        results.replicas = positive("results_replicas", s.results_replicas, results.replicas)?;
+        if let Some(bucket) = s.results_bucket {
+            let valid = !bucket.is_empty()
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(ConfigError::ResultsBucket(bucket));
+            }
+            results.bucket = bucket;
+        }
         Ok(config)
+    }
+}
+
+/// A setting that must not be zero: the given value, else the default.
+fn positive<T: Default + PartialEq>(
+    name: &'static str,
+    given: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match given {
+        Some(value) if value == T::default() => Err(ConfigError::Zero(name)),
+        Some(value) => Ok(value),
+        None => Ok(default),
     }
 }
 
@@ -255,11 +476,12 @@ impl Config {
             None => "every client let in".to_owned(),
         };
         format!(
-            "NATS {}{user}; instance {}; stream {}; archive {archive}; {clients}; grace {} ms",
+            "listen {}; NATS {}{user}; instance {}; stream {}; archive {archive}; {clients}; grace {}",
+            self.listen,
             self.nats_url,
             self.instance,
             self.stream,
-            self.grace.as_millis(),
+            imgfetch_common::settings::show(self.grace),
         )
     }
 }
@@ -277,12 +499,15 @@ pub enum ConfigError {
     /// The stream name cannot be a JetStream name.
     #[error("stream name {0:?} is not a valid JetStream name")]
     StreamName(String),
+    /// The TOML file cannot be read, is malformed, or has an unknown key.
+    #[error(transparent)]
+    File(#[from] imgfetch_common::settings::FileError),
     /// A timeout or limit is zero.
-    #[error("timeouts and limits must be at least 1")]
-    Zero,
-    /// The log format is neither `text` nor `json`.
-    #[error("log format {0:?}: expected text or json")]
-    LogFormat(String),
+    #[error("{0} must be more than zero")]
+    Zero(&'static str),
+    /// A secret could not be read, or was given twice.
+    #[error("archive: {0}")]
+    ArchiveSecret(String),
     /// The tokens file could not be read or parsed.
     #[error(transparent)]
     Tokens(#[from] crate::auth::TokensError),
@@ -300,34 +525,9 @@ pub enum ConfigError {
     /// An archive path template is invalid.
     #[error("archive {0}")]
     ArchiveTemplate(#[from] crate::template::TemplateError),
-    /// The result TTL or the results replicas is zero.
-    #[error("the result TTL and the results replicas must be at least 1")]
-    ResultsZero,
     /// The results bucket name cannot be a key-value bucket name.
     #[error("results bucket {0:?}: only A-Z, a-z, 0-9, '_' and '-' are allowed")]
     ResultsBucket(String),
-}
-
-/// Flags of client authentication and connection limits (see `docs/SECURITY.md`).
-#[derive(Debug, clap::Args)]
-pub struct ClientArgs {
-    /// TOML file of accepted bearer tokens (SHA-256 hashes) and the networks each may fetch;
-    /// without it every client is let in.
-    #[arg(long, env = "IMGFETCH_TOKENS_FILE")]
-    pub tokens_file: Option<std::path::PathBuf>,
-    /// Requests in flight at once for one token, HTTP and websocket together.
-    #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_TOKEN", default_value_t = defaults::MAX_IN_FLIGHT_PER_TOKEN)]
-    pub max_in_flight_per_token: usize,
-    /// Milliseconds a websocket may stay silent, with nothing in flight, before it is closed.
-    #[arg(long, env = "IMGFETCH_WS_IDLE_TIMEOUT_MS", default_value_t = defaults::WS_IDLE_TIMEOUT_MS)]
-    pub ws_idle_timeout_ms: u64,
-    /// Milliseconds a client may take to send a request's headers before the connection is
-    /// closed.
-    #[arg(long, env = "IMGFETCH_HEADER_READ_TIMEOUT_MS", default_value_t = defaults::HEADER_READ_TIMEOUT_MS)]
-    pub header_read_timeout_ms: u64,
-    /// Open TCP connections at once; further ones get a 503 and are closed.
-    #[arg(long, env = "IMGFETCH_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
-    pub max_connections: usize,
 }
 
 /// Client authentication and connection limits, resolved.
@@ -350,69 +550,11 @@ impl Default for ClientSettings {
         ClientSettings {
             tokens: None,
             max_in_flight_per_token: defaults::MAX_IN_FLIGHT_PER_TOKEN,
-            ws_idle_timeout: Duration::from_millis(defaults::WS_IDLE_TIMEOUT_MS),
-            header_read_timeout: Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS),
+            ws_idle_timeout: defaults::WS_IDLE_TIMEOUT,
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
             max_connections: defaults::MAX_CONNECTIONS,
         }
     }
-}
-
-impl ClientSettings {
-    /// Checks the flags and reads the tokens file.
-    pub fn from_args(args: ClientArgs) -> Result<ClientSettings, ConfigError> {
-        if args.max_in_flight_per_token == 0
-            || args.ws_idle_timeout_ms == 0
-            || args.header_read_timeout_ms == 0
-            || args.max_connections == 0
-        {
-            return Err(ConfigError::Zero);
-        }
-        let tokens = match &args.tokens_file {
-            Some(path) => Some(crate::auth::Tokens::load(path)?),
-            None => None,
-        };
-        Ok(ClientSettings {
-            tokens,
-            max_in_flight_per_token: args.max_in_flight_per_token,
-            ws_idle_timeout: Duration::from_millis(args.ws_idle_timeout_ms),
-            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
-            max_connections: args.max_connections,
-        })
-    }
-}
-
-/// Flags of the results bucket (see `docs/RELIABILITY.md`).
-#[derive(Debug, clap::Args)]
-pub struct ResultArgs {
-    /// Milliseconds the outcome of a request can be fetched again by id; also the bucket's
-    /// `max_age` when the gateway creates it.
-    #[arg(long, env = "IMGFETCH_RESULT_TTL_MS", default_value_t = defaults::RESULT_TTL_MS)]
-    pub result_ttl_ms: u64,
-    /// JetStream key-value bucket of request outcomes (created when missing).
-    #[arg(long, env = "IMGFETCH_RESULTS_BUCKET", default_value = imgfetch_common::protocol::DEFAULT_RESULTS_BUCKET)]
-    pub results_bucket: String,
-    /// Replicas of the results bucket when the gateway creates it (3 on a 3-node cluster).
-    #[arg(long, env = "IMGFETCH_RESULTS_REPLICAS", default_value_t = defaults::RESULTS_REPLICAS)]
-    pub results_replicas: usize,
-}
-
-fn result_settings(args: ResultArgs) -> Result<crate::results::ResultSettings, ConfigError> {
-    if args.result_ttl_ms == 0 || args.results_replicas == 0 {
-        return Err(ConfigError::ResultsZero);
-    }
-    let bucket = &args.results_bucket;
-    let valid = !bucket.is_empty()
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !valid {
-        return Err(ConfigError::ResultsBucket(bucket.clone()));
-    }
-    Ok(crate::results::ResultSettings {
-        bucket: args.results_bucket,
-        ttl: Duration::from_millis(args.result_ttl_ms),
-        replicas: args.results_replicas,
-    })
 }
 
 /// `off`, a plain directory (relative to the working directory), or a store URL.
@@ -420,19 +562,19 @@ fn archive_config(
     target: &str,
     dir_template: String,
     file_template: String,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+    env: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<ArchiveConfig>, ConfigError> {
     if target == "off" {
         return Ok(None);
     }
     let store = if target.contains("://") {
-        imgfetch_common::store::parse_url(
-            target,
-            S3Options {
-                from_env: true,
-                ..S3Options::default()
-            },
-        )
-        .map_err(ConfigError::ArchiveUrl)?
+        let options: S3Options = if target.starts_with("s3://") {
+            imgfetch_common::settings::s3_from_env(env, read).map_err(ConfigError::ArchiveSecret)?
+        } else {
+            S3Options::default()
+        };
+        imgfetch_common::store::parse_url(target, options).map_err(ConfigError::ArchiveUrl)?
     } else {
         let dir = std::path::absolute(target).map_err(|source| ConfigError::ArchiveDir {
             path: target.to_owned(),
@@ -453,19 +595,30 @@ fn archive_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imgfetch_common::settings::in_memory as files;
 
-    fn parse(list: &[&str]) -> Result<Config, String> {
+    fn resolve(
+        list: &[&str],
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Config, String> {
         let args =
             Args::try_parse_from(std::iter::once("imgfetch-gateway").chain(list.iter().copied()))
                 .map_err(|e| e.to_string())?;
-        Config::from_args(args).map_err(|e| e.to_string())
+        Config::resolve(args, read, |_| None).map_err(|e| e.to_string())
+    }
+
+    fn parse(list: &[&str]) -> Result<Config, String> {
+        resolve(list, files(&[]))
     }
 
     #[test]
     fn defaults_apply() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.nats_url, defaults::NATS_URL);
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.grace, Duration::from_secs(30));
+        assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.instance.starts_with("gw-"));
         assert_ne!(
             c.instance,
@@ -482,12 +635,115 @@ mod tests {
         assert!(parse(&["--archive", "off"]).unwrap().archive.is_none());
         assert_eq!(c.results.bucket, "IMGFETCH_RESULTS");
         assert_eq!(c.results.ttl, Duration::from_secs(600));
-        let results = parse(&["--result-ttl-ms", "1500", "--results-replicas", "3"])
-            .unwrap()
-            .results;
+        let c = parse(&[
+            "--result-ttl",
+            "1500ms",
+            "--results-replicas",
+            "3",
+            "--grace",
+            "1m 5s",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
         assert_eq!(
-            (results.ttl, results.replicas),
+            (c.results.ttl, c.results.replicas),
             (Duration::from_millis(1500), 3)
+        );
+        assert_eq!(c.grace, Duration::from_secs(65));
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn the_file_sets_what_flags_leave_unset() {
+        const FILE: &str = r#"
+            nats_url = "nats://file:4222"
+            nats_user = "gateway"
+            nats_password_file = "/run/secrets/nats/password"
+            listen = "0.0.0.0:9000"
+            instance = "gw-file"
+            request_timeout = "45s"
+            grace = "1m"
+            log_format = "json"
+            archive = "off"
+            ws_idle_timeout = "2m"
+            result_ttl = "1h"
+            results_bucket = "R"
+            max_connections = 10
+        "#;
+        let c = resolve(
+            &[
+                "--config",
+                "/g.toml",
+                "--instance",
+                "gw-flag",
+                "--grace",
+                "5s",
+            ],
+            files(&[("/g.toml", FILE)]),
+        )
+        .unwrap();
+        assert_eq!(c.nats_url, "nats://file:4222");
+        assert_eq!(c.nats_auth.user.as_deref(), Some("gateway"));
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.instance, "gw-flag", "a flag wins over the file");
+        assert_eq!(c.grace, Duration::from_secs(5), "a flag wins over the file");
+        assert_eq!(c.request_timeout, Duration::from_secs(45));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.archive.is_none());
+        assert_eq!(c.clients.ws_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.clients.max_connections, 10);
+        assert_eq!(c.results.ttl, Duration::from_secs(3600));
+        assert_eq!(c.results.bucket, "R");
+        let summary = c.summary();
+        assert!(
+            summary.contains("listen 0.0.0.0:9000") && summary.contains("grace 5s"),
+            "{summary}"
+        );
+
+        for (text, expect) in [
+            (
+                "grace_ms = 3000\n",
+                "/g.toml: line 1: unknown field `grace_ms`",
+            ),
+            ("request_timeout = \"30\"\n", "no unit"),
+            ("log_format = \"xml\"\n", "unknown variant `xml`"),
+        ] {
+            let err = resolve(
+                &["--config", "/g.toml"],
+                move |_: &Path| Ok(text.to_owned()),
+            )
+            .unwrap_err();
+            assert!(
+                err.contains(expect),
+                "{text:?}: expected {expect:?} in {err:?}"
+            );
+        }
+        let err = parse(&["--config", "/missing.toml"]).unwrap_err();
+        assert!(err.contains("cannot read /missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_archive_secret_comes_from_its_file() {
+        let args =
+            Args::try_parse_from(["imgfetch-gateway", "--archive", "s3://bucket/arch"]).unwrap();
+        let env = |name: &str| (name == "AWS_SECRET_ACCESS_KEY_FILE").then(|| "/sk".to_owned());
+        let c = Config::resolve(args, files(&[("/sk", "SECRET\n")]), env).unwrap();
+        match c.archive.unwrap().store {
+            StoreSpec::S3 { options, .. } => {
+                assert_eq!(options.secret_access_key.as_deref(), Some("SECRET"));
+                assert!(options.from_env);
+            }
+            other => panic!("expected S3, got {other:?}"),
+        }
+        let args =
+            Args::try_parse_from(["imgfetch-gateway", "--archive", "s3://bucket/arch"]).unwrap();
+        let err = Config::resolve(args, files(&[]), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AWS_SECRET_ACCESS_KEY_FILE: cannot read /sk"),
+            "{err}"
         );
     }
 
@@ -496,9 +752,14 @@ mod tests {
         for (list, expect) in [
             (&["--instance", "a.b"][..], "instance"),
             (&["--stream", "A.B"][..], "stream"),
-            (&["--log-format", "xml"][..], "log format"),
+            (&["--log-format", "xml"][..], "invalid value 'xml'"),
             (&["--listen", "nowhere"][..], "invalid"),
-            (&["--request-timeout-ms", "0"][..], "at least 1"),
+            (
+                &["--request-timeout", "0s"][..],
+                "request_timeout must be more than zero",
+            ),
+            (&["--request-timeout", "30"][..], "no unit"),
+            (&["--request-timeout-ms", "30"][..], "unexpected argument"),
             (
                 &["--archive-dir-template", "{network}/{city}"][..],
                 "unknown placeholder {city}",
@@ -524,12 +785,15 @@ mod tests {
                 ][..],
                 "not both",
             ),
-            (&["--max-connections", "0"][..], "at least 1"),
+            (
+                &["--max-connections", "0"][..],
+                "max_connections must be more than zero",
+            ),
             (
                 &["--tokens-file", "/nonexistent/tokens.toml"][..],
                 "tokens file",
             ),
-            (&["--result-ttl-ms", "0"][..], "result TTL"),
+            (&["--result-ttl", "0s"][..], "result_ttl"),
             (&["--results-bucket", "A.B"][..], "results bucket"),
         ] {
             let err = parse(list).unwrap_err();

@@ -1,10 +1,7 @@
 //! `imgfetch-gateway`: parse flags, set up telemetry, hand over to [`imgfetch_gateway::run`].
 
-use clap::Parser;
-use imgfetch_gateway::config::{Args, Config};
-
-/// Exit status for a configuration that cannot be used (EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
+use imgfetch_common::settings::EXIT_CONFIG;
+use imgfetch_gateway::config::{Args, Config, RENAMED};
 
 /// mimalloc keeps freed pages for reuse; with the system allocator every 64 KiB image buffer
 /// was fresh memory, page-faulted in and zeroed (see docs/PERFORMANCE.md).
@@ -14,10 +11,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let listen = args.listen;
+    let args: Args = imgfetch_common::settings::parse_args("imgfetch-gateway", RENAMED);
     let check_only = args.check_config;
-    let mut config = match Config::from_args(args) {
+    let resolved = Config::resolve(
+        args,
+        |p| std::fs::read_to_string(p),
+        |k| std::env::var(k).ok(),
+    );
+    let mut config = match resolved {
         Ok(c) => c,
         Err(err) => {
             eprintln!("imgfetch-gateway: configuration error: {err}");
@@ -26,12 +27,10 @@ async fn main() -> anyhow::Result<()> {
     };
     if check_only {
         // Everything a start checks before it binds and connects; the archive stays unopened.
-        println!(
-            "imgfetch-gateway: configuration ok: listen {listen}; {}",
-            config.summary()
-        );
+        println!("imgfetch-gateway: configuration ok: {}", config.summary());
         return Ok(());
     }
+    let listen = config.listen;
     imgfetch_common::telemetry::init(config.log_format);
     config.metrics = Some(imgfetch_common::prometheus::install()?);
     let listener = match tokio::net::TcpListener::bind(listen).await {

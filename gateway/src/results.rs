@@ -69,7 +69,7 @@ impl Default for ResultSettings {
     fn default() -> Self {
         ResultSettings {
             bucket: protocol::DEFAULT_RESULTS_BUCKET.to_owned(),
-            ttl: Duration::from_millis(crate::config::defaults::RESULT_TTL_MS),
+            ttl: crate::config::defaults::RESULT_TTL,
             replicas: crate::config::defaults::RESULTS_REPLICAS,
         }
     }

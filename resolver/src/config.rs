@@ -11,12 +11,15 @@ use std::time::Duration;
 use clap::Parser;
 use imgfetch_common::connect::NatsAuth;
 use imgfetch_common::provision::{ConsumerSettings, DeadLetterSettings, StreamSettings};
+use imgfetch_common::settings::{de_duration, duration, Renamed};
 pub use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
 use serde::Deserialize;
 
 /// The built-in defaults, in one place.
 pub mod defaults {
+    use std::time::Duration;
+
     /// NATS server to connect to.
     pub const NATS_URL: &str = "nats://127.0.0.1:4222";
     /// Requests one resolver works on at once, across all its networks.
@@ -24,11 +27,11 @@ pub mod defaults {
     /// Attempts at a store that keeps failing before answering `store_unavailable`.
     pub const STORE_ATTEMPTS: u32 = 4;
     /// First delay before retrying a failing store; doubles per attempt.
-    pub const RETRY_DELAY_MS: u64 = 500;
+    pub const RETRY_DELAY: Duration = Duration::from_millis(500);
     /// Longest delay between retries.
-    pub const RETRY_DELAY_MAX_MS: u64 = 8_000;
+    pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(8);
     /// Longest a single store read may take.
-    pub const STORE_TIMEOUT_MS: u64 = 20_000;
+    pub const STORE_TIMEOUT: Duration = Duration::from_secs(20);
     /// Bytes kept free under the server's `max_payload` for headers.
     pub const PAYLOAD_HEADROOM: u64 = 64 * 1024;
     /// Largest image served at all: 1 GiB.
@@ -37,21 +40,45 @@ pub mod defaults {
     /// the headroom is smaller); chosen by measurement, see `docs/PROTOCOL.md`.
     pub const CHUNK_BYTES: u64 = 256 * 1024;
     /// How long a stream waits for the receiver's credit before it gives up.
-    pub const STREAM_IDLE_MS: u64 = 30_000;
+    pub const STREAM_IDLE: Duration = Duration::from_secs(30);
     /// How long in-flight requests may take to finish after SIGTERM.
-    pub const GRACE_MS: u64 = 20_000;
+    pub const GRACE: Duration = Duration::from_secs(20);
     /// How long a waiting pull lasts at the server before it ends and is renewed; a stopping
     /// resolver waits this long at most for its pulls to end.
-    pub const PULL_EXPIRES_MS: u64 = 5_000;
+    pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
     /// How long the dead-letter stream keeps a dead letter: 7 days.
-    pub const DLQ_MAX_AGE_HOURS: u64 = 7 * 24;
+    pub const DLQ_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
     /// Replicas of the stream when the resolver creates it.
     pub const STREAM_REPLICAS: usize = 1;
     /// How long a resolver may hold a request before JetStream redelivers it.
-    pub const ACK_WAIT_MS: u64 = 30_000;
+    pub const ACK_WAIT: Duration = Duration::from_secs(30);
     /// Deliveries after which JetStream stops redelivering a request.
     pub const MAX_DELIVER: i64 = 10;
 }
+
+/// Variables renamed when durations took their human form; still setting one is an error.
+pub const RENAMED: &[Renamed] = &[
+    Renamed {
+        old: "IMGFETCH_STREAM_IDLE_MS",
+        new: "IMGFETCH_STREAM_IDLE",
+        example: "30s",
+    },
+    Renamed {
+        old: "IMGFETCH_RETRY_DELAY_MS",
+        new: "IMGFETCH_RETRY_DELAY",
+        example: "500ms",
+    },
+    Renamed {
+        old: "IMGFETCH_ACK_WAIT_MS",
+        new: "IMGFETCH_ACK_WAIT",
+        example: "30s",
+    },
+    Renamed {
+        old: "IMGFETCH_DLQ_MAX_AGE_HOURS",
+        new: "IMGFETCH_DLQ_MAX_AGE",
+        example: "7d",
+    },
+];
 
 /// Command line of `imgfetch-resolver`.
 #[derive(Debug, Default, Parser)]
@@ -61,8 +88,9 @@ pub mod defaults {
     about = "Serves imgfetch requests of the networks it can reach"
 )]
 pub struct Args {
-    /// TOML configuration file; flags and environment variables override it.
-    #[arg(long, env = "IMGFETCH_CONFIG")]
+    /// TOML configuration file (unknown keys are refused); flags and environment variables
+    /// override it.
+    #[arg(long, env = "IMGFETCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// NATS server URL, or a comma-separated list of the nodes of a cluster
     /// [default: nats://127.0.0.1:4222].
@@ -87,9 +115,9 @@ pub struct Args {
     /// JetStream stream of dead letters [default: IMGFETCH_DLQ].
     #[arg(long, env = "IMGFETCH_DLQ_STREAM")]
     pub dlq_stream: Option<String>,
-    /// Hours the dead-letter stream keeps a dead letter [default: 168].
-    #[arg(long, env = "IMGFETCH_DLQ_MAX_AGE_HOURS")]
-    pub dlq_max_age_hours: Option<u64>,
+    /// How long the dead-letter stream keeps a dead letter, at least 1h [default: 7d].
+    #[arg(long, env = "IMGFETCH_DLQ_MAX_AGE", value_parser = duration)]
+    pub dlq_max_age: Option<Duration>,
     /// Only verify the stream and consumers; never create or change them.
     #[arg(long, env = "IMGFETCH_NO_PROVISION")]
     pub no_provision: bool,
@@ -103,27 +131,32 @@ pub struct Args {
     /// Bytes per chunk of a streamed image [default: 256 KiB, less if max_payload is small].
     #[arg(long, env = "IMGFETCH_CHUNK_BYTES")]
     pub chunk_bytes: Option<u64>,
-    /// Milliseconds a stream waits for the receiver's credit before giving up [default: 30000].
-    #[arg(long, env = "IMGFETCH_STREAM_IDLE_MS")]
-    pub stream_idle_ms: Option<u64>,
+    /// How long a stream waits for the receiver's credit before giving up [default: 30s].
+    #[arg(long, env = "IMGFETCH_STREAM_IDLE", value_parser = duration)]
+    pub stream_idle: Option<Duration>,
     /// Attempts at a failing store before answering store_unavailable [default: 4].
     #[arg(long, env = "IMGFETCH_STORE_ATTEMPTS")]
     pub store_attempts: Option<u32>,
-    /// First retry delay in milliseconds, doubled per attempt [default: 500].
-    #[arg(long, env = "IMGFETCH_RETRY_DELAY_MS")]
-    pub retry_delay_ms: Option<u64>,
-    /// Log format: text or json [default: text].
-    #[arg(long, env = "IMGFETCH_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    /// First delay before retrying a failing store, doubled per attempt [default: 500ms].
+    #[arg(long, env = "IMGFETCH_RETRY_DELAY", value_parser = duration)]
+    pub retry_delay: Option<Duration>,
+    /// How long in-flight requests may take to finish after SIGTERM before the rest are given
+    /// back to JetStream [default: 20s].
+    #[arg(long, env = "IMGFETCH_GRACE", value_parser = duration)]
+    pub grace: Option<Duration>,
+    /// Log format [default: text].
+    #[arg(long, env = "IMGFETCH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Address of the /livez, /readyz and /metrics listener, e.g. 0.0.0.0:9090 [default: none].
     #[arg(long, env = "IMGFETCH_HTTP_LISTEN")]
     pub http_listen: Option<std::net::SocketAddr>,
     /// Replicas of the stream when creating it, 1 to 5 [default: 1].
     #[arg(long, env = "IMGFETCH_STREAM_REPLICAS")]
     pub stream_replicas: Option<usize>,
-    /// Milliseconds a request may be held before JetStream redelivers it [default: 30000].
-    #[arg(long, env = "IMGFETCH_ACK_WAIT_MS")]
-    pub ack_wait_ms: Option<u64>,
+    /// How long a request may be held before JetStream redelivers it, at least 1s
+    /// [default: 30s].
+    #[arg(long, env = "IMGFETCH_ACK_WAIT", value_parser = duration)]
+    pub ack_wait: Option<Duration>,
     /// Deliveries after which JetStream stops redelivering a request [default: 10].
     #[arg(long, env = "IMGFETCH_MAX_DELIVER")]
     pub max_deliver: Option<i64>,
@@ -156,8 +189,9 @@ pub struct FileConfig {
     pub stream: Option<String>,
     /// JetStream stream of dead letters.
     pub dlq_stream: Option<String>,
-    /// Hours the dead-letter stream keeps a dead letter.
-    pub dlq_max_age_hours: Option<u64>,
+    /// How long the dead-letter stream keeps a dead letter.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub dlq_max_age: Option<Duration>,
     /// Create or extend the stream and consumers (default true).
     pub provision: Option<bool>,
     /// Largest image served at all.
@@ -166,20 +200,26 @@ pub struct FileConfig {
     pub max_inline_bytes: Option<u64>,
     /// Bytes per chunk of a streamed image.
     pub chunk_bytes: Option<u64>,
-    /// Milliseconds a stream waits for credit.
-    pub stream_idle_ms: Option<u64>,
+    /// How long a stream waits for credit.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub stream_idle: Option<Duration>,
     /// Attempts at a failing store.
     pub store_attempts: Option<u32>,
-    /// First retry delay in milliseconds.
-    pub retry_delay_ms: Option<u64>,
+    /// First retry delay.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub retry_delay: Option<Duration>,
+    /// Drain time after SIGTERM.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub grace: Option<Duration>,
     /// Log format: text or json.
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// Address of the health and metrics listener.
     pub http_listen: Option<std::net::SocketAddr>,
     /// Replicas of the stream when creating it.
     pub stream_replicas: Option<usize>,
-    /// Milliseconds before JetStream redelivers a held request.
-    pub ack_wait_ms: Option<u64>,
+    /// How long before JetStream redelivers a held request.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub ack_wait: Option<Duration>,
     /// Deliveries after which JetStream stops redelivering.
     pub max_deliver: Option<i64>,
     /// The networks, each with its own store.
@@ -205,6 +245,8 @@ pub struct FileNetwork {
     pub secret_access_key_file: Option<PathBuf>,
     /// S3 session token.
     pub session_token: Option<String>,
+    /// File holding the S3 session token.
+    pub session_token_file: Option<PathBuf>,
     /// Allow plain-HTTP endpoints.
     pub allow_http: Option<bool>,
     /// Use virtual-hosted-style requests instead of path style.
@@ -286,13 +328,13 @@ impl Config {
             max_image_bytes: defaults::MAX_IMAGE_BYTES,
             max_inline_bytes: None,
             chunk_bytes: defaults::CHUNK_BYTES,
-            stream_idle: Duration::from_millis(defaults::STREAM_IDLE_MS),
+            stream_idle: defaults::STREAM_IDLE,
             store_attempts: defaults::STORE_ATTEMPTS,
-            retry_delay: Duration::from_millis(defaults::RETRY_DELAY_MS),
-            retry_delay_max: Duration::from_millis(defaults::RETRY_DELAY_MAX_MS),
-            store_timeout: Duration::from_millis(defaults::STORE_TIMEOUT_MS),
-            grace: Duration::from_millis(defaults::GRACE_MS),
-            pull_expires: Duration::from_millis(defaults::PULL_EXPIRES_MS),
+            retry_delay: defaults::RETRY_DELAY,
+            retry_delay_max: defaults::RETRY_DELAY_MAX,
+            store_timeout: defaults::STORE_TIMEOUT,
+            grace: defaults::GRACE,
+            pull_expires: defaults::PULL_EXPIRES,
             log_format: LogFormat::Text,
             http_listen: None,
             metrics: None,
@@ -303,18 +345,10 @@ impl Config {
     pub fn resolve(
         args: Args,
         read_file: impl Fn(&Path) -> std::io::Result<String>,
+        env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let file = match &args.config {
-            Some(path) => {
-                let text = read_file(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Toml {
-                    path: path.clone(),
-                    message: e.message().to_owned(),
-                })?
-            }
+            Some(path) => imgfetch_common::settings::read_toml::<FileConfig>(path, &read_file)?,
             None => FileConfig::default(),
         };
 
@@ -323,7 +357,7 @@ impl Config {
             networks.push(file_network(name, net, &read_file)?);
         }
         for arg in &args.networks {
-            networks.push(flag_network(arg)?);
+            networks.push(flag_network(arg, &read_file, &env)?);
         }
         let mut seen = std::collections::BTreeSet::new();
         for net in &networks {
@@ -385,16 +419,15 @@ impl Config {
                 "the dead-letter stream must not be the request stream".into(),
             ));
         }
-        let hours = args
-            .dlq_max_age_hours
-            .or(file.dlq_max_age_hours)
-            .unwrap_or(defaults::DLQ_MAX_AGE_HOURS);
-        if hours == 0 {
+        config.dead_letters.max_age = args
+            .dlq_max_age
+            .or(file.dlq_max_age)
+            .unwrap_or(defaults::DLQ_MAX_AGE);
+        if config.dead_letters.max_age < Duration::from_secs(3600) {
             return Err(ConfigError::Invalid(
-                "dead-letter max age must be at least 1 hour".into(),
+                "dlq_max_age must be at least 1h".into(),
             ));
         }
-        config.dead_letters.max_age = Duration::from_secs(hours.saturating_mul(3600));
         config.provision = !args.no_provision && file.provision.unwrap_or(true);
         config.max_image_bytes = args
             .max_image_bytes
@@ -410,11 +443,16 @@ impl Config {
                 "chunk bytes must be at least 1024".into(),
             ));
         }
-        config.stream_idle = Duration::from_millis(
-            args.stream_idle_ms
-                .or(file.stream_idle_ms)
-                .unwrap_or(defaults::STREAM_IDLE_MS),
-        );
+        config.stream_idle = args
+            .stream_idle
+            .or(file.stream_idle)
+            .unwrap_or(defaults::STREAM_IDLE);
+        if config.stream_idle.is_zero() {
+            return Err(ConfigError::Invalid(
+                "stream_idle must be more than zero".into(),
+            ));
+        }
+        config.grace = args.grace.or(file.grace).unwrap_or(defaults::GRACE);
         config.consumer.max_deliver = args
             .max_deliver
             .or(file.max_deliver)
@@ -424,16 +462,13 @@ impl Config {
                 "max deliver must be at least 1".into(),
             ));
         }
-        let ack_wait_ms = args
-            .ack_wait_ms
-            .or(file.ack_wait_ms)
-            .unwrap_or(defaults::ACK_WAIT_MS);
-        if ack_wait_ms < 1000 {
-            return Err(ConfigError::Invalid(
-                "ack wait must be at least 1000 ms".into(),
-            ));
+        config.consumer.ack_wait = args
+            .ack_wait
+            .or(file.ack_wait)
+            .unwrap_or(defaults::ACK_WAIT);
+        if config.consumer.ack_wait < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid("ack_wait must be at least 1s".into()));
         }
-        config.consumer.ack_wait = Duration::from_millis(ack_wait_ms);
         config.stream.replicas = args
             .stream_replicas
             .or(file.stream_replicas)
@@ -457,12 +492,11 @@ impl Config {
                 "store attempts must be 1 to {max_deliver} (the consumer's max_deliver)"
             )));
         }
-        config.retry_delay = Duration::from_millis(
-            args.retry_delay_ms
-                .or(file.retry_delay_ms)
-                .unwrap_or(defaults::RETRY_DELAY_MS),
-        );
-        config.log_format = parse_log_format(args.log_format.or(file.log_format).as_deref())?;
+        config.retry_delay = args
+            .retry_delay
+            .or(file.retry_delay)
+            .unwrap_or(defaults::RETRY_DELAY);
+        config.log_format = args.log_format.or(file.log_format).unwrap_or_default();
         Ok(config)
     }
 }
@@ -497,17 +531,6 @@ impl Config {
     }
 }
 
-/// Parses `text` or `json`.
-pub fn parse_log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
-    match value {
-        None | Some("text") => Ok(LogFormat::Text),
-        Some("json") => Ok(LogFormat::Json),
-        Some(other) => Err(ConfigError::Invalid(format!(
-            "log format {other:?}: expected text or json"
-        ))),
-    }
-}
-
 fn default_instance() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     let host: String = host
@@ -529,18 +552,24 @@ fn default_instance() -> String {
     }
 }
 
-fn flag_network(arg: &str) -> Result<NetworkSpec, ConfigError> {
+fn flag_network(
+    arg: &str,
+    read_file: &impl Fn(&Path) -> std::io::Result<String>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<NetworkSpec, ConfigError> {
     let (name, url) = arg
         .split_once('=')
         .ok_or_else(|| ConfigError::Invalid(format!("--network {arg:?}: expected NAME=URL")))?;
-    let store = parse_store_url(
-        name,
-        url,
+    let options = if url.starts_with("s3://") {
+        imgfetch_common::settings::s3_from_env(env, read_file)
+            .map_err(|e| ConfigError::Invalid(format!("network {name:?}: {e}")))?
+    } else {
         S3Options {
             from_env: true,
             ..S3Options::default()
-        },
-    )?;
+        }
+    };
+    let store = parse_store_url(name, url, options)?;
     Ok(NetworkSpec {
         name: name.to_owned(),
         store,
@@ -552,28 +581,23 @@ fn file_network(
     net: FileNetwork,
     read_file: &impl Fn(&Path) -> std::io::Result<String>,
 ) -> Result<NetworkSpec, ConfigError> {
-    let secret = match (net.secret_access_key, net.secret_access_key_file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::Invalid(format!(
-                "network {name:?}: give secret_access_key or secret_access_key_file, not both"
-            )))
-        }
-        (Some(s), None) => Some(s),
-        (None, Some(path)) => Some(
-            read_file(&path)
-                .map_err(|source| ConfigError::Read { path, source })?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
+    let secret = |key: &str, value, file| {
+        imgfetch_common::settings::secret(key, value, file, read_file)
+            .map_err(|e| ConfigError::Invalid(format!("network {name:?}: {e}")))
     };
+    let secret_access_key = secret(
+        "secret_access_key",
+        net.secret_access_key,
+        net.secret_access_key_file,
+    )?;
+    let session_token = secret("session_token", net.session_token, net.session_token_file)?;
     let options = S3Options {
         from_env: false,
         endpoint: net.endpoint,
         region: net.region,
         access_key_id: net.access_key_id,
-        secret_access_key: secret,
-        session_token: net.session_token,
+        secret_access_key,
+        session_token,
         allow_http: net.allow_http,
         virtual_hosted_style: net.virtual_hosted_style,
     };
@@ -594,22 +618,9 @@ fn parse_store_url(name: &str, url: &str, options: S3Options) -> Result<StoreSpe
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML file is malformed or has unknown keys.
-    #[error("{path}: {message}")]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
+    /// The TOML file cannot be read, is malformed, or has an unknown key.
+    #[error(transparent)]
+    File(#[from] imgfetch_common::settings::FileError),
     /// A value is out of range or inconsistent.
     #[error("{0}")]
     Invalid(String),
@@ -618,16 +629,10 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imgfetch_common::settings::in_memory as files;
 
-    fn files(
-        map: &'static [(&'static str, &'static str)],
-    ) -> impl Fn(&Path) -> std::io::Result<String> {
-        move |p: &Path| {
-            map.iter()
-                .find(|(name, _)| Path::new(name) == p)
-                .map(|(_, text)| text.to_string())
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
-        }
+    fn no_env(_: &str) -> Option<String> {
+        None
     }
 
     fn args(list: &[&str]) -> Args {
@@ -645,6 +650,7 @@ mod tests {
                 "b=s3://bucket/pre/fix",
             ]),
             files(&[]),
+            no_env,
         )
         .unwrap();
         assert_eq!(c.networks.len(), 2);
@@ -675,7 +681,10 @@ mod tests {
         const FILE: &str = r#"
             nats_url = "nats://file:4222"
             stream_replicas = 3
-            ack_wait_ms = 2000
+            ack_wait = "2s"
+            grace = "45s"
+            dlq_max_age = "2d"
+            log_format = "json"
             max_deliver = 3
             http_listen = "0.0.0.0:9090"
             nats_user = "resolver"
@@ -687,19 +696,24 @@ mod tests {
             endpoint = "http://127.0.0.1:9000"
             access_key_id = "AK"
             secret_access_key_file = "/secret"
+            session_token_file = "/token"
             allow_http = true
             [networks.dmz]
             url = "file:///srv/dmz"
         "#;
         let c = Config::resolve(
             args(&["--config", "/c.toml", "--concurrency", "5"]),
-            files(&[("/c.toml", FILE), ("/secret", "SK\n")]),
+            files(&[("/c.toml", FILE), ("/secret", "SK\n"), ("/token", "ST")]),
+            no_env,
         )
         .unwrap();
         assert_eq!(c.nats_url, "nats://file:4222");
         assert_eq!(c.concurrency, 5);
         assert_eq!(c.stream.replicas, 3);
         assert_eq!(c.consumer.ack_wait, Duration::from_secs(2));
+        assert_eq!(c.grace, Duration::from_secs(45));
+        assert_eq!(c.dead_letters.max_age, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.consumer.max_deliver, 3);
         assert_eq!(c.store_attempts, 3);
         assert_eq!(c.http_listen, Some(([0, 0, 0, 0], 9090).into()));
@@ -716,6 +730,7 @@ mod tests {
         match &cams.store {
             StoreSpec::S3 { options, .. } => {
                 assert_eq!(options.secret_access_key.as_deref(), Some("SK"));
+                assert_eq!(options.session_token.as_deref(), Some("ST"));
                 assert_eq!(options.allow_http, Some(true));
                 assert!(!options.from_env);
             }
@@ -737,7 +752,7 @@ mod tests {
             (&["--network", "a=s3://"], "no bucket"),
             (
                 &["--network", "a=file:///x", "--log-format", "xml"],
-                "log format",
+                "invalid value 'xml'",
             ),
             (&["--config", "/missing.toml"], "cannot read"),
             (
@@ -745,8 +760,8 @@ mod tests {
                 "must not be the request stream",
             ),
             (
-                &["--network", "a=file:///x", "--dlq-max-age-hours", "0"],
-                "at least 1 hour",
+                &["--network", "a=file:///x", "--dlq-max-age", "30m"],
+                "dlq_max_age must be at least 1h",
             ),
             (
                 &["--network", "a=file:///x", "--nats-user", "resolver"],
@@ -772,8 +787,13 @@ mod tests {
                 "stream replicas must be 1 to 5",
             ),
             (
-                &["--network", "a=file:///x", "--ack-wait-ms", "10"],
-                "ack wait must be at least 1000 ms",
+                &["--network", "a=file:///x", "--ack-wait", "10ms"],
+                "ack_wait must be at least 1s",
+            ),
+            (&["--network", "a=file:///x", "--ack-wait", "10"], "no unit"),
+            (
+                &["--network", "a=file:///x", "--stream-idle", "0s"],
+                "stream_idle must be more than zero",
             ),
             (
                 &[
@@ -786,9 +806,15 @@ mod tests {
             ),
         ];
         for (list, expect) in cases {
-            let err = Config::resolve(args(list), files(&[]))
-                .unwrap_err()
-                .to_string();
+            let parsed = Args::try_parse_from(
+                std::iter::once("imgfetch-resolver").chain(list.iter().copied()),
+            );
+            let err = match parsed {
+                Ok(parsed) => Config::resolve(parsed, files(&[]), no_env)
+                    .unwrap_err()
+                    .to_string(),
+                Err(clap) => clap.to_string(),
+            };
             assert!(
                 err.contains(expect),
                 "{list:?}: expected {expect:?} in {err:?}"
@@ -811,8 +837,12 @@ mod tests {
             [networks.dmz]
             url = "file:///srv/images"
         "#;
-        let c =
-            Config::resolve(args(&["--config", "/c.toml"]), files(&[("/c.toml", FILE)])).unwrap();
+        let c = Config::resolve(
+            args(&["--config", "/c.toml"]),
+            files(&[("/c.toml", FILE)]),
+            no_env,
+        )
+        .unwrap();
         let line = c.summary();
         assert_eq!(
             line,
@@ -826,14 +856,59 @@ mod tests {
     #[test]
     fn unknown_keys_in_the_file_are_errors() {
         const FILE: &str = "[networks.a]\nurl = \"file:///x\"\nendpiont = \"typo\"\n";
-        let err = Config::resolve(args(&["--config", "/c.toml"]), files(&[("/c.toml", FILE)]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::resolve(
+            args(&["--config", "/c.toml"]),
+            files(&[("/c.toml", FILE)]),
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field `endpiont`"), "{err}");
         const TOP: &str = "colour = 1\n";
-        let err = Config::resolve(args(&["--config", "/c.toml"]), files(&[("/c.toml", TOP)]))
+        let err = Config::resolve(
+            args(&["--config", "/c.toml"]),
+            files(&[("/c.toml", TOP)]),
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        const OLD: &str = "ack_wait_ms = 2000\n";
+        let err = Config::resolve(
+            args(&["--config", "/c.toml"]),
+            files(&[("/c.toml", OLD)]),
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/c.toml: line 1: unknown field `ack_wait_ms`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flag_networks_read_the_s3_secret_from_its_file() {
+        let env = |name: &str| (name == "AWS_SECRET_ACCESS_KEY_FILE").then(|| "/sk".to_owned());
+        let c = Config::resolve(
+            args(&["--network", "cams=s3://cams"]),
+            files(&[("/sk", "SK\n")]),
+            env,
+        )
+        .unwrap();
+        match &c.networks[0].store {
+            StoreSpec::S3 { options, .. } => {
+                assert_eq!(options.secret_access_key.as_deref(), Some("SK"));
+                assert!(options.from_env, "the rest still comes from AWS_*");
+            }
+            other => panic!("expected S3, got {other:?}"),
+        }
+        let err = Config::resolve(args(&["--network", "cams=s3://cams"]), files(&[]), env)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unknown field `colour`"), "{err}");
+        assert!(
+            err.contains("AWS_SECRET_ACCESS_KEY_FILE: cannot read /sk"),
+            "{err}"
+        );
     }
 }

@@ -1,10 +1,7 @@
 //! `imgfetch-resolver`: parse the configuration, then hand over to [`imgfetch_resolver::run`].
 
-use clap::Parser;
-use imgfetch_resolver::config::{Args, Config};
-
-/// Exit status for a configuration that cannot be used (EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
+use imgfetch_common::settings::EXIT_CONFIG;
+use imgfetch_resolver::config::{Args, Config, RENAMED};
 
 /// mimalloc keeps freed pages for reuse; with the system allocator every 64 KiB image buffer
 /// was fresh memory, page-faulted in and zeroed (see docs/PERFORMANCE.md).
@@ -14,9 +11,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = imgfetch_common::settings::parse_args("imgfetch-resolver", RENAMED);
     let check_only = args.check_config;
-    let mut config = match Config::resolve(args, |p| std::fs::read_to_string(p)) {
+    let resolved = Config::resolve(
+        args,
+        |p| std::fs::read_to_string(p),
+        |k| std::env::var(k).ok(),
+    );
+    let mut config = match resolved {
         Ok(c) => c,
         Err(err) => {
             eprintln!("imgfetch-resolver: configuration error: {err}");

@@ -61,8 +61,8 @@ impl Env {
             stack::wait_jetstream(nats_url).await?;
         }
         Ok(vec![
-            "--ack-wait-ms".to_owned(),
-            ACK_WAIT.as_millis().to_string(),
+            "--ack-wait".to_owned(),
+            format!("{}ms", ACK_WAIT.as_millis()),
             "--stream-replicas".to_owned(),
             replicas.to_string(),
         ])
@@ -77,8 +77,7 @@ impl Env {
     ) -> anyhow::Result<StackSpec> {
         let mut resolver_args = resolver_args;
         // Retries that outlast a 10 s store outage: waits of 1, 2, 4, 8, 8… s.
-        resolver_args
-            .extend(["--store-attempts", "8", "--retry-delay-ms", "1000"].map(String::from));
+        resolver_args.extend(["--store-attempts", "8", "--retry-delay", "1s"].map(String::from));
         Ok(StackSpec {
             bin_dir: self.bin_dir.clone(),
             log_dir: self.log_dir(fault)?,
@@ -86,7 +85,7 @@ impl Env {
             network: "yard".to_owned(),
             store,
             resolver_args,
-            gateway_args: vec!["--request-timeout-ms".to_owned(), "20000".to_owned()],
+            gateway_args: vec!["--request-timeout".to_owned(), "20s".to_owned()],
             archive: None,
         })
     }
