@@ -178,8 +178,13 @@ def main():
                 ].endswith("_FILE")
                 if secretish and "value" in env:
                     fail(f"{name}: {env['name']} is a plain value")
+                # A file setting names a file some volume provides.
+                if env["name"].endswith("_FILE") and "value" in env:
+                    mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
+                    if not any(env["value"].startswith(m.rstrip("/") + "/") for m in mounts):
+                        fail(f"{name}: {env['name']}={env['value']} is on no mounted volume")
 
-    # The gateway outlives its drain: preStop sleep + IMGFETCH_GRACE_MS < grace period.
+    # The gateway outlives its drain: preStop sleep + IMGFETCH_GRACE < grace period.
     gateways = [d for d in by_kind.get("Deployment", []) if not zone_of(d)]
     if len(gateways) != 1:
         fail(f"{len(gateways)} gateway Deployments")
@@ -187,16 +192,26 @@ def main():
         pod = gw["spec"]["template"]["spec"]
         c = pod["containers"][0]
         env = {e["name"]: e for e in c["env"]}
-        grace_ms = int(env["IMGFETCH_GRACE_MS"]["value"])
+        grace = env["IMGFETCH_GRACE"]["value"]
+        if not re.fullmatch(r"\d+s", grace):
+            fail(f"gateway: IMGFETCH_GRACE {grace!r} is not whole seconds")
+        grace_s = int(grace[:-1])
         sleep = int(need(c, "lifecycle.preStop.exec.command")[-1])
         period = pod["terminationGracePeriodSeconds"]
-        if not period > sleep + grace_ms / 1000:
-            fail(f"gateway: terminationGracePeriodSeconds {period} <= {sleep} s + {grace_ms} ms")
+        if not period > sleep + grace_s:
+            fail(f"gateway: terminationGracePeriodSeconds {period} <= {sleep} s + {grace}")
         # The gateway's own check of the environment it is given (pod name as instance,
         # stand-ins for the Secrets' values).
         check_env = {"PATH": os.environ.get("PATH", "")}
         for e in c["env"]:
-            if "value" in e:
+            if "value" in e and e["name"].endswith("_FILE"):
+                # A mounted Secret: a stand-in file where the pod would have it.
+                local = os.path.join(args.work, "secrets", "gateway", e["value"].lstrip("/"))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                with open(local, "w") as f:
+                    f.write("stand-in-for-a-mounted-secret\n")
+                check_env[e["name"]] = local
+            elif "value" in e:
                 check_env[e["name"]] = e["value"]
             elif need(e, "valueFrom.fieldRef.fieldPath") == "metadata.name":
                 check_env[e["name"]] = "gateway-0"

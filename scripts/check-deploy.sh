@@ -108,13 +108,21 @@ echo "== kustomize deploy/"
 python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$work/kustomize.yaml"
 echo "kubernetes-validate --strict ($K8S_VERSION): ok"
 
-# The chart refuses values that would cut the gateway's drain short.
+# The chart refuses values that would cut a drain short.
 if "$HELM" template imgfetch "$CHART" --set gateway.terminationGracePeriodSeconds=30 \
   >/dev/null 2>"$work/refused"; then
   echo "check-deploy: a grace period below preStop + drain rendered" >&2
   exit 1
 fi
-grep -q 'must be above' "$work/refused"
+grep -q 'gateway.terminationGracePeriodSeconds (30) must be above' "$work/refused"
 echo "a gateway grace period below preStop + drain is refused"
+# And a resolver's cut below its grace plus the pull in progress.
+if "$HELM" template imgfetch "$CHART" --set resolver.graceSeconds=36 \
+  >/dev/null 2>"$work/refused"; then
+  echo "check-deploy: a resolver grace period below grace + pull rendered" >&2
+  exit 1
+fi
+grep -q 'resolver.terminationGracePeriodSeconds (40) must be above' "$work/refused"
+echo "a resolver grace period below its grace + pull is refused"
 
 echo "check-deploy: ok in $(($(date +%s) - started)) s"

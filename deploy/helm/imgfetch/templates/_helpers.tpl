@@ -113,6 +113,7 @@ provision = false
 concurrency = {{ int $r.concurrency }}
 http_listen = "0.0.0.0:{{ int $r.adminPort }}"
 log_format = "json"
+grace = "{{ int $r.graceSeconds }}s"
 {{- range $key, $value := $r.extraConfig }}
 {{ $key }} = {{ $value | toJson }}
 {{- end }}
