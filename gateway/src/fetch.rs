@@ -26,6 +26,7 @@ use imgfetch_common::protocol::{header, ErrorCode, FetchRequest, STATUS_OK};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::archive::Archived;
 use crate::dispatch::{new_id, Dispatcher};
@@ -137,7 +138,14 @@ async fn fetch(dispatcher: &Dispatcher, body: &[u8]) -> Result<Image, Failure> {
         key: body.key,
         meta: body.meta,
     };
-    let mut image = dispatcher.submit(request, None).await?.outcome().await?;
+    // As over HTTP and the websocket: every line about this request names its id and network.
+    let span = tracing::error_span!(
+        "request",
+        id = %request.id,
+        network = request.network.as_deref().unwrap_or_default()
+    );
+    let outcome = async { dispatcher.submit(request, None).await?.outcome().await };
+    let mut image = outcome.instrument(span).await?;
     match std::mem::replace(&mut image.body, Body::Inline(Bytes::new())) {
         Body::Inline(bytes) => {
             image.body = Body::Inline(bytes);
