@@ -124,5 +124,15 @@ if "$HELM" template imgfetch "$CHART" --set resolver.graceSeconds=36 \
 fi
 grep -q 'resolver.terminationGracePeriodSeconds (40) must be above' "$work/refused"
 echo "a resolver grace period below its grace + pull is refused"
+# Values of earlier versions, and keys the chart sets itself, are refused rather than ignored.
+for refused in "gateway.graceMs=60000|gateway.graceMs was renamed gateway.graceSeconds" \
+  "resolver.extraConfig.grace=5s|resolver.extraConfig.grace: the chart sets grace itself"; do
+  if "$HELM" template imgfetch "$CHART" --set "${refused%%|*}" >/dev/null 2>"$work/refused"; then
+    echo "check-deploy: --set ${refused%%|*} rendered" >&2
+    exit 1
+  fi
+  grep -qF "${refused#*|}" "$work/refused"
+done
+echo "renamed values and keys the chart owns are refused"
 
 echo "check-deploy: ok in $(($(date +%s) - started)) s"

@@ -89,7 +89,7 @@ pub fn read_toml<T: DeserializeOwned>(
     })
 }
 
-/// A secret given as itself or as a file holding it (trailing newlines dropped), or neither.
+/// A secret given as itself or as a file holding it (whitespace around it dropped), or neither.
 /// `name` is the setting's name, for the message when both are given.
 pub fn secret(
     name: &str,
@@ -101,7 +101,7 @@ pub fn secret(
         (Some(_), Some(_)) => Err(format!("give {name} or {name}_file, not both")),
         (Some(value), None) => Ok(Some(value)),
         (None, Some(path)) => match read(&path) {
-            Ok(text) => Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned())),
+            Ok(text) => Ok(Some(text.trim().to_owned())),
             Err(e) => Err(format!("{name}_file: cannot read {}: {e}", path.display())),
         },
         (None, None) => Ok(None),
@@ -164,22 +164,23 @@ pub fn renamed(table: &[Renamed], env: impl Fn(&str) -> Option<String>) -> Resul
     }
 }
 
-/// Parses the command line of binary `name`, first refusing the variables of `renamed_vars`.
-/// Every configuration error, the parser's included, prints one message and exits 64
-/// (EX_USAGE); `--help` and `--version` print and exit 0.
+/// Parses the command line of binary `name`, then refuses the variables of `renamed_vars` that
+/// are still set. Every configuration error, the parser's included, prints its message and
+/// exits 64 (EX_USAGE); `--help` and `--version` print and exit 0.
 pub fn parse_args<A: clap::Parser>(name: &str, renamed_vars: &[Renamed]) -> A {
-    if let Err(err) = renamed(renamed_vars, |k| std::env::var(k).ok()) {
-        eprintln!("{name}: configuration error: {err}");
-        std::process::exit(EXIT_CONFIG);
-    }
-    match A::try_parse() {
+    let args = match A::try_parse() {
         Ok(args) => args,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
             let _ = err.print();
             std::process::exit(EXIT_CONFIG);
         }
+    };
+    if let Err(err) = renamed(renamed_vars, |k| std::env::var(k).ok()) {
+        eprintln!("{name}: configuration error: {err}");
+        std::process::exit(EXIT_CONFIG);
     }
+    args
 }
 
 /// Exit status of a configuration that cannot be used (EX_USAGE).

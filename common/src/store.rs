@@ -31,8 +31,8 @@ pub enum StoreSpec {
 }
 
 /// S3 connection settings. Unset fields fall back to the standard `AWS_*` variables only when
-/// `from_env` is set.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// `from_env` is set. `Debug` shows whether a secret is set, never the secret.
+#[derive(Clone, Default, PartialEq)]
 pub struct S3Options {
     /// Read `AWS_*` variables first.
     pub from_env: bool,
@@ -50,6 +50,22 @@ pub struct S3Options {
     pub allow_http: Option<bool>,
     /// Virtual-hosted-style requests.
     pub virtual_hosted_style: Option<bool>,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("S3Options")
+            .field("from_env", &self.from_env)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
 }
 
 /// A store URL that cannot be used.
@@ -322,6 +338,11 @@ mod tests {
             "s3://cams/raw (endpoint http://minio:9000, region eu-west-1)"
         );
         assert!(!line.contains("SECRET") && !line.contains("AK"));
+        let debug = format!("{s3:?}");
+        assert!(
+            !debug.contains("SECRET") && debug.contains("secret_access_key: Some(\"<hidden>\")"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -449,17 +449,31 @@ impl Config {
     }
 }
 
-/// A setting that must not be zero: the given value, else the default.
-fn positive<T: Default + PartialEq>(
-    name: &'static str,
-    given: Option<T>,
-    default: T,
-) -> Result<T, ConfigError> {
+/// A setting that must be at least its unit (1, or 1 ms for a duration, the finest the
+/// gateway counts in): the given value, else the default.
+fn positive<T: Unit>(name: &'static str, given: Option<T>, default: T) -> Result<T, ConfigError> {
     match given {
-        Some(value) if value == T::default() => Err(ConfigError::Zero(name)),
+        Some(value) if value < T::UNIT => Err(ConfigError::Zero(name)),
         Some(value) => Ok(value),
         None => Ok(default),
     }
+}
+
+/// The least value of a setting that must not be zero.
+trait Unit: PartialOrd + Sized {
+    const UNIT: Self;
+}
+
+impl Unit for usize {
+    const UNIT: Self = 1;
+}
+
+impl Unit for u64 {
+    const UNIT: Self = 1;
+}
+
+impl Unit for Duration {
+    const UNIT: Self = Duration::from_millis(1);
 }
 
 impl Config {
@@ -502,8 +516,8 @@ pub enum ConfigError {
     /// The TOML file cannot be read, is malformed, or has an unknown key.
     #[error(transparent)]
     File(#[from] imgfetch_common::settings::FileError),
-    /// A timeout or limit is zero.
-    #[error("{0} must be more than zero")]
+    /// A limit is zero, or a duration under 1 ms.
+    #[error("{0} must be at least 1 (a duration at least 1ms)")]
     Zero(&'static str),
     /// A secret could not be read, or was given twice.
     #[error("archive: {0}")]
@@ -569,10 +583,14 @@ fn archive_config(
         return Ok(None);
     }
     let store = if target.contains("://") {
-        let options: S3Options = if target.starts_with("s3://") {
+        // URL schemes are case-insensitive: S3://bucket is an S3 archive too.
+        let options: S3Options = if target.to_ascii_lowercase().starts_with("s3://") {
             imgfetch_common::settings::s3_from_env(env, read).map_err(ConfigError::ArchiveSecret)?
         } else {
-            S3Options::default()
+            S3Options {
+                from_env: true,
+                ..S3Options::default()
+            }
         };
         imgfetch_common::store::parse_url(target, options).map_err(ConfigError::ArchiveUrl)?
     } else {
@@ -756,7 +774,11 @@ mod tests {
             (&["--listen", "nowhere"][..], "invalid"),
             (
                 &["--request-timeout", "0s"][..],
-                "request_timeout must be more than zero",
+                "request_timeout must be at least 1",
+            ),
+            (
+                &["--request-timeout", "500us"][..],
+                "request_timeout must be at least 1",
             ),
             (&["--request-timeout", "30"][..], "no unit"),
             (&["--request-timeout-ms", "30"][..], "unexpected argument"),
@@ -787,7 +809,7 @@ mod tests {
             ),
             (
                 &["--max-connections", "0"][..],
-                "max_connections must be more than zero",
+                "max_connections must be at least 1",
             ),
             (
                 &["--tokens-file", "/nonexistent/tokens.toml"][..],

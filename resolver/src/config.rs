@@ -447,9 +447,9 @@ impl Config {
             .stream_idle
             .or(file.stream_idle)
             .unwrap_or(defaults::STREAM_IDLE);
-        if config.stream_idle.is_zero() {
+        if config.stream_idle < Duration::from_millis(1) {
             return Err(ConfigError::Invalid(
-                "stream_idle must be more than zero".into(),
+                "stream_idle must be at least 1ms".into(),
             ));
         }
         config.grace = args.grace.or(file.grace).unwrap_or(defaults::GRACE);
@@ -793,7 +793,7 @@ mod tests {
             (&["--network", "a=file:///x", "--ack-wait", "10"], "no unit"),
             (
                 &["--network", "a=file:///x", "--stream-idle", "0s"],
-                "stream_idle must be more than zero",
+                "stream_idle must be at least 1ms",
             ),
             (
                 &[

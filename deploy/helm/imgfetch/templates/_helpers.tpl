@@ -115,6 +115,9 @@ http_listen = "0.0.0.0:{{ int $r.adminPort }}"
 log_format = "json"
 grace = "{{ int $r.graceSeconds }}s"
 {{- range $key, $value := $r.extraConfig }}
+{{- if has $key (list "nats_url" "nats_user" "nats_password_file" "nats_creds" "nats_tls_ca" "stream" "dlq_stream" "stream_replicas" "provision" "concurrency" "http_listen" "log_format" "grace" "networks") }}
+{{- fail (printf "resolver.extraConfig.%s: the chart sets %s itself; use its own value (docs/DEPLOY.md)" $key $key) }}
+{{- end }}
 {{ $key }} = {{ $value | toJson }}
 {{- end }}
 {{- range $net := .zone.networks }}
