@@ -153,7 +153,9 @@ step "release binaries (cargo build --release)"
 cargo build --release --locked -p imgfetch-gateway -p imgfetch-resolver -p imgfetch-cli --bins
 context=$work/context
 mkdir -p "$context"
-install -m 0755 -t "$context" "$target_dir/release/imgfetch-gateway" "$target_dir/release/imgfetch-resolver"
+# Stripped of their symbol tables (a panic's backtrace then shows addresses; symbolize them with
+# the unstripped binaries of the same build, kept in the target directory).
+install -s -m 0755 -t "$context" "$target_dir/release/imgfetch-gateway" "$target_dir/release/imgfetch-resolver"
 version=$("$context/imgfetch-gateway" --version | awk '{print $2}')
 [[ -n "$version" ]] || die "imgfetch-gateway --version printed no version"
 GATEWAY_IMAGE=localhost/imgfetch-gateway:$version
@@ -195,6 +197,15 @@ for image in "$GATEWAY_IMAGE" "$RESOLVER_IMAGE"; do
   [[ "$out" == *" $version" ]] || die "$image --version printed '$out'"
   say "$image: $out"
 done
+# Each image holds its own binary only.
+for pair in "$GATEWAY_IMAGE imgfetch-resolver" "$RESOLVER_IMAGE imgfetch-gateway"; do
+  read -r image other <<<"$pair"
+  if podman run --rm --network none "${secure[@]}" --entrypoint "/usr/local/bin/$other" \
+    "$image" --version >/dev/null 2>&1; then
+    die "$image also holds $other"
+  fi
+done
+say "each image holds its own binary only"
 
 step "one fetch through the containers"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
