@@ -68,7 +68,16 @@ fn the_gateway_reads_a_file_under_variables_and_flags() {
 
     // A misspelt or old key, a bare number, a missing secret file: one line, exit 64.
     let cases: &[(&str, Env, &str)] = &[
-        ("grace_ms = 30000\n", &[], "gateway.toml: line 1: unknown field `grace_ms`"),
+        (
+            "grace_ms = 30000\n",
+            &[],
+            "gateway.toml: line 1: unknown field `grace_ms`",
+        ),
+        (
+            "request_timeout_ms = 30000\n",
+            &[],
+            "`request_timeout_ms` is now `request_timeout`, a duration in human form (e.g. request_timeout = \"30s\")",
+        ),
         ("grace = \"30\"\n", &[], "no unit: write it as 30s or 30ms"),
         ("log_format = \"xml\"\n", &[], "unknown variant `xml`"),
         (

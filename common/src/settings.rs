@@ -66,10 +66,12 @@ pub enum FileError {
 
 /// Reads the TOML file at `path` through `read` (tests pass a map of files). The target type
 /// should refuse unknown keys (`#[serde(deny_unknown_fields)]`): a misspelt key is an error,
-/// not a setting silently left at its default.
+/// not a setting silently left at its default. An unknown key that is the file form of a
+/// variable in `renamed` (`grace_ms` for `IMGFETCH_GRACE_MS`) is named with its new key.
 pub fn read_toml<T: DeserializeOwned>(
     path: &Path,
     read: impl Fn(&Path) -> std::io::Result<String>,
+    renamed: &[Renamed],
 ) -> Result<T, FileError> {
     let text = read(path).map_err(|source| FileError::Read {
         path: path.to_owned(),
@@ -79,12 +81,25 @@ pub fn read_toml<T: DeserializeOwned>(
         let line = e
             .span()
             .map(|span| text[..span.start].matches('\n').count() + 1);
+        let mut message = match line {
+            Some(line) => format!("line {line}: {}", e.message()),
+            None => e.message().to_owned(),
+        };
+        for r in renamed {
+            if message.contains(&format!("unknown field `{}`", r.old_key())) {
+                message = format!(
+                    "{}: `{}` is now `{}`, a duration in human form (e.g. {} = \"{}\")",
+                    message.lines().next().unwrap_or_default(),
+                    r.old_key(),
+                    r.new_key(),
+                    r.new_key(),
+                    r.example
+                );
+            }
+        }
         FileError::Toml {
             path: path.to_owned(),
-            message: match line {
-                Some(line) => format!("line {line}: {}", e.message()),
-                None => e.message().to_owned(),
-            },
+            message,
         }
     })
 }
@@ -142,6 +157,25 @@ pub struct Renamed {
     pub new: &'static str,
     /// An example of the new value.
     pub example: &'static str,
+}
+
+impl Renamed {
+    /// The old setting's key in a TOML file: `IMGFETCH_GRACE_MS` is `grace_ms`.
+    pub fn old_key(&self) -> String {
+        key_of(self.old)
+    }
+
+    /// The new setting's key in a TOML file.
+    pub fn new_key(&self) -> String {
+        key_of(self.new)
+    }
+}
+
+fn key_of(variable: &str) -> String {
+    variable
+        .strip_prefix("IMGFETCH_")
+        .unwrap_or(variable)
+        .to_ascii_lowercase()
 }
 
 /// The variables of `table` still set in `env`, each as a message naming the new variable: an
@@ -233,6 +267,7 @@ mod tests {
         let ok: Sample = read_toml(
             Path::new("/a.toml"),
             files(&[("/a.toml", "name = \"x\"\ngrace = \"45s\"\n")]),
+            &[],
         )
         .unwrap();
         assert_eq!(ok.grace, Some(Duration::from_secs(45)));
@@ -246,16 +281,34 @@ mod tests {
             ("grace = 5\n", "invalid type"),
             ("name = \n", "line 1"),
         ] {
-            let err = read_toml::<Sample>(Path::new("/b.toml"), |_: &Path| Ok(text.to_owned()))
-                .unwrap_err()
-                .to_string();
+            let err =
+                read_toml::<Sample>(Path::new("/b.toml"), |_: &Path| Ok(text.to_owned()), &[])
+                    .unwrap_err()
+                    .to_string();
             assert!(
                 err.starts_with("/b.toml: ") && err.contains(expect),
                 "{text:?}: {err}"
             );
         }
-        let err = read_toml::<Sample>(Path::new("/none.toml"), files(&[])).unwrap_err();
+        let err = read_toml::<Sample>(Path::new("/none.toml"), files(&[]), &[]).unwrap_err();
         assert!(matches!(err, FileError::Read { .. }), "{err}");
+        let renamed = [Renamed {
+            old: "IMGFETCH_GRACE_MS",
+            new: "IMGFETCH_GRACE",
+            example: "30s",
+        }];
+        let err = read_toml::<Sample>(
+            Path::new("/c.toml"),
+            |_: &Path| Ok("grace_ms = 3000\n".to_owned()),
+            &renamed,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "/c.toml: line 1: unknown field `grace_ms`, expected `grace` or `name`: `grace_ms` \
+             is now `grace`, a duration in human form (e.g. grace = \"30s\")"
+        );
     }
 
     #[test]

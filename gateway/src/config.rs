@@ -346,7 +346,7 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let file = match &args.config {
-            Some(path) => imgfetch_common::settings::read_toml::<Settings>(path, &read)?,
+            Some(path) => imgfetch_common::settings::read_toml::<Settings>(path, &read, RENAMED)?,
             None => Settings::default(),
         };
         let nats_auth = args.nats_auth.or(NatsAuth {

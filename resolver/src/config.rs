@@ -348,7 +348,9 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let file = match &args.config {
-            Some(path) => imgfetch_common::settings::read_toml::<FileConfig>(path, &read_file)?,
+            Some(path) => {
+                imgfetch_common::settings::read_toml::<FileConfig>(path, &read_file, RENAMED)?
+            }
             None => FileConfig::default(),
         };
 
@@ -882,7 +884,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("/c.toml: line 1: unknown field `ack_wait_ms`"),
+            err.contains("/c.toml: line 1: unknown field `ack_wait_ms`")
+                && err.ends_with("`ack_wait_ms` is now `ack_wait`, a duration in human form (e.g. ack_wait = \"30s\")"),
             "{err}"
         );
     }
