@@ -108,13 +108,20 @@ pub const RETRY_FIRST: Duration = Duration::from_millis(250);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl NatsAuth {
-    /// These settings, each one missing taken from `fallback` (flags over a config file).
+    /// These settings over `fallback` (flags over a config file). An identity named here (a
+    /// creds file, or a user) replaces the fallback's whole: `--nats-creds` over a file's user
+    /// and password is the creds file alone, not a conflict. Otherwise each setting missing
+    /// here is taken from `fallback` (a password file here with the file's user, say).
     pub fn or(self, fallback: NatsAuth) -> NatsAuth {
+        let tls_ca = self.tls_ca.or(fallback.tls_ca);
+        if self.creds_file.is_some() || self.user.is_some() {
+            return NatsAuth { tls_ca, ..self };
+        }
         NatsAuth {
-            creds_file: self.creds_file.or(fallback.creds_file),
-            user: self.user.or(fallback.user),
+            creds_file: fallback.creds_file,
+            user: fallback.user,
             password_file: self.password_file.or(fallback.password_file),
-            tls_ca: self.tls_ca.or(fallback.tls_ca),
+            tls_ca,
         }
     }
 
@@ -308,6 +315,41 @@ mod tests {
         ] {
             assert_eq!(auth.check().is_ok(), ok, "{auth:?}");
         }
+    }
+
+    #[test]
+    fn an_identity_given_by_flags_replaces_the_file_s_whole() {
+        let file = NatsAuth {
+            creds_file: None,
+            user: Some("resolver".into()),
+            password_file: Some("/file/password".into()),
+            tls_ca: Some("/file/ca.pem".into()),
+        };
+        let creds = NatsAuth {
+            creds_file: Some("/flag/x.creds".into()),
+            ..NatsAuth::default()
+        };
+        let merged = creds.or(file.clone());
+        assert_eq!(
+            merged,
+            NatsAuth {
+                creds_file: Some("/flag/x.creds".into()),
+                user: None,
+                password_file: None,
+                tls_ca: Some("/file/ca.pem".into()),
+            }
+        );
+        merged.check().expect("the flag's creds file alone");
+        // A password file alone goes with the file's user.
+        let password = NatsAuth {
+            password_file: Some("/flag/password".into()),
+            ..NatsAuth::default()
+        };
+        let merged = password.or(file.clone());
+        assert_eq!(merged.user.as_deref(), Some("resolver"));
+        assert_eq!(merged.password_file, Some("/flag/password".into()));
+        // Nothing given: the file's settings.
+        assert_eq!(NatsAuth::default().or(file.clone()), file);
     }
 
     #[test]
