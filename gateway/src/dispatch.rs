@@ -118,9 +118,20 @@ pub struct Ticket {
     started: Instant,
     /// Counts it among `imgfetch_gateway_requests_in_flight` while it lives.
     _in_flight: Held,
+    /// Closes once its `pending` record is written (or its write failed); `None` without one.
+    recorded: Option<oneshot::Receiver<()>>,
 }
 
 impl Ticket {
+    /// Waits until the request's `pending` record is written, or its write failed and was
+    /// logged (bounded by the results bucket's timeout). A client told "accepted" after this
+    /// can ask for the request by id through any gateway, even if this one dies at once.
+    pub async fn recorded(&mut self) {
+        if let Some(written) = self.recorded.take() {
+            let _ = written.await;
+        }
+    }
+
     /// Waits for the answer, or for the deadline; counts the answer by network and status,
     /// and the time it took (for a streamed image, to its first chunk).
     pub async fn outcome(self) -> Outcome {
@@ -372,7 +383,7 @@ impl Dispatcher {
                 },
             );
         }
-        let ticket = Ticket {
+        let mut ticket = Ticket {
             id: id.clone(),
             rx,
             deadline,
@@ -381,6 +392,7 @@ impl Dispatcher {
             network: network.clone(),
             started: Instant::now(),
             _in_flight: Held::new(metrics::gauge!("imgfetch_gateway_requests_in_flight")),
+            recorded: None,
         };
 
         let mut headers = HeaderMap::new();
@@ -431,7 +443,7 @@ impl Dispatcher {
                 Ok(Ok(_)) => {
                     metrics::counter!("imgfetch_gateway_accepted_total").increment(1);
                     if let Some(accepted) = accepted {
-                        let _ = accepted.send(deadline_ms.as_millis() as u64);
+                        ticket.recorded = Some(accepted.write(deadline_ms.as_millis() as u64));
                     }
                     return Ok(ticket);
                 }

@@ -274,6 +274,24 @@ impl Origin {
     }
 }
 
+/// A `pending` record reserved by [`Results::reserve_pending`].
+#[derive(Debug)]
+pub struct Reservation {
+    deadline: oneshot::Sender<u64>,
+    written: oneshot::Receiver<()>,
+}
+
+impl Reservation {
+    /// Writes the record, owned until `deadline_ms`, once the stream accepted the request. The
+    /// returned channel closes when the write has ended (written, or failed and logged: its own
+    /// timeout bounds it).
+    pub fn write(self, deadline_ms: u64) -> oneshot::Receiver<()> {
+        // A failed send drops the write (its task has ended), which closes `written` too.
+        let _ = self.deadline.send(deadline_ms);
+        self.written
+    }
+}
+
 /// A result being replayed: the image and what the request asked for.
 #[derive(Debug)]
 pub struct Replay {
@@ -423,10 +441,13 @@ impl Results {
     ///
     /// The record replaces whatever its id recorded: an id used again (after the stream's
     /// de-duplication window) must not replay the earlier request's outcome.
-    pub fn reserve_pending(self: &Arc<Self>, origin: &Origin) -> oneshot::Sender<u64> {
+    pub fn reserve_pending(self: &Arc<Self>, origin: &Origin) -> Reservation {
         let (tx, rx) = oneshot::channel::<u64>();
+        let (written_tx, written) = oneshot::channel::<()>();
         let (results, origin_c) = (self.clone(), origin.clone());
         origin.writes.then(async move {
+            // Dropped at the end, written or not: whoever waits goes on either way.
+            let _written = written_tx;
             let Ok(deadline_ms) = rx.await else { return };
             let record = origin_c.record(State::Pending {
                 owner: results.instance.clone(),
@@ -445,7 +466,10 @@ impl Results {
                 Err(_) => record_failed(id, "timed out"),
             }
         });
-        tx
+        Reservation {
+            deadline: tx,
+            written,
+        }
     }
 
     /// Records where `origin` stands, after its earlier writes on this gateway, unless the

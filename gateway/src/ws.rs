@@ -299,7 +299,7 @@ pub async fn session<W, R, E>(
                 let network = request.network.clone().unwrap_or_default();
                 let key = request.key.clone();
                 let meta = request.meta.clone();
-                let ticket = match dispatcher.submit(request, identity.as_deref()).await {
+                let mut ticket = match dispatcher.submit(request, identity.as_deref()).await {
                     Ok(t) => t,
                     Err(f) => {
                         let _ = out
@@ -308,6 +308,8 @@ pub async fn session<W, R, E>(
                         return;
                     }
                 };
+                // "accepted" means asked-for-by-id anywhere: the record is written first.
+                ticket.recorded().await;
                 if out
                     .send(Out::Frames(vec![json(&ServerFrame::Accepted { id: &id })]))
                     .await
