@@ -127,10 +127,19 @@ pub fn secret(
 /// `*_FILE` twins of the secret ones, which the S3 client does not know: a variable
 /// `AWS_SECRET_ACCESS_KEY_FILE` (or `AWS_SESSION_TOKEN_FILE`) names a file, typically a mounted
 /// Kubernetes Secret, read here, at start. Giving a variable and its `_FILE` twin is an error.
-pub fn s3_from_env(
+///
+/// Only `urls` that are S3 URLs need the secrets read: for none, the plain `from_env` options.
+pub fn s3_from_env<'a>(
+    urls: impl IntoIterator<Item = &'a str>,
     env: impl Fn(&str) -> Option<String>,
     read: impl Fn(&Path) -> std::io::Result<String>,
 ) -> Result<S3Options, String> {
+    if !urls.into_iter().any(is_s3_url) {
+        return Ok(S3Options {
+            from_env: true,
+            ..S3Options::default()
+        });
+    }
     let twin = |name: &str| {
         secret(
             name,
@@ -146,6 +155,12 @@ pub fn s3_from_env(
         session_token: twin("AWS_SESSION_TOKEN")?,
         ..S3Options::default()
     })
+}
+
+/// Whether `url` is an `s3://` URL; schemes are case-insensitive (`S3://bucket` is one too).
+pub fn is_s3_url(url: &str) -> bool {
+    url.get(..5)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("s3://"))
 }
 
 /// A setting whose name changed: its old variable and the new one with how to write it.
@@ -210,11 +225,17 @@ pub fn parse_args<A: clap::Parser>(name: &str, renamed_vars: &[Renamed]) -> A {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    if let Err(err) = renamed(renamed_vars, |k| std::env::var(k).ok()) {
+    or_exit(name, renamed(renamed_vars, |k| std::env::var(k).ok()));
+    args
+}
+
+/// The value, or, for a configuration that cannot be used, `name: configuration error: …` on
+/// stderr and exit status 64.
+pub fn or_exit<T, E: std::fmt::Display>(name: &str, result: Result<T, E>) -> T {
+    result.unwrap_or_else(|err| {
         eprintln!("{name}: configuration error: {err}");
         std::process::exit(EXIT_CONFIG);
-    }
-    args
+    })
 }
 
 /// Exit status of a configuration that cannot be used (EX_USAGE).
@@ -342,6 +363,7 @@ mod tests {
             }
         };
         let options = s3_from_env(
+            ["s3://b"],
             env(&[
                 ("AWS_SECRET_ACCESS_KEY_FILE", "/run/sk"),
                 ("AWS_SESSION_TOKEN_FILE", "/run/st"),
@@ -353,9 +375,10 @@ mod tests {
         assert_eq!(options.secret_access_key.as_deref(), Some("SK"));
         assert_eq!(options.session_token.as_deref(), Some("ST"));
         // Without the _FILE twins the S3 client reads the variables itself.
-        let plain = s3_from_env(env(&[("AWS_SECRET_ACCESS_KEY", "X")]), &read).unwrap();
+        let plain = s3_from_env(["S3://b"], env(&[("AWS_SECRET_ACCESS_KEY", "X")]), &read).unwrap();
         assert_eq!(plain.secret_access_key.as_deref(), Some("X"));
         let both = s3_from_env(
+            ["s3://b"],
             env(&[
                 ("AWS_SECRET_ACCESS_KEY", "X"),
                 ("AWS_SECRET_ACCESS_KEY_FILE", "/run/sk"),
@@ -367,7 +390,20 @@ mod tests {
             both.contains("AWS_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY_FILE"),
             "{both}"
         );
-        let missing = s3_from_env(env(&[("AWS_SESSION_TOKEN_FILE", "/nope")]), &read).unwrap_err();
+        let missing = s3_from_env(
+            ["s3://b"],
+            env(&[("AWS_SESSION_TOKEN_FILE", "/nope")]),
+            &read,
+        )
+        .unwrap_err();
+        // No S3 URL: the secret files are not read at all.
+        let file_only = s3_from_env(
+            ["file:///x"],
+            env(&[("AWS_SESSION_TOKEN_FILE", "/nope")]),
+            &read,
+        )
+        .unwrap();
+        assert!(file_only.from_env && file_only.session_token.is_none());
         assert!(
             missing.contains("AWS_SESSION_TOKEN_FILE: cannot read /nope"),
             "{missing}"

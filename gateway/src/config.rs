@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use imgfetch_common::connect::NatsAuth;
 use imgfetch_common::settings::{de_duration, duration, Renamed};
-use imgfetch_common::store::{S3Options, StoreSpec};
+use imgfetch_common::store::StoreSpec;
 use imgfetch_common::telemetry::LogFormat;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -583,15 +583,8 @@ fn archive_config(
         return Ok(None);
     }
     let store = if target.contains("://") {
-        // URL schemes are case-insensitive: S3://bucket is an S3 archive too.
-        let options: S3Options = if target.to_ascii_lowercase().starts_with("s3://") {
-            imgfetch_common::settings::s3_from_env(env, read).map_err(ConfigError::ArchiveSecret)?
-        } else {
-            S3Options {
-                from_env: true,
-                ..S3Options::default()
-            }
-        };
+        let options = imgfetch_common::settings::s3_from_env([target], env, read)
+            .map_err(ConfigError::ArchiveSecret)?;
         imgfetch_common::store::parse_url(target, options).map_err(ConfigError::ArchiveUrl)?
     } else {
         let dir = std::path::absolute(target).map_err(|source| ConfigError::ArchiveDir {

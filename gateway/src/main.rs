@@ -18,13 +18,7 @@ async fn main() -> anyhow::Result<()> {
         |p| std::fs::read_to_string(p),
         |k| std::env::var(k).ok(),
     );
-    let mut config = match resolved {
-        Ok(c) => c,
-        Err(err) => {
-            eprintln!("imgfetch-gateway: configuration error: {err}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
+    let mut config = imgfetch_common::settings::or_exit("imgfetch-gateway", resolved);
     if check_only {
         // Everything a start checks before it binds and connects; the archive stays unopened.
         println!("imgfetch-gateway: configuration ok: {}", config.summary());

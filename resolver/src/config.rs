@@ -358,8 +358,16 @@ impl Config {
         for (name, net) in file.networks {
             networks.push(file_network(name, net, &read_file)?);
         }
+        // The AWS_* settings of every S3 network given by flag, read once.
+        let urls = args
+            .networks
+            .iter()
+            .filter_map(|arg| arg.split_once('='))
+            .map(|(_, url)| url);
+        let from_env = imgfetch_common::settings::s3_from_env(urls, &env, &read_file)
+            .map_err(|e| ConfigError::Invalid(format!("--network: {e}")))?;
         for arg in &args.networks {
-            networks.push(flag_network(arg, &read_file, &env)?);
+            networks.push(flag_network(arg, from_env.clone())?);
         }
         let mut seen = std::collections::BTreeSet::new();
         for net in &networks {
@@ -554,24 +562,12 @@ fn default_instance() -> String {
     }
 }
 
-fn flag_network(
-    arg: &str,
-    read_file: &impl Fn(&Path) -> std::io::Result<String>,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<NetworkSpec, ConfigError> {
+/// A `--network NAME=URL`, its S3 settings `from_env` (the `AWS_*` variables).
+fn flag_network(arg: &str, from_env: S3Options) -> Result<NetworkSpec, ConfigError> {
     let (name, url) = arg
         .split_once('=')
         .ok_or_else(|| ConfigError::Invalid(format!("--network {arg:?}: expected NAME=URL")))?;
-    let options = if url.starts_with("s3://") {
-        imgfetch_common::settings::s3_from_env(env, read_file)
-            .map_err(|e| ConfigError::Invalid(format!("network {name:?}: {e}")))?
-    } else {
-        S3Options {
-            from_env: true,
-            ..S3Options::default()
-        }
-    };
-    let store = parse_store_url(name, url, options)?;
+    let store = parse_store_url(name, url, from_env)?;
     Ok(NetworkSpec {
         name: name.to_owned(),
         store,

@@ -1,6 +1,5 @@
 //! `imgfetch-resolver`: parse the configuration, then hand over to [`imgfetch_resolver::run`].
 
-use imgfetch_common::settings::EXIT_CONFIG;
 use imgfetch_resolver::config::{Args, Config, RENAMED};
 
 /// mimalloc keeps freed pages for reuse; with the system allocator every 64 KiB image buffer
@@ -18,13 +17,7 @@ async fn main() -> anyhow::Result<()> {
         |p| std::fs::read_to_string(p),
         |k| std::env::var(k).ok(),
     );
-    let mut config = match resolved {
-        Ok(c) => c,
-        Err(err) => {
-            eprintln!("imgfetch-resolver: configuration error: {err}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
+    let mut config = imgfetch_common::settings::or_exit("imgfetch-resolver", resolved);
     if check_only {
         // Everything a start checks before it connects; stores stay unopened (no S3 call).
         println!("imgfetch-resolver: configuration ok: {}", config.summary());
