@@ -8,5 +8,13 @@ IMGFETCH_SETUP_BROWSER=1 source scripts/setup.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+# The suite takes a few minutes; a test that hangs fails the run here, with the test named in
+# cargo's "has been running for over 60 seconds" line, instead of using up CI's 90 minutes.
+TEST_LIMIT="${IMGFETCH_TEST_LIMIT:-40m}"
+status=0
+timeout --kill-after=30s "$TEST_LIMIT" cargo test --workspace --locked || status=$?
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "test.sh: cargo test did not finish within $TEST_LIMIT; a test above is stuck" >&2
+fi
+[ "$status" -eq 0 ] || exit "$status"
 scripts/check-deploy.sh

@@ -10,7 +10,7 @@
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -212,18 +212,22 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads outside the tokio runtime that run directory-store reads from start to end.
 ///
-/// `min` threads are always there; when every thread is busy (a slow disk, a hung network
-/// mount) another is started, up to [`MAX_READERS`], so one stuck read cannot stop the reads of
-/// every network. Threads beyond `min` end after [`READER_IDLE`] without work. A job whose
-/// caller has given up (its store timeout passed) is skipped, and a job that panics costs its
-/// caller an error, not the thread.
+/// `min` threads are always there; when no thread is free for a new job (a slow disk, a hung
+/// network mount) another is started, up to [`MAX_READERS`], so one stuck read cannot stop the
+/// reads of every network. Threads beyond `min` end after [`READER_IDLE`] without work. A job
+/// whose caller has given up (its store timeout passed) is skipped, and a job that panics costs
+/// its caller an error, not the thread.
 #[derive(Debug)]
 pub struct ReadPool {
     jobs: mpsc::Sender<Job>,
     queue: Arc<Mutex<mpsc::Receiver<Job>>>,
-    /// Threads running, and threads waiting for a job.
+    /// Threads running.
     threads: Arc<AtomicUsize>,
-    idle: Arc<AtomicUsize>,
+    /// Threads waiting for a job, less jobs queued for one. A job sent when this is not above
+    /// zero has no thread of its own to run it, so a thread is started for it; counting free
+    /// threads alone let two jobs sent together both count on the same one, and a job queued
+    /// behind a stuck read waited for ever.
+    free: Arc<AtomicIsize>,
     min: usize,
 }
 
@@ -240,7 +244,7 @@ impl ReadPool {
             jobs,
             queue: Arc::new(Mutex::new(queue)),
             threads: Arc::new(AtomicUsize::new(0)),
-            idle: Arc::new(AtomicUsize::new(0)),
+            free: Arc::new(AtomicIsize::new(0)),
             min: min.max(1),
         });
         for _ in 0..pool.min {
@@ -249,13 +253,14 @@ impl ReadPool {
         pool
     }
 
+    /// Starts a thread, which counts as free until it ends.
     fn start_thread(&self) {
         let n = self.threads.fetch_add(1, Ordering::AcqRel);
-        self.idle.fetch_add(1, Ordering::AcqRel);
-        let (queue, threads, idle, min) = (
+        self.free.fetch_add(1, Ordering::AcqRel);
+        let (queue, threads, free, min) = (
             self.queue.clone(),
             self.threads.clone(),
-            self.idle.clone(),
+            self.free.clone(),
             self.min,
         );
         let started = std::thread::Builder::new()
@@ -264,61 +269,77 @@ impl ReadPool {
                 let job = {
                     let queue = queue.lock().expect("reader queue poisoned");
                     if threads.load(Ordering::Acquire) > min {
-                        queue
-                            .recv_timeout(READER_IDLE)
-                            .map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected))
+                        queue.recv_timeout(READER_IDLE)
                     } else {
-                        queue.recv().map_err(|_| true)
+                        queue
+                            .recv()
+                            .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
                     }
                 };
                 match job {
+                    // Taking a queued job leaves `free` as it is: one thread and one job fewer.
                     Ok(job) => {
-                        idle.fetch_sub(1, Ordering::AcqRel);
                         // A panic ends the job, whose caller then sees the pool's error.
                         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                        idle.fetch_add(1, Ordering::AcqRel);
+                        free.fetch_add(1, Ordering::AcqRel);
                     }
-                    // The pool is gone, or idle too long with more threads than the minimum.
-                    Err(gone) => {
-                        let leave = gone
-                            || threads
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        threads.fetch_sub(1, Ordering::AcqRel);
+                        return;
+                    }
+                    // Idle too long: leave if no queued job counts on this thread, and the
+                    // pool keeps its minimum.
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if free
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                                (f > 0).then(|| f - 1)
+                            })
+                            .is_ok()
+                        {
+                            if threads
                                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                                     (t > min).then(|| t - 1)
                                 })
-                                .is_ok();
-                        if leave {
-                            if gone {
-                                threads.fetch_sub(1, Ordering::AcqRel);
+                                .is_ok()
+                            {
+                                return;
                             }
-                            idle.fetch_sub(1, Ordering::AcqRel);
-                            return;
+                            free.fetch_add(1, Ordering::AcqRel);
                         }
                     }
                 }
             });
         if let Err(err) = started {
             self.threads.fetch_sub(1, Ordering::AcqRel);
-            self.idle.fetch_sub(1, Ordering::AcqRel);
+            self.free.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(%err, "cannot start a reader thread");
         }
     }
 
-    /// Runs `f` on a reader thread and waits for its result; `None` if it could not run.
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    /// Queues `f` for a reader thread, starting one if none is free for it; the receiver
+    /// closes without a value if `f` panics or the pool is gone.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                if !tx.is_closed() {
-                    let _ = tx.send(f());
-                }
-            }))
-            .ok()?;
-        if self.idle.load(Ordering::Acquire) == 0
+        let job: Job = Box::new(move || {
+            if !tx.is_closed() {
+                let _ = tx.send(f());
+            }
+        });
+        if self.jobs.send(job).is_ok()
+            && self.free.fetch_sub(1, Ordering::AcqRel) <= 0
             && self.threads.load(Ordering::Acquire) < MAX_READERS
         {
             self.start_thread();
         }
-        rx.await.ok()
+        rx
+    }
+
+    /// Runs `f` on a reader thread and waits for its result; `None` if it could not run.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        self.submit(f).await.ok()
     }
 }
 
@@ -567,22 +588,66 @@ mod tests {
 
     #[tokio::test]
     async fn a_stuck_read_does_not_stop_the_others_and_a_panic_costs_no_thread() {
+        async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+            tokio::time::timeout(Duration::from_secs(5), f)
+                .await
+                .unwrap_or_else(|_| panic!("{what} within 5 s"))
+        }
         let pool = ReadPool::new(1);
         let (release, stuck) = std::sync::mpsc::channel::<()>();
-        let blocked = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.run(move || stuck.recv().is_ok()).await })
-        };
-        // The only thread is now blocked; the pool must grow for the next job.
-        let answer = tokio::time::timeout(Duration::from_secs(5), pool.run(|| 42))
-            .await
-            .expect("a second job ran while the first was stuck");
-        assert_eq!(answer, Some(42));
-        let panicked = pool.run(|| -> u8 { panic!("a job fails") }).await;
-        assert_eq!(panicked, None, "a panicking job answers nothing");
-        assert_eq!(pool.run(|| 7).await, Some(7), "the pool still works");
+        // Sent together, before the only thread has taken either: the second must not count on
+        // the thread the first will block.
+        let blocked = pool.submit(move || stuck.recv().is_ok());
+        let quick = pool.submit(|| 42);
+        assert_eq!(
+            within("a job sent with a stuck one ran", quick).await,
+            Ok(42)
+        );
+        // The same after the pool has settled with one thread stuck.
+        let later = within("a job after a stuck one ran", pool.run(|| 43)).await;
+        assert_eq!(later, Some(43));
+        let panicked = within(
+            "a panicking job ended",
+            pool.run(|| -> u8 { panic!("fails") }),
+        );
+        assert_eq!(panicked.await, None, "a panicking job answers nothing");
+        let after = within("the pool still works", pool.run(|| 7)).await;
+        assert_eq!(after, Some(7));
         release.send(()).unwrap();
-        assert_eq!(blocked.await.unwrap(), Some(true));
+        let freed = within("the stuck job ended when released", blocked).await;
+        assert_eq!(freed, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn jobs_sent_at_once_each_get_a_thread_and_the_extra_threads_stay_bounded() {
+        let pool = ReadPool::new(2);
+        let gate = Arc::new(std::sync::Barrier::new(9));
+        // Eight jobs that can only finish together: each needs a thread of its own.
+        let jobs: Vec<_> = (0..8)
+            .map(|i| {
+                let gate = gate.clone();
+                pool.submit(move || {
+                    gate.wait();
+                    i
+                })
+            })
+            .collect();
+        let opener = {
+            let gate = gate.clone();
+            std::thread::spawn(move || gate.wait())
+        };
+        for (i, job) in jobs.into_iter().enumerate() {
+            let got = tokio::time::timeout(Duration::from_secs(5), job)
+                .await
+                .expect("every job had a thread");
+            assert_eq!(got.ok(), Some(i));
+        }
+        opener.join().unwrap();
+        let threads = pool.threads.load(Ordering::Acquire);
+        assert!((8..=10).contains(&threads), "{threads} threads for 8 jobs");
+        // All are free again: a ninth job needs no new thread.
+        assert_eq!(pool.run(|| 9).await, Some(9));
+        assert_eq!(pool.threads.load(Ordering::Acquire), threads);
     }
 
     #[tokio::test]
