@@ -377,20 +377,24 @@ async fn start_resolver(
     Ok(resolver)
 }
 
-/// Polls `check` every 50 ms until it holds, failing when `proc` exits or after 30 s.
+/// Polls `check` every 50 ms until it holds, failing when `proc` exits or after 30 s, a hung
+/// check included.
 pub async fn wait_until<F, Fut>(what: &str, proc: &mut Proc, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         proc.check_alive()
             .with_context(|| format!("waiting for {what}"))?;
-        if check().await {
-            return Ok(());
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.max(Duration::from_millis(100)), check()).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(_) => bail!("timed out after 30 s waiting for {what}: a check hung"),
         }
-        if start.elapsed() > Duration::from_secs(30) {
+        if Instant::now() > deadline {
             bail!("timed out after 30 s waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

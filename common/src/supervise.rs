@@ -150,17 +150,25 @@ mod tests {
                 .expect("the task is restarted");
             }
         };
+        let turns = |ready: bool| {
+            let health = health.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), health.wait("task flaky", ready))
+                    .await
+                    .unwrap_or_else(|_| panic!("the task's readiness turns {ready}"));
+            }
+        };
         // Panic, then failure: two restarts, the second after a doubled backoff.
         wait(3).await;
-        health.wait("task flaky", true).await;
+        turns(true).await;
         assert_eq!(health.check(), Ok(()));
         // The third run ends early: unready until the fourth starts.
         release.send(()).unwrap();
-        health.wait("task flaky", false).await;
+        turns(false).await;
         let reason = health.check().unwrap_err();
         assert!(reason.starts_with("task flaky: it ended"), "{reason}");
         wait(4).await;
-        health.wait("task flaky", true).await;
+        turns(true).await;
         // Ending after shutdown is no failure: no restart.
         shutdown.cancel();
         release.send(()).unwrap();

@@ -586,13 +586,15 @@ mod tests {
         inline: 1 << 20,
     };
 
+    /// Awaits `f`, or fails the test naming `what` after 5 s: a pool bug must not hang it.
+    async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 5 s"))
+    }
+
     #[tokio::test]
     async fn a_stuck_read_does_not_stop_the_others_and_a_panic_costs_no_thread() {
-        async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-            tokio::time::timeout(Duration::from_secs(5), f)
-                .await
-                .unwrap_or_else(|_| panic!("{what} within 5 s"))
-        }
         let pool = ReadPool::new(1);
         let (release, stuck) = std::sync::mpsc::channel::<()>();
         // Sent together, before the only thread has taken either: the second must not count on
@@ -637,16 +639,14 @@ mod tests {
             std::thread::spawn(move || gate.wait())
         };
         for (i, job) in jobs.into_iter().enumerate() {
-            let got = tokio::time::timeout(Duration::from_secs(5), job)
-                .await
-                .expect("every job had a thread");
+            let got = within("every job had a thread", job).await;
             assert_eq!(got.ok(), Some(i));
         }
         opener.join().unwrap();
         let threads = pool.threads.load(Ordering::Acquire);
         assert!((8..=10).contains(&threads), "{threads} threads for 8 jobs");
         // All are free again: a ninth job needs no new thread.
-        assert_eq!(pool.run(|| 9).await, Some(9));
+        assert_eq!(within("a ninth job", pool.run(|| 9)).await, Some(9));
         assert_eq!(pool.threads.load(Ordering::Acquire), threads);
     }
 
@@ -670,7 +670,9 @@ mod tests {
             .expect("the read returned instead of blocking on the FIFO")
             .unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::NotFound, "{err}");
-        let ok = store.read("real.jpg", MIB).await.unwrap();
+        let ok = within("a file read", store.read("real.jpg", MIB))
+            .await
+            .unwrap();
         assert_eq!(&ok.bytes[..], b"jpeg");
     }
 }

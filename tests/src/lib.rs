@@ -20,22 +20,33 @@ pub mod s3;
 
 use std::time::{Duration, Instant};
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`. An attempt that
+/// does not return by then fails the test too, rather than hanging it.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
+    let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check().await {
-            return v;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.max(Duration::from_millis(100)), check()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {timeout:?} waiting for {what}: an attempt hung"),
         }
-        if start.elapsed() > timeout {
+        if Instant::now() > deadline {
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Awaits `f`, or panics naming `what` after `limit`: for waits that a bug would make endless.
+pub async fn within<F: std::future::Future>(what: &str, limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
 }
 
 /// The committed sample images, by path under `samples/`.

@@ -480,6 +480,23 @@ pub async fn next_within(
         .flatten()
 }
 
+/// The messages that still come on `sub` until it is quiet for `quiet`, for at most 10 s: a
+/// product that kept answering (a redelivery loop) fails the test's count instead of hanging it.
+pub async fn the_rest(
+    sub: &mut async_nats::Subscriber,
+    quiet: Duration,
+) -> Vec<async_nats::Message> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut rest = Vec::new();
+    while tokio::time::Instant::now() < until {
+        match next_within(sub, quiet).await {
+            Some(msg) => rest.push(msg),
+            None => break,
+        }
+    }
+    rest
+}
+
 /// A header of a reply, as a string.
 pub fn header_of(msg: &async_nats::Message, name: &str) -> Option<String> {
     msg.headers

@@ -14,7 +14,7 @@ use imgfetch_tests::pipeline::{
     Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
-use imgfetch_tests::{eventually, init_logs, sample};
+use imgfetch_tests::{eventually, init_logs, sample, within};
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 use serde_json::json;
 
@@ -364,6 +364,7 @@ async fn archiving_the_same_id_again_writes_the_same_path_once() {
         for _ in 0..3 {
             match archive.store("same", "a.jpg", "image/jpeg", &info, bytes.clone()) {
                 imgfetch_gateway::archive::Archived::Planned { path, written } => {
+                    let written = within("an archive write", Duration::from_secs(10), written);
                     written.await.unwrap().unwrap();
                     paths.push(path);
                 }

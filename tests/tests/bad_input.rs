@@ -8,7 +8,8 @@ use imgfetch_common::protocol::{header, request_subject, ErrorCode};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
     ask, dir_resolver, error_body, file_network, hand_publish, header_of, next_within,
-    resolver_config, sample_resolver, samples_dir, wait_served, Gateway, Resolver, WsClient,
+    resolver_config, sample_resolver, samples_dir, the_rest, wait_served, Gateway, Resolver,
+    WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs, sample};
@@ -377,7 +378,7 @@ async fn duplicate_ids_get_an_answer_and_are_fetched_once() {
 
     // The resolver answered each id once: no second fetch.
     let mut seen = Vec::new();
-    while let Some(msg) = next_within(&mut replies, Duration::from_millis(700)).await {
+    for msg in the_rest(&mut replies, Duration::from_millis(700)).await {
         seen.push(header_of(&msg, header::ID).unwrap_or_default());
     }
     seen.sort();

@@ -8,7 +8,7 @@ use imgfetch_common::protocol::header;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
     file_network, hand_publish, header_of, next_within, resolver_config, sample_resolver,
-    samples_dir, Gateway, Resolver, WsClient,
+    samples_dir, the_rest, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{init_logs, sample};
@@ -306,7 +306,7 @@ async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
         }
     }
     // Give any duplicate a chance to show up.
-    while let Some(msg) = next_within(&mut sub, Duration::from_millis(500)).await {
+    for msg in the_rest(&mut sub, Duration::from_millis(500)).await {
         record(msg);
     }
     assert_eq!(counts.len(), N, "every request answered: {counts:?}");

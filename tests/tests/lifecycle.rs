@@ -7,7 +7,8 @@ use imgfetch_common::protocol::header;
 use imgfetch_tests::init_logs;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, header_of, next_within, resolver_config, samples_dir, Gateway, Resolver, WsClient,
+    file_network, header_of, next_within, resolver_config, samples_dir, the_rest, Gateway,
+    Resolver, WsClient,
 };
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -97,7 +98,7 @@ async fn requests_queued_while_no_resolver_runs_or_across_a_restart_are_each_ans
         assert_eq!(header_of(&msg, header::STATUS).as_deref(), Some("ok"));
         *counts.entry(msg.subject.to_string()).or_default() += 1;
     }
-    while let Some(msg) = next_within(&mut replies, Duration::from_millis(500)).await {
+    for msg in the_rest(&mut replies, Duration::from_millis(500)).await {
         *counts.entry(msg.subject.to_string()).or_default() += 1;
     }
     assert!(

@@ -7,7 +7,7 @@ use imgfetch_common::digest::sha256_hex;
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway, WsClient};
-use imgfetch_tests::{eventually, init_logs, write_large_image};
+use imgfetch_tests::{eventually, init_logs, within, write_large_image};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -133,7 +133,14 @@ async fn a_client_that_sends_half_a_header_line_is_cut_after_the_header_timeout(
         .await
         .unwrap();
     let mut answer = String::new();
-    prompt.read_to_string(&mut answer).await.unwrap();
+    let read = prompt.read_to_string(&mut answer);
+    within(
+        "the answer to a prompt client",
+        Duration::from_secs(5),
+        read,
+    )
+    .await
+    .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 

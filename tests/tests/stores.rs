@@ -7,7 +7,7 @@ use std::time::Duration;
 use imgfetch_resolver::config::StoreSpec;
 use imgfetch_resolver::store::{Limits, ReadPool, Store, StoreErrorKind};
 use imgfetch_tests::s3::S3Server;
-use imgfetch_tests::sample;
+use imgfetch_tests::{sample, within};
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 
@@ -113,12 +113,17 @@ async fn file_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let writer =
         Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-    conformance(
+    let suite = conformance(
         "file",
         StoreSpec::File {
             root: dir.path().into(),
         },
         writer,
+    );
+    within(
+        "the directory store's suite",
+        Duration::from_secs(60),
+        suite,
     )
     .await;
 }
@@ -127,7 +132,8 @@ async fn file_store_conforms() {
 async fn s3_store_conforms() {
     let s3 = S3Server::start();
     s3.create_bucket("images");
-    conformance("s3", s3.spec("images"), Arc::new(s3.client("images"))).await;
+    let suite = conformance("s3", s3.spec("images"), Arc::new(s3.client("images")));
+    within("the S3 store's suite", Duration::from_secs(60), suite).await;
 }
 
 #[tokio::test]
