@@ -214,7 +214,8 @@ type Job = Box<dyn FnOnce() + Send>;
 ///
 /// `min` threads are always there; when no thread is free for a new job (a slow disk, a hung
 /// network mount) another is started, up to [`MAX_READERS`], so one stuck read cannot stop the
-/// reads of every network. Threads beyond `min` end after [`READER_IDLE`] without work. A job
+/// reads of every network. Once work stops, threads beyond `min` end one at a time, each after
+/// waiting [`READER_IDLE`] for a job. A job
 /// whose caller has given up (its store timeout passed) is skipped, and a job that panics costs
 /// its caller an error, not the thread.
 #[derive(Debug)]
@@ -253,10 +254,10 @@ impl ReadPool {
         pool
     }
 
-    /// Starts a thread, which counts as free until it ends.
+    /// Starts a thread, which counts as free until it ends. It is counted once it exists: counted
+    /// before, an idle thread could leave on the strength of one that then failed to start.
     fn start_thread(&self) {
-        let n = self.threads.fetch_add(1, Ordering::AcqRel);
-        self.free.fetch_add(1, Ordering::AcqRel);
+        let n = self.threads.load(Ordering::Acquire);
         let (queue, threads, free, min) = (
             self.queue.clone(),
             self.threads.clone(),
@@ -309,10 +310,12 @@ impl ReadPool {
                     }
                 }
             });
-        if let Err(err) = started {
-            self.threads.fetch_sub(1, Ordering::AcqRel);
-            self.free.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(%err, "cannot start a reader thread");
+        match started {
+            Ok(_) => {
+                self.threads.fetch_add(1, Ordering::AcqRel);
+                self.free.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(err) => tracing::warn!(%err, "cannot start a reader thread"),
         }
     }
 
@@ -328,12 +331,14 @@ impl ReadPool {
                 let _ = tx.send(f());
             }
         });
-        if self.jobs.send(job).is_ok()
-            && self.free.fetch_sub(1, Ordering::AcqRel) <= 0
+        // Counted before it is sent, so no thread can take it while it is not yet counted.
+        if self.free.fetch_sub(1, Ordering::AcqRel) <= 0
             && self.threads.load(Ordering::Acquire) < MAX_READERS
         {
             self.start_thread();
         }
+        // The pool holds the receiver, so the queue is open while `self` is.
+        let _ = self.jobs.send(job);
         rx
     }
 
@@ -621,7 +626,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn jobs_sent_at_once_each_get_a_thread_and_the_extra_threads_stay_bounded() {
+    async fn jobs_sent_at_once_each_get_a_thread_and_no_more_are_started() {
         let pool = ReadPool::new(2);
         let gate = Arc::new(std::sync::Barrier::new(9));
         // Eight jobs that can only finish together: each needs a thread of its own.
@@ -643,11 +648,21 @@ mod tests {
             assert_eq!(got.ok(), Some(i));
         }
         opener.join().unwrap();
-        let threads = pool.threads.load(Ordering::Acquire);
-        assert!((8..=10).contains(&threads), "{threads} threads for 8 jobs");
-        // All are free again: a ninth job needs no new thread.
+        assert_eq!(
+            pool.threads.load(Ordering::Acquire),
+            8,
+            "a thread for each job"
+        );
+        // All are free again (each counts itself once its job has returned): a ninth job needs
+        // no new thread.
+        within("every thread free again", async {
+            while pool.free.load(Ordering::Acquire) != 8 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
         assert_eq!(within("a ninth job", pool.run(|| 9)).await, Some(9));
-        assert_eq!(pool.threads.load(Ordering::Acquire), threads);
+        assert_eq!(pool.threads.load(Ordering::Acquire), 8);
     }
 
     #[tokio::test]
