@@ -13,7 +13,11 @@ use imgfetch_tests::{eventually, sample};
 
 /// Exit status, stdout and stderr of `bin args` with only `env` (and PATH) in its environment.
 fn run(bin: &str, args: &[&str], env: Env) -> (i32, String, String) {
-    let out = Command::new(test_bin_dir().join(bin))
+    // Under coreutils' `timeout`: a binary that started a real run instead of refusing its
+    // configuration fails the test with status 124 after 30 s rather than hang it.
+    let out = Command::new("timeout")
+        .args(["--kill-after=5s", "30s"])
+        .arg(test_bin_dir().join(bin))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -2,9 +2,21 @@
 
 use std::process::Command;
 
+/// The binary, under coreutils' `timeout`: a check that started a real run instead would fail
+/// the test with status 124 after 30 s rather than hang it.
+fn gateway() -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "--kill-after=5s",
+        "30s",
+        env!("CARGO_BIN_EXE_imgfetch-gateway"),
+    ]);
+    cmd
+}
+
 #[test]
 fn bad_configuration_is_one_line_and_exit_64() {
-    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-gateway"))
+    let out = gateway()
         .args(["--instance", "not.a.token"])
         .output()
         .expect("run imgfetch-gateway");
@@ -20,7 +32,7 @@ fn check_config_validates_without_binding_connecting_or_opening_the_archive() {
     // would fail on each, a check must not look.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = held.local_addr().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-gateway"))
+    let out = gateway()
         .args([
             "--check-config",
             "--listen",
@@ -45,7 +57,7 @@ fn check_config_validates_without_binding_connecting_or_opening_the_archive() {
         "{stdout}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-gateway"))
+    let out = gateway()
         .args(["--check-config", "--archive", "ftp://archive"])
         .output()
         .expect("run imgfetch-gateway");

@@ -2,8 +2,20 @@
 
 use std::process::Command;
 
+/// The binary, under coreutils' `timeout`: a check that started a real run instead would fail
+/// the test with status 124 after 30 s rather than hang it.
+fn resolver() -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "--kill-after=5s",
+        "30s",
+        env!("CARGO_BIN_EXE_imgfetch-resolver"),
+    ]);
+    cmd
+}
+
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-resolver"))
+    let out = resolver()
         .args(args)
         .env_remove("IMGFETCH_NETWORKS")
         .env_remove("IMGFETCH_CONFIG")
@@ -82,7 +94,7 @@ url = "file:///nonexistent/imgfetch"
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgfetch-resolver"))
+    let out = resolver()
         .args(["--config", good.to_str().unwrap(), "--check-config"])
         .env_remove("IMGFETCH_NETWORKS")
         .output()
