@@ -215,9 +215,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// `min` threads are always there; when no thread is free for a new job (a slow disk, a hung
 /// network mount) another is started, up to [`MAX_READERS`], so one stuck read cannot stop the
 /// reads of every network. Once work stops, threads beyond `min` end one at a time, each after
-/// waiting [`READER_IDLE`] for a job. A job
-/// whose caller has given up (its store timeout passed) is skipped, and a job that panics costs
-/// its caller an error, not the thread.
+/// waiting [`READER_IDLE`] for a job. A job whose caller has given up (its store timeout passed)
+/// is skipped, and a job that panics costs its caller an error, not the thread.
 #[derive(Debug)]
 pub struct ReadPool {
     jobs: mpsc::Sender<Job>,
