@@ -5,6 +5,10 @@
 //! consumer (a persistent pull, async-nats' `stream()`), publishes the image bytes (held in
 //! memory) on the callback subject as a core message and acks; the requester receives them.
 //! Requester and responder use their own connections, as a gateway and a resolver would.
+//!
+//! `bare+file` is the archive's ceiling: the same hops, then the requester writes the image
+//! into a directory the way a careful program would (a temporary file, then a rename to its
+//! final name, on a blocking thread), and only then counts the request done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,18 +93,26 @@ impl Bare {
         })
     }
 
-    /// `concurrency` requesters, each with its own reply subscription.
-    pub async fn fetches(&self, images: usize, concurrency: usize) -> anyhow::Result<Vec<Fetch>> {
+    /// `concurrency` requesters, each with its own reply subscription; with `file_dir`, each
+    /// image is also written into that directory (`bare+file`) before the request counts.
+    pub async fn fetches(
+        &self,
+        images: usize,
+        concurrency: usize,
+        file_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Vec<Fetch>> {
         let js = jetstream::new(self.requester.clone());
         let mut fetches = Vec::new();
         for w in 0..concurrency {
             let inbox = format!("bench.bare.reply.{w}");
             let replies = Arc::new(Mutex::new(self.requester.subscribe(inbox.clone()).await?));
             let js = js.clone();
+            let file_dir = file_dir.map(std::path::Path::to_path_buf);
             let fetch: Fetch = Box::new(move |n| {
                 let js = js.clone();
                 let replies = replies.clone();
                 let inbox = inbox.clone();
+                let file_dir = file_dir.clone();
                 async move {
                     let mut replies = replies.lock().await;
                     let mut headers = HeaderMap::new();
@@ -119,6 +131,13 @@ impl Bare {
                         .await
                         .map_err(|_| "no reply within 10 s".to_owned())?
                         .ok_or("reply subscription ended")?;
+                    if let Some(dir) = file_dir {
+                        let bytes = reply.payload.clone();
+                        tokio::task::spawn_blocking(move || write_file(&dir, &bytes))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| format!("writing the file: {e}"))?;
+                    }
                     Ok(reply.payload.len())
                 }
                 .boxed()
@@ -127,4 +146,15 @@ impl Bare {
         }
         Ok(fetches)
     }
+}
+
+/// Writes `bytes` as a new file of `dir`: a temporary file, then a rename to a unique name.
+fn write_file(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = format!("{}.jpg", crate::load::unique());
+    let staging = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&staging)?;
+    file.write_all(bytes)?;
+    drop(file);
+    std::fs::rename(&staging, dir.join(name))
 }

@@ -12,6 +12,7 @@
 //! - [`load`]: workers, warm-up, pacing and latency samples.
 //! - [`large`]: one very large image streamed on a default-payload server, against raw NATS.
 //! - [`report`]: the table and the JSON.
+//! - [`compare`]: A/B: the same rows on two builds, alternately, in one run.
 //! - [`faults`]: the fault suite (`imgfetch-faults`): processes killed for real under load,
 //!   every request counted.
 //!
@@ -19,6 +20,7 @@
 
 pub mod bare;
 pub mod clients;
+pub mod compare;
 pub mod corpus;
 pub mod faults;
 pub mod large;
@@ -71,6 +73,17 @@ pub struct Options {
     /// Where `imgfetch-resolver` and `imgfetch-gateway` are; default: beside this binary.
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// A/B mode: the binaries to compare with (A); `--bin-dir` is B. Each size's rows run on
+    /// A, then B, `--rounds` times, each round with its own ceiling (`scripts/bench.sh
+    /// --compare REV` builds REV and passes it here).
+    #[arg(long, value_name = "DIR")]
+    pub baseline_bin_dir: Option<PathBuf>,
+    /// A/B mode: how many times A and B each run (A B A B for 2).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Skip the large image.
+    #[arg(long)]
+    pub no_large: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/imgfetch-bench.json")]
     pub json: PathBuf,
@@ -195,8 +208,19 @@ impl Bench<'_> {
         networks: &[String],
         archive: bool,
     ) -> anyhow::Result<Pipeline> {
+        self.pipeline_of(&self.bin_dir, corpus, networks, archive)
+            .await
+    }
+
+    async fn pipeline_of(
+        &self,
+        bin_dir: &std::path::Path,
+        corpus: &Corpus,
+        networks: &[String],
+        archive: bool,
+    ) -> anyhow::Result<Pipeline> {
         Pipeline::start(PipelineSpec {
-            bin_dir: &self.bin_dir,
+            bin_dir,
             nats_url: &self.nats.url(),
             networks,
             store_url: &corpus.url(),
@@ -258,9 +282,15 @@ impl Bench<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let bare = bare::Bare::start(&self.nats.url(), images).await?;
         for &c in &o.concurrency {
-            let fetches = bare.fetches(o.images, c).await?;
+            let fetches = bare.fetches(o.images, c, None).await?;
             let (s, cpu) = measure(o, fetches, size, None, &self.watched(None)).await;
             self.push(Row::new("bare", size, c, 1, &s), cpu, None);
+        }
+        for &c in &o.concurrency {
+            let files = tempfile::tempdir()?;
+            let fetches = bare.fetches(o.images, c, Some(files.path())).await?;
+            let (s, cpu) = measure(o, fetches, size, None, &self.watched(None)).await;
+            self.push(Row::new("bare+file", size, c, 1, &s), cpu, None);
         }
         let nets = vec!["bench".to_owned()];
         let c = *o.concurrency.iter().max().unwrap_or(&1);
@@ -286,7 +316,7 @@ impl Bench<'_> {
             peak / 2.0
         };
         // The ceiling's latency at the same paced rate, with the pipeline stopped.
-        let fetches = bare.fetches(o.images, c).await?;
+        let fetches = bare.fetches(o.images, c, None).await?;
         let (s, cpu) = measure(o, fetches, size, Some(half_peak), &self.watched(None)).await;
         self.push(Row::new("bare paced", size, c, 1, &s), cpu, None);
         drop(bare);
@@ -429,6 +459,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             ..Report::default()
         },
     };
+    if let Some(baseline) = options.baseline_bin_dir.clone() {
+        let baseline = procs::find_bin_dir(Some(&baseline))?;
+        compare::run(&mut bench, &baseline).await?;
+        return Ok(std::mem::take(&mut bench.report));
+    }
     if !options.large_only {
         for &size in &options.sizes {
             bench.one_size(size).await?;
@@ -441,7 +476,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         bench.many_networks(busy_size).await?;
         bench.idle_websockets(busy_size).await?;
     }
-    bench.large().await?;
+    if !options.no_large {
+        bench.large().await?;
+    }
 
     let mut report = std::mem::take(&mut bench.report);
     report.relate_to_ceiling();

@@ -109,6 +109,9 @@ pub struct Report {
     pub idle_websockets: Option<IdleWebsockets>,
     /// The large-image runs, the raw NATS ceiling first.
     pub large: Vec<crate::large::LargeRun>,
+    /// The A/B run, in A/B mode (the other fields are then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<crate::compare::Comparison>,
 }
 
 impl Report {
@@ -131,9 +134,10 @@ impl Report {
             if row.path.starts_with("bare") {
                 continue;
             }
-            // Paced runs compare with the ceiling paced at the same rate.
+            // Paced runs compare with the ceiling paced at the same rate, the archive with the
+            // ceiling that writes each image to a file.
             let paced = row.path.ends_with("paced");
-            let ceiling = if paced { "bare paced" } else { "bare" };
+            let ceiling = ceiling_of(&row.path);
             if let Some(b) = bare.iter().find(|b| {
                 b.path == ceiling && b.size == row.size && b.concurrency == row.concurrency
             }) {
@@ -199,6 +203,18 @@ impl Report {
             ));
         }
         out
+    }
+}
+
+/// The ceiling row a path is measured against: `bare paced` for paced runs, `bare+file` for
+/// the archive, `bare` for the rest.
+pub fn ceiling_of(path: &str) -> &'static str {
+    if path.ends_with("paced") {
+        "bare paced"
+    } else if path.contains("archive") {
+        "bare+file"
+    } else {
+        "bare"
     }
 }
 
