@@ -242,15 +242,28 @@ pub struct Origin {
 }
 
 /// The writes of one request on one gateway, run one after the other in the order they were
-/// asked for: a fast answer's record is never overwritten by its own `pending` record.
+/// asked for: a fast answer's record is never overwritten by its own `pending` record. It also
+/// remembers the revision and state this gateway last wrote, so that the next write is one
+/// compare-and-set on that revision, with no read first; the read comes only when someone
+/// else wrote in between.
 #[derive(Clone, Debug, Default)]
-pub struct WriteOrder(Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>);
+pub struct WriteOrder {
+    tail: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    written: Arc<std::sync::Mutex<Option<Written>>>,
+}
+
+/// What this gateway last wrote of one request, and the revision it got.
+#[derive(Clone, Debug)]
+struct Written {
+    revision: u64,
+    state: State,
+}
 
 impl WriteOrder {
     /// Runs `write` once every write asked for before it has ended. Each write is bounded by
     /// its own timeouts, so the chain is too.
     fn then(&self, write: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut last = self.0.lock().expect("write order poisoned");
+        let mut last = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let before = last.take();
         *last = Some(tokio::spawn(async move {
             if let Some(before) = before {
@@ -258,6 +271,20 @@ impl WriteOrder {
             }
             write.await;
         }));
+    }
+
+    fn last_written(&self) -> Option<Written> {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn wrote(&self, revision: u64, state: &State) {
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(Written {
+            revision,
+            state: state.clone(),
+        });
     }
 }
 
@@ -458,7 +485,7 @@ impl Results {
             let value = Bytes::from(serde_json::to_vec(&record).expect("records serialise"));
             let id = &origin_c.id;
             match tokio::time::timeout(results.timeout, results.kv().put(id, value)).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(revision)) => origin_c.writes.wrote(revision, &record.state),
                 Ok(Err(err)) => {
                     record_failed(id, &err.to_string());
                     results.reopen().await;
@@ -483,14 +510,36 @@ impl Results {
             | State::Failed { attempt, .. } => *attempt = origin.attempt,
         }
         let record = origin.record(state);
-        let (results, id) = (self.clone(), origin.id.clone());
+        let (results, id, writes) = (self.clone(), origin.id.clone(), origin.writes.clone());
         origin
             .writes
-            .then(async move { results.write_over(&id, &record).await });
+            .then(async move { results.write_over(&id, &record, &writes).await });
     }
 
-    async fn write_over(&self, id: &str, record: &Record) {
+    /// Writes `record` over what `id` holds unless that is newer. The happy path is one
+    /// compare-and-set on the revision this gateway wrote last; a record someone else changed
+    /// since is read and compared first.
+    async fn write_over(&self, id: &str, record: &Record, writes: &WriteOrder) {
         let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
+        if let Some(last) = writes.last_written() {
+            if !last.state.replaceable_by(&record.state) {
+                metrics::counter!("imgfetch_gateway_result_stale_writes_total").increment(1);
+                tracing::debug!(id, "a newer record is kept over a late one");
+                return;
+            }
+            let kv = self.kv();
+            let update = kv.update(id, value.clone(), last.revision);
+            match tokio::time::timeout(self.timeout, update).await {
+                Ok(Ok(revision)) => return writes.wrote(revision, &record.state),
+                // Someone else wrote: read, compare, and write below.
+                Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => {}
+                Ok(Err(err)) => {
+                    record_failed(id, &err.to_string());
+                    return self.reopen().await;
+                }
+                Err(_) => return record_failed(id, "timed out"),
+            }
+        }
         for _ in 0..CAS_TRIES {
             let kv = self.kv();
             let entry = match tokio::time::timeout(self.timeout, kv.entry(id)).await {
@@ -519,7 +568,7 @@ impl Results {
             let err = match write {
                 Write::Create => {
                     match tokio::time::timeout(self.timeout, kv.create(id, value.clone())).await {
-                        Ok(Ok(_)) => return,
+                        Ok(Ok(revision)) => return writes.wrote(revision, &record.state),
                         Ok(Err(err)) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
                             continue
                         }
@@ -530,7 +579,7 @@ impl Results {
                 Write::Update(revision) => {
                     let update = kv.update(id, value.clone(), revision);
                     match tokio::time::timeout(self.timeout, update).await {
-                        Ok(Ok(_)) => return,
+                        Ok(Ok(revision)) => return writes.wrote(revision, &record.state),
                         Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => {
                             continue
                         }
@@ -586,16 +635,20 @@ impl Results {
                     sha256: sha256.map(|s| s.trim().to_ascii_lowercase()),
                     attempt,
                 };
-                // The owner delivers: no takeover while it lives, however long the copy takes.
-                self.record(
-                    origin,
-                    State::Pending {
-                        owner: self.instance.clone(),
-                        deadline_ms: 0,
-                        attempt,
-                        delivering: true,
-                    },
-                );
+                // The owner delivers a stream: no takeover while it lives, however long the
+                // copy takes. An inline image's copy is one bounded write, so its `pending`
+                // record goes straight to the outcome (one write, not two).
+                if matches!(image.body, Body::Stream(_)) {
+                    self.record(
+                        origin,
+                        State::Pending {
+                            owner: self.instance.clone(),
+                            deadline_ms: 0,
+                            attempt,
+                            delivering: true,
+                        },
+                    );
+                }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let (results, origin) = (self.clone(), origin.clone());
                 tokio::spawn(async move {
