@@ -646,3 +646,47 @@ async fn an_owner_receiving_a_stream_marks_its_record_delivering() {
     assert_eq!(record["state"], "pending", "{record}");
     assert_eq!(record["owner"], "gw-one", "{record}");
 }
+
+/// The happy path's records cost two writes per request, archive on or off: `pending`, then
+/// the outcome, as a compare-and-set on the revision the gateway wrote (no `delivering` step
+/// for an inline image, whose copy is one bounded write).
+#[tokio::test]
+async fn an_inline_image_costs_two_record_writes_archived_or_not() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let archive = tempfile::tempdir().unwrap();
+    let archiving = gateway(&nats, archive.path(), |c| c.instance = "gw-arch".into()).await;
+    let plain = Gateway::start(&nats.url(), |c| {
+        c.archive = None;
+        c.instance = "gw-plain".into();
+    })
+    .await;
+    let kv = results_bucket(&nats).await;
+    let writes = |kv: async_nats::jetstream::kv::Store| async move {
+        let mut stream = kv.stream.clone();
+        stream.info().await.unwrap().state.last_sequence
+    };
+    for (gw, id, state) in [
+        (&archiving, "w-arch", "done"),
+        (&plain, "w-plain", "unarchived"),
+    ] {
+        let before = writes(kv.clone()).await;
+        let r = get(&gw.http("/v1/images/harbor/quay-east.jpg"), None, Some(id)).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        let record = eventually("the outcome's record", Duration::from_secs(10), || async {
+            let record = record_of(&kv, id).await;
+            (record["state"] == state).then_some(record)
+        })
+        .await;
+        // Nothing else is written after the outcome: wait a little for a stray write.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let entry = kv.entry(id).await.unwrap().expect("the record");
+        assert_eq!(
+            (writes(kv.clone()).await - before, entry.revision - before),
+            (2, 2),
+            "{id}: pending and {state} should be the only writes: {record}"
+        );
+    }
+}
