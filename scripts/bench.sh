@@ -5,8 +5,8 @@
 #
 # --compare REV: A/B. Builds the gateway and resolver of REV (any git revision) in a temporary
 # worktree, then runs the same rows on REV's binaries (A) and this tree's (B) alternately,
-# A B A B, each round with its own ceiling, and prints per row both ratios and B/A. REV's
-# binaries are kept in target/compare/bin-<commit>, and its build directory
+# A B then B A (--rounds, default 2), each round with its own ceiling, and prints per row
+# both ratios and B/A. REV's binaries are kept in target/compare/bin-<commit>, and its build directory
 # (target/compare/build) is reused, so a second comparison rebuilds only what changed. The
 # worktree is removed when the build ends. Example:
 #   ./scripts/bench.sh --compare HEAD~1 --sizes 64K --seconds 4 --large-size 256M

@@ -78,7 +78,7 @@ pub struct Options {
     /// --compare REV` builds REV and passes it here).
     #[arg(long, value_name = "DIR")]
     pub baseline_bin_dir: Option<PathBuf>,
-    /// A/B mode: how many times A and B each run (A B A B for 2).
+    /// A/B mode: how many times A and B each run (A B, then B A, for 2).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
     /// Skip the large image.
