@@ -88,3 +88,73 @@ async fn the_smoke_run_measures_every_path_without_a_failed_request() {
         Some(report.rows.len())
     );
 }
+
+/// A/B mode, in smoke settings, with the same binaries on both sides: every round measures its
+/// own ceilings, runs both builds on every path (A first in the first round, B first in the
+/// second), and relates each row to its own round's ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ab_run_alternates_two_builds_against_each_rounds_ceiling() {
+    let bin_dir = imgfetch_bench::procs::test_bin_dir();
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("report.json");
+    let options = imgfetch_bench::Options::parse_from([
+        "imgfetch-bench".as_ref(),
+        "--smoke".as_ref(),
+        "--no-large".as_ref(),
+        "--bin-dir".as_ref(),
+        bin_dir.as_os_str(),
+        "--baseline-bin-dir".as_ref(),
+        bin_dir.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    let report = imgfetch_bench::run(&options).await.expect("A/B runs");
+    let cmp = report.comparison.as_ref().expect("a comparison");
+    let table = imgfetch_bench::compare::table(cmp);
+    assert!(cmp.large.is_empty(), "--no-large: {table}");
+    for round in 0..2 {
+        let rows: Vec<_> = cmp.rows.iter().filter(|m| m.round == round).collect();
+        let builds: Vec<&str> = rows
+            .iter()
+            .map(|m| m.build)
+            .fold(Vec::new(), |mut seen, b| {
+                if seen.last() != Some(&b) {
+                    seen.push(b);
+                }
+                seen
+            });
+        let expected = if round == 0 {
+            ["ceiling", "A", "B"]
+        } else {
+            ["ceiling", "B", "A"]
+        };
+        assert_eq!(builds, expected, "round {round}:\n{table}");
+        for build in ["A", "B"] {
+            for path in ["http", "ws", "http+archive"] {
+                for c in [1, 4] {
+                    let row = rows
+                        .iter()
+                        .find(|m| m.build == build && m.row.path == path && m.row.concurrency == c)
+                        .unwrap_or_else(|| panic!("no {build} {path} c{c} in round {round}"));
+                    assert_eq!(row.row.errors, 0, "{:?}", row.row);
+                    assert!(
+                        row.row.ratio_to_ceiling.is_some_and(|r| r > 0.0),
+                        "{:?}",
+                        row.row
+                    );
+                }
+            }
+        }
+    }
+    for path in ["http ", "ws ", "http+archive "] {
+        assert!(
+            table.lines().any(|l| l.starts_with(path)),
+            "no {path:?} line in:\n{table}"
+        );
+    }
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(written["comparison"]["rows"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty()));
+}
