@@ -17,7 +17,6 @@ use serde::Serialize;
 
 use crate::corpus::Corpus;
 use crate::large::{self, LargeRun};
-use crate::procs::{Pipeline, PipelineSpec};
 use crate::report::{ceiling_of, human, Row};
 use crate::{bare, clients, measure, Bench};
 
@@ -198,7 +197,11 @@ async fn large_rounds(
     let dir = tempfile::tempdir()?;
     let sha = large::create_image(dir.path(), size);
     let store_url = format!("file://{}", dir.path().display());
-    let nets = vec!["large".to_owned()];
+    let image = large::Image {
+        store_url: &store_url,
+        size,
+        sha: &sha,
+    };
     for round in 0..bench.options.rounds {
         bench.say(&format!("large {} round {}", human(size), round + 1));
         let raw = large::raw_nats(&nats.url(), size).await?;
@@ -209,25 +212,16 @@ async fn large_rounds(
         );
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for (build, bin_dir) in order.map(|i| &builds[i]) {
-            for (path, archive) in [("http", false), ("ws", false), ("http+archive", true)] {
-                let p = Pipeline::start(PipelineSpec {
+            for path in ["http", "ws", "http+archive"] {
+                let run = large::through_pipeline(
                     bin_dir,
-                    nats_url: &nats.url(),
-                    networks: &nets,
-                    store_url: &store_url,
-                    archive,
-                    log_dir: bench.logs.path(),
-                    gateway_args: &[],
-                    resolver_args: &[],
-                })
-                .await
-                .context("starting the pipeline")?;
-                let mut run = if path == "ws" {
-                    large::websocket(&p, size, &sha).await?
-                } else {
-                    large::http(&p, path, size, &sha).await?
-                };
-                run.ratio_to_raw = Some(run.mb_per_s / raw.mb_per_s.max(1e-9));
+                    &nats.url(),
+                    bench.logs.path(),
+                    &image,
+                    path,
+                    raw.mb_per_s,
+                )
+                .await?;
                 eprintln!(
                     "  {build:<7} r{} {:<13} {:>8.1} MB/s  verified {}  growth MiB resolver {:.0} gateway {:.0}",
                     round + 1,

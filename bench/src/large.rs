@@ -12,7 +12,7 @@ use imgfetch_common::digest::Hasher;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::procs::Pipeline;
+use crate::procs::{Pipeline, PipelineSpec};
 
 /// Bytes per message of the raw NATS run: the chunk size the resolver uses.
 const RAW_CHUNK: usize = 256 * 1024;
@@ -98,6 +98,47 @@ pub async fn raw_nats(nats_url: &str, size: usize) -> anyhow::Result<LargeRun> {
         verified: got == expect,
         ..LargeRun::default()
     })
+}
+
+/// The large image of one run: where it is stored, its size and its SHA-256.
+pub struct Image<'a> {
+    /// The store URL of the network `large`, which holds it as `large.jpg`.
+    pub store_url: &'a str,
+    /// Bytes.
+    pub size: usize,
+    /// SHA-256, lower-case hex.
+    pub sha: &'a str,
+}
+
+/// `image` fetched on `path` (`http`, `ws` or `http+archive`) through freshly started binaries
+/// of `bin_dir`, each peak its own, related to `raw_mb_per_s` measured on the same server.
+pub async fn through_pipeline(
+    bin_dir: &Path,
+    nats_url: &str,
+    log_dir: &Path,
+    image: &Image<'_>,
+    path: &str,
+    raw_mb_per_s: f64,
+) -> anyhow::Result<LargeRun> {
+    let p = Pipeline::start(PipelineSpec {
+        bin_dir,
+        nats_url,
+        networks: &["large".to_owned()],
+        store_url: image.store_url,
+        archive: path == "http+archive",
+        log_dir,
+        gateway_args: &[],
+        resolver_args: &[],
+    })
+    .await
+    .context("starting the pipeline")?;
+    let mut run = if path == "ws" {
+        websocket(&p, image.size, image.sha).await?
+    } else {
+        http(&p, path, image.size, image.sha).await?
+    };
+    run.ratio_to_raw = Some(run.mb_per_s / raw_mb_per_s.max(1e-9));
+    Ok(run)
 }
 
 /// Streams the image over HTTP (hashing it as it comes) and measures both processes.

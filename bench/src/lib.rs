@@ -368,27 +368,22 @@ impl Bench<'_> {
         let sha = large::create_image(dir.path(), size);
         let raw = large::raw_nats(&nats.url(), size).await?;
         let store_url = format!("file://{}", dir.path().display());
-        let nets = vec!["large".to_owned()];
+        let image = large::Image {
+            store_url: &store_url,
+            size,
+            sha: &sha,
+        };
         let mut runs = vec![raw.clone()];
-        for (path, archive) in [("http", false), ("ws", false), ("http+archive", true)] {
-            let p = Pipeline::start(PipelineSpec {
-                bin_dir: &self.bin_dir,
-                nats_url: &nats.url(),
-                networks: &nets,
-                store_url: &store_url,
-                archive,
-                log_dir: self.logs.path(),
-                gateway_args: &[],
-                resolver_args: &[],
-            })
-            .await
-            .context("starting the pipeline")?;
-            let mut run = if path == "ws" {
-                large::websocket(&p, size, &sha).await?
-            } else {
-                large::http(&p, path, size, &sha).await?
-            };
-            run.ratio_to_raw = Some(run.mb_per_s / raw.mb_per_s.max(1e-9));
+        for path in ["http", "ws", "http+archive"] {
+            let run = large::through_pipeline(
+                &self.bin_dir,
+                &nats.url(),
+                self.logs.path(),
+                &image,
+                path,
+                raw.mb_per_s,
+            )
+            .await?;
             eprintln!(
                 "  {:<13} {:>8.1} MB/s  verified {}  peak MiB resolver {:.0} gateway {:.0}",
                 run.path,

@@ -1,22 +1,34 @@
 //! The benchmark in its tiny smoke mode, against the binaries this workspace built and a real
 //! nats-server: it must run every step and get every request answered correctly.
 
+use std::ffi::OsStr;
+use std::path::Path;
+
 use clap::Parser;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_smoke_run_measures_every_path_without_a_failed_request() {
+/// The smoke settings on the binaries this workspace built, the report written to `json`, and
+/// `extra` flags.
+fn smoke(json: &Path, extra: &[&OsStr]) -> imgfetch_bench::Options {
     let bin_dir = imgfetch_bench::procs::test_bin_dir();
-    let out = tempfile::tempdir().unwrap();
-    let json = out.path().join("report.json");
-    let options = imgfetch_bench::Options::parse_from([
+    let mut args: Vec<&OsStr> = vec![
         "imgfetch-bench".as_ref(),
         "--smoke".as_ref(),
         "--bin-dir".as_ref(),
         bin_dir.as_os_str(),
         "--json".as_ref(),
         json.as_os_str(),
-    ]);
-    let report = imgfetch_bench::run(&options).await.expect("benchmark runs");
+    ];
+    args.extend_from_slice(extra);
+    imgfetch_bench::Options::parse_from(args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_run_measures_every_path_without_a_failed_request() {
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("report.json");
+    let report = imgfetch_bench::run(&smoke(&json, &[]))
+        .await
+        .expect("benchmark runs");
 
     assert_eq!(report.failed_requests(), 0, "{}", report.table());
     let paths: std::collections::BTreeSet<&str> =
@@ -97,18 +109,14 @@ async fn the_ab_run_alternates_two_builds_against_each_rounds_ceiling() {
     let bin_dir = imgfetch_bench::procs::test_bin_dir();
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("report.json");
-    let options = imgfetch_bench::Options::parse_from([
-        "imgfetch-bench".as_ref(),
-        "--smoke".as_ref(),
+    let extra = [
         "--no-large".as_ref(),
-        "--bin-dir".as_ref(),
-        bin_dir.as_os_str(),
         "--baseline-bin-dir".as_ref(),
         bin_dir.as_os_str(),
-        "--json".as_ref(),
-        json.as_os_str(),
-    ]);
-    let report = imgfetch_bench::run(&options).await.expect("A/B runs");
+    ];
+    let report = imgfetch_bench::run(&smoke(&json, &extra))
+        .await
+        .expect("A/B runs");
     let cmp = report.comparison.as_ref().expect("a comparison");
     let table = imgfetch_bench::compare::table(cmp);
     assert!(cmp.large.is_empty(), "--no-large: {table}");
