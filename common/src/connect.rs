@@ -153,14 +153,21 @@ impl NatsAuth {
     }
 
     /// Connect options carrying these credentials and TLS settings, named `name` (the name
-    /// shows in the server's connection list).
-    pub async fn options(&self, name: String) -> Result<async_nats::ConnectOptions, ConnectError> {
+    /// shows in the server's connection list), with inboxes under `inbox_prefix` (each role has
+    /// its own, and may subscribe to no other: docs/SECURITY.md).
+    pub async fn options(
+        &self,
+        name: String,
+        inbox_prefix: &str,
+    ) -> Result<async_nats::ConnectOptions, ConnectError> {
         self.check()?;
         // object_store's HTTP client brings rustls with aws-lc-rs and async-nats brings ring;
         // with both compiled in, rustls cannot pick a process default and a NATS TLS handshake
         // panics. Choose ring, async-nats' own, unless something chose already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut options = async_nats::ConnectOptions::new().name(name);
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .custom_inbox_prefix(inbox_prefix);
         if let Some(path) = &self.creds_file {
             options = options
                 .credentials_file(path)
@@ -186,15 +193,49 @@ impl NatsAuth {
         Ok(options)
     }
 
+    /// Reads every file these settings name, as a start would, for `--check-config`: the
+    /// password file (which must not be empty), the creds file (parsed), and the CA (which must
+    /// hold a PEM certificate). Nothing is connected to.
+    pub async fn check_files(&self) -> Result<(), ConnectError> {
+        // Reads and parses the password and creds files.
+        self.options(String::new(), "_INBOX").await?;
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| read_error(path, source))?;
+            if text.trim_end_matches(['\r', '\n']).is_empty() {
+                return Err(read_error(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the password file is empty",
+                    ),
+                ));
+            }
+        }
+        if let Some(path) = &self.tls_ca {
+            let text = std::fs::read_to_string(path).map_err(|source| read_error(path, source))?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(read_error(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "no PEM certificate (-----BEGIN CERTIFICATE-----) in the CA file",
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Connects to `url` (one URL, or a comma-separated list of a cluster's nodes, between
-    /// which the client fails over) as `name`.
+    /// which the client fails over) as `name`, with inboxes under `inbox_prefix`.
     pub async fn connect(
         &self,
         url: &str,
         name: String,
+        inbox_prefix: &str,
     ) -> Result<async_nats::Client, ConnectError> {
         let addrs = server_addrs(url)?;
-        self.options(name)
+        self.options(name, inbox_prefix)
             .await?
             .connect(addrs)
             .await
@@ -213,11 +254,12 @@ impl NatsAuth {
         &self,
         url: &str,
         name: String,
+        inbox_prefix: &str,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<Option<async_nats::Client>, ConnectError> {
         let mut wait = RETRY_FIRST;
         loop {
-            match self.connect(url, name.clone()).await {
+            match self.connect(url, name.clone(), inbox_prefix).await {
                 Ok(client) => return Ok(Some(client)),
                 Err(err) if err.is_transient() => {
                     tracing::warn!(error = %err, retry_in = ?wait, "NATS is not reachable yet; trying again");
@@ -382,18 +424,92 @@ mod tests {
             password_file: Some(file),
             ..NatsAuth::default()
         };
-        assert!(auth.options("t".into()).await.is_ok());
+        assert!(auth.options("t".into(), "_INBOX").await.is_ok());
         assert!(!format!("{auth:?}").contains("s3cret"));
         let missing = NatsAuth {
             user: Some("gateway".into()),
             password_file: Some(dir.join("missing")),
             ..NatsAuth::default()
         };
-        let err = missing.options("t".into()).await.unwrap_err().to_string();
+        let err = missing
+            .options("t".into(), "_INBOX")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("cannot read") && err.contains("missing"),
             "{err}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn check_files_reads_every_file_it_names() {
+        let dir = std::env::temp_dir().join(format!("imgfetch-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let good = NatsAuth {
+            user: Some("gateway".into()),
+            password_file: Some(password.clone()),
+            tls_ca: Some(ca.clone()),
+            ..NatsAuth::default()
+        };
+        good.check_files().await.expect("every file is there");
+        let cases = [
+            (
+                NatsAuth {
+                    password_file: Some(dir.join("nope")),
+                    ..good.clone()
+                },
+                "nope",
+            ),
+            (
+                NatsAuth {
+                    tls_ca: Some(dir.join("no-ca.pem")),
+                    ..good.clone()
+                },
+                "no-ca.pem",
+            ),
+            (
+                NatsAuth {
+                    tls_ca: Some(password.clone()),
+                    ..good.clone()
+                },
+                "no PEM certificate",
+            ),
+            (
+                NatsAuth {
+                    creds_file: Some(dir.join("missing.creds")),
+                    user: None,
+                    password_file: None,
+                    tls_ca: None,
+                },
+                "missing.creds",
+            ),
+            (
+                NatsAuth {
+                    creds_file: Some(password.clone()),
+                    user: None,
+                    password_file: None,
+                    tls_ca: None,
+                },
+                "password",
+            ),
+        ];
+        for (auth, expected) in cases {
+            let err = auth.check_files().await.expect_err(expected).to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        std::fs::write(&password, "\n").unwrap();
+        let err = good.check_files().await.unwrap_err().to_string();
+        assert!(err.contains("empty"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,8 +17,24 @@ pub const DLQ_PREFIX: &str = "imgfetch.dlq";
 /// Name of the durable consumer of max-deliveries advisories that all resolvers share.
 pub const DLQ_CONSUMER: &str = "imgfetch-dead-letters";
 
-/// Prefix of the request subjects; the last token is the network tag.
+/// Prefix of the request subjects that anyone with the publisher role may publish on (hand
+/// publishers, the NATS CLI); the last token is the network tag. A resolver never answers such a
+/// request on a gateway's callback ([`REPLY_PREFIX`]).
 pub const REQUEST_PREFIX: &str = "imgfetch.req";
+/// Prefix of the request subjects that only gateways may publish on (the NATS roles say so);
+/// the last token is the network tag. Only requests that came this way are answered on a
+/// gateway's callback, so only a gateway can cause an answer there.
+pub const GATEWAY_REQUEST_PREFIX: &str = "imgfetch.gwreq";
+/// Prefix of the subjects on which a resolver hears credit and cancels for one streamed answer
+/// (`imgfetch.flow.<random>`): gateways may publish there, and only resolvers listen.
+pub const FLOW_PREFIX: &str = "imgfetch.flow";
+/// Inbox prefix of a gateway's connection, followed by its instance name: its JetStream
+/// acknowledgements, API replies and the answers to its pings arrive under
+/// `_INBOX_gateway.<instance>.>`, which no other user may read.
+pub const GATEWAY_INBOX_PREFIX: &str = "_INBOX_gateway";
+/// Inbox prefix of a resolver's connection: its pulled requests and API replies arrive under
+/// `_INBOX_resolver.>`, which no gateway or publisher may read.
+pub const RESOLVER_INBOX_PREFIX: &str = "_INBOX_resolver";
 /// Prefix of the callback subjects a gateway listens on.
 pub const REPLY_PREFIX: &str = "imgfetch.reply";
 /// Prefix of the liveness subjects resolvers answer on, one per network.
@@ -32,16 +48,58 @@ pub const DEFAULT_RESULTS_BUCKET: &str = "IMGFETCH_RESULTS";
 /// Queue group the gateways' sentinels share, on `imgfetch.req.>`.
 pub const SENTINEL_QUEUE_GROUP: &str = "imgfetch-gateway-sentinel";
 
-/// Request subject of one network: `imgfetch.req.<network>`.
+/// Hand publishers' request subject of one network: `imgfetch.req.<network>`.
 pub fn request_subject(network: &str) -> String {
     format!("{REQUEST_PREFIX}.{network}")
 }
 
-/// The network tag of a request subject, if the subject is one.
+/// Gateways' request subject of one network: `imgfetch.gwreq.<network>`.
+pub fn gateway_request_subject(network: &str) -> String {
+    format!("{GATEWAY_REQUEST_PREFIX}.{network}")
+}
+
+/// Who may have published a request, as its subject tells (the NATS roles enforce it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `imgfetch.gwreq.<network>`: a gateway.
+    Gateway,
+    /// `imgfetch.req.<network>`: anyone with the publisher role.
+    Hand,
+}
+
+/// The origin and network tag of a request subject, if the subject is one.
+pub fn request_origin(subject: &str) -> Option<(Origin, &str)> {
+    let tail = |prefix: &str| {
+        subject
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+    };
+    if let Some(network) = tail(GATEWAY_REQUEST_PREFIX) {
+        return Some((Origin::Gateway, network));
+    }
+    tail(REQUEST_PREFIX).map(|network| (Origin::Hand, network))
+}
+
+/// The network tag of a request subject (of either origin), if the subject is one.
 pub fn network_of_subject(subject: &str) -> Option<&str> {
-    subject
-        .strip_prefix(REQUEST_PREFIX)
-        .and_then(|rest| rest.strip_prefix('.'))
+    request_origin(subject).map(|(_, network)| network)
+}
+
+/// A fresh flow subject for one streamed answer: `imgfetch.flow.<128 random bits>`.
+pub fn new_flow_subject() -> String {
+    format!("{FLOW_PREFIX}.{}", random_token())
+}
+
+/// 128 random bits as 32 lowercase hex digits: callback and flow tokens.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    format!("{:032x}", u128::from_be_bytes(bytes))
+}
+
+/// Inbox prefix of one gateway instance's connection: `_INBOX_gateway.<instance>`.
+pub fn gateway_inbox_prefix(instance: &str) -> String {
+    format!("{GATEWAY_INBOX_PREFIX}.{instance}")
 }
 
 /// Callback subject for one request held by one gateway instance: `token` is the gateway's
@@ -183,6 +241,10 @@ pub enum DeadReason {
     NoCallback,
     /// Its `Imgfetch-Callback` is not one a resolver may answer on.
     BadCallback,
+    /// Its `Imgfetch-Callback` is a gateway's (`imgfetch.reply.>`), but it was not published on
+    /// a gateway's request subject (`imgfetch.gwreq.<network>`): only gateways may cause an
+    /// answer there.
+    CallbackNotAllowed,
 }
 
 impl DeadReason {
@@ -192,6 +254,7 @@ impl DeadReason {
             DeadReason::MaxDeliveries => "max_deliveries",
             DeadReason::NoCallback => "no_callback",
             DeadReason::BadCallback => "bad_callback",
+            DeadReason::CallbackNotAllowed => "callback_not_allowed",
         }
     }
 }
@@ -371,6 +434,22 @@ mod tests {
         assert_eq!(request_subject("cams"), "imgfetch.req.cams");
         assert_eq!(network_of_subject("imgfetch.req.cams"), Some("cams"));
         assert_eq!(network_of_subject("imgfetch.reqx.cams"), None);
+        assert_eq!(gateway_request_subject("cams"), "imgfetch.gwreq.cams");
+        assert_eq!(
+            request_origin("imgfetch.gwreq.cams"),
+            Some((Origin::Gateway, "cams"))
+        );
+        assert_eq!(
+            request_origin("imgfetch.req.cams"),
+            Some((Origin::Hand, "cams"))
+        );
+        assert_eq!(request_origin("imgfetch.gwreqx.cams"), None);
+        assert_eq!(gateway_inbox_prefix("gw1"), "_INBOX_gateway.gw1");
+        let (a, b) = (random_token(), random_token());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert!(new_flow_subject().starts_with("imgfetch.flow."));
         assert_eq!(reply_subject("gw1", "abc"), "imgfetch.reply.gw1.abc");
         assert_eq!(reply_wildcard("gw1"), "imgfetch.reply.gw1.>");
         assert_eq!(dead_letter_subject("cams"), "imgfetch.dlq.cams");

@@ -1,9 +1,10 @@
 //! Creating, or only verifying, the JetStream objects imgfetch runs on.
 //!
-//! One stream (work-queue retention) captures `imgfetch.req.<network>` for every network some
-//! resolver has registered, and one durable pull consumer per network is shared by all of that
-//! network's resolvers. A network is *known* exactly when the stream captures its subject, so a
-//! request for any other network is never stored.
+//! One stream (work-queue retention) captures two subjects for every network some resolver has
+//! registered: `imgfetch.gwreq.<network>`, the gateways', and `imgfetch.req.<network>`, the hand
+//! publishers' (docs/SECURITY.md, provenance). One durable pull consumer per network, filtering
+//! on both, is shared by all of that network's resolvers. A network is *known* exactly when the
+//! stream captures its subjects, so a request for any other network is never stored.
 //!
 //! Provisioning is idempotent and safe when many replicas start at once: the subject list is
 //! updated read-modify-write, and each replica re-reads until it sees its own subject. Only a
@@ -30,8 +31,8 @@ use async_nats::jetstream::{
 };
 
 use crate::protocol::{
-    consumer_name, max_deliveries_advisories, network_of_subject, request_subject, DLQ_CONSUMER,
-    DLQ_PREFIX,
+    consumer_name, gateway_request_subject, max_deliveries_advisories, request_origin,
+    request_subject, Origin, DLQ_CONSUMER, DLQ_PREFIX,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -145,6 +146,19 @@ pub enum ProvisionError {
         /// Consumer name.
         consumer: String,
     },
+    /// Provisioning is off and a network's consumer does not deliver both of its subjects (it
+    /// was made for an older release, which filtered on the hand publishers' subject alone).
+    #[error("consumer {consumer:?} on stream {stream:?} does not filter on {missing} (provisioning is off: update its filter subjects to {wanted})")]
+    ConsumerFilter {
+        /// Stream name.
+        stream: String,
+        /// Consumer name.
+        consumer: String,
+        /// The subjects it misses.
+        missing: String,
+        /// What it should filter on.
+        wanted: String,
+    },
     /// Other replicas kept changing the stream while this one tried to add its subject.
     #[error("could not add {subject:?} to stream {stream:?} after {attempts} attempts")]
     Contention {
@@ -186,19 +200,28 @@ pub async fn find_stream(
     }
 }
 
-/// The networks a stream's subjects cover.
-pub fn networks_of(config: &stream::Config) -> BTreeSet<String> {
+/// The networks a stream's subjects cover for requests of `origin`: for gateways, those whose
+/// `imgfetch.gwreq.<network>` it captures; for hand publishers, `imgfetch.req.<network>`.
+/// Resolvers add both at once; they differ only while resolvers of an older release, which add
+/// the hand subject alone, still run.
+pub fn networks_of(config: &stream::Config, origin: Origin) -> BTreeSet<String> {
     config
         .subjects
         .iter()
-        .filter_map(|s| network_of_subject(s))
-        .filter(|n| crate::validate::network(n).is_ok())
-        .map(str::to_owned)
+        .filter_map(|s| request_origin(s))
+        .filter(|(o, n)| *o == origin && crate::validate::network(n).is_ok())
+        .map(|(_, n)| n.to_owned())
         .collect()
 }
 
-/// Makes sure the stream exists and captures `network`'s subject, creating or extending it
-/// when `create` is true, verifying only when it is false.
+/// The subjects of one network's requests: the gateways', then the hand publishers'.
+pub fn network_subjects(network: &str) -> [String; 2] {
+    [gateway_request_subject(network), request_subject(network)]
+}
+
+/// Makes sure the stream exists and captures `network`'s subjects (both of them, see
+/// [`network_subjects`]), creating or extending it when `create` is true, verifying only when it
+/// is false.
 pub async fn ensure_network_subject(
     js: &jetstream::Context,
     settings: &StreamSettings,
@@ -206,17 +229,14 @@ pub async fn ensure_network_subject(
     create: bool,
 ) -> Result<stream::Stream, ProvisionError> {
     const ATTEMPTS: u32 = 20;
-    let subject = request_subject(network);
+    let subjects = network_subjects(network);
     for attempt in 0..ATTEMPTS {
         let Some(mut stream) = find_stream(js, &settings.name).await? else {
             if !create {
                 return Err(ProvisionError::MissingStream(settings.name.clone()));
             }
             // Losing a creation race is fine: the next pass finds the winner's stream.
-            match js
-                .create_stream(settings.config(vec![subject.clone()]))
-                .await
-            {
+            match js.create_stream(settings.config(subjects.to_vec())).await {
                 Ok(_) => tracing::info!(
                     stream = settings.name,
                     replicas = settings.replicas,
@@ -241,7 +261,12 @@ pub async fn ensure_network_subject(
                 found: info.config.retention,
             });
         }
-        if info.config.subjects.contains(&subject) {
+        let missing: Vec<String> = subjects
+            .iter()
+            .filter(|s| !info.config.subjects.contains(s))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
             if info.config.num_replicas != settings.replicas {
                 tracing::warn!(
                     stream = settings.name,
@@ -255,11 +280,11 @@ pub async fn ensure_network_subject(
         if !create {
             return Err(ProvisionError::MissingSubject {
                 stream: settings.name.clone(),
-                subject,
+                subject: missing.join(", "),
             });
         }
         let mut config = info.config;
-        config.subjects.push(subject.clone());
+        config.subjects.extend(missing);
         match js.update_stream(config).await {
             Ok(_) => {}
             // Deleted since it was read: the next pass creates it.
@@ -277,7 +302,7 @@ pub async fn ensure_network_subject(
     }
     Err(ProvisionError::Contention {
         stream: settings.name.clone(),
-        subject,
+        subject: subjects.join(", "),
         attempts: ATTEMPTS,
     })
 }
@@ -293,18 +318,35 @@ pub async fn ensure_network(
     let stream = ensure_network_subject(js, stream_settings, network, create).await?;
     let name = consumer_name(network);
     if !create {
-        return stream
-            .get_consumer(&name)
-            .await
-            .map_err(|_| ProvisionError::MissingConsumer {
+        let consumer: consumer::PullConsumer =
+            stream
+                .get_consumer(&name)
+                .await
+                .map_err(|_| ProvisionError::MissingConsumer {
+                    stream: stream_settings.name.clone(),
+                    consumer: name.clone(),
+                })?;
+        let config = &consumer.cached_info().config;
+        let wanted = network_subjects(network);
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|s| config.filter_subject != **s && !config.filter_subjects.contains(s))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ProvisionError::ConsumerFilter {
                 stream: stream_settings.name.clone(),
                 consumer: name,
+                missing: missing.join(", "),
+                wanted: wanted.join(", "),
             });
+        }
+        return Ok(consumer);
     }
     let config = consumer::pull::Config {
         durable_name: Some(name.clone()),
         description: Some(format!("imgfetch resolvers of network {network}")),
-        filter_subject: request_subject(network),
+        filter_subjects: network_subjects(network).to_vec(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: consumer_settings.ack_wait,
         max_deliver: consumer_settings.max_deliver,

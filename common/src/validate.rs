@@ -135,8 +135,11 @@ pub fn meta(map: &BTreeMap<String, String>) -> Result<(), Invalid> {
 }
 
 /// A callback subject: a plain subject (no wildcards, no spaces, at most 512 bytes) outside
-/// the server's `$` API subjects and imgfetch's own request and ping subjects, so that a request
-/// cannot make a resolver purge a stream or feed requests back into the queue.
+/// the server's `$` API subjects, imgfetch's own request, ping and flow subjects and the
+/// gateways' and resolvers' inboxes, so that a request cannot make a resolver purge a stream,
+/// feed requests back into the queue, or write into another component's inbox. Whether a
+/// gateway's callback may be answered depends on the request's origin as well: see
+/// [`crate::protocol::Origin`].
 pub fn callback(subject: &str) -> Result<(), Invalid> {
     const F: &str = "callback";
     if subject.is_empty() || subject.len() > 512 {
@@ -158,7 +161,11 @@ pub fn callback(subject: &str) -> Result<(), Invalid> {
     }
     for own in [
         crate::protocol::REQUEST_PREFIX,
+        crate::protocol::GATEWAY_REQUEST_PREFIX,
         crate::protocol::PING_PREFIX,
+        crate::protocol::FLOW_PREFIX,
+        crate::protocol::GATEWAY_INBOX_PREFIX,
+        crate::protocol::RESOLVER_INBOX_PREFIX,
     ] {
         if subject == own || subject.starts_with(&format!("{own}.")) {
             return Err(invalid(F, format!("must not be under {own}")));
@@ -262,6 +269,10 @@ mod tests {
             "$SYS.REQ.SERVER.PING",
             "imgfetch.req.harbor",
             "imgfetch.ping.harbor",
+            "imgfetch.gwreq.harbor",
+            "imgfetch.flow.abc",
+            "_INBOX_gateway.local-gateway.x",
+            "_INBOX_resolver.x.1",
         ] {
             assert!(callback(bad).is_err(), "{bad:?}");
         }

@@ -1,7 +1,9 @@
 //! Which networks exist and whether anyone serves them, learned from NATS alone.
 //!
-//! - A network *exists* when the stream captures `imgfetch.req.<network>`: resolvers add that
-//!   subject when they provision, so a new zone needs no gateway change.
+//! - A network *exists* when the stream captures `imgfetch.gwreq.<network>`, the gateways'
+//!   request subject: resolvers add it (with the hand publishers' `imgfetch.req.<network>`) when
+//!   they provision, so a new zone needs no gateway change. The sentinel asks about the hand
+//!   publishers' subject instead ([`Directory::exists_for`]).
 //! - A network is *served* when a ping on `imgfetch.ping.<network>` gets an answer; with no
 //!   resolver subscribed, NATS says "no responders" at once.
 //!
@@ -13,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use imgfetch_common::protocol::{ping_subject, ErrorCode};
+use imgfetch_common::protocol::{ping_subject, ErrorCode, Origin};
 use imgfetch_common::provision;
 
 use crate::outcome::Failure;
@@ -30,9 +32,21 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// The last stream read.
 #[derive(Debug, Default)]
 struct Known {
+    /// Networks whose gateway subject the stream captures.
     networks: BTreeSet<String>,
+    /// Networks whose hand publishers' subject the stream captures.
+    hand: BTreeSet<String>,
     max_message_size: Option<i32>,
     fetched: Option<Instant>,
+}
+
+impl Known {
+    fn of(&self, origin: Origin) -> &BTreeSet<String> {
+        match origin {
+            Origin::Gateway => &self.networks,
+            Origin::Hand => &self.hand,
+        }
+    }
 }
 
 /// The gateway's view of the networks.
@@ -57,12 +71,18 @@ impl Directory {
         }
     }
 
-    /// Whether the stream captures `network`; re-reads the stream on a miss.
+    /// Whether the stream captures `network`'s gateway subject; re-reads the stream on a miss.
     pub async fn exists(&self, network: &str) -> Result<bool, Failure> {
+        self.exists_for(Origin::Gateway, network).await
+    }
+
+    /// Whether the stream captures `network`'s subject for requests of `origin`; re-reads the
+    /// stream on a miss.
+    pub async fn exists_for(&self, origin: Origin, network: &str) -> Result<bool, Failure> {
         let asked = Instant::now();
         let mut known = self.networks.lock().await;
         let fresh = known.fetched.is_some_and(|t| t.elapsed() < NETWORKS_TTL);
-        if fresh && known.networks.contains(network) {
+        if fresh && known.of(origin).contains(network) {
             return Ok(true);
         }
         // Misses that waited on the lock while another caller re-read the stream share that
@@ -86,7 +106,7 @@ impl Directory {
                 }
             }
         }
-        Ok(known.networks.contains(network))
+        Ok(known.of(origin).contains(network))
     }
 
     /// Every network the stream captures (re-read when the last read is older than the cache
@@ -143,7 +163,8 @@ impl Directory {
             )
         })?;
         Ok(Known {
-            networks: provision::networks_of(&info.config),
+            networks: provision::networks_of(&info.config, Origin::Gateway),
+            hand: provision::networks_of(&info.config, Origin::Hand),
             max_message_size: Some(info.config.max_message_size),
             fetched: Some(Instant::now()),
         })

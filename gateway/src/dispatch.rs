@@ -366,7 +366,8 @@ impl Dispatcher {
 
         let id = request.id.clone();
         let (tx, rx) = oneshot::channel();
-        let token = new_id();
+        // 128 random bits, not a UUID (whose version bits leave 122).
+        let token = protocol::random_token();
         {
             let mut pending = self.pending.lock().expect("pending map poisoned");
             if pending.ids.contains_key(&id) {
@@ -412,7 +413,9 @@ impl Dispatcher {
             deadline_ms.as_millis().to_string().as_str(),
         );
         let body = codec::encode(&request);
-        let subject = protocol::request_subject(&network);
+        // The gateways' subject: only they may publish there, and only requests that came this
+        // way are answered on a gateway's callback (docs/SECURITY.md, provenance).
+        let subject = protocol::gateway_request_subject(&network);
         // Reserved before publishing, so that a reply routed before the ack is recorded after
         // the request's `pending` record, never overwritten by it.
         let accepted = match (fresh, &self.results) {

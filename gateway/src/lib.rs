@@ -105,9 +105,12 @@ pub async fn run(
         Some(spec) => Some(Arc::new(archive::Archive::open(spec).await?)),
         None => None,
     };
+    // Its own inbox, which only this instance's user may read (docs/SECURITY.md).
+    let inbox = imgfetch_common::protocol::gateway_inbox_prefix(&config.instance);
     let connecting = config.nats_auth.connect_retrying(
         &config.nats_url,
         format!("imgfetch-gateway {}", config.instance),
+        &inbox,
         &shutdown,
     );
     let Some(client) = connecting.await? else {

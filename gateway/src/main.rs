@@ -20,6 +20,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut config = imgfetch_common::settings::or_exit("imgfetch-gateway", resolved);
     if check_only {
+        // The NATS secret files are read as a start would read them.
+        if let Err(err) = config.nats_auth.check_files().await {
+            eprintln!("imgfetch-gateway: {err}");
+            std::process::exit(imgfetch_common::settings::EXIT_CONFIG);
+        }
         // Everything a start checks before it binds and connects; the archive stays unopened.
         println!("imgfetch-gateway: configuration ok: {}", config.summary());
         return Ok(());

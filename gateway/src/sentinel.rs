@@ -1,8 +1,9 @@
 //! Answers requests that no stream stored, so that someone publishing by hand to an unknown
 //! network gets `unknown_network` on their callback instead of silence.
 //!
-//! Every gateway subscribes to `imgfetch.req.>` in one queue group, so exactly one sees each
-//! request. It answers only when the stream, read fresh, does not capture the subject: a stored
+//! Every gateway subscribes to `imgfetch.req.>`, the hand publishers' request subjects, in one
+//! queue group, so exactly one sees each such request (the gateways' own requests go to
+//! `imgfetch.gwreq.>` and never reach it). It answers only when the stream, read fresh, does not capture the subject: a stored
 //! request is left to the resolvers, and never gets two answers. Likewise it answers a request
 //! larger than the stream's message limit, which the stream refuses without a word.
 
@@ -12,7 +13,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use imgfetch_common::protocol::{
-    header, network_of_subject, ErrorCode, REPLY_PREFIX, REQUEST_PREFIX, SENTINEL_QUEUE_GROUP,
+    header, network_of_subject, ErrorCode, Origin, REPLY_PREFIX, REQUEST_PREFIX,
+    SENTINEL_QUEUE_GROUP,
 };
 use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
@@ -87,9 +89,8 @@ async fn run(
             if validate::callback(&callback).is_err() {
                 continue;
             }
-            // A gateway's own request learns from its publish acknowledgement whether the
-            // stream took it. Answering it here could race a retried publish that the stream
-            // stores, and give an accepted request a false error before its real answer.
+            // A gateway's callback on a hand-published request is never answered, here or by
+            // a resolver (docs/SECURITY.md, provenance); the gateway role may not publish there.
             if callback.starts_with(&format!("{REPLY_PREFIX}.")) {
                 continue;
             }
@@ -100,7 +101,11 @@ async fn run(
                     format!("subject {:?} names no valid network", msg.subject.as_str()),
                 )
             } else {
-                match dispatcher.directory().exists(network).await {
+                match dispatcher
+                    .directory()
+                    .exists_for(Origin::Hand, network)
+                    .await
+                {
                     Ok(true) => match dispatcher.directory().max_message_size().await {
                         // The stream refuses what is over its limit, without telling a core
                         // publisher; tell them here.

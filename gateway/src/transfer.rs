@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use imgfetch_common::digest::Hasher;
-use imgfetch_common::protocol::{header, ErrorCode};
+use imgfetch_common::protocol::{self, header, ErrorCode};
 use tokio::sync::mpsc;
 
 use crate::archive::ArchiveSink;
@@ -169,6 +169,25 @@ impl Head {
             chunk_size: number(header::CHUNK_SIZE)?,
             chunks: number(header::CHUNKS)?,
         };
+        // Credit goes only where resolvers listen for it: a head that names any other subject
+        // would have the gateway publish on it (the gateway role may not anyway).
+        let flow_ok = head
+            .flow
+            .strip_prefix(protocol::FLOW_PREFIX)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            });
+        if !flow_ok {
+            return Err(format!(
+                "the stream's head names flow subject {:?}, not one under {}.",
+                head.flow,
+                protocol::FLOW_PREFIX
+            ));
+        }
         if head.chunk_size == 0 || head.size.div_ceil(head.chunk_size) != head.chunks {
             return Err(format!(
                 "the stream's head announces {} chunks of {} bytes for {} bytes",

@@ -10,6 +10,7 @@
 //! | store failing, attempts left | none | nak with a growing delay |
 //! | store failing, last attempt | `store_unavailable` | term |
 //! | no callback header, or one `validate::callback` refuses | none; copied to the dead-letter stream ([`dlq`](crate::dlq)) | term |
+//! | a gateway's callback on a request not published by a gateway (provenance) | none; copied to the dead-letter stream | term |
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,8 @@ use bytes::Bytes;
 use imgfetch_common::codec;
 use imgfetch_common::digest::sha256_hex;
 use imgfetch_common::protocol::{
-    header, network_of_subject, DeadReason, ErrorCode, FetchRequest, STATUS_OK,
+    header, network_of_subject, request_origin, DeadReason, ErrorCode, FetchRequest, Origin,
+    GATEWAY_REQUEST_PREFIX, REPLY_PREFIX, STATUS_OK,
 };
 use imgfetch_common::validate;
 
@@ -143,7 +145,7 @@ pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), as
         metrics::histogram!("imgfetch_resolver_queue_wait_seconds", "network" => ctx.network.clone())
             .record(waited.as_seconds_f64().max(0.0));
     }
-    if let Some((reason, _)) = callback_refusal(message.headers.as_ref()) {
+    if let Some((reason, _)) = callback_refusal(&message.subject, message.headers.as_ref()) {
         // Copied before the term: a copy that fails leaves the request to be redelivered.
         let stream_seq = message.info().map(|i| i.stream_sequence)?;
         ctx.dead_letters
@@ -230,7 +232,7 @@ pub async fn decide(
     let callback = headers
         .and_then(|h| h.get(header::CALLBACK))
         .map(|v| v.as_str().to_owned());
-    if let Some((reason, why)) = callback_refusal(headers) {
+    if let Some((reason, why)) = callback_refusal(subject, headers) {
         let reason = reason.as_str();
         tracing::warn!(
             subject,
@@ -391,15 +393,33 @@ pub async fn decide(
 }
 
 /// Why a request's callback cannot be answered on, if it cannot. One rule for callbacks,
-/// `common`'s: never a `$` server subject, never imgfetch's own request or ping subjects, never
-/// a wildcard. A refused callback gets no reply at all.
-fn callback_refusal(headers: Option<&HeaderMap>) -> Option<(DeadReason, String)> {
-    match headers.and_then(|h| h.get(header::CALLBACK)) {
-        None => Some((DeadReason::NoCallback, "no callback header".to_owned())),
-        Some(c) => validate::callback(c.as_str())
-            .err()
-            .map(|e| (DeadReason::BadCallback, e.to_string())),
+/// `common`'s: never a `$` server subject, never imgfetch's own request, ping or flow subjects
+/// or a component's inbox, never a wildcard. And provenance: a gateway's callback
+/// (`imgfetch.reply.>`) is answered only for a request that came on a gateway's subject
+/// (`imgfetch.gwreq.<network>`), which only gateways may publish on, so nobody else can make a
+/// resolver answer there (docs/SECURITY.md). A refused callback gets no reply at all.
+fn callback_refusal(subject: &str, headers: Option<&HeaderMap>) -> Option<(DeadReason, String)> {
+    let callback = match headers.and_then(|h| h.get(header::CALLBACK)) {
+        None => return Some((DeadReason::NoCallback, "no callback header".to_owned())),
+        Some(c) => c.as_str(),
+    };
+    if let Err(e) = validate::callback(callback) {
+        return Some((DeadReason::BadCallback, e.to_string()));
     }
+    let gateway_callback = callback
+        .strip_prefix(REPLY_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'));
+    let from_gateway = matches!(request_origin(subject), Some((Origin::Gateway, _)));
+    if gateway_callback && !from_gateway {
+        return Some((
+            DeadReason::CallbackNotAllowed,
+            format!(
+                "a gateway's callback ({REPLY_PREFIX}.>) is answered only for requests a gateway \
+                 published on {GATEWAY_REQUEST_PREFIX}.<network>; this one came on {subject}"
+            ),
+        ));
+    }
+    None
 }
 
 fn retry_or_give_up(

@@ -150,6 +150,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let connecting = config.nats_auth.connect_retrying(
         &config.nats_url,
         format!("imgfetch-resolver {}", config.instance),
+        // The resolvers' own inbox, which no gateway or publisher may read (docs/SECURITY.md).
+        imgfetch_common::protocol::RESOLVER_INBOX_PREFIX,
         &shutdown,
     );
     let Some(client) = connecting.await? else {

@@ -19,6 +19,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut config = imgfetch_common::settings::or_exit("imgfetch-resolver", resolved);
     if check_only {
+        // The NATS secret files are read as a start would read them.
+        if let Err(err) = config.nats_auth.check_files().await {
+            eprintln!("imgfetch-resolver: {err}");
+            std::process::exit(imgfetch_common::settings::EXIT_CONFIG);
+        }
         // Everything a start checks before it connects; stores stay unopened (no S3 call).
         println!("imgfetch-resolver: configuration ok: {}", config.summary());
         return Ok(());

@@ -2,8 +2,9 @@
 //! pace its receiver grants.
 //!
 //! 1. A **head** on the callback: the headers of an `ok` reply (metadata, information), the
-//!    size, the chunk size and count, and `Imgfetch-Flow`: a fresh inbox of this resolver's.
-//! 2. The receiver sends **credit** to that inbox (`Imgfetch-Credit: N`: chunks up to N may
+//!    size, the chunk size and count, and `Imgfetch-Flow`: a fresh `imgfetch.flow.<random>`
+//!    subject this resolver listens on (gateways may publish there; only resolvers listen).
+//! 2. The receiver sends **credit** to that subject (`Imgfetch-Credit: N`: chunks up to N may
 //!    go); nothing is sent before the first credit.
 //! 3. **Chunks** `1..=N` on the callback, each with `Imgfetch-Seq`, read by ranges one ahead of
 //!    the one being sent, so at most two chunks of an image are in this process at once.
@@ -21,7 +22,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use imgfetch_common::digest::Hasher;
-use imgfetch_common::protocol::{header, ErrorCode, STATUS_OK};
+use imgfetch_common::protocol::{self, header, ErrorCode, STATUS_OK};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -77,7 +78,7 @@ pub async fn send(
     message: &jetstream::Message,
     out: Outgoing,
 ) -> Result<Settle, async_nats::Error> {
-    let flow = ctx.client.new_inbox();
+    let flow = protocol::new_flow_subject();
     let mut credits = bounded(
         "the credit subscription",
         ctx.client.subscribe(flow.clone()),

@@ -228,7 +228,7 @@ async fn stream_with(
         stop_after,
     }: Faults,
 ) {
-    let flow = client.new_inbox();
+    let flow = protocol::new_flow_subject();
     let mut credits = client.subscribe(flow.clone()).await.unwrap();
     let chunks = image.len().div_ceil(chunk) as u64;
     let mut head = HeaderMap::new();

@@ -69,8 +69,8 @@ impl NatsServer {
         }
     }
 
-    /// Connects as `role`, and returns the errors the server sends this connection (such as
-    /// permission violations) as they come.
+    /// Connects as `role`, with the role's own inbox prefix ([`inbox_of`]), and returns the
+    /// errors the server sends this connection (such as permission violations) as they come.
     pub async fn connect_as(
         &self,
         role: &str,
@@ -78,10 +78,23 @@ impl NatsServer {
         async_nats::Client,
         tokio::sync::mpsc::UnboundedReceiver<String>,
     ) {
+        self.connect_as_with_inbox(role, &inbox_of(role)).await
+    }
+
+    /// [`connect_as`](Self::connect_as) with inboxes under `inbox_prefix`, which the role may
+    /// or may not be allowed to read.
+    pub async fn connect_as_with_inbox(
+        &self,
+        role: &str,
+        inbox_prefix: &str,
+    ) -> (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let client = self
             .auth(role)
-            .options(format!("test {role}"))
+            .options(format!("test {role}"), inbox_prefix)
             .await
             .expect("connect options")
             .event_callback(move |event| {
@@ -245,6 +258,16 @@ pub fn roles_block() -> String {
     conf[start..end].to_owned()
 }
 
+/// The inbox prefix each role's connections use: the gateway's names its instance
+/// (`local-gateway` in `nats.conf`), the publishers keep the NATS CLI's default.
+pub fn inbox_of(role: &str) -> String {
+    match role {
+        "gateway" => imgfetch_common::protocol::gateway_inbox_prefix("local-gateway"),
+        "resolver" => imgfetch_common::protocol::RESOLVER_INBOX_PREFIX.to_owned(),
+        _ => "_INBOX".to_owned(),
+    }
+}
+
 /// The `accounts { ... }` block of `deploy/nats.yaml`'s nats.conf, its password variables
 /// replaced by the development passwords of `nats.conf`.
 pub fn deploy_roles_block() -> String {
@@ -353,5 +376,30 @@ fn spawn(conf: &std::path::Path, log: &std::path::Path) -> (Child, u16) {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             panic!("nats-server did not report its port within 20 s; log:\n{text}");
         }
+    }
+}
+
+/// Waits for the server to send this connection an error containing `expected`, and returns
+/// the error as the client reports it.
+pub async fn refused(
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    expected: &str,
+) -> String {
+    let mut seen = Vec::new();
+    let wait = async {
+        while let Some(err) = errors.recv().await {
+            if err.contains(expected) {
+                return Some(err);
+            }
+            seen.push(err);
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(5), wait).await {
+        Ok(Some(err)) => {
+            eprintln!("refused as expected: {err}");
+            err
+        }
+        _ => panic!("expected the server to refuse with {expected:?}; errors seen: {seen:?}"),
     }
 }

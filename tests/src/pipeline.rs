@@ -25,7 +25,11 @@ impl Resolver {
     pub async fn start(config: imgfetch_resolver::Config) -> Resolver {
         let client = config
             .nats_auth
-            .connect(&config.nats_url, "test pings".into())
+            .connect(
+                &config.nats_url,
+                "test pings".into(),
+                imgfetch_common::protocol::RESOLVER_INBOX_PREFIX,
+            )
             .await
             .expect("connect for pings");
         Resolver::start_pinging(config, &client).await

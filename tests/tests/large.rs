@@ -458,7 +458,7 @@ async fn a_stalled_stream_is_a_timeout_error_not_a_hang() {
         .await;
     let (id, callback, _msg) = take_request(&consumer).await;
     // A head and one chunk, then nothing: the resolver "died".
-    let flow = resolver.new_inbox();
+    let flow = protocol::new_flow_subject();
     let mut head = HeaderMap::new();
     head.insert(header::ID, id.as_str());
     head.insert(header::STATUS, "ok");

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use imgfetch_common::connect::NatsAuth;
 use imgfetch_common::protocol::header;
 use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
-use imgfetch_tests::nats::NatsServer;
+use imgfetch_tests::nats::{refused, NatsServer};
 use imgfetch_tests::pipeline::{
     ask, file_network, header_of, next_within, resolver_config, samples_dir, Gateway, Resolver,
 };
@@ -21,28 +21,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The gateway instance name the local `nats.conf` lets the gateway user listen under.
 const GATEWAY_INSTANCE: &str = "local-gateway";
-
-/// Waits for the server to send this connection an error containing `expected`, and returns
-/// the error as the client reports it.
-async fn refused(errors: &mut UnboundedReceiver<String>, expected: &str) -> String {
-    let mut seen = Vec::new();
-    let wait = async {
-        while let Some(err) = errors.recv().await {
-            if err.contains(expected) {
-                return Some(err);
-            }
-            seen.push(err);
-        }
-        None
-    };
-    match tokio::time::timeout(Duration::from_secs(5), wait).await {
-        Ok(Some(err)) => {
-            eprintln!("refused as expected: {err}");
-            err
-        }
-        _ => panic!("expected the server to refuse with {expected:?}; errors seen: {seen:?}"),
-    }
-}
 
 /// Publishes to `subject` with a reply inbox, and waits for the server to refuse it.
 async fn publish_refused(

@@ -627,7 +627,7 @@ async fn an_owner_receiving_a_stream_marks_its_record_delivering() {
         (header::KEY, "a.jpg"),
         (header::CONTENT_TYPE, "image/jpeg"),
         (header::SIZE, "2048"),
-        (header::FLOW, "test.flow.d-1"),
+        (header::FLOW, "imgfetch.flow.d-1"),
         (header::CHUNK_SIZE, "1024"),
         (header::CHUNKS, "2"),
     ] {
