@@ -20,9 +20,16 @@
 //!
 //! A presented token is hashed and compared with every entry in constant time, so neither the
 //! comparison nor the position of the match tells an attacker anything.
+//!
+//! The file is read again on SIGHUP and whenever its contents change (checked every
+//! `--tokens-reload-interval`), so tokens are added and revoked without a restart ([`watch`]).
+//! A revoked token is refused from then on, also on a websocket it opened earlier; a file that
+//! no longer parses is logged and counted, and the tokens in force stay.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
 use imgfetch_common::protocol::ErrorCode;
@@ -190,6 +197,8 @@ pub struct Grant {
     spec: TokenSpec,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    /// Set when a reloaded file no longer lists the token (or changed what it may fetch).
+    revoked: AtomicBool,
 }
 
 impl Grant {
@@ -225,7 +234,9 @@ impl Client {
     pub fn may_fetch(&self, network: &str) -> bool {
         match self {
             Client::Open => true,
-            Client::Token(grant) => grant.spec.networks.allows(network),
+            Client::Token(grant) => {
+                !grant.revoked.load(Ordering::Acquire) && grant.spec.networks.allows(network)
+            }
         }
     }
 
@@ -235,6 +246,12 @@ impl Client {
             Client::Open => return Ok(InFlight(None)),
             Client::Token(grant) => grant,
         };
+        if grant.revoked.load(Ordering::Acquire) {
+            return Err(Failure::new(
+                ErrorCode::Unauthorized,
+                format!("token {:?} has been revoked", grant.spec.name),
+            ));
+        }
         if !grant.spec.networks.allows(network) {
             return Err(Failure::new(
                 ErrorCode::Forbidden,
@@ -257,16 +274,34 @@ impl Client {
     }
 }
 
+/// The tokens in force; a reload swaps the whole list.
+type Grants = Arc<[Arc<Grant>]>;
+
 /// The gateway's view of client authentication.
 #[derive(Clone, Debug)]
 pub struct Auth {
-    grants: Option<Arc<[Arc<Grant>]>>,
+    grants: Option<Arc<RwLock<Grants>>>,
+    max_in_flight: usize,
+}
+
+/// What a reload changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Tokens the new file adds (or whose networks it changed).
+    pub added: usize,
+    /// Tokens it no longer lists (or whose networks it changed): refused from now on.
+    pub revoked: usize,
+    /// Tokens it lists as before; their requests in flight still count.
+    pub kept: usize,
 }
 
 impl Auth {
     /// Every client is let in.
     pub fn open() -> Auth {
-        Auth { grants: None }
+        Auth {
+            grants: None,
+            max_in_flight: 0,
+        }
     }
 
     /// Clients must show one of `tokens`; each may have `max_in_flight` requests at once.
@@ -274,17 +309,52 @@ impl Auth {
         let grants = tokens
             .specs
             .iter()
-            .map(|spec| {
-                Arc::new(Grant {
-                    spec: spec.clone(),
-                    in_flight: Arc::new(Semaphore::new(max_in_flight)),
-                    max_in_flight,
-                })
-            })
+            .map(|spec| new_grant(spec, max_in_flight))
             .collect();
         Auth {
-            grants: Some(grants),
+            grants: Some(Arc::new(RwLock::new(grants))),
+            max_in_flight,
         }
+    }
+
+    /// Puts `tokens` in force. A token listed as before keeps its grant (and the count of its
+    /// requests in flight); every other earlier token is revoked, also for clients that showed
+    /// it already. Does nothing when authentication is off.
+    pub fn replace(&self, tokens: &Tokens) -> Reloaded {
+        let Some(grants) = &self.grants else {
+            return Reloaded::default();
+        };
+        let mut current = grants.write().unwrap_or_else(PoisonError::into_inner);
+        let mut reloaded = Reloaded::default();
+        let next: Grants = tokens
+            .specs
+            .iter()
+            .map(|spec| {
+                let same = current.iter().find(|g| {
+                    g.spec.name == spec.name
+                        && g.spec.sha256 == spec.sha256
+                        && g.spec.networks == spec.networks
+                });
+                match same {
+                    Some(grant) => {
+                        reloaded.kept += 1;
+                        grant.clone()
+                    }
+                    None => {
+                        reloaded.added += 1;
+                        new_grant(spec, self.max_in_flight)
+                    }
+                }
+            })
+            .collect();
+        for old in current.iter() {
+            if !next.iter().any(|g| Arc::ptr_eq(g, old)) {
+                old.revoked.store(true, Ordering::Release);
+                reloaded.revoked += 1;
+            }
+        }
+        *current = next;
+        reloaded
     }
 
     /// Identifies the client from `Authorization: Bearer <token>`, or from `query_token` (the
@@ -297,6 +367,10 @@ impl Auth {
         let Some(grants) = &self.grants else {
             return Ok(Client::Open);
         };
+        let grants = grants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let from_header = match headers.get(header::AUTHORIZATION) {
             Some(value) => {
                 let value = value.to_str().unwrap_or_default();
@@ -341,6 +415,100 @@ impl Auth {
     }
 }
 
+fn new_grant(spec: &TokenSpec, max_in_flight: usize) -> Arc<Grant> {
+    Arc::new(Grant {
+        spec: spec.clone(),
+        in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        max_in_flight,
+        revoked: AtomicBool::new(false),
+    })
+}
+
+/// Reads the tokens file at `path` again on SIGHUP, and whenever its contents differ from the
+/// last read (checked every `interval`: a Kubernetes Secret changes under a mounted file with no
+/// signal), and puts what it lists in force in `auth`. A file that cannot be read or parsed is
+/// logged and counted (`imgfetch_gateway_tokens_reloads_total{result="error"}`), and the tokens
+/// in force stay. Runs until `stop`.
+pub async fn watch(
+    auth: Auth,
+    path: PathBuf,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut last = std::fs::read(&path).ok();
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP; the tokens file is still re-read when it changes");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangups.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(source) => {
+                let err = TokensError::Read {
+                    path: path.clone(),
+                    source,
+                };
+                if forced || last.is_some() {
+                    tracing::warn!(%err, "cannot re-read the tokens file; the tokens in force stay");
+                    metrics::counter!("imgfetch_gateway_tokens_reloads_total", "result" => "error")
+                        .increment(1);
+                }
+                last = None;
+                continue;
+            }
+        };
+        if !forced && last.as_deref() == Some(text.as_slice()) {
+            continue;
+        }
+        last = Some(text.clone());
+        let parsed = std::str::from_utf8(&text)
+            .map_err(|_| TokensError::Invalid {
+                path: path.clone(),
+                name: String::new(),
+                reason: "the file is not UTF-8",
+            })
+            .and_then(|text| Tokens::parse(text, &path));
+        match parsed {
+            Ok(tokens) => {
+                let r = auth.replace(&tokens);
+                if tokens.is_empty() {
+                    tracing::warn!(
+                        "the reloaded tokens file lists no tokens: every client is refused"
+                    );
+                }
+                tracing::info!(
+                    added = r.added,
+                    revoked = r.revoked,
+                    kept = r.kept,
+                    "reloaded the tokens file"
+                );
+                metrics::counter!("imgfetch_gateway_tokens_reloads_total", "result" => "ok")
+                    .increment(1);
+            }
+            Err(err) => {
+                tracing::warn!(%err, "the changed tokens file is not valid; the tokens in force stay");
+                metrics::counter!("imgfetch_gateway_tokens_reloads_total", "result" => "error")
+                    .increment(1);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +549,49 @@ mod tests {
             Auth::open().identify(&HeaderMap::new(), None),
             Ok(Client::Open)
         ));
+    }
+
+    #[test]
+    fn a_reload_revokes_what_it_drops_and_keeps_the_rest_with_its_count() {
+        // sha256("abc") and sha256("xyz").
+        const XYZ: &str = "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282";
+        let both = parse(&format!(
+            "[[token]]\nname = \"a\"\nsha256 = \"{ABC}\"\nnetworks = [\"*\"]\n\
+             [[token]]\nname = \"x\"\nsha256 = \"{XYZ}\"\nnetworks = [\"*\"]\n"
+        ))
+        .unwrap();
+        let auth = Auth::with_tokens(&both, 1);
+        let a = auth.identify(&HeaderMap::new(), Some("abc")).unwrap();
+        let x = auth.identify(&HeaderMap::new(), Some("xyz")).unwrap();
+        let held = a.begin("harbor").unwrap();
+        let only_a = parse(&format!(
+            "[[token]]\nname = \"a\"\nsha256 = \"{ABC}\"\nnetworks = [\"*\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            auth.replace(&only_a),
+            Reloaded {
+                added: 0,
+                revoked: 1,
+                kept: 1
+            }
+        );
+        // The revoked token: refused when shown again, and on a client that showed it before.
+        let err = auth.identify(&HeaderMap::new(), Some("xyz")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthorized);
+        let err = x.begin("harbor").unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthorized);
+        assert!(err.message.contains("revoked"), "{}", err.message);
+        assert!(!x.may_fetch("harbor"));
+        // The kept token still counts the request it had in flight.
+        assert_eq!(
+            a.begin("harbor").unwrap_err().code,
+            ErrorCode::TooManyRequests
+        );
+        drop(held);
+        assert!(a.begin("harbor").is_ok());
+        // Open stays open.
+        assert_eq!(Auth::open().replace(&only_a), Reloaded::default());
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 4096;
     /// Requests in flight at once for one token, over HTTP and websocket together.
     pub const MAX_IN_FLIGHT_PER_TOKEN: usize = 64;
+    /// How often the tokens file is checked for changes.
+    pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
     /// How long the outcome of a request can be fetched again by id.
     pub const RESULT_TTL: Duration = Duration::from_secs(600);
     /// Replicas of the results bucket when the gateway creates it.
@@ -194,6 +196,11 @@ pub struct Settings {
     /// without it every client is let in.
     #[arg(long, env = "IMGFETCH_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// How often the tokens file is checked for changes, which then take effect without a
+    /// restart (SIGHUP re-reads it at once) [default: 10s].
+    #[arg(long, env = "IMGFETCH_TOKENS_RELOAD_INTERVAL", value_parser = duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub tokens_reload_interval: Option<Duration>,
     /// Requests in flight at once for one token, HTTP and websocket together [default: 64].
     #[arg(long, env = "IMGFETCH_MAX_IN_FLIGHT_PER_TOKEN")]
     pub max_in_flight_per_token: Option<usize>,
@@ -251,6 +258,7 @@ impl Settings {
             archive_dir_template: self.archive_dir_template.or(file.archive_dir_template),
             archive_file_template: self.archive_file_template.or(file.archive_file_template),
             tokens_file: self.tokens_file.or(file.tokens_file),
+            tokens_reload_interval: self.tokens_reload_interval.or(file.tokens_reload_interval),
             max_in_flight_per_token: self
                 .max_in_flight_per_token
                 .or(file.max_in_flight_per_token),
@@ -429,8 +437,14 @@ impl Config {
             s.max_connections,
             clients.max_connections,
         )?;
+        clients.tokens_reload_interval = positive(
+            "tokens_reload_interval",
+            s.tokens_reload_interval,
+            clients.tokens_reload_interval,
+        )?;
         if let Some(path) = &s.tokens_file {
             clients.tokens = Some(crate::auth::Tokens::load(path)?);
+            clients.tokens_file = Some(path.clone());
         }
         let results = &mut config.results;
         results.ttl = positive("result_ttl", s.result_ttl, results.ttl)?;
@@ -549,6 +563,10 @@ pub enum ConfigError {
 pub struct ClientSettings {
     /// Accepted tokens; `None` lets every client in.
     pub tokens: Option<crate::auth::Tokens>,
+    /// The file they were read from, re-read on change and on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
+    /// How often the tokens file is checked for changes.
+    pub tokens_reload_interval: Duration,
     /// Requests in flight at once for one token.
     pub max_in_flight_per_token: usize,
     /// How long a websocket may stay silent with nothing in flight.
@@ -563,6 +581,8 @@ impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings {
             tokens: None,
+            tokens_file: None,
+            tokens_reload_interval: defaults::TOKENS_RELOAD_INTERVAL,
             max_in_flight_per_token: defaults::MAX_IN_FLIGHT_PER_TOKEN,
             ws_idle_timeout: defaults::WS_IDLE_TIMEOUT,
             header_read_timeout: defaults::HEADER_READ_TIMEOUT,

@@ -221,6 +221,14 @@ pub async fn run(
             None => auth::Auth::open(),
         },
     };
+    if let Some(path) = &config.clients.tokens_file {
+        tokio::spawn(auth::watch(
+            state.auth.clone(),
+            path.clone(),
+            config.clients.tokens_reload_interval,
+            shutdown.clone(),
+        ));
+    }
     let sessions = state.sessions.clone();
     let addr = listener.local_addr()?;
     starting.cancel();

@@ -239,3 +239,63 @@ async fn html_stored_as_jpg_is_served_as_octet_stream_with_nosniff() {
     assert_eq!(real.headers()["content-type"], "image/jpeg");
     assert_eq!(nosniff(&real), Some("nosniff"));
 }
+
+/// A token removed from the tokens file is refused without a restart: over HTTP, at a new
+/// websocket upgrade, and on a websocket it opened before. The others keep working, and a file
+/// that no longer parses leaves the tokens in force.
+#[tokio::test]
+async fn a_revoked_token_is_refused_without_a_restart() {
+    init_logs();
+    let nats = NatsServer::start();
+    let _resolver = sample_resolver(&nats.url(), "harbor").await;
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tokens(dir.path());
+    let path = dir.path().join("tokens.toml");
+    let watched = path.clone();
+    let gateway = Gateway::start(&nats.url(), move |c| {
+        c.clients.tokens = Some(loaded);
+        c.clients.tokens_file = Some(watched);
+        c.clients.tokens_reload_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let image = gateway.http("/v1/images/harbor/quay-east.jpg");
+    assert_eq!(get(&image, Some(HARBOR_TOKEN)).await.status(), 200);
+    let mut open_socket = WsClient::try_connect(with_bearer(&gateway.ws_url(), HARBOR_TOKEN))
+        .await
+        .expect("a valid token opens the socket");
+
+    // The file without the harbor token, written as a new file and renamed over the old one
+    // (as an editor or a Secret update does).
+    let only_ops = format!(
+        "[[token]]\nname = \"ops\"\nsha256 = \"{}\"\nnetworks = [\"*\"]\n",
+        sha256_hex(ANY_TOKEN.as_bytes()),
+    );
+    let next = dir.path().join("tokens.toml.new");
+    std::fs::write(&next, only_ops).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+    imgfetch_tests::eventually(
+        "the harbor token refused",
+        std::time::Duration::from_secs(10),
+        || async { (get(&image, Some(HARBOR_TOKEN)).await.status() == 401).then_some(()) },
+    )
+    .await;
+    expect_error(get(&image, Some(HARBOR_TOKEN)).await, 401, "unauthorized").await;
+    assert_eq!(
+        refused_status(WsClient::try_connect(with_bearer(&gateway.ws_url(), HARBOR_TOKEN)).await),
+        401
+    );
+    open_socket
+        .fetch(json!({"type":"fetch","id":"after","network":"harbor","key":"quay-east.jpg"}))
+        .await;
+    let refused = open_socket.next_answer().await.frame;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    assert_eq!(get(&image, Some(ANY_TOKEN)).await.status(), 200);
+
+    // A broken file: the tokens in force stay.
+    std::fs::write(&path, "[[token]]\nname = 3\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(get(&image, Some(ANY_TOKEN)).await.status(), 200);
+    assert_eq!(get(&image, Some(HARBOR_TOKEN)).await.status(), 401);
+    gateway.stop().await;
+}
