@@ -46,6 +46,8 @@ pub mod defaults {
     /// Bytes of a streamed image the gateway lets a resolver send ahead of the client (its
     /// credit window); chosen by measurement, see `docs/PROTOCOL.md`.
     pub const STREAM_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+    /// Bytes all streamed images together may have granted and not yet handed out.
+    pub const MAX_STREAM_BUFFER_BYTES: u64 = 256 * 1024 * 1024;
     /// How long a stream may go without a chunk, while it has credit, before it is failed.
     pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
     /// How long a websocket may stay silent with nothing in flight before it is closed.
@@ -177,6 +179,11 @@ pub struct Settings {
     /// Bytes of a streamed image a resolver may send ahead of the client [default: 4194304].
     #[arg(long, env = "IMGFETCH_STREAM_WINDOW_BYTES")]
     pub stream_window_bytes: Option<u64>,
+    /// Bytes of streamed images all clients together may have buffered in this gateway (granted
+    /// by credit, not yet read); a stream that finds it full waits, then fails `unavailable`
+    /// [default: 268435456].
+    #[arg(long, env = "IMGFETCH_MAX_STREAM_BUFFER_BYTES")]
+    pub max_stream_buffer_bytes: Option<u64>,
     /// How long a streamed image may go without a chunk while it has credit [default: 30s].
     #[arg(long, env = "IMGFETCH_CHUNK_TIMEOUT", value_parser = duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -253,6 +260,9 @@ impl Settings {
             grace: self.grace.or(file.grace),
             log_format: self.log_format.or(file.log_format),
             stream_window_bytes: self.stream_window_bytes.or(file.stream_window_bytes),
+            max_stream_buffer_bytes: self
+                .max_stream_buffer_bytes
+                .or(file.max_stream_buffer_bytes),
             chunk_timeout: self.chunk_timeout.or(file.chunk_timeout),
             archive: self.archive.or(file.archive),
             archive_dir_template: self.archive_dir_template.or(file.archive_dir_template),
@@ -336,6 +346,7 @@ impl Config {
             grace: defaults::GRACE,
             streams: crate::transfer::StreamSettings {
                 window_bytes: defaults::STREAM_WINDOW_BYTES,
+                max_buffer_bytes: defaults::MAX_STREAM_BUFFER_BYTES,
                 chunk_timeout: defaults::CHUNK_TIMEOUT,
             },
             log_format: LogFormat::Text,
@@ -400,6 +411,11 @@ impl Config {
             "stream_window_bytes",
             s.stream_window_bytes,
             config.streams.window_bytes,
+        )?;
+        config.streams.max_buffer_bytes = positive(
+            "max_stream_buffer_bytes",
+            s.max_stream_buffer_bytes,
+            config.streams.max_buffer_bytes,
         )?;
         config.streams.chunk_timeout = positive(
             "chunk_timeout",

@@ -229,7 +229,7 @@ impl Dispatcher {
             request_timeout,
             publish_timeout,
             draining,
-            streams: Streams::default(),
+            streams: Streams::with_budget(stream_settings.max_buffer_bytes),
             closed: CancellationToken::new(),
             results: results.clone(),
         });

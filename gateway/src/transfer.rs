@@ -23,7 +23,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use imgfetch_common::digest::Hasher;
 use imgfetch_common::protocol::{self, header, ErrorCode};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::archive::ArchiveSink;
 use crate::outcome::Failure;
@@ -39,7 +39,13 @@ pub struct StreamSettings {
     pub window_bytes: u64,
     /// Longest wait for a chunk while credit is out.
     pub chunk_timeout: Duration,
+    /// Bytes all streams together may have granted and not yet handed to their clients: the
+    /// most this gateway buffers for streamed images, however many clients read slowly.
+    pub max_buffer_bytes: u64,
 }
+
+/// The unit of the buffer budget's permits (a semaphore takes at most `u32::MAX` at once).
+const BUDGET_UNIT: u64 = 1024;
 
 /// One message of a stream, as routed from the callback subscription.
 #[derive(Debug)]
@@ -60,10 +66,18 @@ pub enum Part {
     Failed(Failure),
 }
 
-/// Streams being received, by flow subject: where the reply router sends their parts.
-#[derive(Clone, Debug, Default)]
+/// Streams being received, by flow subject: where the reply router sends their parts. Also
+/// the budget of bytes they may have granted and not handed out ([`StreamSettings`]).
+#[derive(Clone, Debug)]
 pub struct Streams {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    budget: Arc<Semaphore>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams::with_budget(u64::from(u32::MAX) * BUDGET_UNIT)
+    }
 }
 
 #[derive(Debug)]
@@ -88,6 +102,15 @@ pub enum Routed {
 }
 
 impl Streams {
+    /// No streams yet, with a budget of `max_buffer_bytes`.
+    pub fn with_budget(max_buffer_bytes: u64) -> Streams {
+        let units = (max_buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX));
+        Streams {
+            inner: Arc::default(),
+            budget: Arc::new(Semaphore::new(units as usize)),
+        }
+    }
+
     /// Hands a part to the transfer of `flow`, if it came on that transfer's callback (`token`).
     /// Never waits: a transfer's queue holds a whole
     /// window, so only a resolver that ignores its credit can fill it.
@@ -209,6 +232,9 @@ pub struct Transfer {
     window: u64,
     chunk_timeout: Duration,
     granted: u64,
+    /// Granted chunks whose share of the buffer budget is held: given back as each chunk goes
+    /// to the client, or all at once when the transfer ends.
+    reserved: u64,
     received: u64,
     bytes: u64,
     hasher: Hasher,
@@ -249,6 +275,7 @@ impl Transfer {
             window,
             chunk_timeout: settings.chunk_timeout,
             granted: 0,
+            reserved: 0,
             received: 0,
             bytes: 0,
             hasher: Hasher::new(),
@@ -281,7 +308,9 @@ impl Transfer {
         }
         self.started.store(true, Ordering::Relaxed);
         loop {
-            self.top_up().await;
+            if let Err(failure) = self.top_up().await {
+                return Some(self.fail(failure));
+            }
             let part = match tokio::time::timeout(self.chunk_timeout, self.rx.recv()).await {
                 Ok(Some(part)) => part,
                 Ok(None) => {
@@ -339,6 +368,7 @@ impl Transfer {
                     }
                     metrics::counter!("imgfetch_gateway_stream_bytes_total")
                         .increment(bytes.len() as u64);
+                    self.give_back(1);
                     return Some(Ok(bytes));
                 }
                 Part::End { sha256 } => {
@@ -368,6 +398,7 @@ impl Transfer {
                     }
                     metrics::counter!("imgfetch_gateway_streams_completed_total").increment(1);
                     let last = self.held.take().unwrap_or_default();
+                    self.give_back(self.reserved);
                     metrics::counter!("imgfetch_gateway_stream_bytes_total")
                         .increment(last.len() as u64);
                     return Some(Ok(last));
@@ -377,13 +408,55 @@ impl Transfer {
         }
     }
 
-    /// Grants more chunks when half the window is used up.
-    async fn top_up(&mut self) {
+    /// Grants more chunks when half the window is used up, as far as the gateway's buffer
+    /// budget allows. With no credit out and no budget, waits for one chunk's worth as long
+    /// as a chunk may take, then fails `unavailable`.
+    async fn top_up(&mut self) -> Result<(), Failure> {
         let outstanding = self.granted.saturating_sub(self.received);
         if self.granted >= self.head.chunks || outstanding > self.window / 2 {
-            return;
+            return Ok(());
         }
-        let credit = (self.received + self.window).min(self.head.chunks);
+        let target = (self.received + self.window).min(self.head.chunks);
+        let per = self.units_per_chunk();
+        let mut want = target - self.granted;
+        let mut got = 0;
+        while want > 0 {
+            let units = u32::try_from(want.saturating_mul(per)).unwrap_or(u32::MAX);
+            if let Ok(permit) = self.streams.budget.try_acquire_many(units) {
+                permit.forget();
+                got = want;
+                break;
+            }
+            want /= 2;
+        }
+        if got == 0 {
+            if outstanding > 0 {
+                // Credit is still out; the budget is asked again at the next chunk.
+                return Ok(());
+            }
+            let units = u32::try_from(per).unwrap_or(u32::MAX);
+            let wait = self.streams.budget.acquire_many(units);
+            match tokio::time::timeout(self.chunk_timeout, wait).await {
+                Ok(Ok(permit)) => {
+                    permit.forget();
+                    got = 1;
+                }
+                _ => {
+                    metrics::counter!("imgfetch_gateway_stream_buffer_full_total").increment(1);
+                    return Err(Failure::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the gateway's buffer for streamed images stayed full for {:?} \
+                             (--max-stream-buffer-bytes): other clients are reading slowly; \
+                             try again later",
+                            self.chunk_timeout
+                        ),
+                    ));
+                }
+            }
+        }
+        self.reserved += got;
+        let credit = self.granted + got;
         let mut headers = HeaderMap::new();
         headers.insert(header::CREDIT, credit.to_string().as_str());
         // A lost grant shows as a stall and ends in a timeout; nothing else to do here.
@@ -396,11 +469,28 @@ impl Transfer {
             Err(_) => tracing::debug!(id = self.head.id, "credit not sent in time"),
         }
         self.granted = credit;
+        Ok(())
+    }
+
+    /// Budget units one chunk takes.
+    fn units_per_chunk(&self) -> u64 {
+        self.head.chunk_size.div_ceil(BUDGET_UNIT).max(1)
+    }
+
+    /// Gives back the budget of `chunks` reserved chunks.
+    fn give_back(&mut self, chunks: u64) {
+        let chunks = chunks.min(self.reserved);
+        self.reserved -= chunks;
+        let units = chunks.saturating_mul(self.units_per_chunk());
+        self.streams
+            .budget
+            .add_permits(usize::try_from(units).unwrap_or(usize::MAX));
     }
 
     fn fail(&mut self, failure: Failure) -> Result<Bytes, Failure> {
         self.done = true;
         self.held = None;
+        self.give_back(self.reserved);
         tracing::warn!(id = self.head.id, %failure, "streamed image failed");
         metrics::counter!("imgfetch_gateway_streams_failed_total", "code" => failure.code.as_str())
             .increment(1);
@@ -435,6 +525,7 @@ impl Transfer {
 
 impl Drop for Transfer {
     fn drop(&mut self) {
+        self.give_back(self.reserved);
         if !self.done {
             tracing::info!(id = self.head.id, "streamed image abandoned by its client");
             metrics::counter!("imgfetch_gateway_streams_abandoned_total").increment(1);
@@ -444,5 +535,101 @@ impl Drop for Transfer {
             }
         }
         self.finish_registration();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u64 = 256 * 1024;
+
+    fn head(flow: &str) -> Head {
+        Head {
+            id: flow.to_owned(),
+            flow: flow.to_owned(),
+            size: 2 * CHUNK,
+            chunk_size: CHUNK,
+            chunks: 2,
+        }
+    }
+
+    /// Two streams share a budget of one chunk: while one holds it (credit out, chunk not yet
+    /// read), the other gets `unavailable` after the chunk timeout instead of waiting forever;
+    /// once the first chunk goes to its client the budget is back.
+    #[tokio::test]
+    async fn a_full_buffer_budget_is_unavailable_not_a_hang_and_comes_back() {
+        // Credit is published into the client's buffer; no server is needed for that.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .unwrap();
+        let settings = StreamSettings {
+            window_bytes: 4 * CHUNK,
+            chunk_timeout: Duration::from_millis(300),
+            max_buffer_bytes: CHUNK,
+        };
+        let streams = Streams::with_budget(settings.max_buffer_bytes);
+        let full = (CHUNK / BUDGET_UNIT) as usize;
+        assert_eq!(streams.budget.available_permits(), full);
+        // A waits for its chunk longer than B waits for the budget.
+        let patient = StreamSettings {
+            chunk_timeout: Duration::from_secs(10),
+            ..settings
+        };
+        let mut a = Transfer::new(
+            head("imgfetch.flow.a"),
+            "ta",
+            client.clone(),
+            &streams,
+            patient,
+            None,
+        );
+        let mut b = Transfer::new(
+            head("imgfetch.flow.b"),
+            "tb",
+            client.clone(),
+            &streams,
+            settings,
+            None,
+        );
+        let first = tokio::spawn(async move {
+            let chunk = a.next().await;
+            (a, chunk)
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while streams.budget.available_permits() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "A never took the budget"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let refused = b.next().await.expect("an answer").unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+        assert!(
+            refused.message.contains("--max-stream-buffer-bytes"),
+            "{refused}"
+        );
+        assert!(b.next().await.is_none(), "nothing after an error");
+        let routed = streams.route(
+            "imgfetch.flow.a",
+            "ta",
+            Part::Chunk {
+                seq: 1,
+                bytes: Bytes::from(vec![0u8; CHUNK as usize]),
+            },
+        );
+        assert_eq!(routed, Routed::Queued);
+        let (a, chunk) = first.await.unwrap();
+        assert_eq!(
+            chunk.expect("a chunk").expect("A's chunk").len() as u64,
+            CHUNK
+        );
+        // The chunk went to A's client: its share of the budget is back.
+        assert_eq!(streams.budget.available_permits(), full);
+        drop(a);
+        assert_eq!(streams.budget.available_permits(), full);
     }
 }

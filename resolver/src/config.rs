@@ -24,6 +24,9 @@ pub mod defaults {
     pub const NATS_URL: &str = "nats://127.0.0.1:4222";
     /// Requests one resolver works on at once, across all its networks.
     pub const CONCURRENCY: usize = 16;
+    /// Streamed answers in progress at once; they hold no request slot while they wait on
+    /// their receivers.
+    pub const MAX_STREAMS: usize = 64;
     /// Attempts at a store that keeps failing before answering `store_unavailable`.
     pub const STORE_ATTEMPTS: u32 = 4;
     /// First delay before retrying a failing store; doubles per attempt.
@@ -109,6 +112,10 @@ pub struct Args {
     /// Requests handled at once [default: 16].
     #[arg(long, env = "IMGFETCH_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// Streamed answers (images over the inline limit) in progress at once; a stream gives its
+    /// request slot back while it waits on its receiver [default: 64].
+    #[arg(long, env = "IMGFETCH_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
     /// JetStream stream name [default: IMGFETCH].
     #[arg(long, env = "IMGFETCH_STREAM")]
     pub stream: Option<String>,
@@ -185,6 +192,8 @@ pub struct FileConfig {
     pub instance: Option<String>,
     /// Requests handled at once.
     pub concurrency: Option<usize>,
+    /// Streamed answers in progress at once.
+    pub max_streams: Option<usize>,
     /// JetStream stream name.
     pub stream: Option<String>,
     /// JetStream stream of dead letters.
@@ -275,6 +284,8 @@ pub struct Config {
     pub networks: Vec<NetworkSpec>,
     /// Requests handled at once.
     pub concurrency: usize,
+    /// Streamed answers in progress at once.
+    pub max_streams: usize,
     /// Create or extend the stream and consumers.
     pub provision: bool,
     /// Stream limits.
@@ -321,6 +332,7 @@ impl Config {
             instance: default_instance(),
             networks,
             concurrency: defaults::CONCURRENCY,
+            max_streams: defaults::MAX_STREAMS,
             provision: true,
             stream: StreamSettings::default(),
             consumer: ConsumerSettings::default(),
@@ -416,6 +428,15 @@ impl Config {
         if config.concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "concurrency must be at least 1".into(),
+            ));
+        }
+        config.max_streams = args
+            .max_streams
+            .or(file.max_streams)
+            .unwrap_or(defaults::MAX_STREAMS);
+        if config.max_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "max_streams must be at least 1".into(),
             ));
         }
         if let Some(stream) = args.stream.or(file.stream) {

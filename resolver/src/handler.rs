@@ -31,6 +31,7 @@ use crate::store::{Fetched, Limits, Store, StoreError, StoreErrorKind};
 use crate::stream::{self, Outgoing};
 use imgfetch_common::info::ImageInfo;
 use imgfetch_common::prometheus::Held;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a handler needs besides the message.
 #[derive(Clone, Debug)]
@@ -73,6 +74,67 @@ pub struct Context {
     /// Fired when the shutdown grace period runs out: requests still in hand are given back
     /// (nak) for another resolver to take at once.
     pub abandon: tokio_util::sync::CancellationToken,
+    /// Permits for streamed answers in progress, shared by every network of the resolver
+    /// (`--max-streams`).
+    pub streams: std::sync::Arc<Semaphore>,
+}
+
+/// What a request holds while it is worked on: one of the resolver's slots and a share of its
+/// network's pull credit. A streamed answer gives both back before it waits on its receiver,
+/// and holds one of the resolver's stream permits instead, so that receivers that read slowly
+/// hold nothing that other requests of the zone need (docs/SECURITY.md, slow clients).
+#[derive(Default)]
+pub struct Lease {
+    slot: Option<OwnedSemaphorePermit>,
+    credit: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Lease {
+    /// A lease of `slot`; `credit` gives the network's pull credit back (called once).
+    pub fn new(slot: OwnedSemaphorePermit, credit: impl FnOnce() + Send + 'static) -> Lease {
+        Lease {
+            slot: Some(slot),
+            credit: Some(Box::new(credit)),
+        }
+    }
+
+    /// Gives the slot and the credit back now.
+    pub fn release(&mut self) {
+        drop(self.slot.take());
+        if let Some(credit) = self.credit.take() {
+            credit();
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Waits for a permit of `semaphore`, telling JetStream every `progress_every` that `message`
+/// is in progress, so it is not redelivered while it waits.
+pub(crate) async fn wait_for_permit(
+    semaphore: &std::sync::Arc<Semaphore>,
+    message: &jetstream::Message,
+    progress_every: Duration,
+    network: &str,
+) -> OwnedSemaphorePermit {
+    loop {
+        tokio::select! {
+            permit = semaphore.clone().acquire_owned() => {
+                return permit.expect("the permit semaphores are never closed");
+            }
+            _ = tokio::time::sleep(progress_every) => {
+                match tokio::time::timeout(PUBLISH_TIMEOUT, message.ack_with(AckKind::Progress)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::debug!(network, %err, "progress ack failed"),
+                    Err(_) => tracing::debug!(network, "progress ack timed out"),
+                }
+            }
+        }
+    }
 }
 
 /// A reply to send on the callback subject.
@@ -130,7 +192,11 @@ pub enum Unsettled {
 
 /// Handles one message end to end. Errors mean the message was left unsettled and JetStream
 /// will redeliver it after the ack wait.
-pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), async_nats::Error> {
+pub async fn handle(
+    ctx: &Context,
+    message: jetstream::Message,
+    mut lease: Lease,
+) -> Result<(), async_nats::Error> {
     let _in_flight = Held::new(
         metrics::gauge!("imgfetch_resolver_requests_in_flight", "network" => ctx.network.clone()),
     );
@@ -182,7 +248,20 @@ pub async fn handle(ctx: &Context, message: jetstream::Message) -> Result<(), as
         bounded("the reply", publish).await?;
     }
     let settle = match decision.stream {
-        Some(out) => stream::send(ctx, &message, out).await?,
+        Some(out) => {
+            // From here the pace is the receiver's: give the slot and the network's credit
+            // back, and wait for one of the resolver's stream permits instead.
+            lease.release();
+            let _stream = wait_for_permit(
+                &ctx.streams,
+                &message,
+                (ctx.ack_wait / 3).max(Duration::from_millis(100)),
+                &ctx.network,
+            )
+            .await;
+            let _counted = Held::new(metrics::gauge!("imgfetch_resolver_streams_in_progress"));
+            stream::send(ctx, &message, out).await?
+        }
         None => decision.settle,
     };
     if sent {

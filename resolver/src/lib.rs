@@ -182,6 +182,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let js = async_nats::jetstream::new(client.clone());
     let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, shutdown.clone());
     let slots = Arc::new(Semaphore::new(config.concurrency));
+    // Streams wait on their receivers without a slot; these bound how many run at once.
+    let streams = Arc::new(Semaphore::new(config.max_streams));
     let tracker = TaskTracker::new();
     let info = ResolverInfo {
         instance: config.instance.clone(),
@@ -309,6 +311,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             dead_letters: dead.clone(),
             counts,
             abandon: abandon.clone(),
+            streams: streams.clone(),
         });
         let heal = worker::Heal {
             stream: config.stream.clone(),

@@ -27,13 +27,12 @@
 //!   re-created when provisioning is on, until that succeeds; then pulling resumes. See
 //!   docs/RELIABILITY.md.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::AckKind;
 use async_nats::StatusCode;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -389,7 +388,12 @@ impl Puller {
         self.tracker.spawn(async move {
             // Whatever happens to the handler, a panic included, the request stops counting
             // against this network's credit: a leak would stop the network pulling for good.
-            let _done = Done { in_flight, freed };
+            // A stream gives it back earlier, through its lease.
+            let done = Arc::new(Done {
+                in_flight,
+                freed,
+                given_back: AtomicBool::new(false),
+            });
             let ack = message.reply.clone();
             let abandon = ctx.abandon.clone();
             // Every line logged about this request carries its id (the de-duplication id:
@@ -402,7 +406,7 @@ impl Puller {
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default();
             let span = tracing::error_span!("request", id, network = ctx.network);
-            let handled = Self::handle_in_slot(&ctx, message, slots, progress_every)
+            let handled = Self::handle_in_slot(&ctx, message, slots, progress_every, done)
                 .instrument(span.clone());
             tokio::select! {
                 () = handled => {}
@@ -424,47 +428,42 @@ impl Puller {
     }
 
     /// Waits for a slot (keeping the request from being redelivered meanwhile), then handles
-    /// the request.
+    /// the request under a lease of the slot and of `done`, the network's credit.
     async fn handle_in_slot(
         ctx: &Context,
         message: async_nats::jetstream::Message,
         slots: Arc<Semaphore>,
         progress_every: Duration,
+        done: Arc<Done>,
     ) {
-        {
-            let permit = loop {
-                tokio::select! {
-                    permit = slots.clone().acquire_owned() => {
-                        break permit.expect("the slot semaphore is never closed");
-                    }
-                    // Busy with other networks' requests: keep this one from being redelivered.
-                    _ = tokio::time::sleep(progress_every) => {
-                        match tokio::time::timeout(PROGRESS_TIMEOUT, message.ack_with(AckKind::Progress)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(err)) => tracing::debug!(network = ctx.network, %err, "progress ack failed"),
-                            Err(_) => tracing::debug!(network = ctx.network, "progress ack timed out"),
-                        }
-                    }
-                }
-            };
-            if let Err(err) = handler::handle(ctx, message).await {
-                tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
-            }
-            drop(permit);
+        let permit = handler::wait_for_permit(&slots, &message, progress_every, &ctx.network).await;
+        let lease = handler::Lease::new(permit, move || done.give_back());
+        if let Err(err) = handler::handle(ctx, message, lease).await {
+            tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
         }
     }
 }
 
-/// Releases one request's share of its network's credit when dropped.
+/// One request's share of its network's credit, given back once: by a stream's lease, or when
+/// dropped.
 struct Done {
     in_flight: Arc<AtomicUsize>,
     freed: Arc<Notify>,
+    given_back: AtomicBool,
+}
+
+impl Done {
+    fn give_back(&self) {
+        if !self.given_back.swap(true, Ordering::AcqRel) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.freed.notify_one();
+        }
+    }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
+        self.give_back();
     }
 }
 
