@@ -108,6 +108,12 @@ def check_custom(doc, networks):
         fail(f"unexpected custom kind {doc['apiVersion']} {kind}")
 
 
+def network_subjects(network):
+    """A network's request subjects, as common/src/provision.rs has the stream capture and the
+    consumer filter them: the gateways', then the hand publishers'."""
+    return [f"imgfetch.gwreq.{network}", f"imgfetch.req.{network}"]
+
+
 def run_check(argv, env=None):
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
     line = (out.stdout + out.stderr).strip()
@@ -926,7 +932,7 @@ def check_chart(args, docs, by_kind, rendered):
             fail("NACK on but no Stream IMGFETCH")
         else:
             subjects = sorted(req["spec"]["subjects"])
-            if subjects != sorted(f"imgfetch.req.{n}" for n in all_networks):
+            if subjects != sorted(s for n in all_networks for s in network_subjects(n)):
                 fail(f"Stream IMGFETCH captures {subjects}, networks are {all_networks}")
             for key, want in (("retention", "workqueue"), ("discard", "new"), ("storage", "file")):
                 if req["spec"].get(key) != want:
@@ -935,10 +941,9 @@ def check_chart(args, docs, by_kind, rendered):
             c = consumers.get(f"imgfetch-{n}")
             if not c:
                 fail(f"NACK on but no Consumer imgfetch-{n}")
-            elif (c["spec"]["filterSubject"], c["spec"]["ackPolicy"]) != (
-                f"imgfetch.req.{n}",
-                "explicit",
-            ):
+            elif "filterSubject" in c["spec"] or \
+                    sorted(c["spec"].get("filterSubjects", [])) != sorted(network_subjects(n)) or \
+                    c["spec"]["ackPolicy"] != "explicit":
                 fail(f"Consumer imgfetch-{n}: filter or ack policy wrong")
         if "IMGFETCH_DLQ" not in streams or "imgfetch-dead-letters" not in consumers:
             fail("NACK on but no dead-letter Stream and Consumer")
