@@ -259,10 +259,14 @@ pub fn roles_block() -> String {
 }
 
 /// The inbox prefix each role's connections use: the gateway's names its instance
-/// (`local-gateway` in `nats.conf`), the publishers keep the NATS CLI's default.
+/// (`local-gateway` in `nats.conf`; a Kubernetes replica's user, `gateway-0`, is its instance),
+/// the publishers keep the NATS CLI's default.
 pub fn inbox_of(role: &str) -> String {
     match role {
         "gateway" => imgfetch_common::protocol::gateway_inbox_prefix("local-gateway"),
+        replica if replica.starts_with("gateway-") => {
+            imgfetch_common::protocol::gateway_inbox_prefix(replica)
+        }
         "resolver" => imgfetch_common::protocol::RESOLVER_INBOX_PREFIX.to_owned(),
         _ => "_INBOX".to_owned(),
     }
@@ -327,6 +331,12 @@ pub fn deploy_roles_block() -> String {
 /// The development password of `role` in the roles block: the `password:` line right after
 /// its `user:` line.
 pub fn dev_password(role: &str) -> String {
+    // The Kubernetes roles' gateway replicas (`gateway-0`, ...) share the gateway's.
+    let role = if role.starts_with("gateway-") {
+        "gateway"
+    } else {
+        role
+    };
     let block = roles_block();
     let mut lines = block.lines().map(str::trim);
     while let Some(line) = lines.next() {

@@ -63,13 +63,14 @@ async fn ensure_harbor(
     .await
 }
 
-/// A resolver of `harbor` and a gateway, each logged in as its role; `instance` names the
-/// gateway (a random name when `None`). The resolver role may not ping, so the publisher's
-/// connection checks that it serves.
+/// A resolver of `harbor` and a gateway, each logged in as its role; the gateway as user
+/// `gateway_user` with the instance name that user may listen under (`local-gateway` for the
+/// local `gateway`, the user's own name for a Kubernetes replica such as `gateway-0`). The
+/// resolver role may not ping, so the publisher's connection checks that it serves.
 async fn role_pipeline(
     nats: &NatsServer,
     publisher: &async_nats::Client,
-    instance: Option<&str>,
+    gateway_user: &str,
 ) -> (Resolver, Gateway) {
     let mut config = resolver_config(
         &nats.url(),
@@ -77,13 +78,14 @@ async fn role_pipeline(
     );
     config.nats_auth = nats.auth("resolver");
     let resolver = Resolver::start_pinging(config, publisher).await;
-    let gateway_auth = nats.auth("gateway");
-    let instance = instance.map(str::to_owned);
+    let gateway_auth = nats.auth(gateway_user);
+    let instance = match gateway_user {
+        "gateway" => GATEWAY_INSTANCE.to_owned(),
+        replica => replica.to_owned(),
+    };
     let gateway = Gateway::start(&nats.url(), move |c| {
         c.nats_auth = gateway_auth;
-        if let Some(instance) = instance {
-            c.instance = instance;
-        }
+        c.instance = instance;
         c.archive = None;
     })
     .await;
@@ -378,7 +380,7 @@ async fn the_whole_pipeline_serves_images_with_roles_on() {
     init_logs();
     let nats = NatsServer::start_with_roles();
     let (publisher, _) = nats.connect_as("publisher").await;
-    let (resolver, gateway) = role_pipeline(&nats, &publisher, Some(GATEWAY_INSTANCE)).await;
+    let (resolver, gateway) = role_pipeline(&nats, &publisher, "gateway").await;
 
     // HTTP, through the gateway.
     let r = reqwest::get(gateway.http("/v1/images/harbor/cranes/crane-07.jpg"))
@@ -440,8 +442,8 @@ async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
         "an anonymous connection must be refused"
     );
     let (publisher, mut errors) = nats.connect_as("publisher").await;
-    // Replicas are named after their pods: any instance name works with the shared user.
-    let (resolver, gateway) = role_pipeline(&nats, &publisher, None).await;
+    // Each replica is a user of its own, named after its pod, and runs as that instance.
+    let (resolver, gateway) = role_pipeline(&nats, &publisher, "gateway-0").await;
     let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
         .await
         .unwrap();
@@ -483,7 +485,7 @@ async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
         "Permissions Violation for Subscription to \"imgfetch.reply.>\"",
     )
     .await;
-    let (gateway, mut errors) = nats.connect_as("gateway").await;
+    let (gateway, mut errors) = nats.connect_as("gateway-0").await;
     gateway
         .publish(
             "$JS.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-harbor",

@@ -225,10 +225,18 @@ async fn a_publisher_can_neither_sniff_nor_race_a_gateways_request_local_roles()
     sniff_and_race(&nats, nats.auth("gateway"), "local-gateway").await;
 }
 
+#[tokio::test]
+async fn a_publisher_can_neither_sniff_nor_race_a_gateways_request_kubernetes_roles() {
+    init_logs();
+    let nats = NatsServer::start_with_deploy_roles();
+    sniff_and_race(&nats, nats.auth("gateway-0"), "gateway-0").await;
+}
+
 /// Each role subscribes to the other roles' inboxes, and to the flow subjects only resolvers
-/// read: the server refuses every one. The roles' own inboxes are allowed.
-async fn inboxes_are_private(nats: &NatsServer) {
-    let gateway_inbox = inbox_of("gateway");
+/// read: the server refuses every one. The roles' own inboxes are allowed. `gateway` is the
+/// gateway's user (`gateway` locally, a replica's such as `gateway-0` on Kubernetes).
+async fn inboxes_are_private(nats: &NatsServer, gateway: &str) {
+    let gateway_inbox = inbox_of(gateway);
     let resolver_inbox = inbox_of("resolver");
     let cases: [(&str, Vec<String>); 3] = [
         (
@@ -241,7 +249,7 @@ async fn inboxes_are_private(nats: &NatsServer) {
             ],
         ),
         (
-            "gateway",
+            gateway,
             vec![
                 "_INBOX.>".to_owned(),
                 format!("{resolver_inbox}.>"),
@@ -281,5 +289,64 @@ async fn inboxes_are_private(nats: &NatsServer) {
 async fn no_role_reads_another_roles_inbox_local_roles() {
     init_logs();
     let nats = NatsServer::start_with_roles();
-    inboxes_are_private(&nats).await;
+    inboxes_are_private(&nats, "gateway").await;
+}
+
+#[tokio::test]
+async fn no_role_reads_another_roles_inbox_kubernetes_roles() {
+    init_logs();
+    let nats = NatsServer::start_with_deploy_roles();
+    inboxes_are_private(&nats, "gateway-0").await;
+}
+
+/// On Kubernetes each gateway replica is a user of its own: `gateway-0` may not read
+/// `gateway-1`'s callbacks, liveness subject or inbox, nor every gateway's at once, while a
+/// reply to `gateway-1` reaches `gateway-1`.
+#[tokio::test]
+async fn a_gateway_replica_cannot_read_another_replicas_traffic_kubernetes_roles() {
+    init_logs();
+    let nats = NatsServer::start_with_deploy_roles();
+    let (zero, mut errors) = nats.connect_as("gateway-0").await;
+    let (one, _) = nats.connect_as("gateway-1").await;
+    let mut own = one
+        .subscribe(protocol::reply_wildcard("gateway-1"))
+        .await
+        .unwrap();
+    one.flush().await.unwrap();
+    let mut stolen = Vec::new();
+    for subject in [
+        protocol::reply_wildcard("gateway-1"),
+        format!("{}.>", protocol::REPLY_PREFIX),
+        protocol::gateway_subject("gateway-1"),
+        format!("{}.>", protocol::GATEWAY_PREFIX),
+        format!("{}.>", inbox_of("gateway-1")),
+        format!("{}.>", protocol::GATEWAY_INBOX_PREFIX),
+    ] {
+        stolen.push(zero.subscribe(subject.clone()).await.unwrap());
+        refused(
+            &mut errors,
+            &format!("Permissions Violation for Subscription to \"{subject}\""),
+        )
+        .await;
+    }
+    // A resolver answers gateway-1: gateway-1 hears it, gateway-0 does not.
+    let (resolver, _) = nats.connect_as("resolver").await;
+    resolver
+        .publish(
+            protocol::reply_subject("gateway-1", "t"),
+            "for gateway-1".into(),
+        )
+        .await
+        .unwrap();
+    resolver.flush().await.unwrap();
+    let heard = next_within(&mut own, Duration::from_secs(5))
+        .await
+        .expect("gateway-1 hears its own reply");
+    assert_eq!(heard.payload.as_ref(), b"for gateway-1");
+    for sub in &mut stolen {
+        assert!(
+            next_within(sub, Duration::from_millis(100)).await.is_none(),
+            "gateway-0 read gateway-1's traffic"
+        );
+    }
 }
