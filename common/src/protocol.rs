@@ -163,6 +163,10 @@ pub mod http_header {
 pub mod header {
     /// Subject the resolver must reply on. Required on every request.
     pub const CALLBACK: &str = "Imgfetch-Callback";
+    /// On a gateway's liveness answer: the random id of the process answering, drawn at its
+    /// start, so that a new process under an old instance name (a restarted pod) is not taken
+    /// for the one that held a request.
+    pub const INCARNATION: &str = "Imgfetch-Incarnation";
     /// Unix time in milliseconds after which nobody waits for the answer. Optional.
     pub const DEADLINE: &str = "Imgfetch-Deadline";
     /// JetStream de-duplication id; set to the request id.

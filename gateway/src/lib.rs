@@ -147,9 +147,16 @@ pub async fn run(
             config.instance.clone(),
             config.publish_timeout,
         );
+        let incarnation = results.incarnation().to_owned();
         let stop = alive.clone();
         supervisor.until(alive.clone()).spawn("liveness", move || {
-            results::answer_liveness(client.clone(), instance.clone(), timeout, stop.clone())
+            results::answer_liveness(
+                client.clone(),
+                instance.clone(),
+                incarnation.clone(),
+                timeout,
+                stop.clone(),
+            )
         });
     }
     let dispatcher = dispatch::Dispatcher::start(

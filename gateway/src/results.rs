@@ -138,6 +138,12 @@ pub enum State {
     Pending {
         /// The gateway instance whose callback the request carries.
         owner: String,
+        /// The owner's incarnation: the random id its process drew at start. A gateway that
+        /// answers on the owner's liveness subject with another one is a new process under the
+        /// same name (a restarted pod), which never held the request. Empty in records of older
+        /// gateways, whose answers carry none.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        incarnation: String,
         /// When the owner stops waiting; 0 means overdue (a takeover that could not queue the
         /// request again leaves it so, for the next fetch to retry).
         deadline_ms: u64,
@@ -345,6 +351,8 @@ pub struct Results {
     reopened: std::sync::Mutex<Option<Instant>>,
     client: async_nats::Client,
     instance: String,
+    /// This process's random id, drawn at start ([`State::Pending`]'s `incarnation`).
+    incarnation: String,
     archive: Option<Arc<Archive>>,
     timeout: Duration,
 }
@@ -377,6 +385,7 @@ fn unavailable(why: impl std::fmt::Display) -> Failure {
 pub async fn answer_liveness(
     client: async_nats::Client,
     instance: String,
+    incarnation: String,
     timeout: Duration,
     stop: CancellationToken,
 ) -> Result<(), ResultsError> {
@@ -397,7 +406,10 @@ pub async fn answer_liveness(
             return Err(ResultsError::LivenessEnded);
         };
         if let Some(reply) = ping.reply {
-            tokio::time::timeout(timeout, client.publish(reply, name.clone()))
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(protocol::header::INCARNATION, incarnation.as_str());
+            let answer = client.publish_with_headers(reply, headers, name.clone());
+            tokio::time::timeout(timeout, answer)
                 .await
                 .map_err(|_| ResultsError::LivenessTimeout(timeout))?
                 .map_err(ResultsError::LivenessAnswer)?;
@@ -423,6 +435,7 @@ impl Results {
             reopened: std::sync::Mutex::new(None),
             client,
             instance,
+            incarnation: protocol::random_token(),
             archive,
             timeout,
         }))
@@ -478,6 +491,7 @@ impl Results {
             let Ok(deadline_ms) = rx.await else { return };
             let record = origin_c.record(State::Pending {
                 owner: results.instance.clone(),
+                incarnation: results.incarnation.clone(),
                 deadline_ms,
                 attempt: origin_c.attempt,
                 delivering: false,
@@ -643,6 +657,7 @@ impl Results {
                         origin,
                         State::Pending {
                             owner: self.instance.clone(),
+                            incarnation: self.incarnation.clone(),
                             deadline_ms: 0,
                             attempt,
                             delivering: true,
@@ -700,7 +715,7 @@ impl Results {
             if record.identity.as_deref() != client.identity() {
                 return Err(unknown(id));
             }
-            let (owner, deadline_ms, attempt, delivering) = match &record.state {
+            let (owner, incarnation, deadline_ms, attempt, delivering) = match &record.state {
                 State::Done { .. } => return self.replay(id, record).await,
                 State::Unarchived { reason, .. } => {
                     return Err(Failure::new(
@@ -714,14 +729,25 @@ impl Results {
                 State::Failed { code, message, .. } => return Err(Failure::new(*code, message)),
                 State::Pending {
                     owner,
+                    incarnation,
                     deadline_ms,
                     attempt,
                     delivering,
-                } => (owner.clone(), *deadline_ms, *attempt, *delivering),
+                } => (
+                    owner.clone(),
+                    incarnation.clone(),
+                    *deadline_ms,
+                    *attempt,
+                    *delivering,
+                ),
             };
             // An owner delivering the image has no deadline: only its death allows a takeover.
             let overdue = !delivering && now_ms() > deadline_ms;
-            if overdue || (owner != self.instance && !self.alive(&owner).await) {
+            // This instance name, but an earlier process (a restarted pod): gone.
+            let mine = owner == self.instance;
+            let predecessor = mine && !incarnation.is_empty() && incarnation != self.incarnation;
+            let gone = predecessor || (!mine && !self.alive(&owner, &incarnation).await);
+            if overdue || gone {
                 tracing::info!(id, owner, overdue, "taking over a pending request");
                 match self
                     .take_over(id, record, entry.revision, attempt, client, dispatcher)
@@ -742,16 +768,34 @@ impl Results {
         }
     }
 
-    /// Whether gateway `owner` answers on its liveness subject. Only "no responders" counts
-    /// as gone: a slow answer is not proof of death.
-    async fn alive(&self, owner: &str) -> bool {
+    /// Whether gateway `owner`, in its process `incarnation`, answers on its liveness subject.
+    /// "No responders" counts as gone, and so does an answer from another incarnation (a new
+    /// process under the old name); a slow answer is not proof of death, nor an answer without
+    /// an incarnation (an older gateway) or to a record that names none.
+    async fn alive(&self, owner: &str, incarnation: &str) -> bool {
         let ask = self
             .client
             .request(protocol::gateway_subject(owner), Bytes::new());
         match tokio::time::timeout(LIVENESS_TIMEOUT, ask).await {
             Ok(Err(err)) => err.kind() != async_nats::RequestErrorKind::NoResponders,
-            _ => true,
+            Ok(Ok(answer)) => {
+                let answered = answer
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(protocol::header::INCARNATION))
+                    .map(|v| v.as_str().to_owned());
+                match answered {
+                    Some(answered) if !incarnation.is_empty() => answered == incarnation,
+                    _ => true,
+                }
+            }
+            Err(_) => true,
         }
+    }
+
+    /// This process's incarnation, which its liveness answers carry.
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
     }
 
     /// Claims the pending record at `revision` and runs the request again; `None` if another
@@ -776,6 +820,7 @@ impl Results {
             let claim = Record {
                 state: State::Pending {
                     owner: self.instance.clone(),
+                    incarnation: self.incarnation.clone(),
                     deadline_ms,
                     attempt,
                     delivering: false,
@@ -1008,6 +1053,7 @@ mod tests {
             pending.state,
             State::Pending {
                 owner: "gw1".into(),
+                incarnation: String::new(),
                 deadline_ms: 5,
                 attempt: 0,
                 delivering: false,
@@ -1028,6 +1074,7 @@ mod tests {
         };
         let pending = |attempt, delivering| State::Pending {
             owner: "gw".into(),
+            incarnation: "a1".into(),
             deadline_ms: 1,
             attempt,
             delivering,

@@ -327,6 +327,57 @@ async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
     assert_eq!(again.bytes().await.unwrap().as_ref(), bytes.as_slice());
 }
 
+/// A gateway that restarts under its old instance name (a StatefulSet pod, which keeps its
+/// name) answers on that name's liveness subject, but it is a new process that never held the
+/// old one's requests: the record's incarnation tells them apart, and the requests are taken
+/// over at once, by another replica and by the new process itself, instead of after their
+/// deadlines. Before, the other replica took the answer for proof of life, and the new process
+/// took the record for its own, so the requests waited out their deadlines.
+#[tokio::test]
+async fn a_request_held_by_an_earlier_process_of_the_same_name_is_taken_over() {
+    init_logs();
+    let nats = NatsServer::start();
+    let (fake, consumer) = fake_resolver(&nats.url(), "slow").await;
+    let archive = tempfile::tempdir().unwrap();
+    // A deadline far beyond the test's waits: only the incarnation can explain a takeover.
+    let same = |c: &mut imgfetch_gateway::Config| {
+        c.instance = "gw-pod-0".into();
+        c.request_timeout = Duration::from_secs(120);
+    };
+    let first = gateway(&nats, archive.path(), same).await;
+    let mut ws = WsClient::connect(&first.ws_url()).await;
+    for id in ["p-1", "p-2"] {
+        ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
+            .await;
+        assert_eq!(ws.next_json().await["type"], "accepted");
+        let (_, callback, _held) = take_request(&consumer).await;
+        assert!(
+            callback.starts_with("imgfetch.reply.gw-pod-0."),
+            "{callback}"
+        );
+    }
+    first.kill().await;
+
+    // The pod comes back under the same name; another replica runs beside it.
+    let restarted = gateway(&nats, archive.path(), same).await;
+    let other = gateway(&nats, archive.path(), |c| c.instance = "gw-pod-1".into()).await;
+    let bytes = sample(IMAGE);
+    for (id, asked, by) in [("p-1", &other, "gw-pod-1"), ("p-2", &restarted, "gw-pod-0")] {
+        let url = asked.http(&format!("/v1/requests/{id}"));
+        let fetch = tokio::spawn(async move { get(&url, None, None).await });
+        let (retry_id, retry_callback, _) = take_request(&consumer).await;
+        assert_eq!(retry_id, format!("{id}.retry.1"));
+        assert!(
+            retry_callback.starts_with(&format!("imgfetch.reply.{by}.")),
+            "{retry_callback}"
+        );
+        answer_image(&fake, retry_callback, id, "slow", "a.jpg", bytes.clone()).await;
+        let r = fetch.await.unwrap();
+        assert_eq!(r.status(), 200, "{id}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    }
+}
+
 /// Asks `gateway` over a websocket for request `id` of network `slow`, which the stand-in
 /// takes (its callback and message are returned); then the client says goodbye and waits for
 /// the gateway to close its end: nobody waits for the answer any more.
