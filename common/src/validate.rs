@@ -167,7 +167,10 @@ pub fn callback(subject: &str) -> Result<(), Invalid> {
         crate::protocol::GATEWAY_INBOX_PREFIX,
         crate::protocol::RESOLVER_INBOX_PREFIX,
     ] {
-        if subject == own || subject.starts_with(&format!("{own}.")) {
+        let under = subject
+            .strip_prefix(own)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
+        if under {
             return Err(invalid(F, format!("must not be under {own}")));
         }
     }
