@@ -255,9 +255,14 @@ async fn a_stream_deleted_under_load_is_recreated_and_every_request_gets_an_answ
             last
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = ok.load(Ordering::Relaxed);
-    assert!(before > 0, "requests were answered before the deletion");
+    // Load first: some answers before the deletion (a wait for that, not a fixed sleep that a
+    // busy machine can outlast).
+    eventually(
+        "requests answered before the deletion",
+        Duration::from_secs(20),
+        || async { (ok.load(Ordering::Relaxed) > 0).then_some(()) },
+    )
+    .await;
     let start = Instant::now();
     assert!(s.js.delete_stream(DEFAULT_STREAM).await.unwrap().success);
     dipped_and_recovered(&seen).await;
