@@ -131,11 +131,11 @@ pub enum ProvisionError {
     )]
     MissingStream(String),
     /// Provisioning is off and the stream does not capture a network's subject.
-    #[error("stream {stream:?} does not capture {subject:?} (provisioning is off)")]
+    #[error("stream {stream:?} does not capture {subject} (provisioning is off)")]
     MissingSubject {
         /// Stream name.
         stream: String,
-        /// The missing subject.
+        /// The missing subjects, each quoted.
         subject: String,
     },
     /// Provisioning is off and a network's consumer does not exist.
@@ -160,7 +160,7 @@ pub enum ProvisionError {
         wanted: String,
     },
     /// Other replicas kept changing the stream while this one tried to add its subject.
-    #[error("could not add {subject:?} to stream {stream:?} after {attempts} attempts")]
+    #[error("could not add {subject} to stream {stream:?} after {attempts} attempts")]
     Contention {
         /// Stream name.
         stream: String,
@@ -212,6 +212,15 @@ pub fn networks_of(config: &stream::Config, origin: Origin) -> BTreeSet<String> 
         .filter(|(o, n)| *o == origin && crate::validate::network(n).is_ok())
         .map(|(_, n)| n.to_owned())
         .collect()
+}
+
+/// `"a", "b"`: subjects for an error message.
+fn quoted(subjects: &[String]) -> String {
+    subjects
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The subjects of one network's requests: the gateways', then the hand publishers'.
@@ -280,7 +289,7 @@ pub async fn ensure_network_subject(
         if !create {
             return Err(ProvisionError::MissingSubject {
                 stream: settings.name.clone(),
-                subject: missing.join(", "),
+                subject: quoted(&missing),
             });
         }
         let mut config = info.config;
@@ -302,7 +311,7 @@ pub async fn ensure_network_subject(
     }
     Err(ProvisionError::Contention {
         stream: settings.name.clone(),
-        subject: subjects.join(", "),
+        subject: quoted(&subjects),
         attempts: ATTEMPTS,
     })
 }

@@ -3,9 +3,10 @@
 //!
 //! Every gateway subscribes to `imgfetch.req.>`, the hand publishers' request subjects, in one
 //! queue group, so exactly one sees each such request (the gateways' own requests go to
-//! `imgfetch.gwreq.>` and never reach it). It answers only when the stream, read fresh, does not capture the subject: a stored
-//! request is left to the resolvers, and never gets two answers. Likewise it answers a request
-//! larger than the stream's message limit, which the stream refuses without a word.
+//! `imgfetch.gwreq.>` and never reach it). It answers only when the stream, read fresh, does
+//! not capture the subject: a stored request is left to the resolvers, and never gets two
+//! answers. Likewise it answers a request larger than the stream's message limit, which the
+//! stream refuses without a word.
 
 use std::sync::Arc;
 use std::time::Duration;

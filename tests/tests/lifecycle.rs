@@ -215,7 +215,7 @@ async fn without_provisioning_a_resolver_only_verifies() {
     let err = Resolver::start_err(other).await;
     assert!(
         err.to_string()
-            .contains("does not capture \"imgfetch.req.plant\""),
+            .contains("does not capture \"imgfetch.gwreq.plant\", \"imgfetch.req.plant\""),
         "{err}"
     );
 }
