@@ -14,6 +14,8 @@ use crate::protocol::header;
 pub const MAX_TEXT_CHARS: usize = 256;
 /// Most extras kept.
 pub const MAX_EXTRAS: usize = 32;
+/// The names of the typed fields, which no extra may take.
+pub const FIELD_NAMES: [&str; 5] = ["location", "latitude", "longitude", "captured_at", "device"];
 
 /// Where an image was taken: a place name, coordinates, or both.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
