@@ -780,7 +780,7 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
 /// `X-Request-Id` if there is a newline.
 ///
 /// An image path reaches its handler with the network and key percent-decoded exactly once,
-/// whenever both are non-empty and decode to UTF-8; a request built from them that passes the
+/// whenever the key is non-empty and both decode to UTF-8; a request built from them that passes the
 /// validators has a relative key with no empty, `.` or `..` segment and no escape left (so
 /// nothing downstream can decode it into a climb). The id is the `X-Request-Id` if valid, a
 /// fresh valid one without it, and `invalid_request` otherwise. A result path's id is decoded
@@ -807,10 +807,12 @@ pub fn http_path(data: &[u8]) {
         .expect("routing is infallible");
     let routed = response.extensions().get::<Routed>().cloned();
     let path = uri.path();
+    // The router matches an empty network segment (`/v1/images//a`; validation refuses it)
+    // but never an empty key.
     let image_parts = path
         .strip_prefix("/v1/images/")
         .and_then(|rest| rest.split_once('/'))
-        .filter(|(n, k)| !n.is_empty() && !k.is_empty());
+        .filter(|(_, k)| !k.is_empty());
     let result_part = path
         .strip_prefix("/v1/requests/")
         .filter(|id| !id.is_empty() && !id.contains('/'));
