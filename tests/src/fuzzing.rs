@@ -969,9 +969,9 @@ pub fn value_text(kind: u8, n: u64) -> String {
             let secs = (n >> 8) as i64 % span - 377_705_116_800;
             let offset = time::UtcOffset::from_whole_seconds(((n & 0xff) as i32 - 128) * 600)
                 .unwrap_or(time::UtcOffset::UTC);
-            let t = OffsetDateTime::from_unix_timestamp(secs)
-                .expect("in range")
-                .to_offset(offset);
+            let utc = OffsetDateTime::from_unix_timestamp(secs).expect("in range");
+            // Near the ends of the range an offset can leave it; keep UTC there.
+            let t = utc.checked_to_offset(offset).unwrap_or(utc);
             let t = if n & 1 == 1 {
                 t.replace_nanosecond((n % 1_000_000_000) as u32)
                     .unwrap_or(t)
