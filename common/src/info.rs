@@ -14,6 +14,8 @@ use crate::protocol::header;
 pub const MAX_TEXT_CHARS: usize = 256;
 /// Most extras kept.
 pub const MAX_EXTRAS: usize = 32;
+/// The names of the typed fields, which no extra may take.
+pub const FIELD_NAMES: [&str; 5] = ["location", "latitude", "longitude", "captured_at", "device"];
 
 /// Where an image was taken: a place name, coordinates, or both.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -92,33 +94,49 @@ impl ImageInfo {
         }
     }
 
-    /// Reads the record back from reply headers. Values that do not parse are left out.
+    /// Reads the record back from reply headers. Values that do not parse are left out, and
+    /// free text is held to the rules every source's values follow (what a resolver writes
+    /// passes unchanged): location, device and extras are cleaned by [`clean_text`], extras
+    /// need a name that [`extra_name_ok`], and at most [`MAX_EXTRAS`] are kept, the first by
+    /// name. `meta` is read as sent.
     pub fn from_headers(headers: &HeaderMap) -> ImageInfo {
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         let mut info = ImageInfo {
             network: get(header::NETWORK).unwrap_or_default(),
             location: Location {
-                name: get(header::LOCATION),
+                name: get(header::LOCATION).and_then(|v| clean_text(&v)),
                 latitude: get(header::LATITUDE).and_then(|v| parse_degrees(&v, 90.0)),
                 longitude: get(header::LONGITUDE).and_then(|v| parse_degrees(&v, 180.0)),
             },
             captured_at: get(header::CAPTURED_AT).and_then(|v| normalise_time(&v)),
-            device: get(header::DEVICE),
+            device: get(header::DEVICE).and_then(|v| clean_text(&v)),
             ..ImageInfo::default()
         };
         for (name, values) in headers.iter() {
             let name: &str = name.as_ref();
-            let Some(value) = values.first().map(|v| v.as_str().to_owned()) else {
+            let Some(value) = values.first().map(|v| v.as_str()) else {
                 continue;
             };
             if let Some(k) = name.strip_prefix(header::EXTRA_PREFIX) {
-                info.extras.insert(k.to_owned(), value);
+                if let (true, Some(v)) = (extra_name_ok(k), clean_text(value)) {
+                    info.extras.insert(k.to_owned(), v);
+                }
             } else if let Some(k) = name.strip_prefix(header::META_PREFIX) {
-                info.meta.insert(k.to_owned(), value);
+                info.meta.insert(k.to_owned(), value.to_owned());
             }
+        }
+        // Headers come in no particular order; keep the same extras whatever it was.
+        while info.extras.len() > MAX_EXTRAS {
+            info.extras.pop_last();
         }
         info
     }
+}
+
+/// Whether an extra may have this name: a token of at most 64 bytes of `[A-Za-z0-9_-]` that is
+/// not one of the [`FIELD_NAMES`] (the names a resolver gives extras always are).
+pub fn extra_name_ok(name: &str) -> bool {
+    crate::validate::network(name).is_ok() && !FIELD_NAMES.contains(&name)
 }
 
 /// Parses decimal degrees within `±limit`.
@@ -166,6 +184,32 @@ mod tests {
         let mut headers = HeaderMap::new();
         info.write_headers(&mut headers);
         assert_eq!(ImageInfo::from_headers(&headers), info);
+    }
+
+    /// Found by the `image_info_headers` fuzz target: the gateway took free text from reply
+    /// headers as it came, untrimmed, with control characters, past the length limit, and
+    /// any number of extras under any name.
+    #[test]
+    fn reply_headers_are_held_to_the_source_rules() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::LOCATION, "  Qingdao\u{1b}[0m harbor\t ");
+        headers.insert(header::DEVICE, "x".repeat(1000).as_str());
+        headers.insert(header::EXTRA_PREFIX, "no name");
+        headers.insert(
+            format!("{}location", header::EXTRA_PREFIX).as_str(),
+            "a field's",
+        );
+        headers.insert(format!("{}blank", header::EXTRA_PREFIX).as_str(), " \u{1} ");
+        for i in 0..40 {
+            headers.insert(format!("{}e{i:02}", header::EXTRA_PREFIX).as_str(), " v ");
+        }
+        let info = ImageInfo::from_headers(&headers);
+        assert_eq!(info.location.name.as_deref(), Some("Qingdao[0m harbor"));
+        assert_eq!(info.device.map(|d| d.len()), Some(MAX_TEXT_CHARS));
+        let expected: BTreeMap<String, String> = (0..MAX_EXTRAS)
+            .map(|i| (format!("e{i:02}"), "v".to_string()))
+            .collect();
+        assert_eq!(info.extras, expected);
     }
 
     #[test]

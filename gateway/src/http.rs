@@ -110,13 +110,22 @@ pub struct AppState {
     pub auth: Auth,
 }
 
+/// The image route: the network is one path segment, the key all the rest. axum hands both to
+/// the image handler percent-decoded once; the token's check and [`Dispatcher::submit`]'s
+/// validation are all that happens to them before they are queued.
+pub const IMAGE_ROUTE: &str = "/v1/images/{network}/{*key}";
+/// A past answer, by id.
+pub const RESULT_ROUTE: &str = "/v1/requests/{id}";
+/// The websocket upgrade (its query: [`WsParams`]).
+pub const WS_ROUTE: &str = "/v1/ws";
+
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/images/{network}/{*key}", get(get_image))
-        .route("/v1/requests/{id}", get(get_result))
+        .route(IMAGE_ROUTE, get(get_image))
+        .route(RESULT_ROUTE, get(get_result))
         .route("/v1/networks", get(list_networks))
-        .route("/v1/ws", get(websocket))
+        .route(WS_ROUTE, get(websocket))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -213,23 +222,29 @@ async fn get_image(
         Ok(c) => c,
         Err(f) => return error_response(None, &f),
     };
-    let id = match headers.get(REQUEST_ID) {
-        Some(v) => match v.to_str().ok().filter(|s| validate::id(s).is_ok()) {
-            Some(s) => s.to_owned(),
-            None => {
-                let f = Failure::new(
-                    ErrorCode::InvalidRequest,
-                    "X-Request-Id must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_'",
-                );
-                return error_response(None, &f);
-            }
-        },
-        None => crate::dispatch::new_id(),
+    let id = match request_id(&headers) {
+        Ok(id) => id,
+        Err(f) => return error_response(None, &f),
     };
     let span = tracing::error_span!("request", id, network);
     answer_image(state, client, id, network, key)
         .instrument(span)
         .await
+}
+
+/// The id of an image request: its `X-Request-Id` if that is a valid id, a fresh one if it has
+/// none, and `invalid_request` otherwise.
+pub fn request_id(headers: &HeaderMap) -> Result<String, Failure> {
+    match headers.get(REQUEST_ID) {
+        Some(v) => match v.to_str().ok().filter(|s| validate::id(s).is_ok()) {
+            Some(s) => Ok(s.to_owned()),
+            None => Err(Failure::new(
+                ErrorCode::InvalidRequest,
+                "X-Request-Id must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_'",
+            )),
+        },
+        None => Ok(crate::dispatch::new_id()),
+    }
 }
 
 /// The rest of `GET /v1/images`, within the request's span.
@@ -357,9 +372,9 @@ async fn get_result(
 
 /// Query parameters of the websocket upgrade.
 #[derive(Debug, serde::Deserialize)]
-struct WsParams {
+pub struct WsParams {
     /// The bearer token, for browsers, which cannot set headers on a websocket.
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 async fn websocket(

@@ -98,6 +98,50 @@ fn error_frame(id: Option<&str>, failure: &Failure) -> Message {
     })
 }
 
+/// What a client's text frame asks for.
+#[derive(Debug)]
+pub enum Asked {
+    /// Fetch an image; the id is the gateway's own when the frame had none. Not validated
+    /// yet: [`Dispatcher::submit`] does that, after the token's checks.
+    Fetch(FetchRequest),
+    /// Replay the answer to an earlier request (the id is validated when it is looked up).
+    Result {
+        /// The earlier request's id, as sent.
+        id: String,
+    },
+}
+
+/// Reads one text frame from the client. A frame that is not a [`ClientFrame`] is the
+/// `invalid_request` failure that its `error` frame (without an id) carries.
+pub fn read_frame(text: &str) -> Result<Asked, Failure> {
+    match serde_json::from_str::<ClientFrame>(text) {
+        Ok(ClientFrame::Fetch {
+            id,
+            network,
+            key,
+            meta,
+        }) => Ok(Asked::Fetch(FetchRequest {
+            id: id.unwrap_or_else(crate::dispatch::new_id),
+            network: Some(network),
+            key,
+            meta,
+        })),
+        Ok(ClientFrame::Result { id }) => Ok(Asked::Result { id }),
+        Err(err) => Err(Failure::new(
+            ErrorCode::InvalidRequest,
+            format!("malformed frame: {err}"),
+        )),
+    }
+}
+
+/// What a binary frame from the client gets: an `error` frame, and the session goes on.
+pub fn binary_frame_refused() -> Failure {
+    Failure::new(
+        ErrorCode::InvalidRequest,
+        "binary frames are not accepted; send JSON text frames",
+    )
+}
+
 /// Runs one websocket session until the client leaves, the client is too slow, or shutdown
 /// (then in-flight requests still get their answers).
 pub async fn session<W, R, E>(
@@ -192,10 +236,7 @@ pub async fn session<W, R, E>(
         let text = match next {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
-                let f = Failure::new(
-                    ErrorCode::InvalidRequest,
-                    "binary frames are not accepted; send JSON text frames",
-                );
+                let f = binary_frame_refused();
                 let _ = out_tx.send(Out::Frames(vec![error_frame(None, &f)])).await;
                 continue;
             }
@@ -210,19 +251,9 @@ pub async fn session<W, R, E>(
                 break;
             }
         };
-        let request = match serde_json::from_str::<ClientFrame>(text.as_str()) {
-            Ok(ClientFrame::Fetch {
-                id,
-                network,
-                key,
-                meta,
-            }) => FetchRequest {
-                id: id.unwrap_or_else(crate::dispatch::new_id),
-                network: Some(network),
-                key,
-                meta,
-            },
-            Ok(ClientFrame::Result { id }) => {
+        let request = match read_frame(text.as_str()) {
+            Ok(Asked::Fetch(request)) => request,
+            Ok(Asked::Result { id }) => {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     let f = too_many(limits.max_in_flight);
                     let _ = out_tx
@@ -263,8 +294,7 @@ pub async fn session<W, R, E>(
                 });
                 continue;
             }
-            Err(err) => {
-                let f = Failure::new(ErrorCode::InvalidRequest, format!("malformed frame: {err}"));
+            Err(f) => {
                 let _ = out_tx.send(Out::Frames(vec![error_frame(None, &f)])).await;
                 continue;
             }

@@ -7,14 +7,22 @@
 //! [`arbitrary`], the same way `libfuzzer-sys` would. See `docs/FUZZING.md`.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use imgfetch_common::codec;
-use imgfetch_common::info::{normalise_time, MAX_EXTRAS, MAX_TEXT_CHARS};
-use imgfetch_common::protocol::{self, FetchRequest};
+use imgfetch_common::info::{
+    clean_text, normalise_time, ImageInfo, FIELD_NAMES, MAX_EXTRAS, MAX_TEXT_CHARS,
+};
+use imgfetch_common::protocol::{self, header, ErrorCode, FetchRequest};
 use imgfetch_common::validate;
 use imgfetch_gateway::archive;
+use imgfetch_gateway::config::defaults;
+use imgfetch_gateway::http;
+use imgfetch_gateway::outcome::Failure;
 use imgfetch_gateway::template::{self, Template};
+use imgfetch_gateway::transfer::Head;
+use imgfetch_gateway::ws::{self, Asked};
 use imgfetch_resolver::info::{self, FieldValue, Partial};
 use time::OffsetDateTime;
 
@@ -22,13 +30,17 @@ use time::OffsetDateTime;
 pub type Check = fn(&[u8]);
 
 /// Every target: its name (the directory of its corpus) and its body.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 10] = [
     ("decode", decode),
     ("validate", validators),
     ("sidecar", sidecar),
     ("fields", fields),
     ("exif", exif),
     ("archive_path", archive_path),
+    ("ws_frame", ws_frame),
+    ("http_path", http_path),
+    ("image_info_headers", image_info_headers),
+    ("stream_headers", stream_headers),
 ];
 
 /// `codec::decode` on any bytes: no panic; a decoded request round-trips through msgpack
@@ -474,4 +486,700 @@ pub fn check_segment(value: &str) {
         "{value:?} -> {s:?}"
     );
     assert!(s.len() <= template::MAX_VALUE_BYTES, "{value:?} -> {s:?}");
+}
+
+// The gateway's readers of what clients and resolvers send: websocket frames, HTTP paths,
+// reply headers (associated information) and the heads of streamed answers.
+
+/// Largest message a websocket client may send, as the gateway configures its sockets
+/// (the default of `--max-client-frame-bytes`).
+pub const WS_LIMIT: usize = defaults::MAX_CLIENT_FRAME_BYTES;
+
+/// The in-memory socket the `ws_frame` target reads client frames from (and writes any reply to).
+struct Wire {
+    input: std::io::Cursor<Vec<u8>>,
+    output: Vec<u8>,
+}
+
+impl std::io::Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl std::io::Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A websocket message from a client, as the gateway reads it: masked frames read by
+/// tungstenite (the version axum uses) with the gateway's limits, then each text message through
+/// `ws::read_frame` and, for a fetch, the validation `Dispatcher::submit` applies.
+///
+/// Input: a flags byte (bit 0: binary, bit 1: sent as two fragments, bit 2: padded with JSON
+/// whitespace to `WS_LIMIT - 128 + <next byte>` bytes), then the payload.
+///
+/// A message over `WS_LIMIT` bytes never reaches the session; one within it arrives whole. A
+/// text frame is a fetch or a replay that says exactly what the JSON says, or an
+/// `invalid_request` failure; a fetch that passes the validators satisfies every rule (as in
+/// `decode`); JSON of the right shape is never refused. A binary frame is `invalid_request`.
+pub fn ws_frame(data: &[u8]) {
+    use std::io::Read as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let binary = flags & 1 != 0;
+    let fragmented = flags & 2 != 0;
+    let mut payload = rest.to_vec();
+    if flags & 4 != 0 {
+        let (pad, text) = rest.split_at(rest.len().min(1));
+        let target = WS_LIMIT - 128 + usize::from(pad.first().copied().unwrap_or(0));
+        payload = text.to_vec();
+        if payload.len() < target {
+            payload.resize(target, b' ');
+        }
+    }
+    let opcode = if binary { Data::Binary } else { Data::Text };
+    let parts: Vec<(&[u8], Data, bool)> = if fragmented && payload.len() >= 2 {
+        let (a, b) = payload.split_at(payload.len() / 2);
+        vec![(a, opcode, false), (b, Data::Continue, true)]
+    } else {
+        vec![(&payload[..], opcode, true)]
+    };
+    let mut wire = Vec::new();
+    for (part, op, fin) in parts {
+        let mut frame = Frame::message(part.to_vec(), OpCode::Data(op), fin);
+        // Clients must mask; any mask will do.
+        frame.header_mut().mask = Some([0x37, 0xfa, 0x21, 0x3d]);
+        frame.format(&mut wire).expect("a frame formats");
+    }
+    // As `http::websocket` configures the upgrade.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(WS_LIMIT))
+        .max_frame_size(Some(WS_LIMIT));
+    let stream = Wire {
+        input: std::io::Cursor::new(wire),
+        output: Vec::new(),
+    };
+    let mut socket = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
+    let mut messages = Vec::new();
+    let error = loop {
+        match socket.read() {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => messages.push(m),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let mut unread = Vec::new();
+    let _ = socket.get_mut().input.read_to_end(&mut unread);
+
+    let size = payload.len();
+    if size > WS_LIMIT {
+        assert!(
+            messages.is_empty(),
+            "a {size}-byte message passed the {WS_LIMIT}-byte limit"
+        );
+        assert!(
+            matches!(error, Error::Capacity(_) | Error::Utf8(_)),
+            "a {size}-byte message ended in {error:?}"
+        );
+        return;
+    }
+    if binary {
+        assert_eq!(messages.len(), 1, "{size} bytes, {error:?}");
+        assert_eq!(messages[0], Message::Binary(payload.into()));
+        let refused = ws::binary_frame_refused();
+        assert_eq!(refused.code, ErrorCode::InvalidRequest);
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(&payload) else {
+        assert!(messages.is_empty(), "invalid UTF-8 delivered as text");
+        return;
+    };
+    assert_eq!(messages.len(), 1, "{size} bytes of text, {error:?}");
+    assert_eq!(messages[0], Message::Text(text.into()));
+    check_client_frame(text);
+}
+
+/// What the session makes of one text frame, checked against the JSON it holds.
+pub fn check_client_frame(text: &str) {
+    use serde_json::Value;
+    let value = serde_json::from_str::<Value>(text).ok();
+    let field = |name: &str| value.as_ref().and_then(|v| v.get(name)).cloned();
+    match ws::read_frame(text) {
+        Ok(Asked::Fetch(req)) => {
+            assert!(
+                frame_shape(value.as_ref().expect("an accepted frame is JSON")) == Some("fetch"),
+                "{text:?}"
+            );
+            let network = req.network.clone().expect("a fetch names its network");
+            assert_eq!(field("network"), Some(Value::String(network.clone())));
+            assert_eq!(field("key"), Some(Value::String(req.key.clone())));
+            match field("id") {
+                Some(Value::String(id)) => assert_eq!(id, req.id),
+                // The gateway's own id, which is valid.
+                None | Some(Value::Null) => check_token(&req.id, validate::MAX_ID_LEN),
+                other => panic!("id {other:?} accepted in {text:?}"),
+            }
+            let meta: BTreeMap<String, String> = match field("meta") {
+                None => BTreeMap::new(),
+                Some(m) => serde_json::from_value(m).expect("meta is a map of strings"),
+            };
+            assert_eq!(meta, req.meta);
+            // What `Dispatcher::submit` does next.
+            match validate::request(&req, &network) {
+                Ok(()) => check_valid_request(&req, &network),
+                Err(e) => {
+                    assert!(["id", "network", "key", "meta"].contains(&e.field), "{e:?}");
+                    assert!(!e.reason.is_empty());
+                }
+            }
+        }
+        Ok(Asked::Result { id }) => {
+            assert!(
+                frame_shape(value.as_ref().expect("an accepted frame is JSON")) == Some("result"),
+                "{text:?}"
+            );
+            assert_eq!(field("id"), Some(Value::String(id.clone())));
+            if validate::id(&id).is_ok() {
+                check_token(&id, validate::MAX_ID_LEN);
+            }
+        }
+        Err(f) => {
+            assert_eq!(f.code, ErrorCode::InvalidRequest, "{f:?}");
+            assert!(f.message.starts_with("malformed frame: "), "{f:?}");
+            // A frame of the right shape is refused only for what its JSON text says twice
+            // (a duplicate field); written once, it is read.
+            if let Some(v) = value.as_ref().filter(|v| frame_shape(v).is_some()) {
+                let once = serde_json::to_string(v).expect("JSON writes");
+                assert!(
+                    ws::read_frame(&once).is_ok(),
+                    "{once:?} refused: {:?}",
+                    ws::read_frame(&once)
+                );
+            }
+        }
+    }
+}
+
+/// `Some("fetch")` or `Some("result")` for JSON shaped like that client frame.
+fn frame_shape(v: &serde_json::Value) -> Option<&'static str> {
+    use serde_json::Value;
+    let obj = v.as_object()?;
+    let only = |names: &[&str]| obj.keys().all(|k| names.contains(&k.as_str()));
+    let string = |name: &str| obj.get(name).is_some_and(Value::is_string);
+    match obj.get("type")?.as_str()? {
+        "fetch" => {
+            let id_ok = matches!(obj.get("id"), None | Some(Value::Null | Value::String(_)));
+            let meta_ok = match obj.get("meta") {
+                None => true,
+                Some(Value::Object(m)) => m.values().all(Value::is_string),
+                Some(_) => false,
+            };
+            (only(&["type", "id", "network", "key", "meta"])
+                && id_ok
+                && meta_ok
+                && string("network")
+                && string("key"))
+            .then_some("fetch")
+        }
+        "result" => (only(&["type", "id"]) && string("id")).then_some("result"),
+        _ => None,
+    }
+}
+
+/// What the test router's handlers saw: the extractors of the gateway's handlers, on the
+/// gateway's routes.
+#[derive(Clone, Debug)]
+enum Routed {
+    Image {
+        network: String,
+        key: String,
+        id: Result<String, Failure>,
+    },
+    Result {
+        id: String,
+    },
+    Ws {
+        token: Option<String>,
+    },
+}
+
+/// The gateway's routes (`http::IMAGE_ROUTE`, `RESULT_ROUTE`, `WS_ROUTE`) with the extractors
+/// of its handlers, reporting what they extracted instead of acting on it.
+fn path_router() -> &'static axum::Router {
+    use axum::extract::{Path, Query};
+    use axum::routing::get;
+    use axum::Extension;
+    static ROUTER: OnceLock<axum::Router> = OnceLock::new();
+    ROUTER.get_or_init(|| {
+        axum::Router::new()
+            .route(
+                http::IMAGE_ROUTE,
+                get(
+                    |Path((network, key)): Path<(String, String)>,
+                     headers: axum::http::HeaderMap| async move {
+                        let id = http::request_id(&headers);
+                        Extension(Routed::Image { network, key, id })
+                    },
+                ),
+            )
+            .route(
+                http::RESULT_ROUTE,
+                get(|Path(id): Path<String>| async move { Extension(Routed::Result { id }) }),
+            )
+            .route(
+                http::WS_ROUTE,
+                get(|Query(params): Query<http::WsParams>| async move {
+                    Extension(Routed::Ws {
+                        token: params.token,
+                    })
+                }),
+            )
+    })
+}
+
+/// A path segment percent-decoded once, as axum decodes path parameters; `None` if the result
+/// is not UTF-8.
+fn decoded(raw: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+/// The `name=value` pairs of a query string, decoded as `application/x-www-form-urlencoded`.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let spaced = s.replace('+', " ");
+        String::from_utf8_lossy(&percent_encoding::percent_decode_str(&spaced).collect::<Vec<u8>>())
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(n), decode(v))
+        })
+        .collect()
+}
+
+/// A GET request through the gateway's routes and extractors, then the gateway's checks.
+///
+/// Input: the request target (path and query) up to the first newline, then the value of
+/// `X-Request-Id` if there is a newline.
+///
+/// An image path reaches its handler with the network and key percent-decoded exactly once,
+/// whenever the key is non-empty and both decode to UTF-8; a request built from them that passes the
+/// validators has a relative key with no empty, `.` or `..` segment and no escape left (so
+/// nothing downstream can decode it into a climb). The id is the `X-Request-Id` if valid, a
+/// fresh valid one without it, and `invalid_request` otherwise. A result path's id is decoded
+/// once. The websocket query's `token` is the decoded value of its one `token` pair.
+pub fn http_path(data: &[u8]) {
+    use tower::ServiceExt as _;
+    let (target, id_header) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], Some(&data[i + 1..])),
+        None => (data, None),
+    };
+    // What hyper would refuse before any routing.
+    let Ok(uri) = axum::http::Uri::try_from(target) else {
+        return;
+    };
+    let header = id_header.and_then(|v| axum::http::HeaderValue::from_bytes(v).ok());
+    let mut request = axum::http::Request::get(uri.clone());
+    if let Some(v) = &header {
+        request = request.header(http::REQUEST_ID, v.clone());
+    }
+    let Ok(request) = request.body(axum::body::Body::empty()) else {
+        return;
+    };
+    let response = futures::executor::block_on(path_router().clone().oneshot(request))
+        .expect("routing is infallible");
+    let routed = response.extensions().get::<Routed>().cloned();
+    let path = uri.path();
+    // The router matches an empty network segment (`/v1/images//a`; validation refuses it)
+    // but never an empty key.
+    let image_parts = path
+        .strip_prefix("/v1/images/")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(_, k)| !k.is_empty());
+    let result_part = path
+        .strip_prefix("/v1/requests/")
+        .filter(|id| !id.is_empty() && !id.contains('/'));
+    let query = form_pairs(uri.query().unwrap_or(""));
+    let tokens: Vec<&String> = query
+        .iter()
+        .filter(|(n, _)| n == "token")
+        .map(|(_, v)| v)
+        .collect();
+
+    match routed {
+        Some(Routed::Image { network, key, id }) => {
+            let (raw_network, raw_key) = image_parts.expect("only image paths reach it");
+            assert_eq!(
+                decoded(raw_network).as_deref(),
+                Some(network.as_str()),
+                "{path:?}"
+            );
+            assert_eq!(decoded(raw_key).as_deref(), Some(key.as_str()), "{path:?}");
+            let sent = header
+                .as_ref()
+                .map(|v| v.to_str().ok().filter(|s| validate::id(s).is_ok()));
+            let id = match (sent, id) {
+                (None, Ok(fresh)) => fresh,
+                (Some(Some(sent)), Ok(id)) => {
+                    assert_eq!(sent, id);
+                    id
+                }
+                (Some(None), Err(f)) => {
+                    assert_eq!(f.code, ErrorCode::InvalidRequest);
+                    return;
+                }
+                (sent, id) => panic!("X-Request-Id {sent:?} gave {id:?}"),
+            };
+            check_token(&id, validate::MAX_ID_LEN);
+            let req = FetchRequest {
+                id,
+                network: Some(network.clone()),
+                key,
+                meta: BTreeMap::new(),
+            };
+            if validate::request(&req, &network).is_ok() {
+                check_valid_request(&req, &network);
+            }
+        }
+        Some(Routed::Result { id }) => {
+            let raw = result_part.expect("only result paths reach it");
+            assert_eq!(decoded(raw).as_deref(), Some(id.as_str()), "{path:?}");
+            if validate::id(&id).is_ok() {
+                check_token(&id, validate::MAX_ID_LEN);
+            }
+        }
+        Some(Routed::Ws { token }) => {
+            assert_eq!(path, "/v1/ws");
+            match tokens.as_slice() {
+                [] => assert_eq!(token, None, "{uri}"),
+                [one] => assert_eq!(token.as_ref(), Some(*one), "{uri}"),
+                _ => panic!("{uri}: several tokens, and {token:?} taken"),
+            }
+        }
+        None => {
+            let status = response.status();
+            if let Some((n, k)) = image_parts {
+                assert!(
+                    decoded(n).is_none() || decoded(k).is_none(),
+                    "{path:?} did not reach the image handler ({status})"
+                );
+            }
+            if let Some(id) = result_part {
+                assert!(
+                    decoded(id).is_none(),
+                    "{path:?} did not reach the result handler ({status})"
+                );
+            }
+            if path == "/v1/ws" {
+                assert!(tokens.len() > 1, "{uri} refused ({status})");
+            }
+        }
+    }
+}
+
+/// Reads (name, value) pairs from the fuzzer's bytes and builds the NATS header map they make,
+/// leaving out what a `HeaderMap` cannot hold (as no message off the wire can).
+///
+/// Each pair: a name byte `t` (below 0x40: `names[t % len]`; below 0x80:
+/// `prefixes[t % len]` followed by a text of the next byte's length; otherwise a text of
+/// `t - 0x80` bytes), then a value byte `v` (below 0xc0: a text of `v` bytes; otherwise a
+/// number: eight bytes, written in the way `v & 0x3f` picks, see [`value_text`]).
+pub fn header_input(
+    data: &[u8],
+    names: &[&str],
+    prefixes: &[&str],
+) -> (Vec<(String, String)>, async_nats::HeaderMap) {
+    fn text(u: &mut Unstructured<'_>, len: usize) -> String {
+        let n = len.min(u.len());
+        String::from_utf8_lossy(u.bytes(n).unwrap_or_default()).into_owned()
+    }
+    let mut u = Unstructured::new(data);
+    let mut entries = Vec::new();
+    while !u.is_empty() {
+        let tag: u8 = u.arbitrary().unwrap_or(0);
+        let name = match tag {
+            0..=0x3f => names[usize::from(tag) % names.len()].to_owned(),
+            0x40..=0x7f => {
+                let len: u8 = u.arbitrary().unwrap_or(0);
+                let prefix = prefixes[usize::from(tag) % prefixes.len()];
+                format!("{prefix}{}", text(&mut u, usize::from(len)))
+            }
+            _ => text(&mut u, usize::from(tag - 0x80)),
+        };
+        let vtag: u8 = u.arbitrary().unwrap_or(0);
+        let value = if vtag < 0xc0 {
+            text(&mut u, usize::from(vtag))
+        } else {
+            value_text(vtag & 0x3f, u.arbitrary().unwrap_or(0))
+        };
+        entries.push((name, value));
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    let mut kept = Vec::new();
+    for (name, value) in entries {
+        if let (Ok(n), Ok(v)) = (
+            name.parse::<async_nats::header::HeaderName>(),
+            value.parse::<async_nats::HeaderValue>(),
+        ) {
+            headers.append(n, v);
+            kept.push((name, value));
+        }
+    }
+    (kept, headers)
+}
+
+/// A value made from a number, in one of several spellings (`kind`): plain, padded, signed,
+/// past `u64::MAX`, fractional, small, a flow subject, degrees near the limits, any `f64`, with
+/// a leading zero, an RFC 3339 time (canonical or with a fraction), or a long text (ASCII or
+/// not) for the length limits.
+pub fn value_text(kind: u8, n: u64) -> String {
+    match kind % 14 {
+        0 => n.to_string(),
+        1 => format!(" {n}\t"),
+        2 => format!("+{n}"),
+        3 => format!("-{n}"),
+        4 => (u128::from(n) + u128::from(u64::MAX) + 1).to_string(),
+        5 => format!("{n}.5"),
+        6 => (n % 1000).to_string(),
+        7 => format!("{}.{n:x}", protocol::FLOW_PREFIX),
+        8 => (n as f64 / u64::MAX as f64 * 400.0 - 200.0).to_string(),
+        9 => f64::from_bits(n).to_string(),
+        10 => format!("0{n}"),
+        12 => format!(" {} ", "x".repeat((n % 600) as usize)),
+        13 => "é".repeat((n % 600) as usize),
+        _ => {
+            let span = 253_402_300_799_i64 + 377_705_116_800;
+            let secs = (n >> 8) as i64 % span - 377_705_116_800;
+            let offset = time::UtcOffset::from_whole_seconds(((n & 0xff) as i32 - 128) * 600)
+                .unwrap_or(time::UtcOffset::UTC);
+            let utc = OffsetDateTime::from_unix_timestamp(secs).expect("in range");
+            // Near the ends of the range an offset can leave it; keep UTC there.
+            let t = utc.checked_to_offset(offset).unwrap_or(utc);
+            let t = if n & 1 == 1 {
+                t.replace_nanosecond((n % 1_000_000_000) as u32)
+                    .unwrap_or(t)
+            } else {
+                t
+            };
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Names of the information headers, in their own and in other spellings.
+const INFO_NAMES: [&str; 16] = [
+    header::NETWORK,
+    header::LOCATION,
+    header::LATITUDE,
+    header::LONGITUDE,
+    header::CAPTURED_AT,
+    header::DEVICE,
+    "Imgfetch-Extra-operator",
+    "Imgfetch-Extra-location",
+    "Imgfetch-Meta-ticket",
+    "imgfetch-location",
+    "IMGFETCH-LATITUDE",
+    "Imgfetch-captured-at",
+    "imgfetch-device",
+    header::STATUS,
+    header::CONTENT_TYPE,
+    "Imgfetch-Extra-",
+];
+
+const INFO_PREFIXES: [&str; 7] = [
+    header::EXTRA_PREFIX,
+    header::META_PREFIX,
+    "imgfetch-extra-",
+    "IMGFETCH-META-",
+    "Imgfetch-Extra",
+    header::LOCATION,
+    "Imgfetch-Extra--",
+];
+
+/// The first value of the header named exactly `name`.
+fn first<'a>(entries: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    entries
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Degrees as the information headers are read: a finite number within `±limit`.
+fn degrees(value: Option<&str>, limit: f64) -> Option<f64> {
+    let v: f64 = value?.trim().parse().ok()?;
+    (v.is_finite() && v.abs() <= limit).then_some(v)
+}
+
+/// `ImageInfo::from_headers` on any NATS header map (names from the protocol in several
+/// spellings, or anything).
+///
+/// The record holds what the headers say and nothing else: coordinates finite and within
+/// ±90/±180; `captured_at` canonical RFC 3339; location, device and extras by the `Partial`
+/// rules (trimmed, no control character, at most 256 characters, at most 32 extras named by
+/// tokens that are not field names); `meta` entries as sent. Written back with `write_headers`
+/// and read again, it is the same record.
+pub fn image_info_headers(data: &[u8]) {
+    let (entries, headers) = header_input(data, &INFO_NAMES, &INFO_PREFIXES);
+    let info = ImageInfo::from_headers(&headers);
+    let get = |name: &str| first(&entries, name);
+
+    assert_eq!(info.network, get(header::NETWORK).unwrap_or_default());
+    assert_eq!(info.location.latitude, degrees(get(header::LATITUDE), 90.0));
+    assert_eq!(
+        info.location.longitude,
+        degrees(get(header::LONGITUDE), 180.0)
+    );
+    if let Some(lat) = info.location.latitude {
+        assert!(lat.is_finite() && lat.abs() <= 90.0, "{lat}");
+    }
+    if let Some(lon) = info.location.longitude {
+        assert!(lon.is_finite() && lon.abs() <= 180.0, "{lon}");
+    }
+    assert_eq!(
+        info.captured_at,
+        get(header::CAPTURED_AT).and_then(normalise_time)
+    );
+    if let Some(t) = &info.captured_at {
+        assert_eq!(normalise_time(t).as_deref(), Some(t.as_str()), "{t:?}");
+    }
+    assert_eq!(
+        info.location.name,
+        get(header::LOCATION).and_then(clean_text)
+    );
+    assert_eq!(info.device, get(header::DEVICE).and_then(clean_text));
+    for text in info.location.name.iter().chain(&info.device) {
+        check_clean(text);
+    }
+
+    // Extras: the first 32 by name of those with a good name and a value left after cleaning.
+    let mut candidates = BTreeMap::new();
+    let mut meta = BTreeMap::new();
+    for (name, value) in &entries {
+        if let Some(k) = name.strip_prefix(header::EXTRA_PREFIX) {
+            candidates
+                .entry(k.to_owned())
+                .or_insert_with(|| value.clone());
+        } else if let Some(k) = name.strip_prefix(header::META_PREFIX) {
+            meta.entry(k.to_owned()).or_insert_with(|| value.clone());
+        }
+    }
+    let extras: BTreeMap<String, String> = candidates
+        .into_iter()
+        .filter(|(k, _)| validate::network(k).is_ok() && !FIELD_NAMES.contains(&k.as_str()))
+        .filter_map(|(k, v)| Some((k, clean_text(&v)?)))
+        .take(MAX_EXTRAS)
+        .collect();
+    assert_eq!(info.extras, extras);
+    assert!(info.extras.len() <= MAX_EXTRAS);
+    for (name, value) in &info.extras {
+        check_token(name, validate::MAX_NETWORK_LEN);
+        assert!(!FIELD_NAMES.contains(&name.as_str()), "{name:?}");
+        check_clean(value);
+    }
+    assert_eq!(info.meta, meta);
+
+    let mut again = async_nats::HeaderMap::new();
+    info.write_headers(&mut again);
+    assert_eq!(ImageInfo::from_headers(&again), info);
+}
+
+/// Names of the stream headers, in their own and in other spellings.
+const STREAM_NAMES: [&str; 14] = [
+    header::FLOW,
+    header::SIZE,
+    header::CHUNK_SIZE,
+    header::CHUNKS,
+    header::SEQ,
+    header::CREDIT,
+    header::CANCEL,
+    header::SHA256,
+    header::ID,
+    header::STATUS,
+    "imgfetch-flow",
+    "IMGFETCH-SIZE",
+    "Imgfetch-Chunk-size",
+    "imgfetch-chunks",
+];
+
+const STREAM_PREFIXES: [&str; 3] = ["Imgfetch-", "imgfetch-", "Imgfetch-Chunk"];
+
+/// `transfer::Head::parse` on any NATS header map (names from the protocol in several
+/// spellings, or anything; numbers in many spellings and sizes).
+///
+/// It accepts exactly the heads whose trimmed `Imgfetch-Size`, `Imgfetch-Chunk-Size` and
+/// `Imgfetch-Chunks` are `u64`s with `chunk_size > 0` and `chunks == ceil(size / chunk_size)`
+/// (checked here in 128-bit arithmetic), and whose trimmed `Imgfetch-Flow` is `imgfetch.flow.`
+/// followed by one token of `[A-Za-z0-9_-]`; an accepted head says what the headers say, and
+/// every chunk's end offset (`seq * chunk_size` before the last) fits in a `u64` below `size`.
+/// Anything else is an error that says it is about the stream's head.
+pub fn stream_headers(data: &[u8]) {
+    let (entries, headers) = header_input(data, &STREAM_NAMES, &STREAM_PREFIXES);
+    let get = |name: &str| first(&entries, name).map(str::trim);
+    let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+    let flow = get(header::FLOW).unwrap_or_default();
+    let flow_ok = flow
+        .strip_prefix(protocol::FLOW_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let (size, chunk_size, chunks) = (
+        number(header::SIZE),
+        number(header::CHUNK_SIZE),
+        number(header::CHUNKS),
+    );
+    let consistent = match (size, chunk_size, chunks) {
+        (Some(size), Some(chunk_size), Some(chunks)) if chunk_size > 0 => {
+            let (s, c, n) = (u128::from(size), u128::from(chunk_size), u128::from(chunks));
+            if n == 0 {
+                s == 0
+            } else {
+                (n - 1) * c < s && s <= n * c
+            }
+        }
+        _ => false,
+    };
+    let expected = flow_ok && consistent;
+    match Head::parse("r1", &headers) {
+        Ok(head) => {
+            assert!(expected, "accepted {head:?} from {entries:?}");
+            assert_eq!(head.id, "r1");
+            assert_eq!(head.flow, flow);
+            assert_eq!(Some(head.size), size);
+            assert_eq!(Some(head.chunk_size), chunk_size);
+            assert_eq!(Some(head.chunks), chunks);
+            assert!(head.chunk_size > 0);
+            assert_eq!(head.chunks, head.size.div_ceil(head.chunk_size));
+            if head.chunks > 0 {
+                let before_last = (head.chunks - 1)
+                    .checked_mul(head.chunk_size)
+                    .expect("chunk offsets fit in a u64");
+                assert!(before_last < head.size, "{head:?}");
+            }
+        }
+        Err(why) => {
+            assert!(!expected, "refused ({why}) {entries:?}");
+            assert!(why.starts_with("the stream's head "), "{why}");
+        }
+    }
 }
