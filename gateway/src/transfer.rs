@@ -74,12 +74,6 @@ pub struct Streams {
     budget: Arc<Semaphore>,
 }
 
-impl Default for Streams {
-    fn default() -> Self {
-        Streams::with_budget(u64::from(u32::MAX) * BUDGET_UNIT)
-    }
-}
-
 #[derive(Debug)]
 struct Entry {
     tx: mpsc::Sender<Part>,
