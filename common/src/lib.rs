@@ -13,6 +13,8 @@
 //! - [`frames`]: the websocket frames, both ways.
 //! - [`info`]: the associated information of an image (place, time, device) as one record.
 //! - [`validate`]: the rules for network names, request ids, keys and `meta` maps.
+//! - [`message`]: every message that crosses NATS as a type: request and reply heads, chunks,
+//!   flow, dead letters, liveness; each writes and reads its own headers.
 //! - [`micro`]: service discovery: registering with the NATS micro protocol (`$SRV.*`).
 //! - [`provision`]: creates or verifies the JetStream stream and the per-network consumers.
 //! - [`store`]: store URLs (`file://`, `s3://`) and building an `object_store` from one.
@@ -30,6 +32,7 @@ pub mod digest;
 pub mod frames;
 pub mod health;
 pub mod info;
+pub mod message;
 pub mod micro;
 pub mod prometheus;
 pub mod protocol;

@@ -124,6 +124,12 @@ pub fn ping_subject(network: &str) -> String {
     format!("{PING_PREFIX}.{network}")
 }
 
+/// Subject of the gateways' fetch endpoint (NATS micro protocol): a request through any
+/// gateway, answered in one message.
+pub const FETCH_SUBJECT: &str = "imgfetch.fetch";
+
+pub use crate::micro::{GATEWAY_SERVICE, RESOLVER_SERVICE};
+
 /// Prefix of the resolvers' stat endpoints (`imgfetch.stat.<network>`, NATS micro protocol).
 pub const STAT_PREFIX: &str = "imgfetch.stat";
 
@@ -158,6 +164,11 @@ pub mod http_header {
     pub const ARCHIVED_AS: &str = "imgfetch-archived-as";
     /// Why there is no archive copy.
     pub const ARCHIVE_ERROR: &str = "imgfetch-archive-error";
+    /// Says that some extras were left out of an HTTP answer's headers (value `true`).
+    pub const INFO_TRUNCATED: &str = "imgfetch-info-truncated";
+    /// Prefix of the HTTP answer headers that carry an image's metadata and information
+    /// (`imgfetch-size`, `imgfetch-location`, ...).
+    pub const PREFIX: &str = "imgfetch-";
 }
 
 pub mod header {
@@ -270,9 +281,11 @@ impl fmt::Display for DeadReason {
 }
 
 /// The status of a reply: everything but `ok` is one of these.
+///
+/// Exhaustive on purpose: a new code does not compile until [`ErrorCode::http_status`] gives it
+/// a status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum ErrorCode {
     /// The key does not exist in the network's store.
     NotFound,
@@ -337,6 +350,24 @@ impl ErrorCode {
         ErrorCode::UnknownRequest,
         ErrorCode::ResultUnavailable,
     ];
+
+    /// The HTTP status of the code, wherever imgfetch answers over HTTP or with a micro
+    /// protocol error (`Nats-Service-Error-Code`): the one table of them.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::NotFound | ErrorCode::UnknownRequest => 404,
+            ErrorCode::ResultUnavailable => 410,
+            ErrorCode::InvalidRequest | ErrorCode::UnknownNetwork => 400,
+            ErrorCode::DuplicateId => 409,
+            ErrorCode::Timeout => 504,
+            ErrorCode::Unavailable | ErrorCode::StoreUnavailable => 503,
+            ErrorCode::TooLarge | ErrorCode::Integrity | ErrorCode::Undeliverable => 502,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::Internal => 500,
+        }
+    }
 
     /// The wire spelling, as used in `Imgfetch-Status` and JSON `code` fields.
     pub fn as_str(self) -> &'static str {

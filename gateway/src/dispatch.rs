@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
-use async_nats::HeaderMap;
 use futures::StreamExt;
+use imgfetch_common::message::{Answer, Flow, ReplyHead, RequestHead, Status};
 use imgfetch_common::prometheus::Held;
-use imgfetch_common::protocol::{self, header, ErrorCode, FetchRequest};
+use imgfetch_common::protocol::{self, ErrorCode, FetchRequest};
 use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
 use tokio::sync::oneshot;
@@ -396,22 +396,18 @@ impl Dispatcher {
             recorded: None,
         };
 
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CALLBACK,
-            protocol::reply_subject(&self.instance, &token).as_str(),
-        );
-        headers.insert(header::MSG_ID, msg_id);
-        headers.insert(header::ACCEPT_STREAM, "1");
         let remaining = deadline.saturating_duration_since(Instant::now());
         let deadline_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             + remaining;
-        headers.insert(
-            header::DEADLINE,
-            deadline_ms.as_millis().to_string().as_str(),
-        );
+        let headers = RequestHead {
+            callback: Some(protocol::reply_subject(&self.instance, &token)),
+            msg_id: Some(msg_id.to_owned()),
+            accept_stream: true,
+            deadline_ms: Some(deadline_ms.as_millis()),
+        }
+        .to_headers();
         let body = codec::encode(&request);
         // The gateways' subject: only they may publish there, and only requests that came this
         // way are answered on a gateway's callback (docs/SECURITY.md, provenance).
@@ -514,54 +510,65 @@ impl Router {
     }
 
     fn route(&self, msg: async_nats::Message) {
-        let headers = msg.headers.as_ref();
-        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let token = msg
             .subject
             .strip_prefix(self.reply_prefix.as_str())
             .unwrap_or_default()
             .to_owned();
-        if let Some(flow) = get(header::FLOW) {
-            let part = if let Some(seq) = get(header::SEQ) {
-                match seq.trim().parse::<u64>() {
+        let (flow, part) = match Answer::from_headers(msg.headers.as_ref()) {
+            Answer::Head(head) if head.chunked.is_none() => {
+                return self.finish_inline(&token, *head, msg.payload)
+            }
+            Answer::Head(head) if !head.status.is_ok() => {
+                let Some(chunked) = &head.chunked else {
+                    unreachable!("matched on a chunked head")
+                };
+                let flow = chunked.flow.clone();
+                let failure = outcome::failure_of(head.status, &msg.payload);
+                (flow, Part::Failed(failure))
+            }
+            Answer::Head(head) => return self.start_stream(&token, *head, msg.payload.len()),
+            Answer::Malformed { id, flow, error } => {
+                return self.refuse_stream(&token, id.as_deref(), &flow, error.to_string())
+            }
+            Answer::Chunk { flow, seq } => {
+                let part = match seq {
                     Ok(seq) => Part::Chunk {
                         seq,
                         bytes: msg.payload,
                     },
-                    Err(_) => Part::Failed(Failure::new(
+                    Err(seq) => Part::Failed(Failure::new(
                         ErrorCode::Integrity,
                         format!("a chunk came with a bad sequence number {seq:?}"),
                     )),
-                }
-            } else if let Some(sha256) = get(header::SHA256) {
-                Part::End {
-                    sha256: sha256.to_owned(),
-                }
-            } else if !outcome::status_ok(headers) {
-                Part::Failed(outcome::failure_of(headers, &msg.payload))
-            } else {
-                return self.start_stream(
-                    &token,
-                    get(header::ID),
-                    flow,
-                    headers,
-                    msg.payload.len(),
-                );
-            };
-            match self.streams.route(flow, &token, part) {
-                Routed::Overrun => {
-                    tracing::warn!(flow, "a resolver sent beyond its credit; stream failed");
-                    self.cancel(flow, "sent beyond the credit");
-                }
-                Routed::Foreign => forged(&token, "a stream message on another request's callback"),
-                Routed::Queued | Routed::Unknown => {}
+                };
+                (flow, part)
             }
-            return;
+            Answer::End(end) => {
+                let part = match (end.status, end.sha256) {
+                    (Status::Ok, Some(sha256)) => Part::End { sha256 },
+                    (status, _) => Part::Failed(outcome::failure_of(status, &msg.payload)),
+                };
+                (end.flow, part)
+            }
+        };
+        match self.streams.route(&flow, &token, part) {
+            Routed::Overrun => {
+                tracing::warn!(flow, "a resolver sent beyond its credit; stream failed");
+                self.cancel(&flow, "sent beyond the credit");
+            }
+            Routed::Foreign => forged(&token, "a stream message on another request's callback"),
+            Routed::Queued | Routed::Unknown => {}
         }
-        let Some(waiter) = self.waiter(&token, get(header::ID)) else {
+    }
+
+    /// An inline answer: an image or an error, the end of its request.
+    fn finish_inline(&self, token: &str, head: ReplyHead, payload: bytes::Bytes) {
+        let Some(waiter) = self.waiter(token, head.id.as_deref()) else {
             return;
         };
-        let mut outcome = outcome::from_reply(&waiter.id, headers, msg.payload);
+        let sha256 = head.image.as_ref().and_then(|i| i.sha256.clone());
+        let mut outcome = outcome::from_reply(&waiter.id, head, payload);
         if let Ok(image) = &mut outcome {
             // The network is the one the gateway queued the request for, whatever the reply says.
             image.info.network = waiter.network.clone();
@@ -577,45 +584,50 @@ impl Router {
         }
         if let Some(results) = &self.results {
             match &mut outcome {
-                Ok(image) => results.record_image(&waiter.origin, image, get(header::SHA256)),
+                Ok(image) => results.record_image(&waiter.origin, image, sha256.as_deref()),
                 Err(failure) => results.record_failure(&waiter.origin, failure),
             }
         }
         let _ = waiter.tx.send(outcome);
     }
 
-    /// The head of a stream: the waiter gets an image whose body is a [`Transfer`].
-    fn start_stream(
-        &self,
-        token: &str,
-        id: Option<&str>,
-        flow: &str,
-        headers: Option<&async_nats::HeaderMap>,
-        body_len: usize,
-    ) {
+    /// A stream's head that cannot be followed: its waiter, if any, gets an integrity error.
+    fn refuse_stream(&self, token: &str, id: Option<&str>, flow: &str, why: String) {
         let Some(waiter) = self.waiter(token, id) else {
-            // Nobody waits (a redelivery after a failure, or a client that left).
             self.cancel(flow, "nobody waits for this image");
             return;
         };
-        let (id, tx) = (waiter.id.as_str(), waiter.tx);
-        let parsed = match headers {
-            Some(h) if body_len == 0 => Head::parse(id, h),
+        self.cancel(flow, &why);
+        let failure = Failure::new(ErrorCode::Integrity, why);
+        if let Some(results) = &self.results {
+            results.record_failure(&waiter.origin, &failure);
+        }
+        let _ = waiter.tx.send(Err(failure));
+    }
+
+    /// The head of a stream: the waiter gets an image whose body is a [`Transfer`].
+    fn start_stream(&self, token: &str, head: ReplyHead, body_len: usize) {
+        let Some(chunked) = head.chunked.clone() else {
+            unreachable!("only chunked heads start streams")
+        };
+        let size = head.image.as_ref().and_then(|image| image.size);
+        let parsed = match body_len {
+            0 => Head::new(head.id.as_deref().unwrap_or_default(), &chunked, size),
             _ => Err("the stream's head is malformed".to_owned()),
         };
-        let head = match parsed {
-            Ok(head) => head,
-            Err(why) => {
-                self.cancel(flow, &why);
-                let failure = Failure::new(ErrorCode::Integrity, why);
-                if let Some(results) = &self.results {
-                    results.record_failure(&waiter.origin, &failure);
-                }
-                let _ = tx.send(Err(failure));
-                return;
-            }
+        let stream_head = match parsed {
+            Ok(stream_head) => stream_head,
+            Err(why) => return self.refuse_stream(token, head.id.as_deref(), &chunked.flow, why),
         };
-        let mut outcome = outcome::from_parts(id, headers, Body::Inline(bytes::Bytes::new()));
+        let Some(waiter) = self.waiter(token, head.id.as_deref()) else {
+            // Nobody waits (a redelivery after a failure, or a client that left).
+            self.cancel(&chunked.flow, "nobody waits for this image");
+            return;
+        };
+        let (id, tx) = (waiter.id.as_str(), waiter.tx);
+        let mut stream_head = stream_head;
+        stream_head.id = id.to_owned();
+        let mut outcome = outcome::from_head(id, head, Body::Inline(bytes::Bytes::new()));
         if let Ok(image) = &mut outcome {
             image.info.network = waiter.network.clone();
             let (archived, sink) = match &self.archive {
@@ -626,7 +638,7 @@ impl Router {
             };
             image.archived = archived;
             image.body = Body::Stream(Box::new(Transfer::new(
-                head,
+                stream_head,
                 token,
                 self.client.clone(),
                 &self.streams,
@@ -690,8 +702,7 @@ impl Router {
     }
 
     fn cancel(&self, flow: &str, why: &str) {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(header::CANCEL, why);
+        let headers = Flow::Cancel(why.to_owned()).to_headers();
         let (client, flow) = (self.client.clone(), flow.to_owned());
         tokio::spawn(async move {
             let send = client.publish_with_headers(flow, headers, bytes::Bytes::new());
@@ -704,8 +715,7 @@ impl Router {
     /// Tells resolvers whose stream has not started that it is still wanted.
     fn keep_alive(&self) {
         for flow in self.streams.waiting() {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(header::CREDIT, "0");
+            let headers = Flow::Credit(0).to_headers();
             let client = self.client.clone();
             tokio::spawn(async move {
                 let send = client.publish_with_headers(flow, headers, bytes::Bytes::new());

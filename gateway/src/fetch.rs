@@ -21,8 +21,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::digest::sha256_hex;
+use imgfetch_common::message::{header_safe, FetchAnswer, ImageHead, ReplyHead, Status};
 use imgfetch_common::micro::{MicroError, Registration, REGISTER_TIMEOUT};
-use imgfetch_common::protocol::{header, ErrorCode, FetchRequest, STATUS_OK};
+use imgfetch_common::protocol::{ErrorCode, FetchRequest, FETCH_SUBJECT};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,11 +31,8 @@ use tracing::Instrument;
 
 use crate::archive::Archived;
 use crate::dispatch::{new_id, Dispatcher};
-use crate::http::{status_of, ARCHIVED_AS, ARCHIVE_ERROR};
 use crate::outcome::{Body, Failure, Image};
 
-/// The subject of the fetch endpoint.
-pub const FETCH_SUBJECT: &str = "imgfetch.fetch";
 /// The endpoint's name in `nats micro info` and `stats`.
 pub const FETCH_ENDPOINT: &str = "fetch";
 /// Longest an answer may wait for the connection.
@@ -165,51 +163,42 @@ async fn fetch(dispatcher: &Dispatcher, body: &[u8]) -> Result<Image, Failure> {
 
 /// The answer to send: the image with a resolver's inline headers, or a micro protocol error.
 fn answer(outcome: Result<Image, Failure>) -> (Result<Bytes, service::error::Error>, HeaderMap) {
-    let mut headers = HeaderMap::new();
     match outcome {
         Ok(mut image) => {
             let bytes = match std::mem::replace(&mut image.body, Body::Inline(Bytes::new())) {
                 Body::Inline(bytes) => bytes,
                 _ => Bytes::new(),
             };
-            headers.insert(header::ID, image.id.as_str());
-            headers.insert(header::STATUS, STATUS_OK);
-            headers.insert(header::CONTENT_TYPE, image.content_type.as_str());
-            headers.insert(header::KEY, image.key.as_str());
-            for (name, key) in [
-                (header::SIZE, "size"),
-                (header::LAST_MODIFIED, "last_modified"),
-                (header::ETAG, "etag"),
-            ] {
-                if let Some(value) = image.metadata.get(key) {
-                    headers.insert(name, value.as_str());
-                }
-            }
-            image.info.write_headers(&mut headers);
-            headers.insert(header::SHA256, sha256_hex(&bytes).as_str());
-            match &image.archived {
-                Archived::Planned { path, .. } => headers.insert(ARCHIVED_AS, one_line(path)),
-                Archived::Failed(why) => headers.insert(ARCHIVE_ERROR, one_line(why)),
-                Archived::Disabled => {}
-            }
-            (Ok(bytes), headers)
+            let metadata = |key: &str| image.metadata.get(key).cloned();
+            let head = ImageHead {
+                key: image.key.clone(),
+                content_type: image.content_type.clone(),
+                size: metadata("size").and_then(|size| size.parse().ok()),
+                last_modified: metadata("last_modified"),
+                etag: metadata("etag"),
+                sha256: Some(sha256_hex(&bytes)),
+                info: image.info,
+            };
+            let (archived_as, archive_error) = match image.archived {
+                Archived::Planned { path, .. } => (Some(path), None),
+                Archived::Failed(why) => (None, Some(why)),
+                Archived::Disabled => (None, None),
+            };
+            let answer = FetchAnswer {
+                head: ReplyHead::ok(&image.id, head),
+                archived_as,
+                archive_error,
+            };
+            (Ok(bytes), answer.to_headers())
         }
         Err(failure) => {
-            headers.insert(header::STATUS, failure.code.as_str());
             let error = service::error::Error {
-                status: one_line(&failure.to_string()),
-                code: status_of(failure.code).as_u16().into(),
+                status: header_safe(&failure.to_string()),
+                code: failure.code.http_status().into(),
             };
-            (Err(error), headers)
+            (Err(error), Status::Error(failure.code).to_headers())
         }
     }
-}
-
-/// `text` fit for a header value: line breaks and other controls become spaces.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 #[cfg(test)]
@@ -225,6 +214,12 @@ mod tests {
         let error = result.expect_err("an error");
         assert_eq!(error.code, 404);
         assert_eq!(error.status, "not_found: no such key  Injected: yes");
-        assert_eq!(headers.get(header::STATUS).unwrap().as_str(), "not_found");
+        assert_eq!(
+            FetchAnswer::from_headers(Some(&headers))
+                .unwrap()
+                .head
+                .status,
+            Status::Error(ErrorCode::NotFound)
+        );
     }
 }

@@ -36,7 +36,10 @@ fn chunks(
     })
 }
 
-pub use imgfetch_common::protocol::http_header::{ARCHIVED_AS, ARCHIVE_ERROR, REQUEST_ID};
+use imgfetch_common::protocol::http_header as http_header_names;
+pub use imgfetch_common::protocol::http_header::{
+    ARCHIVED_AS, ARCHIVE_ERROR, INFO_TRUNCATED, REQUEST_ID,
+};
 
 /// Bytes of associated-information headers an HTTP response carries at most (extras beyond
 /// are left out and `Imgfetch-Info-Truncated: true` says so).
@@ -44,9 +47,6 @@ pub const MAX_INFO_HEADER_BYTES: usize = 8 * 1024;
 /// Initial read buffer of a websocket connection; it grows for a larger frame, up to the
 /// client frame limit.
 const WS_READ_BUFFER: usize = 4 * 1024;
-
-/// Header saying that some extras were left out.
-pub const INFO_TRUNCATED: &str = "imgfetch-info-truncated";
 
 /// Characters escaped in header values: controls, `%` itself, and everything outside ASCII
 /// (HTTP header values are ASCII; UTF-8 place names arrive percent-encoded).
@@ -181,21 +181,7 @@ pub fn served_content_type(sniffed: &str) -> &str {
 
 /// HTTP status of each error code.
 pub fn status_of(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::NotFound | ErrorCode::UnknownRequest => StatusCode::NOT_FOUND,
-        ErrorCode::ResultUnavailable => StatusCode::GONE,
-        ErrorCode::InvalidRequest | ErrorCode::UnknownNetwork => StatusCode::BAD_REQUEST,
-        ErrorCode::DuplicateId => StatusCode::CONFLICT,
-        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorCode::Unavailable | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::TooLarge | ErrorCode::Integrity | ErrorCode::Undeliverable => {
-            StatusCode::BAD_GATEWAY
-        }
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 fn error_response(id: Option<&str>, failure: &Failure) -> Response {
@@ -309,7 +295,7 @@ fn image_response(id: &str, mut image: Image, held: impl Send + Sync + 'static) 
         h.insert(REQUEST_ID, v);
     }
     for (name, value) in &image.metadata {
-        let name = format!("imgfetch-{}", name.replace('_', "-"));
+        let name = format!("{}{}", http_header_names::PREFIX, name.replace('_', "-"));
         insert_encoded(h, &name, value);
     }
     // Percent-encoding can make wide-script metadata many times longer; proxies refuse

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use async_nats::HeaderMap;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use imgfetch_common::digest::{sha256_hex, Hasher};
 use imgfetch_common::info::ImageInfo;
-use imgfetch_common::protocol::{header, ErrorCode, STATUS_OK};
+use imgfetch_common::message::{ReplyHead, Status};
+use imgfetch_common::protocol::ErrorCode;
 
 use crate::archive::Archived;
 use crate::transfer::Transfer;
@@ -217,72 +217,64 @@ impl Failure {
 pub type Outcome = Result<Image, Failure>;
 
 /// Reads a resolver's inline reply, checking the bytes against its SHA-256 when it has one.
-pub fn from_reply(id: &str, headers: Option<&HeaderMap>, body: Bytes) -> Outcome {
-    let sent = headers.and_then(|h| h.get(header::SHA256));
-    if let (Some(sent), true) = (sent, status_ok(headers)) {
+pub fn from_reply(id: &str, head: ReplyHead, body: Bytes) -> Outcome {
+    let sent = head
+        .image
+        .as_ref()
+        .and_then(|image| image.sha256.as_deref());
+    if let (Some(sent), true) = (sent, head.status.is_ok()) {
         let actual = sha256_hex(&body);
-        if !actual.eq_ignore_ascii_case(sent.as_str().trim()) {
+        if !actual.eq_ignore_ascii_case(sent) {
             return Err(Failure::new(
                 ErrorCode::Integrity,
                 format!(
-                    "the image arrived damaged: its SHA-256 is {actual}, the resolver sent {}",
-                    sent.as_str()
+                    "the image arrived damaged: its SHA-256 is {actual}, the resolver sent {sent}"
                 ),
             ));
         }
     }
-    from_parts(id, headers, Body::Inline(body))
+    from_head(id, head, Body::Inline(body))
 }
 
-/// Whether a reply's status is `ok`.
-pub fn status_ok(headers: Option<&HeaderMap>) -> bool {
-    headers
-        .and_then(|h| h.get(header::STATUS))
-        .is_some_and(|v| v.as_str() == STATUS_OK)
-}
-
-/// Reads an error reply's code and message.
-pub fn failure_of(headers: Option<&HeaderMap>, body: &[u8]) -> Failure {
-    let status = headers
-        .and_then(|h| h.get(header::STATUS))
-        .map(|v| v.as_str().to_owned())
-        .unwrap_or_default();
-    let code = status.parse::<ErrorCode>().unwrap_or(ErrorCode::Internal);
+/// An error answer's failure: its code (an `ok` status here is a broken sender's) and message.
+pub fn failure_of(status: Status, body: &[u8]) -> Failure {
+    let code = match status {
+        Status::Error(code) => code,
+        Status::Ok => ErrorCode::Internal,
+    };
     Failure::new(code, String::from_utf8_lossy(body).into_owned())
 }
 
 /// Builds the outcome of an answer whose bytes are `body`.
-pub fn from_parts(id: &str, headers: Option<&HeaderMap>, body: Body) -> Outcome {
-    let get = |name: &str| {
-        headers
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
+pub fn from_head(id: &str, head: ReplyHead, body: Body) -> Outcome {
+    let image = match (head.status, head.image) {
+        (Status::Ok, Some(image)) => image,
+        (status, _) => {
+            let text = match &body {
+                Body::Inline(bytes) => bytes.clone(),
+                Body::Stream(_) | Body::Stored(_) => Bytes::new(),
+            };
+            return Err(failure_of(status, &text));
+        }
     };
-    if !status_ok(headers) {
-        let text = match &body {
-            Body::Inline(bytes) => bytes.clone(),
-            Body::Stream(_) | Body::Stored(_) => Bytes::new(),
-        };
-        return Err(failure_of(headers, &text));
-    }
     let mut metadata = BTreeMap::new();
-    for (name, key) in [
-        (header::SIZE, "size"),
-        (header::LAST_MODIFIED, "last_modified"),
-        (header::ETAG, "etag"),
+    let size = image.size.map(|size| size.to_string());
+    for (key, value) in [
+        ("size", size),
+        ("last_modified", image.last_modified),
+        ("etag", image.etag),
     ] {
-        if let Some(v) = get(name) {
-            metadata.insert(key.to_owned(), v);
+        if let Some(value) = value {
+            metadata.insert(key.to_owned(), value);
         }
     }
     Ok(Image {
         id: id.to_owned(),
-        key: get(header::KEY).unwrap_or_default(),
-        content_type: get(header::CONTENT_TYPE)
-            .unwrap_or_else(|| "application/octet-stream".into()),
+        key: image.key,
+        content_type: image.content_type,
         body,
         metadata,
-        info: headers.map(ImageInfo::from_headers).unwrap_or_default(),
+        info: image.info,
         archived: Archived::Disabled,
     })
 }

@@ -30,6 +30,7 @@ use async_nats::jetstream::{self, context::KeyValueErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::info::ImageInfo;
+use imgfetch_common::message::Liveness;
 use imgfetch_common::protocol::{self, ErrorCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -406,8 +407,10 @@ pub async fn answer_liveness(
             return Err(ResultsError::LivenessEnded);
         };
         if let Some(reply) = ping.reply {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(protocol::header::INCARNATION, incarnation.as_str());
+            let headers = Liveness {
+                incarnation: incarnation.clone(),
+            }
+            .to_headers();
             let answer = client.publish_with_headers(reply, headers, name.clone());
             tokio::time::timeout(timeout, answer)
                 .await
@@ -778,17 +781,12 @@ impl Results {
             .request(protocol::gateway_subject(owner), Bytes::new());
         match tokio::time::timeout(LIVENESS_TIMEOUT, ask).await {
             Ok(Err(err)) => err.kind() != async_nats::RequestErrorKind::NoResponders,
-            Ok(Ok(answer)) => {
-                let answered = answer
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(protocol::header::INCARNATION))
-                    .map(|v| v.as_str().to_owned());
-                match answered {
-                    Some(answered) if !incarnation.is_empty() => answered == incarnation,
-                    _ => true,
-                }
-            }
+            Ok(Ok(answer)) => match Liveness::from_headers(answer.headers.as_ref()) {
+                Some(Liveness {
+                    incarnation: answered,
+                }) if !incarnation.is_empty() => answered == incarnation,
+                _ => true,
+            },
             Err(_) => true,
         }
     }

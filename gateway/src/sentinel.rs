@@ -11,11 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use futures::StreamExt;
+use imgfetch_common::message::{ReplyHead, RequestHead};
 use imgfetch_common::protocol::{
-    header, network_of_subject, ErrorCode, Origin, REPLY_PREFIX, REQUEST_PREFIX,
-    SENTINEL_QUEUE_GROUP,
+    network_of_subject, ErrorCode, Origin, REPLY_PREFIX, REQUEST_PREFIX, SENTINEL_QUEUE_GROUP,
 };
 use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
@@ -83,10 +82,9 @@ async fn run(
                 _ = shutdown.cancelled() => return Ok(()),
                 next = sub.next() => match next { Some(m) => m, None => return Err(SentinelError::Ended) },
             };
-            let Some(callback) = msg.headers.as_ref().and_then(|h| h.get(header::CALLBACK)) else {
+            let Some(callback) = RequestHead::from_headers(msg.headers.as_ref()).callback else {
                 continue;
             };
-            let callback = callback.as_str().to_owned();
             if validate::callback(&callback).is_err() {
                 continue;
             }
@@ -131,12 +129,7 @@ async fn run(
                 .ok()
                 .map(|r| r.id)
                 .filter(|id| validate::id(id).is_ok());
-            let mut headers = HeaderMap::new();
-            if let Some(id) = &id {
-                headers.insert(header::ID, id.as_str());
-            }
-            headers.insert(header::STATUS, code.as_str());
-            headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            let headers = ReplyHead::error(id.as_deref(), code).to_headers();
             tracing::info!(subject = msg.subject.as_str(), ?id, %code, "answered a request no stream captured");
             let send = client.publish_with_headers(callback, headers, text.into());
             match tokio::time::timeout(NATS_TIMEOUT, send).await {

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use imgfetch_common::digest::Hasher;
+use imgfetch_common::message::{Chunked, Flow, ReplyHead};
 use imgfetch_common::protocol::{self, header, ErrorCode};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -170,41 +170,37 @@ pub struct Head {
 }
 
 impl Head {
-    /// Reads the stream fields of a head message; `Err` says what is wrong.
-    pub fn parse(id: &str, headers: &HeaderMap) -> Result<Head, String> {
-        let get = |name: &str| headers.get(name).map(|v| v.as_str().trim().to_owned());
-        let number = |name: &str| -> Result<u64, String> {
-            get(name)
-                .ok_or_else(|| format!("the stream's head has no {name}"))?
-                .parse::<u64>()
-                .map_err(|_| format!("the stream's head has a bad {name}"))
+    /// The stream a head message announces, read as the reply router reads it; `Err` says what
+    /// is wrong with it.
+    pub fn from_headers(id: &str, headers: &async_nats::HeaderMap) -> Result<Head, String> {
+        let reply = ReplyHead::from_headers(Some(headers)).map_err(|e| e.to_string())?;
+        let Some(chunked) = reply.chunked else {
+            return Err(format!("the stream's head has no {}", header::FLOW));
         };
-        let head = Head {
-            id: id.to_owned(),
-            flow: get(header::FLOW).unwrap_or_default(),
-            size: number(header::SIZE)?,
-            chunk_size: number(header::CHUNK_SIZE)?,
-            chunks: number(header::CHUNKS)?,
+        Head::new(id, &chunked, reply.image.and_then(|image| image.size))
+    }
+
+    /// The stream of a head message; `Err` says what is wrong with it.
+    pub fn new(id: &str, chunked: &Chunked, size: Option<u64>) -> Result<Head, String> {
+        let Some(size) = size else {
+            return Err(format!("the stream's head has no {}", header::SIZE));
         };
         // Credit goes only where resolvers listen for it: a head that names any other subject
         // would have the gateway publish on it (the gateway role may not anyway).
-        let flow_ok = head
-            .flow
-            .strip_prefix(protocol::FLOW_PREFIX)
-            .and_then(|rest| rest.strip_prefix('.'))
-            .is_some_and(|token| {
-                !token.is_empty()
-                    && token
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-            });
-        if !flow_ok {
+        if !chunked.flow_is_valid() {
             return Err(format!(
                 "the stream's head names flow subject {:?}, not one under {}.",
-                head.flow,
+                chunked.flow,
                 protocol::FLOW_PREFIX
             ));
         }
+        let head = Head {
+            id: id.to_owned(),
+            flow: chunked.flow.clone(),
+            size,
+            chunk_size: chunked.chunk_size,
+            chunks: chunked.chunks,
+        };
         if head.chunk_size == 0 || head.size.div_ceil(head.chunk_size) != head.chunks {
             return Err(format!(
                 "the stream's head announces {} chunks of {} bytes for {} bytes",
@@ -451,8 +447,7 @@ impl Transfer {
         }
         self.reserved += got;
         let credit = self.granted + got;
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CREDIT, credit.to_string().as_str());
+        let headers = Flow::Credit(credit).to_headers();
         // A lost grant shows as a stall and ends in a timeout; nothing else to do here.
         let send = self
             .client
@@ -499,8 +494,7 @@ impl Transfer {
     /// Tells the resolver to stop (it may still be sending).
     fn cancel(&self, why: &str) {
         let (client, flow) = (self.client.clone(), self.head.flow.clone());
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CANCEL, why.replace(['\r', '\n'], " ").as_str());
+        let headers = Flow::Cancel(why.to_owned()).to_headers();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let send = client.publish_with_headers(flow, headers, Bytes::new());

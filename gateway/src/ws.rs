@@ -19,6 +19,7 @@
 //!
 //! The session loop is generic over `Sink` and `Stream`, like axum's testing-websockets example.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,16 +86,14 @@ async fn send_frames<W: Sink<Message> + Unpin>(
 }
 
 fn json(frame: &ServerFrame<'_>) -> Message {
-    Message::Text(Utf8Bytes::from(
-        serde_json::to_string(frame).expect("frames serialise"),
-    ))
+    Message::Text(Utf8Bytes::from(frame.to_json()))
 }
 
 fn error_frame(id: Option<&str>, failure: &Failure) -> Message {
     json(&ServerFrame::Error {
-        id,
+        id: id.map(Cow::Borrowed),
         code: failure.code,
-        message: &failure.message,
+        message: Cow::Borrowed(&failure.message),
     })
 }
 
@@ -341,7 +340,9 @@ pub async fn session<W, R, E>(
                 // "accepted" means asked-for-by-id anywhere: the record is written first.
                 ticket.recorded().await;
                 if out
-                    .send(Out::Frames(vec![json(&ServerFrame::Accepted { id: &id })]))
+                    .send(Out::Frames(vec![json(&ServerFrame::Accepted {
+                        id: (&id).into(),
+                    })]))
                     .await
                     .is_err()
                 {
@@ -367,9 +368,9 @@ pub async fn session<W, R, E>(
                 if let Archived::Planned { path, written } = image.archived {
                     if let Ok(Err(message)) = written.await {
                         let frame = json(&ServerFrame::ArchiveFailed {
-                            id: &id,
-                            archived_as: &path,
-                            message: &message,
+                            id: (&id).into(),
+                            archived_as: (&path).into(),
+                            message: (&message).into(),
                         });
                         let _ = out.send(Out::Frames(vec![frame])).await;
                     }
@@ -436,22 +437,22 @@ fn image_frame(
     meta: &BTreeMap<String, String>,
 ) -> Message {
     let (archived_as, archive_error) = match &image.archived {
-        Archived::Planned { path, .. } => (Some(path.as_str()), None),
-        Archived::Failed(why) => (None, Some(why.as_str())),
+        Archived::Planned { path, .. } => (Some(path.into()), None),
+        Archived::Failed(why) => (None, Some(why.into())),
         Archived::Disabled => (None, None),
     };
     let (frames, frame_bytes) = (body.chunks(), body.chunk_size());
     json(&ServerFrame::Image {
-        id: &image.id,
-        network,
-        key,
-        content_type: &image.content_type,
+        id: (&image.id).into(),
+        network: network.into(),
+        key: key.into(),
+        content_type: (&image.content_type).into(),
         size: body.size(),
         frames,
         frame_bytes,
-        metadata: &image.metadata,
-        meta,
-        info: &image.info,
+        metadata: Cow::Borrowed(&image.metadata),
+        meta: Cow::Borrowed(meta),
+        info: Cow::Borrowed(&image.info),
         archived_as,
         archive_error,
     })

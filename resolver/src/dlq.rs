@@ -34,9 +34,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::codec;
-use imgfetch_common::protocol::{
-    dead_letter_subject, header, network_of_subject, DeadReason, ErrorCode,
-};
+use imgfetch_common::message::{DeadLetter, ReplyHead, RequestHead};
+use imgfetch_common::protocol::{dead_letter_subject, network_of_subject, DeadReason, ErrorCode};
 use imgfetch_common::validate;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -163,32 +162,13 @@ impl DeadLetters {
     pub async fn copy(&self, letter: &Letter<'_>) -> Result<(), DeadLetterError> {
         let seq = letter.stream_seq;
         let network = network_of_subject(letter.subject).unwrap_or("unknown");
-        let mut headers = HeaderMap::new();
-        for (name, values) in letter.headers.into_iter().flat_map(HeaderMap::iter) {
-            // JetStream reads `Nats-*` headers (ids, expectations, TTLs) on publish; the copy
-            // must not inherit the original's.
-            let reserved = AsRef::<str>::as_ref(name)
-                .get(..5)
-                .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
-            if !reserved {
-                for value in values {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
+        let headers = DeadLetter {
+            reason: letter.reason,
+            deliveries: letter.deliveries,
+            stream_seq: seq,
+            advisory: letter.advisory.map(str::to_owned),
         }
-        headers.insert(
-            header::MSG_ID,
-            format!("dead-{}-{seq}", self.requests).as_str(),
-        );
-        headers.insert(header::DEAD_REASON, letter.reason.as_str());
-        headers.insert(
-            header::DEAD_DELIVERIES,
-            letter.deliveries.to_string().as_str(),
-        );
-        headers.insert(header::DEAD_STREAM_SEQ, seq.to_string().as_str());
-        if let Some(advisory) = letter.advisory {
-            headers.insert(header::DEAD_ADVISORY, advisory);
-        }
+        .to_headers(&self.requests, letter.headers);
         let ack = bounded("storing the copy", async {
             self.js
                 .publish_with_headers(
@@ -264,36 +244,22 @@ impl DeadLetters {
         deliveries: u64,
     ) -> Result<(), DeadLetterError> {
         let seq = original.sequence;
-        let Some(callback) = original
-            .headers
-            .get(header::CALLBACK)
-            .map(|v| v.as_str().to_owned())
-            .filter(|c| validate::callback(c).is_ok())
-        else {
+        let request = RequestHead::from_headers(Some(&original.headers));
+        let Some(callback) = request.callback.filter(|c| validate::callback(c).is_ok()) else {
             return Ok(());
         };
         // The id the requester knows: the body's, else the de-duplication id.
         let id = codec::decode(&original.payload)
             .ok()
             .map(|r| r.id)
-            .or_else(|| {
-                original
-                    .headers
-                    .get(header::MSG_ID)
-                    .map(|v| v.as_str().to_owned())
-            })
+            .or(request.msg_id)
             .filter(|id| validate::id(id).is_ok());
-        let mut headers = HeaderMap::new();
-        if let Some(id) = &id {
-            headers.insert(header::ID, id.as_str());
-        }
-        headers.insert(header::STATUS, ErrorCode::Undeliverable.as_str());
-        headers.insert(
-            header::NETWORK,
-            network_of_subject(original.subject.as_str()).unwrap_or_default(),
-        );
-        headers.insert(header::RESOLVER, self.instance.as_str());
-        headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        let headers = ReplyHead::error(id.as_deref(), ErrorCode::Undeliverable)
+            .from_resolver(
+                network_of_subject(original.subject.as_str()).unwrap_or_default(),
+                &self.instance,
+            )
+            .to_headers();
         let body = format!(
             "delivered to resolvers {deliveries} times without an answer; kept as a dead letter \
              (request {seq} of stream {})",

@@ -20,6 +20,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use imgfetch_common::codec;
 use imgfetch_common::digest::sha256_hex;
+use imgfetch_common::message::{ImageHead, ReplyHead, RequestHead, OCTET_STREAM};
 use imgfetch_common::protocol::{
     header, network_of_subject, request_origin, DeadReason, ErrorCode, FetchRequest, Origin,
     GATEWAY_REQUEST_PREFIX, REPLY_PREFIX, STATUS_OK,
@@ -211,7 +212,8 @@ pub async fn handle(
         metrics::histogram!("imgfetch_resolver_queue_wait_seconds", "network" => ctx.network.clone())
             .record(waited.as_seconds_f64().max(0.0));
     }
-    if let Some((reason, _)) = callback_refusal(&message.subject, message.headers.as_ref()) {
+    let callback = RequestHead::from_headers(message.headers.as_ref()).callback;
+    if let Some((reason, _)) = callback_refusal(&message.subject, callback.as_deref()) {
         // Copied before the term: a copy that fails leaves the request to be redelivered.
         let stream_seq = message.info().map(|i| i.stream_sequence)?;
         ctx.dead_letters
@@ -308,10 +310,13 @@ pub async fn decide(
     payload: &[u8],
     delivered: i64,
 ) -> Decision {
-    let callback = headers
-        .and_then(|h| h.get(header::CALLBACK))
-        .map(|v| v.as_str().to_owned());
-    if let Some((reason, why)) = callback_refusal(subject, headers) {
+    let RequestHead {
+        callback,
+        msg_id: header_id,
+        accept_stream: accepts_stream,
+        deadline_ms,
+    } = RequestHead::from_headers(headers);
+    if let Some((reason, why)) = callback_refusal(subject, callback.as_deref()) {
         let reason = reason.as_str();
         tracing::warn!(
             subject,
@@ -328,9 +333,6 @@ pub async fn decide(
         };
     }
     let callback = callback.unwrap_or_default();
-    let header_id = headers
-        .and_then(|h| h.get(header::MSG_ID))
-        .map(|v| v.as_str().to_owned());
     let term_with = |id: Option<&str>, code: ErrorCode, message: String| {
         metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => code.as_str())
             .increment(1);
@@ -340,9 +342,6 @@ pub async fn decide(
             stream: None,
         }
     };
-    let accepts_stream = headers
-        .and_then(|h| h.get(header::ACCEPT_STREAM))
-        .is_some_and(|v| v.as_str().trim() == "1");
 
     let request: FetchRequest = match codec::decode(payload) {
         Ok(r) => r,
@@ -363,8 +362,8 @@ pub async fn decide(
         return term_with(id, ErrorCode::InvalidRequest, e.to_string());
     }
     let id = request.id.as_str();
-    if let Some(deadline) = headers.and_then(|h| h.get(header::DEADLINE)) {
-        if past_deadline(deadline.as_str()) {
+    if let Some(deadline_ms) = deadline_ms {
+        if past_deadline(deadline_ms) {
             return term_with(
                 Some(id),
                 ErrorCode::Timeout,
@@ -387,8 +386,8 @@ pub async fn decide(
                     ),
                 );
             }
-            let headers = ok_headers(&request, ctx, &fetched, &info);
-            if header_bytes(&headers) as u64 > ctx.max_payload {
+            let head = ok_head(&request, ctx, &fetched, info, None);
+            if header_bytes(&head.to_headers()) as u64 > ctx.max_payload {
                 return term_with(
                     Some(id),
                     ErrorCode::TooLarge,
@@ -407,7 +406,7 @@ pub async fn decide(
                 stream: Some(Outgoing {
                     id: id.to_owned(),
                     callback,
-                    head: headers,
+                    head,
                     size: fetched.size,
                     first: fetched.bytes,
                     body,
@@ -415,7 +414,7 @@ pub async fn decide(
             };
         }
         Ok(Ok((fetched, info))) => {
-            let reply = ok_reply(&request, ctx, fetched, &info);
+            let reply = ok_reply(&request, ctx, fetched, info);
             // Headers (metadata, meta) usually fit the headroom; when they do not, the message
             // could never be published, so say so instead of failing forever.
             let size = reply.body.len() + header_bytes(&reply.headers);
@@ -477,10 +476,9 @@ pub async fn decide(
 /// (`imgfetch.reply.>`) is answered only for a request that came on a gateway's subject
 /// (`imgfetch.gwreq.<network>`), which only gateways may publish on, so nobody else can make a
 /// resolver answer there (docs/SECURITY.md). A refused callback gets no reply at all.
-fn callback_refusal(subject: &str, headers: Option<&HeaderMap>) -> Option<(DeadReason, String)> {
-    let callback = match headers.and_then(|h| h.get(header::CALLBACK)) {
-        None => return Some((DeadReason::NoCallback, "no callback header".to_owned())),
-        Some(c) => c.as_str(),
+fn callback_refusal(subject: &str, callback: Option<&str>) -> Option<(DeadReason, String)> {
+    let Some(callback) = callback else {
+        return Some((DeadReason::NoCallback, "no callback header".to_owned()));
     };
     if let Err(e) = validate::callback(callback) {
         return Some((DeadReason::BadCallback, e.to_string()));
@@ -534,10 +532,7 @@ fn retry_or_give_up(
     }
 }
 
-fn past_deadline(value: &str) -> bool {
-    let Ok(deadline_ms) = value.trim().parse::<u128>() else {
-        return false;
-    };
+fn past_deadline(deadline_ms: u128) -> bool {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -545,51 +540,41 @@ fn past_deadline(value: &str) -> bool {
     now_ms > deadline_ms
 }
 
-fn base_headers(id: Option<&str>, ctx: &Context, status: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Some(id) = id {
-        headers.insert(header::ID, id);
-    }
-    headers.insert(header::STATUS, status);
-    headers.insert(header::NETWORK, ctx.network.as_str());
-    headers.insert(header::RESOLVER, ctx.instance.as_str());
-    headers
-}
-
 fn error_reply(id: Option<&str>, ctx: &Context, code: ErrorCode, message: &str) -> Reply {
-    let mut headers = base_headers(id, ctx, code.as_str());
-    headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
     Reply {
-        headers,
+        headers: ReplyHead::error(id, code)
+            .from_resolver(&ctx.network, &ctx.instance)
+            .to_headers(),
         body: Bytes::from(message.to_owned()),
     }
 }
 
-/// The headers of an `ok` answer, inline or the head of a stream.
-fn ok_headers(
+/// The head of an `ok` answer, inline (with the bytes' SHA-256) or the head of a stream.
+fn ok_head(
     request: &FetchRequest,
     ctx: &Context,
     fetched: &Fetched,
-    info: &ImageInfo,
-) -> HeaderMap {
-    let mut headers = base_headers(Some(&request.id), ctx, STATUS_OK);
+    info: ImageInfo,
+    sha256: Option<String>,
+) -> ReplyHead {
     let content_type = infer::get(&fetched.bytes)
         .map(|t| t.mime_type())
-        .unwrap_or("application/octet-stream");
-    headers.insert(header::CONTENT_TYPE, content_type);
-    headers.insert(header::KEY, header_safe(&request.key).as_str());
-    headers.insert(header::SIZE, fetched.size.to_string().as_str());
-    headers.insert(header::LAST_MODIFIED, fetched.last_modified.as_str());
-    if let Some(e_tag) = &fetched.e_tag {
-        headers.insert(header::ETAG, header_safe(e_tag).as_str());
-    }
-    info.write_headers(&mut headers);
-    headers
+        .unwrap_or(OCTET_STREAM);
+    let image = ImageHead {
+        key: request.key.clone(),
+        content_type: content_type.to_owned(),
+        size: Some(fetched.size),
+        last_modified: Some(fetched.last_modified.clone()),
+        etag: fetched.e_tag.clone(),
+        sha256,
+        info,
+    };
+    ReplyHead::ok(&request.id, image).from_resolver(&ctx.network, &ctx.instance)
 }
 
-fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched, info: &ImageInfo) -> Reply {
-    let mut headers = ok_headers(request, ctx, &fetched, info);
-    headers.insert(header::SHA256, sha256_hex(&fetched.bytes).as_str());
+fn ok_reply(request: &FetchRequest, ctx: &Context, fetched: Fetched, info: ImageInfo) -> Reply {
+    let sha256 = sha256_hex(&fetched.bytes);
+    let headers = ok_head(request, ctx, &fetched, info, Some(sha256)).to_headers();
     Reply {
         headers,
         body: fetched.bytes,
@@ -661,12 +646,4 @@ fn header_bytes(headers: &HeaderMap) -> usize {
         })
         .sum();
     lines + 16
-}
-
-/// Header values cannot hold line breaks or other control characters; stores can.
-fn header_safe(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }

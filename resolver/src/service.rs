@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::service::{self, Request};
-use async_nats::HeaderMap;
 use futures::StreamExt;
+use imgfetch_common::message::{header_safe, Status};
 use imgfetch_common::micro::{MicroError, Registration, REGISTER_TIMEOUT};
-use imgfetch_common::protocol::{header, stat_subject, ErrorCode, STATUS_OK};
+use imgfetch_common::protocol::{stat_subject, ErrorCode};
 use imgfetch_common::validate;
 use tokio_util::sync::CancellationToken;
 
@@ -158,22 +158,16 @@ struct StatAnswer<'a> {
 
 async fn answer(network: &Network, request: Request) {
     let (result, status) = match stat(network, &request.message.payload).await {
-        Ok(body) => (Ok(body.into()), STATUS_OK),
+        Ok(body) => (Ok(body.into()), Status::Ok),
         Err((code, message)) => {
-            let status = match code {
-                ErrorCode::NotFound => 404,
-                ErrorCode::InvalidRequest => 400,
-                _ => 503,
-            };
             let error = service::error::Error {
-                status: format!("{}: {}", code.as_str(), message.replace(['\r', '\n'], " ")),
-                code: status,
+                status: format!("{}: {}", code.as_str(), header_safe(&message)),
+                code: code.http_status().into(),
             };
-            (Err(error), code.as_str())
+            (Err(error), Status::Error(code))
         }
     };
-    let mut headers = HeaderMap::new();
-    headers.insert(header::STATUS, status);
+    let headers = status.to_headers();
     match tokio::time::timeout(
         RESPOND_TIMEOUT,
         request.respond_with_headers(result, headers),

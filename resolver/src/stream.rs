@@ -18,11 +18,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use imgfetch_common::digest::Hasher;
-use imgfetch_common::protocol::{self, header, ErrorCode, STATUS_OK};
+use imgfetch_common::message::{Chunk, Chunked, ChunkedEnd, Flow, ReplyHead, Status};
+use imgfetch_common::protocol::{self, ErrorCode, STATUS_OK};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -36,32 +36,14 @@ pub struct Outgoing {
     pub id: String,
     /// Where the answer goes.
     pub callback: String,
-    /// The head's headers, as for an inline `ok` reply.
-    pub head: HeaderMap,
+    /// The head, as for an inline `ok` reply; sending adds how the chunks follow.
+    pub head: ReplyHead,
     /// The image's size.
     pub size: u64,
     /// The first bytes, already read.
     pub first: Bytes,
     /// Where the rest is read from.
     pub body: Body,
-}
-
-/// What the receiver said on the flow subject.
-enum Flow {
-    Credit(u64),
-    Cancel(String),
-    Other,
-}
-
-fn flow_of(message: &async_nats::Message) -> Flow {
-    let get = |name: &str| message.headers.as_ref().and_then(|h| h.get(name));
-    if let Some(why) = get(header::CANCEL) {
-        return Flow::Cancel(why.as_str().to_owned());
-    }
-    match get(header::CREDIT).and_then(|v| v.as_str().trim().parse().ok()) {
-        Some(n) => Flow::Credit(n),
-        None => Flow::Other,
-    }
 }
 
 /// How a stream ended early.
@@ -87,9 +69,12 @@ pub async fn send(
     let chunk = ctx.chunk_bytes;
     let chunks = out.size.div_ceil(chunk);
     let mut head = out.head.clone();
-    head.insert(header::FLOW, flow.as_str());
-    head.insert(header::CHUNK_SIZE, chunk.to_string().as_str());
-    head.insert(header::CHUNKS, chunks.to_string().as_str());
+    head.chunked = Some(Chunked {
+        flow: flow.clone(),
+        chunk_size: chunk,
+        chunks,
+    });
+    let head = head.to_headers();
     bounded(
         "the stream's head",
         ctx.client
@@ -112,9 +97,13 @@ pub async fn send(
     let _ = bounded("the unsubscribe", credits.unsubscribe()).await;
     match result {
         Ok(sha256) => {
-            let mut end = base(&out.id, &flow);
-            end.insert(header::STATUS, STATUS_OK);
-            end.insert(header::SHA256, sha256.as_str());
+            let end = ChunkedEnd {
+                id: out.id.clone(),
+                flow: flow.clone(),
+                status: Status::Ok,
+                sha256: Some(sha256),
+            }
+            .to_headers();
             bounded(
                 "the stream's end",
                 ctx.client
@@ -135,9 +124,13 @@ pub async fn send(
         }
         Err(StreamError::Ended(Ended::Failed(code, why))) => {
             tracing::warn!(id = out.id, why, "stream failed");
-            let mut end = base(&out.id, &flow);
-            end.insert(header::STATUS, code.as_str());
-            end.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            let end = ChunkedEnd {
+                id: out.id.clone(),
+                flow: flow.clone(),
+                status: Status::Error(code),
+                sha256: None,
+            }
+            .to_headers();
             bounded(
                 "the stream's error",
                 ctx.client
@@ -162,13 +155,6 @@ impl<E: Into<async_nats::Error>> From<E> for StreamError {
     }
 }
 
-fn base(id: &str, flow: &str) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(header::ID, id);
-    h.insert(header::FLOW, flow);
-    h
-}
-
 struct Sender<'a> {
     ctx: &'a Context,
     message: &'a jetstream::Message,
@@ -191,8 +177,12 @@ impl Sender<'_> {
             next = self.read(seq + 1, chunks);
             self.wait_for_credit(seq).await?;
             hasher.update(&bytes);
-            let mut headers = base(&self.out.id, self.flow);
-            headers.insert(header::SEQ, seq.to_string().as_str());
+            let headers = Chunk {
+                id: self.out.id.clone(),
+                flow: self.flow.to_owned(),
+                seq,
+            }
+            .to_headers();
             let publish =
                 self.ctx
                     .client
@@ -274,10 +264,10 @@ impl Sender<'_> {
 
     fn heard(&mut self, message: &async_nats::Message) -> Result<(), StreamError> {
         self.last_heard = Instant::now();
-        match flow_of(message) {
-            Flow::Credit(n) => self.credit = self.credit.max(n),
-            Flow::Cancel(why) => return Err(StreamError::Ended(Ended::Abandoned(why))),
-            Flow::Other => {}
+        match Flow::from_headers(message.headers.as_ref()) {
+            Some(Flow::Credit(n)) => self.credit = self.credit.max(n),
+            Some(Flow::Cancel(why)) => return Err(StreamError::Ended(Ended::Abandoned(why))),
+            None => {}
         }
         Ok(())
     }

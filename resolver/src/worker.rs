@@ -37,6 +37,7 @@ use async_nats::StatusCode;
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::health::Component;
+use imgfetch_common::message::RequestHead;
 use imgfetch_common::provision::{self, ConsumerSettings, ProvisionError, StreamSettings};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -399,11 +400,8 @@ impl Puller {
             // Every line logged about this request carries its id (the de-duplication id:
             // `<id>`, or `<id>.retry.<n>` for a request taken over) and its network. The span
             // is at error level so that no `RUST_LOG` filter that keeps a line drops its context.
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(imgfetch_common::protocol::header::MSG_ID))
-                .map(|v| v.as_str().to_owned())
+            let id = RequestHead::from_headers(message.headers.as_ref())
+                .msg_id
                 .unwrap_or_default();
             let span = tracing::error_span!("request", id, network = ctx.network);
             let handled = Self::handle_in_slot(&ctx, message, slots, progress_every, done)

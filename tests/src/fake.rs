@@ -1,15 +1,19 @@
-//! A stand-in resolver speaking the wire protocol by hand on the real NATS server, for tests
-//! that need to send exactly what a faulty or hostile resolver would.
+//! A stand-in resolver speaking the wire protocol (through `imgfetch_common::message`) on the
+//! real NATS server, for tests that need to send exactly what a faulty or hostile resolver
+//! would.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::digest::sha256_hex;
-use imgfetch_common::protocol::{self, header, ResolverInfo};
+use imgfetch_common::info::ImageInfo;
+use imgfetch_common::message::{
+    Chunk, Chunked, ChunkedEnd, Flow, ImageHead, ReplyHead, RequestHead, Status,
+};
+use imgfetch_common::protocol::{self, ResolverInfo};
 use imgfetch_common::provision::ConsumerSettings;
 use tokio_util::sync::CancellationToken;
 
@@ -87,14 +91,13 @@ pub async fn take_request(
         .expect("a request within 10 s")
         .unwrap()
         .unwrap();
-    let id = header_of_js(&msg, header::MSG_ID);
-    let callback = header_of_js(&msg, header::CALLBACK);
-    assert_eq!(
-        header_of_js(&msg, header::ACCEPT_STREAM),
-        "1",
-        "the gateway accepts streams"
-    );
-    (id, callback, msg)
+    let head = RequestHead::from_headers(msg.headers.as_ref());
+    assert!(head.accept_stream, "the gateway accepts streams");
+    (
+        head.msg_id.unwrap_or_default(),
+        head.callback.unwrap_or_default(),
+        msg,
+    )
 }
 
 /// Answers request `id` on `callback` with `bytes` as an inline JPEG of `network`/`key`, as a
@@ -107,13 +110,20 @@ pub async fn answer_image(
     key: &str,
     bytes: Vec<u8>,
 ) {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::ID, id);
-    headers.insert(header::STATUS, "ok");
-    headers.insert(header::NETWORK, network);
-    headers.insert(header::KEY, key);
-    headers.insert(header::CONTENT_TYPE, "image/jpeg");
-    headers.insert(header::SHA256, sha256_hex(&bytes).as_str());
+    let headers = ReplyHead::ok(
+        id,
+        ImageHead {
+            key: key.to_owned(),
+            content_type: "image/jpeg".to_owned(),
+            sha256: Some(sha256_hex(&bytes)),
+            info: ImageInfo {
+                network: network.to_owned(),
+                ..ImageInfo::default()
+            },
+            ..ImageHead::default()
+        },
+    )
+    .to_headers();
     client
         .publish_with_headers(callback, headers, bytes.into())
         .await
@@ -231,16 +241,25 @@ async fn stream_with(
     let flow = protocol::new_flow_subject();
     let mut credits = client.subscribe(flow.clone()).await.unwrap();
     let chunks = image.len().div_ceil(chunk) as u64;
-    let mut head = HeaderMap::new();
-    head.insert(header::ID, id);
-    head.insert(header::STATUS, "ok");
-    head.insert(header::NETWORK, "forge");
-    head.insert(header::KEY, "x.jpg");
-    head.insert(header::CONTENT_TYPE, "image/jpeg");
-    head.insert(header::SIZE, image.len().to_string().as_str());
-    head.insert(header::FLOW, flow.as_str());
-    head.insert(header::CHUNK_SIZE, chunk.to_string().as_str());
-    head.insert(header::CHUNKS, chunks.to_string().as_str());
+    let mut head = ReplyHead::ok(
+        id,
+        ImageHead {
+            key: "x.jpg".to_owned(),
+            content_type: "image/jpeg".to_owned(),
+            size: Some(image.len() as u64),
+            info: ImageInfo {
+                network: "forge".to_owned(),
+                ..ImageInfo::default()
+            },
+            ..ImageHead::default()
+        },
+    );
+    head.chunked = Some(Chunked {
+        flow: flow.clone(),
+        chunk_size: chunk as u64,
+        chunks,
+    });
+    let head = head.to_headers();
     client
         .publish_with_headers(callback.to_owned(), head, Bytes::new())
         .await
@@ -255,20 +274,10 @@ async fn stream_with(
             let Some(Some(m)) = next_within_sub(&mut credits).await else {
                 return; // cancelled or nobody granted: the gateway gave up
             };
-            if m.headers
-                .as_ref()
-                .and_then(|h| h.get(header::CANCEL))
-                .is_some()
-            {
-                return;
-            }
-            if let Some(n) = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(header::CREDIT))
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-            {
-                credit = credit.max(n);
+            match Flow::from_headers(m.headers.as_ref()) {
+                Some(Flow::Cancel(_)) => return,
+                Some(Flow::Credit(n)) => credit = credit.max(n),
+                None => {}
             }
         }
         if Some(seq) == skip {
@@ -279,20 +288,24 @@ async fn stream_with(
         if Some(seq) == corrupt {
             bytes[0] ^= 0xff;
         }
-        let mut h = HeaderMap::new();
-        h.insert(header::ID, id);
-        h.insert(header::FLOW, flow.as_str());
-        h.insert(header::SEQ, seq.to_string().as_str());
+        let h = Chunk {
+            id: id.to_owned(),
+            flow: flow.clone(),
+            seq,
+        }
+        .to_headers();
         client
             .publish_with_headers(callback.to_owned(), h, bytes.into())
             .await
             .unwrap();
     }
-    let mut end = HeaderMap::new();
-    end.insert(header::ID, id);
-    end.insert(header::FLOW, flow.as_str());
-    end.insert(header::STATUS, "ok");
-    end.insert(header::SHA256, sha256_hex(image).as_str());
+    let end = ChunkedEnd {
+        id: id.to_owned(),
+        flow,
+        status: Status::Ok,
+        sha256: Some(sha256_hex(image)),
+    }
+    .to_headers();
     client
         .publish_with_headers(callback.to_owned(), end, Bytes::new())
         .await

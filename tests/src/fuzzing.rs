@@ -1121,13 +1121,14 @@ const STREAM_NAMES: [&str; 14] = [
 
 const STREAM_PREFIXES: [&str; 3] = ["Imgfetch-", "imgfetch-", "Imgfetch-Chunk"];
 
-/// `transfer::Head::parse` on any NATS header map (names from the protocol in several
+/// `transfer::Head::from_headers` on any NATS header map (names from the protocol in several
 /// spellings, or anything; numbers in many spellings and sizes).
 ///
 /// It accepts exactly the heads whose trimmed `Imgfetch-Size`, `Imgfetch-Chunk-Size` and
 /// `Imgfetch-Chunks` are `u64`s with `chunk_size > 0` and `chunks == ceil(size / chunk_size)`
 /// (checked here in 128-bit arithmetic), and whose trimmed `Imgfetch-Flow` is `imgfetch.flow.`
-/// followed by one token of `[A-Za-z0-9_-]`; an accepted head says what the headers say, and
+/// followed by one token of `[A-Za-z0-9_-]`, on an `ok` answer (`Imgfetch-Status`); an accepted
+/// head says what the headers say, and
 /// every chunk's end offset (`seq * chunk_size` before the last) fits in a `u64` below `size`.
 /// Anything else is an error that says it is about the stream's head.
 pub fn stream_headers(data: &[u8]) {
@@ -1159,8 +1160,10 @@ pub fn stream_headers(data: &[u8]) {
         }
         _ => false,
     };
-    let expected = flow_ok && consistent;
-    match Head::parse("r1", &headers) {
+    // A head's size is read only from an `ok` answer: an error's head is no stream.
+    let status_ok = get(header::STATUS) == Some("ok");
+    let expected = flow_ok && consistent && status_ok;
+    match Head::from_headers("r1", &headers) {
         Ok(head) => {
             assert!(expected, "accepted {head:?} from {entries:?}");
             assert_eq!(head.id, "r1");
