@@ -56,6 +56,16 @@ import yaml
 FAILURES = []
 
 
+
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text):
+    """Seconds of a duration in the binaries' human form (`30s`, `1m 30s`, `500ms`), or None."""
+    if not re.fullmatch(r"(\d+(ms|s|m|h|d) *)+", text.strip()):
+        return None
+    return sum(int(n) * DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)(ms|s|m|h|d)", text))
+
 def fail(message):
     FAILURES.append(message)
     print(f"FAIL {message}")
@@ -804,11 +814,13 @@ def check_chart(args, docs, by_kind, rendered):
     c = pod["containers"][0]
     env = {e["name"]: e for e in c["env"]}
     grace = env["IMGFETCH_GRACE"]["value"]
-    if not re.fullmatch(r"\d+s", grace):
-        fail(f"gateway: IMGFETCH_GRACE {grace!r} is not whole seconds")
+    grace_seconds = duration_seconds(grace)
+    if grace_seconds is None:
+        fail(f"gateway: IMGFETCH_GRACE {grace!r} is not a duration such as 30s")
+        grace_seconds = 0
     sleep = int(need(c, "lifecycle.preStop.exec.command")[-1])
     period = pod["terminationGracePeriodSeconds"]
-    if not period > sleep + int(grace[:-1]):
+    if not period > sleep + grace_seconds:
         fail(f"gateway: terminationGracePeriodSeconds {period} <= {sleep} s + {grace}")
 
     hpa = by_kind.get("HorizontalPodAutoscaler", [])

@@ -133,8 +133,11 @@ python3 scripts/check-deploy.py "$work/kustomize.yaml" --kustomize --reference n
 # without its passwords.
 for refused in \
   "gateway.terminationGracePeriodSeconds=30|gateway.terminationGracePeriodSeconds (30) must be above" \
+  "resolver.grace=36s|resolver.terminationGracePeriodSeconds (40) must be above" \
   "resolver.graceSeconds=36|resolver.terminationGracePeriodSeconds (40) must be above" \
-  "gateway.graceMs=60000|gateway.graceMs was renamed gateway.graceSeconds" \
+  "gateway.grace=30|gateway.grace: \"30\" is not a duration" \
+  "gateway.preStopSleep=soon|gateway.preStopSleep: \"soon\" is not a duration" \
+  "gateway.graceMs=60000|gateway.graceMs was renamed gateway.grace" \
   "resolver.extraConfig.grace=5s|resolver.extraConfig.grace: the chart sets grace itself" \
   "gateway.extraEnv.IMGFETCH_NATS_USER=x|gateway.extraEnv.IMGFETCH_NATS_USER: the chart sets" \
   "nats.auth.resolver.password=x|nats.auth.resolver.password was replaced by" \
@@ -147,5 +150,21 @@ for refused in \
   grep -qF "${refused#*|}" "$work/refused"
   echo "refused: --set ${refused%%|*}"
 done
+
+# Durations are written as the binaries take them; the keys of earlier versions that took a
+# number of seconds still work.
+"$HELM" template imgfetch "$CHART" --set gateway.grace=1m --set gateway.preStopSleep=1500ms \
+  --set gateway.terminationGracePeriodSeconds=70 --set resolver.grace=30s \
+  --set resolver.terminationGracePeriodSeconds=40 >"$work/durations.yaml"
+"$HELM" template imgfetch "$CHART" --set gateway.graceSeconds=40 \
+  --set gateway.preStopSleepSeconds=3 --set resolver.graceSeconds=25 >"$work/old-keys.yaml"
+for expect in 'durations.yaml|value: "1m"' 'durations.yaml|"/bin/sleep", "2"' 'durations.yaml|grace = "30s"' \
+  'old-keys.yaml|value: "40s"' 'old-keys.yaml|"/bin/sleep", "3"' 'old-keys.yaml|grace = "25s"'; do
+  if ! grep -qF "${expect#*|}" "$work/${expect%%|*}"; then
+    echo "check-deploy: ${expect%%|*} has no ${expect#*|}" >&2
+    exit 1
+  fi
+done
+echo "durations: human form and the old seconds keys render"
 
 echo "check-deploy: ok in $(($(date +%s) - started)) s"

@@ -1,10 +1,11 @@
 //! `imgfetch`, the command-line client: fetches images through a gateway's
-//! `GET /v1/images/{network}/{key}` (docs/PROTOCOL.md), one key or a batch of thousands, and
+//! `GET /v1/images/{network}/{key}` (docs/API.md), one key or a batch of thousands, and
 //! saves each whole under a name that cannot leave the output directory.
 //!
 //! # Layout
 //!
-//! - [`args`]: the command line (clap), each flag with an `IMGFETCH_*` variable.
+//! - [`args`]: the command line (clap), each flag with an `IMGFETCH_*` variable (the
+//!   concurrency's is `IMGFETCH_CLI_CONCURRENCY`, apart from the resolver's).
 //! - [`keys`]: the keys of a run, from the arguments and `--from-file`.
 //! - [`fetch`]: one key: the request, its id and token, the body streamed to a temp file and
 //!   renamed when whole; the typed [`fetch::FetchError`] of a failed key.
@@ -98,10 +99,14 @@ pub async fn get(args: GetArgs) -> Result<summary::Summary, RunError> {
         path: args.output.clone(),
         source,
     })?;
+    let (idle_timeout, deprecated) = args.idle_timeout();
+    if let Some(warning) = deprecated {
+        eprintln!("imgfetch: warning: {warning}");
+    }
     let client = reqwest::Client::builder()
         .user_agent(concat!("imgfetch/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(args.idle_timeout_secs))
+        .read_timeout(idle_timeout)
         .build()
         .map_err(RunError::Client)?;
     let fetcher = fetch::Fetcher::new(

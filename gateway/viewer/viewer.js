@@ -1,5 +1,5 @@
 // imgfetch viewer. Fetches images over the gateway's websocket (/v1/ws) and shows each one as
-// it arrives, with its associated information. The protocol is in docs/PROTOCOL.md
+// it arrives, with its associated information. The protocol is in docs/API.md
 // ("Websocket: /v1/ws"); the networks come from GET /v1/networks.
 //
 // Nothing is lost across a reconnect: a request the gateway accepted is asked for again by id
@@ -71,7 +71,7 @@
   function socketUrl() {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const t = token();
-    // Browsers cannot set headers on a websocket, so the token goes in the query (PROTOCOL.md,
+    // Browsers cannot set headers on a websocket, so the token goes in the query (docs/API.md,
     // "Client authentication"); it never goes in the page's own address.
     return `${scheme}//${location.host}/v1/ws${t ? `?token=${encodeURIComponent(t)}` : ''}`;
   }

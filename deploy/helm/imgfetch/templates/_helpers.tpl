@@ -327,7 +327,7 @@ provision = false
 concurrency = {{ int $r.concurrency }}
 http_listen = "0.0.0.0:{{ int $r.adminPort }}"
 log_format = "json"
-grace = "{{ int $r.graceSeconds }}s"
+grace = {{ include "imgfetch.duration" (list $r "grace" "graceSeconds" "resolver") | toJson }}
 {{- range $key, $value := $r.extraConfig }}
 {{- if has $key (list "nats_url" "nats_user" "nats_password_file" "nats_creds" "nats_tls_ca" "stream" "dlq_stream" "stream_replicas" "provision" "concurrency" "http_listen" "log_format" "grace" "networks") }}
 {{- fail (printf "resolver.extraConfig.%s: the chart sets %s itself; use its own value (docs/DEPLOY.md)" $key $key) }}
@@ -359,4 +359,44 @@ virtual_hosted_style = true
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* Milliseconds of a duration in the binaries' human form ("30s", "1m 30s", "500ms", "2h",
+     "7d"): (list VALUE "key.path"). Anything else, a bare number included, fails naming the key. */}}
+{{- define "imgfetch.durationMs" -}}
+{{- $text := toString (index . 0) | trim -}}
+{{- if not (regexMatch "^([0-9]+(ms|s|m|h|d) *)+$" $text) -}}
+{{- fail (printf "%s: %q is not a duration: write it as 30s, 1m 30s or 500ms (units: ms, s, m, h, d)" (index . 1) $text) -}}
+{{- end -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
+{{- $ms := 0 -}}
+{{- range $part := regexFindAll "[0-9]+(ms|s|m|h|d)" $text -1 -}}
+{{- $ms = add $ms (mul (regexFind "^[0-9]+" $part | int64) (get $units (regexReplaceAll "^[0-9]+" $part ""))) -}}
+{{- end -}}
+{{- $ms -}}
+{{- end -}}
+
+{{/* A duration setting that took a number of seconds before: (list VALUES "grace" "graceSeconds"
+     "gateway"). The old key, when a values file still sets it, as "<n>s" (NOTES.txt says it is
+     deprecated); else the new one, checked. */}}
+{{- define "imgfetch.duration" -}}
+{{- $values := index . 0 -}}
+{{- $new := printf "%s.%s" (index . 3) (index . 1) -}}
+{{- $old := index . 2 -}}
+{{- if hasKey $values $old -}}
+{{- $seconds := toString (index $values $old) -}}
+{{- if not (regexMatch "^[0-9]+$" $seconds) -}}
+{{- fail (printf "%s.%s (deprecated): %q is not a whole number of seconds; give %s instead, a duration such as 30s" (index . 3) $old $seconds $new) -}}
+{{- end -}}
+{{- printf "%ss" $seconds -}}
+{{- else -}}
+{{- $text := toString (index $values (index . 1)) | trim -}}
+{{- $_ := include "imgfetch.durationMs" (list $text $new) -}}
+{{- $text -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whole seconds of a duration, rounded up: (list VALUE "key.path"). */}}
+{{- define "imgfetch.durationSeconds" -}}
+{{- div (add (include "imgfetch.durationMs" .) 999) 1000 -}}
 {{- end -}}
