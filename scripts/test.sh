@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 IMGFETCH_SETUP_BROWSER=1 source scripts/setup.sh
 
 cargo fmt --all -- --check
+# No two modules of a crate import each other (the layout in each crate's lib.rs).
+python3 scripts/module-graph.py
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The suite takes a few minutes; a test that hangs fails the run here, with the test named in
 # cargo's "has been running for over 60 seconds" line, instead of using up CI's 90 minutes.

@@ -141,7 +141,7 @@ pub async fn through_pipeline(
     Ok(run)
 }
 
-/// Streams the image over HTTP (hashing it as it comes) and measures both processes.
+/// Transfers the image over HTTP (hashing it as it comes) and measures both processes.
 pub async fn http(p: &Pipeline, path: &str, size: usize, sha: &str) -> anyhow::Result<LargeRun> {
     let mut run = before(p, path, size);
     let url = format!("{}/v1/images/large/large.jpg", p.base);
@@ -165,7 +165,7 @@ pub async fn http(p: &Pipeline, path: &str, size: usize, sha: &str) -> anyhow::R
     Ok(run)
 }
 
-/// Streams the image over the websocket and measures both processes.
+/// Transfers the image over the websocket and measures both processes.
 pub async fn websocket(p: &Pipeline, size: usize, sha: &str) -> anyhow::Result<LargeRun> {
     let mut run = before(p, "ws", size);
     let url = format!("{}/v1/ws", p.base.replacen("http://", "ws://", 1));

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::outcome::Failure;
+use crate::failure::Failure;
 
 /// Why a tokens file cannot be used.
 #[derive(Debug, thiserror::Error)]

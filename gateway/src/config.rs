@@ -60,10 +60,7 @@ pub mod defaults {
     pub const MAX_IN_FLIGHT_PER_TOKEN: usize = 64;
     /// How often the tokens file is checked for changes.
     pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
-    /// How long the outcome of a request can be fetched again by id.
-    pub const RESULT_TTL: Duration = Duration::from_secs(600);
-    /// Replicas of the results bucket when the gateway creates it.
-    pub const RESULTS_REPLICAS: usize = 1;
+    pub use crate::results::defaults::{RESULTS_REPLICAS, RESULT_TTL};
 }
 
 /// Variables renamed when durations took their human form; still setting one is an error.
@@ -312,7 +309,7 @@ pub struct Config {
     /// Drain time after SIGTERM.
     pub grace: Duration,
     /// How streamed images are received.
-    pub streams: crate::transfer::StreamSettings,
+    pub streams: crate::image::transfer::TransferSettings,
     /// Log format.
     pub log_format: LogFormat,
     /// The archive; `None` archives nothing.
@@ -344,7 +341,7 @@ impl Config {
             max_client_frame_bytes: defaults::MAX_CLIENT_FRAME_BYTES,
             send_timeout: defaults::SEND_TIMEOUT,
             grace: defaults::GRACE,
-            streams: crate::transfer::StreamSettings {
+            streams: crate::image::transfer::TransferSettings {
                 window_bytes: defaults::STREAM_WINDOW_BYTES,
                 max_buffer_bytes: defaults::MAX_STREAM_BUFFER_BYTES,
                 chunk_timeout: defaults::CHUNK_TIMEOUT,
@@ -426,9 +423,9 @@ impl Config {
         config.archive = archive_config(
             s.archive.as_deref().unwrap_or(defaults::ARCHIVE),
             s.archive_dir_template
-                .unwrap_or_else(|| crate::template::DEFAULT_DIR.to_owned()),
+                .unwrap_or_else(|| crate::archive::template::DEFAULT_DIR.to_owned()),
             s.archive_file_template
-                .unwrap_or_else(|| crate::template::DEFAULT_FILE.to_owned()),
+                .unwrap_or_else(|| crate::archive::template::DEFAULT_FILE.to_owned()),
             &read,
             &env,
         )?;
@@ -568,7 +565,7 @@ pub enum ConfigError {
     },
     /// An archive path template is invalid.
     #[error("archive {0}")]
-    ArchiveTemplate(#[from] crate::template::TemplateError),
+    ArchiveTemplate(#[from] crate::archive::template::TemplateError),
     /// The results bucket name cannot be a key-value bucket name.
     #[error("results bucket {0:?}: only A-Z, a-z, 0-9, '_' and '-' are allowed")]
     ResultsBucket(String),
@@ -630,8 +627,8 @@ fn archive_config(
         StoreSpec::File { root: dir }
     };
     // Templates are checked now, so that a typo stops the gateway at start.
-    crate::template::Template::parse(&dir_template, true)?;
-    crate::template::Template::parse(&file_template, false)?;
+    crate::archive::template::Template::parse(&dir_template, true)?;
+    crate::archive::template::Template::parse(&file_template, false)?;
     Ok(Some(ArchiveConfig {
         store,
         dir_template,

@@ -4,44 +4,41 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags and environment, resolved into a [`Config`].
+//! Folders by job; dependencies run one way, top to bottom (`scripts/module-graph.py` checks
+//! that no two modules import each other):
+//!
+//! - [`api`]: what clients talk to: HTTP routes and status codes, the websocket session, the
+//!   `imgfetch.fetch` micro endpoint, the web viewer, the accept loop.
+//! - [`queue`]: requests through JetStream and back: the dispatcher and its reply router, the
+//!   directory of networks, the sentinel for requests no stream captured, and replay by id
+//!   (with takeover from a gateway that is gone).
+//! - [`results`]: outcomes recorded by id in a key-value bucket: the record format, the bucket's
+//!   compare-and-set writes, liveness.
+//! - [`image`]: an image on its way to a client: the outcome of a reply, and receiving a
+//!   chunked transfer within the buffer budget.
+//! - [`archive`]: writes each image under a path chosen from its information ([`archive::template`]).
 //! - [`auth`]: bearer tokens, the networks each may fetch, and its share of in-flight requests.
-//! - [`serve`]: the accept loop: connection cap, header-read timeout, graceful shutdown.
-//! - [`archive`]: writes each fetched image under a path chosen from its information.
-//! - [`template`]: archive path templates and the sanitising of untrusted values.
-//! - [`directory`]: which networks exist and are served, learned from NATS alone.
-//! - [`dispatch`]: enqueue with de-duplication, route callbacks to waiters, enforce deadlines.
-//! - [`outcome`]: the image or the error a request ends in, and how a reply becomes one.
-//! - [`transfer`]: receiving a streamed image: credit, order, size and SHA-256 checks, stalls.
-//! - [`results`]: outcomes recorded by id in a key-value bucket, replayed, taken over.
-//! - [`fetch`]: the `imgfetch-gateway` micro service and its `imgfetch.fetch` endpoint.
-//! - [`sentinel`]: answers hand-published requests that no stream captured.
-//! - [`ws`]: the websocket session protocol.
-//! - [`http`]: routes, status codes, health and metrics.
-//! - [`viewer`]: the web viewer at `/`, static files compiled into the binary.
+//! - [`config`]: flags, environment and TOML file, resolved into a [`Config`].
+//! - [`failure`]: the one error type a request can end in.
 //!
 //! The reply router, the sentinel and the fetch service are supervised (`imgfetch_common::supervise`): one that
 //! ends early is restarted with a new subscription, and `/readyz` is false meanwhile.
 //!
 //! [`run`] takes a bound listener, serves until shutdown, then drains within the grace period.
 
+pub mod api;
 pub mod archive;
 pub mod auth;
 pub mod config;
-pub mod directory;
-pub mod dispatch;
-pub mod fetch;
-pub mod http;
-pub mod outcome;
+pub mod failure;
+pub mod image;
+pub mod queue;
 pub mod results;
-pub mod sentinel;
-pub mod serve;
-pub mod template;
-pub mod transfer;
-pub mod viewer;
-pub mod ws;
 
 use std::sync::Arc;
+
+use api::{fetch, http, serve, ws};
+use queue::{dispatch, sentinel};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;

@@ -5,34 +5,29 @@
 //! # Layout
 //!
 //! - [`config`]: flags, environment and TOML file, resolved into a [`Config`].
-//! - [`store`]: one `object_store` per network, built once; the single read a request needs.
-//! - [`info`]: the associated information: sidecar, store metadata and EXIF, merged.
-//! - [`handler`]: one message in, one reply out, then ack, nak or term.
-//! - [`stream`]: an image over the inline limit, sent in chunks at the receiver's pace.
-//! - [`worker`]: one network's persistent pull on its shared durable consumer, with credit
-//!   per network and slots shared by all.
-//! - [`ping`]: the liveness answer gateways use to detect "no resolver", given only while the
-//!   network can be served.
-//! - [`http`]: the optional `/livez`, `/readyz` and `/metrics` listener.
+//! - [`store`]: one `object_store` per network, built once, with its read pool; the single read
+//!   a request needs, and [`store::info`], the associated information (sidecar, store metadata
+//!   and EXIF, merged).
+//! - [`handle`]: everything between a request message and its settle: the pull loop
+//!   ([`handle::worker`]), one request ([`handle::request`]), chunked transfers
+//!   ([`handle::chunks`]), dead letters ([`handle::dlq`]) and the liveness answer
+//!   ([`handle::ping`]).
 //! - [`service`]: the `imgfetch-resolver` micro service: a stat endpoint per network, and what
 //!   each network's requests ended in, for `nats micro stats`.
-//! - [`dlq`]: requests that end without an answer: copied to the dead-letter stream, their
-//!   requesters told `undeliverable`.
+//! - [`http`]: the optional `/livez`, `/readyz` and `/metrics` listener.
+//!
+//! Dependencies run one way: `handle` and `service` use `store`; nothing uses `handle` but
+//! [`run`].
 //!
 //! [`run`] ties them together, supervises the long-lived tasks (each network's pull loop and
 //! ping answerer, and the `imgfetch-resolver` service of [`service`], restarted when they end early; see `imgfetch_common::supervise`) and drains
 //! in-flight work on shutdown.
 
 pub mod config;
-pub mod dlq;
-pub mod handler;
+pub mod handle;
 pub mod http;
-pub mod info;
-pub mod ping;
 pub mod service;
 pub mod store;
-pub mod stream;
-pub mod worker;
 
 use std::sync::Arc;
 
@@ -46,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
+use handle::{dlq, ping, worker};
 use store::{OpenError, Store};
 
 use crate::config::defaults;
@@ -290,7 +286,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 network: net.name.clone(),
                 source,
             })?;
-        let ctx = Arc::new(handler::Context {
+        let ctx = Arc::new(handle::Context {
             client: client.clone(),
             js: js.clone(),
             network: net.name.clone(),

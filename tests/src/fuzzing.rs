@@ -16,14 +16,14 @@ use imgfetch_common::info::{
 };
 use imgfetch_common::protocol::{self, header, ErrorCode, FetchRequest};
 use imgfetch_common::validate;
+use imgfetch_gateway::api::http;
+use imgfetch_gateway::api::ws::{self, Asked};
 use imgfetch_gateway::archive;
+use imgfetch_gateway::archive::template::{self, Template};
 use imgfetch_gateway::config::defaults;
-use imgfetch_gateway::http;
-use imgfetch_gateway::outcome::Failure;
-use imgfetch_gateway::template::{self, Template};
-use imgfetch_gateway::transfer::Head;
-use imgfetch_gateway::ws::{self, Asked};
-use imgfetch_resolver::info::{self, FieldValue, Partial};
+use imgfetch_gateway::image::outcome::Failure;
+use imgfetch_gateway::image::transfer::Head;
+use imgfetch_resolver::store::info::{self, FieldValue, Partial};
 use time::OffsetDateTime;
 
 /// A target's body: the raw fuzzer input in, a panic on failure.

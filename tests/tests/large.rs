@@ -195,7 +195,7 @@ async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archi
             size.to_string()
         );
         assert_eq!(response.headers()["content-type"], "image/jpeg");
-        let path = response.headers()[imgfetch_gateway::http::ARCHIVED_AS]
+        let path = response.headers()[imgfetch_gateway::api::http::ARCHIVED_AS]
             .to_str()
             .unwrap()
             .to_owned();

@@ -1,5 +1,5 @@
 //! The pull loop of one network: one persistent pull on one inbox, topped up as requests
-//! finish, each request handed to [`handler::handle`](crate::handler::handle).
+//! finish, each request handed to [`request::handle`](super::request::handle).
 //!
 //! - **Credit, per network.** A network asks the server for at most `limit` requests beyond
 //!   those it is working on, and asks again only when half of that is used up, so a busy
@@ -23,7 +23,7 @@
 //! - **Healing.** Every [`CONSUMER_CHECK`] the loop asks the server about its consumer, so a
 //!   stream or consumer deleted while idle (or lost with a wiped JetStream store) is noticed
 //!   even when no pull says so. Whenever the loop starts over, the network is marked not ready
-//!   (its pings stop, see [`ping`](crate::ping)) and the stream and consumer are verified, and
+//!   (its pings stop, see [`ping`](super::ping)) and the stream and consumer are verified, and
 //!   re-created when provisioning is on, until that succeeds; then pulling resumes. See
 //!   docs/RELIABILITY.md.
 
@@ -45,7 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::handler::{self, Context};
+use super::context::Context;
+use super::request;
 
 /// Silence beyond a pull's expiry after which outstanding pulls are taken as lost.
 const PULL_LOST_SLACK: Duration = Duration::from_secs(5);
@@ -434,9 +435,10 @@ impl Puller {
         progress_every: Duration,
         done: Arc<Done>,
     ) {
-        let permit = handler::wait_for_permit(&slots, &message, progress_every, &ctx.network).await;
-        let lease = handler::Lease::new(permit, move || done.give_back());
-        if let Err(err) = handler::handle(ctx, message, lease).await {
+        let permit =
+            super::context::wait_for_permit(&slots, &message, progress_every, &ctx.network).await;
+        let lease = super::Lease::new(permit, move || done.give_back());
+        if let Err(err) = request::handle(ctx, message, lease).await {
             tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
         }
     }

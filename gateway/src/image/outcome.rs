@@ -12,8 +12,8 @@ use imgfetch_common::message::{ReplyHead, Status};
 use imgfetch_common::protocol::ErrorCode;
 
 use crate::archive::Archived;
-use crate::transfer::Transfer;
-use serde::Serialize;
+pub use crate::failure::Failure;
+use crate::image::transfer::Transfer;
 
 /// A fetched image with its metadata.
 #[derive(Debug)]
@@ -190,26 +190,6 @@ impl Stored {
             ErrorCode::ResultUnavailable,
             format!("the image's archive copy cannot be replayed: {why}; request it again"),
         ))
-    }
-}
-
-/// A terminal error, with a code the client can branch on and a message for people.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct Failure {
-    /// The code.
-    pub code: ErrorCode,
-    /// What happened.
-    pub message: String,
-}
-
-impl Failure {
-    /// Builds a failure.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
-        }
     }
 }
 

@@ -7,6 +7,8 @@
 //! read, and the sidecar's confine and open) was the largest single saving in the resolver;
 //! see `docs/PERFORMANCE.md`. S3 stores are asynchronous and are read on the runtime.
 
+pub mod info;
+
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;

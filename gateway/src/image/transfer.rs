@@ -26,7 +26,7 @@ use imgfetch_common::protocol::{self, header, ErrorCode};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::archive::ArchiveSink;
-use crate::outcome::Failure;
+use crate::failure::Failure;
 
 /// Longest a credit grant or a cancel may wait for the connection; a lost grant shows as a
 /// stall, a lost cancel as a resolver that stops at its own idle limit.
@@ -34,7 +34,7 @@ const CREDIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How streamed images are received.
 #[derive(Clone, Copy, Debug)]
-pub struct StreamSettings {
+pub struct TransferSettings {
     /// Bytes a resolver may send ahead of the client.
     pub window_bytes: u64,
     /// Longest wait for a chunk while credit is out.
@@ -66,10 +66,10 @@ pub enum Part {
     Failed(Failure),
 }
 
-/// Streams being received, by flow subject: where the reply router sends their parts. Also
-/// the budget of bytes they may have granted and not handed out ([`StreamSettings`]).
+/// Transfers being received, by flow subject: where the reply router sends their parts. Also
+/// the budget of bytes they may have granted and not handed out ([`TransferSettings`]).
 #[derive(Clone, Debug)]
-pub struct Streams {
+pub struct Transfers {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
     budget: Arc<Semaphore>,
 }
@@ -82,7 +82,7 @@ struct Entry {
     token: String,
 }
 
-/// What became of a part handed to [`Streams::route`].
+/// What became of a part handed to [`Transfers::route`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Routed {
     /// Queued for its transfer.
@@ -95,11 +95,11 @@ pub enum Routed {
     Foreign,
 }
 
-impl Streams {
+impl Transfers {
     /// No streams yet, with a budget of `max_buffer_bytes`.
-    pub fn with_budget(max_buffer_bytes: u64) -> Streams {
+    pub fn with_budget(max_buffer_bytes: u64) -> Transfers {
         let units = (max_buffer_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX));
-        Streams {
+        Transfers {
             inner: Arc::default(),
             budget: Arc::new(Semaphore::new(units as usize)),
         }
@@ -143,7 +143,7 @@ impl Streams {
             .collect()
     }
 
-    /// Streams being received.
+    /// Transfers being received.
     pub fn len(&self) -> usize {
         self.inner.lock().expect("streams poisoned").len()
     }
@@ -217,7 +217,7 @@ pub struct Transfer {
     head: Head,
     client: async_nats::Client,
     rx: mpsc::Receiver<Part>,
-    streams: Streams,
+    streams: Transfers,
     started: Arc<AtomicBool>,
     window: u64,
     chunk_timeout: Duration,
@@ -240,8 +240,8 @@ impl Transfer {
         head: Head,
         token: &str,
         client: async_nats::Client,
-        streams: &Streams,
-        settings: StreamSettings,
+        streams: &Transfers,
+        settings: TransferSettings,
         archive: Option<ArchiveSink>,
     ) -> Transfer {
         let window = (settings.window_bytes / head.chunk_size.max(1)).clamp(2, 1024);
@@ -553,16 +553,16 @@ mod tests {
             .connect("127.0.0.1:1")
             .await
             .unwrap();
-        let settings = StreamSettings {
+        let settings = TransferSettings {
             window_bytes: 4 * CHUNK,
             chunk_timeout: Duration::from_millis(300),
             max_buffer_bytes: CHUNK,
         };
-        let streams = Streams::with_budget(settings.max_buffer_bytes);
+        let streams = Transfers::with_budget(settings.max_buffer_bytes);
         let full = (CHUNK / BUDGET_UNIT) as usize;
         assert_eq!(streams.budget.available_permits(), full);
         // A waits for its chunk longer than B waits for the budget.
-        let patient = StreamSettings {
+        let patient = TransferSettings {
             chunk_timeout: Duration::from_secs(10),
             ..settings
         };

@@ -18,7 +18,7 @@ use async_nats::jetstream;
 use imgfetch_common::protocol::{ping_subject, ErrorCode, Origin};
 use imgfetch_common::provision;
 
-use crate::outcome::Failure;
+use crate::failure::Failure;
 
 /// How long a fetched network list is trusted for a hit.
 const NETWORKS_TTL: Duration = Duration::from_secs(5);

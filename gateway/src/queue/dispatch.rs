@@ -33,10 +33,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
-use crate::directory::Directory;
-use crate::outcome::{self, Body, Failure, Outcome};
+use crate::failure::Failure;
+use crate::image::outcome::{self, Body, Outcome};
+use crate::image::transfer::{Head, Part, Routed, TransferSettings, Transfers, Transfer};
+use crate::queue::directory::Directory;
 use crate::results::{Origin, Results, WriteOrder};
-use crate::transfer::{Head, Part, Routed, StreamSettings, Streams, Transfer};
 
 /// How often resolvers whose stream waits for its client to start reading are told the stream
 /// is still wanted; well within their idle timeout.
@@ -98,7 +99,7 @@ pub struct Dispatcher {
     request_timeout: Duration,
     publish_timeout: Duration,
     draining: CancellationToken,
-    streams: Streams,
+    streams: Transfers,
     closed: CancellationToken,
     results: Option<Arc<Results>>,
 }
@@ -204,7 +205,7 @@ impl Dispatcher {
         instance: String,
         stream: String,
         timeouts: (Duration, Duration),
-        stream_settings: StreamSettings,
+        stream_settings: TransferSettings,
         draining: CancellationToken,
         results: Option<Arc<Results>>,
         supervisor: &Supervisor,
@@ -229,7 +230,7 @@ impl Dispatcher {
             request_timeout,
             publish_timeout,
             draining,
-            streams: Streams::with_budget(stream_settings.max_buffer_bytes),
+            streams: Transfers::with_budget(stream_settings.max_buffer_bytes),
             closed: CancellationToken::new(),
             results: results.clone(),
         });
@@ -474,10 +475,10 @@ struct Router {
     /// `imgfetch.reply.<instance>.`: what precedes the token in a callback subject.
     reply_prefix: String,
     pending: Pending,
-    streams: Streams,
+    streams: Transfers,
     archive: Option<Arc<Archive>>,
     client: async_nats::Client,
-    settings: StreamSettings,
+    settings: TransferSettings,
     results: Option<Arc<Results>>,
 }
 

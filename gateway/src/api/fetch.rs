@@ -30,8 +30,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::archive::Archived;
-use crate::dispatch::{new_id, Dispatcher};
-use crate::outcome::{Body, Failure, Image};
+use crate::failure::Failure;
+use crate::image::outcome::{Body, Image};
+use crate::queue::dispatch::{new_id, Dispatcher};
 
 /// The endpoint's name in `nats micro info` and `stats`.
 pub const FETCH_ENDPOINT: &str = "fetch";

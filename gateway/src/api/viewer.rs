@@ -8,11 +8,11 @@ use axum::routing::get;
 use axum::Router;
 
 /// The page.
-const INDEX_HTML: &str = include_str!("../viewer/index.html");
+const INDEX_HTML: &str = include_str!("../../viewer/index.html");
 /// Its script.
-const VIEWER_JS: &str = include_str!("../viewer/viewer.js");
+const VIEWER_JS: &str = include_str!("../../viewer/viewer.js");
 /// Its style.
-const VIEWER_CSS: &str = include_str!("../viewer/viewer.css");
+const VIEWER_CSS: &str = include_str!("../../viewer/viewer.css");
 
 /// What the page may load: its own files, images it made from websocket frames (`blob:`), and
 /// connections back to this gateway. No inline script, nothing from elsewhere, no framing.

@@ -1,6 +1,6 @@
 //! The HTTP surface: `GET /v1/images/{network}/{*key}`, `GET /v1/requests/{id}` (a past
 //! answer, by id), `GET /v1/networks`, the websocket upgrade on `/v1/ws`, `/livez`, `/readyz`,
-//! `/metrics`, and the web viewer's files (`crate::viewer`).
+//! `/metrics`, and the web viewer's files (`crate::api::viewer`).
 
 use std::sync::Arc;
 
@@ -19,12 +19,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::api::ws;
 use crate::archive::Archived;
 use crate::auth::Auth;
-use crate::dispatch::Dispatcher;
-use crate::outcome::{self, Failure, Image};
+use crate::failure::Failure;
+use crate::image::outcome::{self, Image};
+use crate::queue::dispatch::Dispatcher;
+use crate::queue::replay;
 use crate::results::Results;
-use crate::ws;
 
 /// A streamed or stored body as a body stream.
 fn chunks(
@@ -129,7 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::viewer::routes())
+        .merge(crate::api::viewer::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(axum::middleware::map_response(nosniff))
         .with_state(state)
@@ -229,7 +231,7 @@ pub fn request_id(headers: &HeaderMap) -> Result<String, Failure> {
                 "X-Request-Id must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_'",
             )),
         },
-        None => Ok(crate::dispatch::new_id()),
+        None => Ok(crate::queue::dispatch::new_id()),
     }
 }
 
@@ -346,11 +348,7 @@ async fn get_result(
         return error_response(Some(&id), &f);
     };
     let until = tokio::time::Instant::now() + state.dispatcher.request_timeout();
-    match state
-        .results
-        .fetch(&id, &client, &state.dispatcher, until)
-        .await
-    {
+    match replay::fetch(&state.results, &id, &client, &state.dispatcher, until).await {
         Ok(replay) => image_response(&id, replay.image, replay.held),
         Err(f) => error_response(Some(&id), &f),
     }

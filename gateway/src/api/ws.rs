@@ -35,8 +35,10 @@ use tracing::Instrument;
 
 use crate::archive::Archived;
 use crate::auth::Client;
-use crate::dispatch::Dispatcher;
-use crate::outcome::{Body, Failure, Image};
+use crate::failure::Failure;
+use crate::image::outcome::{Body, Image};
+use crate::queue::dispatch::Dispatcher;
+use crate::queue::replay;
 use crate::results::Results;
 
 /// Limits of one session.
@@ -120,7 +122,7 @@ pub fn read_frame(text: &str) -> Result<Asked, Failure> {
             key,
             meta,
         }) => Ok(Asked::Fetch(FetchRequest {
-            id: id.unwrap_or_else(crate::dispatch::new_id),
+            id: id.unwrap_or_else(crate::queue::dispatch::new_id),
             network: Some(network),
             key,
             meta,
@@ -268,7 +270,7 @@ pub async fn session<W, R, E>(
                         Err(e) => Err(Failure::new(ErrorCode::InvalidRequest, e.to_string())),
                         Ok(()) => {
                             let until = tokio::time::Instant::now() + dispatcher.request_timeout();
-                            results.fetch(&id, &client, &dispatcher, until).await
+                            replay::fetch(&results, &id, &client, &dispatcher, until).await
                         }
                     };
                     let answer = match answer {

@@ -26,7 +26,9 @@ use time::OffsetDateTime;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::template::{self, Template, TemplateError};
+pub mod template;
+
+use self::template::{Template, TemplateError};
 
 /// Image bytes waiting to be written, at most, in KiB; beyond this an image is not archived
 /// (and the client is told). A write holds its share until it has really finished.

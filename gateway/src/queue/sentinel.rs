@@ -20,7 +20,7 @@ use imgfetch_common::supervise::Supervisor;
 use imgfetch_common::{codec, validate};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Dispatcher;
+use crate::queue::dispatch::Dispatcher;
 
 /// Longest subscribing, or sending an answer, may take.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);

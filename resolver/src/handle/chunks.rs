@@ -21,30 +21,13 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use imgfetch_common::digest::Hasher;
-use imgfetch_common::message::{Chunk, Chunked, ChunkedEnd, Flow, ReplyHead, Status};
+use imgfetch_common::message::{Chunk, Chunked, ChunkedEnd, Flow, Status};
 use imgfetch_common::protocol::{self, ErrorCode, STATUS_OK};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::handler::{bounded, Context, Settle};
+use super::context::{bounded, Context, Outgoing, Settle};
 use crate::store::{Body, StoreError, StoreErrorKind};
-
-/// An image to stream.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// The request id.
-    pub id: String,
-    /// Where the answer goes.
-    pub callback: String,
-    /// The head, as for an inline `ok` reply; sending adds how the chunks follow.
-    pub head: ReplyHead,
-    /// The image's size.
-    pub size: u64,
-    /// The first bytes, already read.
-    pub first: Bytes,
-    /// Where the rest is read from.
-    pub body: Body,
-}
 
 /// How a stream ended early.
 enum Ended {
