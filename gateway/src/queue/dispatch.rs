@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::Archive;
 use crate::failure::Failure;
 use crate::image::outcome::{self, Body, Outcome};
-use crate::image::transfer::{Head, Part, Routed, TransferSettings, Transfers, Transfer};
+use crate::image::transfer::{Head, Part, Routed, Transfer, TransferSettings, Transfers};
 use crate::queue::directory::Directory;
 use crate::results::{Origin, Results, WriteOrder};
 
