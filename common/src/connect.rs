@@ -161,10 +161,7 @@ impl NatsAuth {
         inbox_prefix: &str,
     ) -> Result<async_nats::ConnectOptions, ConnectError> {
         self.check()?;
-        // object_store's HTTP client brings rustls with aws-lc-rs and async-nats brings ring;
-        // with both compiled in, rustls cannot pick a process default and a NATS TLS handshake
-        // panics. Choose ring, async-nats' own, unless something chose already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .custom_inbox_prefix(inbox_prefix);
@@ -296,6 +293,14 @@ pub fn server_addrs(list: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectEr
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(addrs)
+}
+
+/// Makes ring rustls' process-wide crypto provider, unless one is installed already; called
+/// before any NATS connection or S3 client is built. ring is the only provider compiled in
+/// (async-nats uses it, and object_store's reqwest has none of its own), and reqwest panics when
+/// it builds a client while no provider is installed.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn read_error(path: &Path, source: std::io::Error) -> ConnectError {

@@ -243,6 +243,7 @@ pub fn build(spec: &StoreSpec, timeout: Duration, create: bool) -> Result<Opened
             prefix,
             options,
         } => {
+            crate::connect::install_tls_provider();
             let s3 = s3_builder(bucket, options, timeout)
                 .build()
                 .map_err(|source| OpenError::S3Settings {

@@ -102,6 +102,7 @@ impl S3Server {
 
     /// An object_store client for `bucket`, for putting test objects through S3 itself.
     pub fn client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        imgfetch_common::connect::install_tls_provider();
         object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_endpoint(self.endpoint())
