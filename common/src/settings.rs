@@ -55,13 +55,20 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// The TOML is malformed, has a key of the wrong type, or a key the binary does not know.
-    #[error("{path}: {message}")]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with the line and the key.
-        message: String,
-    },
+    #[error(transparent)]
+    Toml(Box<TomlError>),
+}
+
+/// A TOML file that does not parse into the settings.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct TomlError {
+    /// The file.
+    pub path: PathBuf,
+    /// The parser's message, with the line and the key, and the new name of a renamed key.
+    pub message: String,
+    /// The parser's error.
+    pub source: toml::de::Error,
 }
 
 /// Reads the TOML file at `path` through `read` (tests pass a map of files). The target type
@@ -78,9 +85,7 @@ pub fn read_toml<T: DeserializeOwned>(
         source,
     })?;
     toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|span| text[..span.start].matches('\n').count() + 1);
+        let line = error_line(&text, &e);
         let mut message = match line {
             Some(line) => format!("line {line}: {}", e.message()),
             None => e.message().to_owned(),
@@ -97,11 +102,61 @@ pub fn read_toml<T: DeserializeOwned>(
                 );
             }
         }
-        FileError::Toml {
+        FileError::Toml(Box::new(TomlError {
             path: path.to_owned(),
             message,
-        }
+            source: e,
+        }))
     })
+}
+
+/// The line of the file a TOML error is on, if known. A key of a `#[serde(flatten)]` struct
+/// loses its place (serde buffers the table's keys): its error is reported for the whole table,
+/// with the span of the table's header, or an empty span for the top level. Then the line is
+/// that of the key an unknown-key error names, found in the table; else the header's, or none
+/// for the top level rather than a wrong one.
+fn error_line(text: &str, e: &toml::de::Error) -> Option<usize> {
+    let span = e.span()?;
+    let line_of = |at: usize| text[..at].matches('\n').count() + 1;
+    let top_level = span == (0..0);
+    if !top_level && !text[span.clone()].starts_with('[') {
+        return Some(line_of(span.start));
+    }
+    let unknown = e
+        .message()
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let found = unknown.and_then(|key| key_line(text, span.end, key, top_level));
+    match found {
+        Some(line) => Some(line_of(span.end) + line),
+        None => (!top_level).then(|| line_of(span.start)),
+    }
+}
+
+/// Where `key` is set in the table whose lines begin at byte `from`, in lines after the first:
+/// a `key = …` or `key.… = …` line before the next header, or, at the top level, a `[key]` or
+/// `[key.…]` header too.
+fn key_line(text: &str, from: usize, key: &str, top_level: bool) -> Option<usize> {
+    let names = |line: &str| {
+        let rest = line
+            .strip_prefix(key)
+            .or_else(|| line.strip_prefix(&format!("\"{key}\"")));
+        rest.is_some_and(|rest| rest.trim_start().starts_with(['=', '.', ']']))
+    };
+    let mut in_body = true;
+    for (n, line) in text[from..].lines().enumerate() {
+        let line = line.trim_start();
+        if let Some(header) = line.strip_prefix('[') {
+            if top_level && names(header.trim_start_matches('[').trim_start()) {
+                return Some(n);
+            }
+            in_body = false;
+        } else if in_body && names(line) {
+            return Some(n);
+        }
+    }
+    None
 }
 
 /// A secret given as itself or as a file holding it (whitespace around it dropped), or neither.
@@ -330,6 +385,76 @@ mod tests {
             "/c.toml: line 1: unknown field `grace_ms`, expected `grace` or `name`: `grace_ms` \
              is now `grace`, a duration in human form (e.g. grace = \"30s\")"
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Flat {
+        name: Option<String>,
+        #[serde(flatten)]
+        inner: Inner,
+        #[serde(default)]
+        tables: std::collections::BTreeMap<String, Table>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Inner {
+        flag: Option<bool>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        #[serde(flatten)]
+        inner: Inner,
+    }
+
+    #[test]
+    fn keys_of_flattened_structs_keep_their_line() {
+        let ok: Flat = read_toml(
+            Path::new("/f.toml"),
+            |_: &Path| Ok("name = \"x\"\nflag = true\n[tables.a]\nflag = false\n".to_owned()),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.name.as_deref(), Some("x"));
+        assert_eq!(ok.inner.flag, Some(true));
+        assert_eq!(ok.tables["a"].inner.flag, Some(false));
+        for (text, expect) in [
+            (
+                "name = \"x\"\n\ncolour = 1\n",
+                "line 3: unknown field `colour`",
+            ),
+            (
+                "name = \"x\"\n\"colour\" = 1\n",
+                "line 2: unknown field `colour`",
+            ),
+            (
+                "name = \"x\"\n[colour]\nx = 1\n",
+                "line 2: unknown field `colour`",
+            ),
+            (
+                "[tables.a]\nflag = true\n[tables.b]\n\nflg = 1\n",
+                "line 5: unknown field `flg`",
+            ),
+            // A wrong type in a table: its header's line.
+            (
+                "name = \"x\"\n[tables.a]\nflag = \"yes\"\n",
+                "line 2: invalid type",
+            ),
+            // At the top level, no line rather than line 1.
+            ("name = \"x\"\nflag = \"yes\"\n", "/f.toml: invalid type"),
+            // A key the struct itself holds keeps its precise place.
+            ("flag = true\nname = 5\n", "line 2: invalid type"),
+        ] {
+            let err = read_toml::<Flat>(Path::new("/f.toml"), |_: &Path| Ok(text.to_owned()), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expect),
+                "{text:?}: expected {expect:?} in {err:?}"
+            );
+        }
     }
 
     #[test]
