@@ -6,8 +6,9 @@
 //!   and, through [`de_duration`], TOML keys;
 //! - [`read_toml`]: reads the file, refusing unknown keys with the key and the file named;
 //! - [`secret`]: a secret given either as itself or as a file holding it (the `*_FILE` twin),
-//!   never both;
-//! - [`s3_from_env`]: the `AWS_*` variables, with `AWS_SECRET_ACCESS_KEY_FILE` and
+//!   never both, or a [`SecretError`] naming the setting;
+//! - [`S3Settings`]: the S3 keys of a store, declared once, read from a TOML table or, through
+//!   [`s3_from_env`], from the `AWS_*` variables, with `AWS_SECRET_ACCESS_KEY_FILE` and
 //!   `AWS_SESSION_TOKEN_FILE` read at start;
 //! - [`renamed`]: settings whose names changed, refused with the new name rather than ignored.
 
@@ -159,23 +160,152 @@ fn key_line(text: &str, from: usize, key: &str, top_level: bool) -> Option<usize
     None
 }
 
-/// A secret given as itself or as a file holding it (whitespace around it dropped), or neither.
-/// `name` is the setting's name, for the message when both are given.
+/// A secret given as itself (the setting `name`) or as a file holding it (the setting
+/// `file_name`, whitespace around the secret dropped), or neither; never both. The names are the
+/// settings' as the user wrote them (`secret_access_key_file`, `AWS_SECRET_ACCESS_KEY_FILE`),
+/// for the error.
 pub fn secret(
     name: &str,
+    file_name: &str,
     value: Option<String>,
     file: Option<PathBuf>,
     read: impl Fn(&Path) -> std::io::Result<String>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SecretError> {
     match (value, file) {
-        (Some(_), Some(_)) => Err(format!("give {name} or {name}_file, not both")),
+        (Some(_), Some(_)) => Err(SecretError::Both {
+            value: name.to_owned(),
+            file: file_name.to_owned(),
+        }),
         (Some(value), None) => Ok(Some(value)),
         (None, Some(path)) => match read(&path) {
             Ok(text) => Ok(Some(text.trim().to_owned())),
-            Err(e) => Err(format!("{name}_file: cannot read {}: {e}", path.display())),
+            Err(source) => Err(SecretError::Read {
+                setting: file_name.to_owned(),
+                path,
+                source,
+            }),
         },
         (None, None) => Ok(None),
     }
+}
+
+/// A secret that could not be had; each names the setting as the user wrote it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The secret was given both as itself and as a file.
+    #[error("give {value} or {file}, not both")]
+    Both {
+        /// The setting holding the secret itself.
+        value: String,
+        /// The setting naming its file.
+        file: String,
+    },
+    /// The file holding the secret could not be read.
+    #[error("{setting}: cannot read {}: {source}", path.display())]
+    Read {
+        /// The setting naming the file.
+        setting: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The S3 settings of a store, declared once for every place they are read: the keys of a TOML
+/// table (flattened into a resolver's `[networks.NAME]`), and the `AWS_*` variables
+/// ([`s3_from_env`]), where each key is a variable (`session_token_file` is
+/// `AWS_SESSION_TOKEN_FILE`). A secret is given as itself or as a file holding it (its `_file`
+/// twin, a mounted Kubernetes Secret), never both. `Debug` never shows a secret.
+///
+/// Unknown keys are refused by the table it is flattened into.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct S3Settings {
+    /// S3 endpoint, for S3-compatible servers.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// S3 access key id.
+    pub access_key_id: Option<String>,
+    /// S3 secret access key.
+    pub secret_access_key: Option<String>,
+    /// File holding the S3 secret access key (a mounted Kubernetes Secret).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// S3 session token.
+    pub session_token: Option<String>,
+    /// File holding the S3 session token.
+    pub session_token_file: Option<PathBuf>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: Option<bool>,
+    /// Use virtual-hosted-style requests instead of path style.
+    pub virtual_hosted_style: Option<bool>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("secret_access_key_file", &self.secret_access_key_file)
+            .field("session_token", &hidden(&self.session_token))
+            .field("session_token_file", &self.session_token_file)
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
+}
+
+impl S3Settings {
+    /// The store options of a TOML table, its secrets read from their files through `read`;
+    /// nothing comes from the `AWS_*` variables.
+    pub fn options(
+        self,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<S3Options, SecretError> {
+        self.resolve(str::to_owned, read)
+    }
+
+    /// The options, each secret read from its file; `name` gives a key's name where it was read,
+    /// for errors.
+    fn resolve(
+        self,
+        name: impl Fn(&str) -> String,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<S3Options, SecretError> {
+        let secret = |key: &str, value, file| {
+            secret(
+                &name(key),
+                &name(&format!("{key}_file")),
+                value,
+                file,
+                &read,
+            )
+        };
+        Ok(S3Options {
+            from_env: false,
+            endpoint: self.endpoint,
+            region: self.region,
+            access_key_id: self.access_key_id,
+            secret_access_key: secret(
+                "secret_access_key",
+                self.secret_access_key,
+                self.secret_access_key_file,
+            )?,
+            session_token: secret("session_token", self.session_token, self.session_token_file)?,
+            allow_http: self.allow_http,
+            virtual_hosted_style: self.virtual_hosted_style,
+        })
+    }
+}
+
+/// The `AWS_*` variable of an [`S3Settings`] key: `session_token_file` is
+/// `AWS_SESSION_TOKEN_FILE`.
+fn aws_variable(key: &str) -> String {
+    format!("AWS_{}", key.to_ascii_uppercase())
 }
 
 /// S3 settings from the standard `AWS_*` variables (read by the S3 client itself), plus the
@@ -188,27 +318,25 @@ pub fn s3_from_env<'a>(
     urls: impl IntoIterator<Item = &'a str>,
     env: impl Fn(&str) -> Option<String>,
     read: impl Fn(&Path) -> std::io::Result<String>,
-) -> Result<S3Options, String> {
+) -> Result<S3Options, SecretError> {
     if !urls.into_iter().any(is_s3_url) {
         return Ok(S3Options {
             from_env: true,
             ..S3Options::default()
         });
     }
-    let twin = |name: &str| {
-        secret(
-            name,
-            env(name),
-            env(&format!("{name}_FILE")).map(PathBuf::from),
-            &read,
-        )
-        .map_err(|e| e.replace(&format!("{name}_file"), &format!("{name}_FILE")))
+    let var = |key: &str| env(&aws_variable(key));
+    // The rest of the AWS_* variables are the S3 client's to read.
+    let secrets = S3Settings {
+        secret_access_key: var("secret_access_key"),
+        secret_access_key_file: var("secret_access_key_file").map(PathBuf::from),
+        session_token: var("session_token"),
+        session_token_file: var("session_token_file").map(PathBuf::from),
+        ..S3Settings::default()
     };
     Ok(S3Options {
         from_env: true,
-        secret_access_key: twin("AWS_SECRET_ACCESS_KEY")?,
-        session_token: twin("AWS_SESSION_TOKEN")?,
-        ..S3Options::default()
+        ..secrets.resolve(aws_variable, read)?
     })
 }
 
@@ -460,21 +588,81 @@ mod tests {
     #[test]
     fn secrets_come_from_their_value_or_their_file_never_both() {
         let read = files(&[("/s", "hunter2\n")]);
-        assert_eq!(secret("k", None, None, &read), Ok(None));
+        let secret = |value: Option<&str>, file: Option<&str>| {
+            secret(
+                "k",
+                "k_file",
+                value.map(Into::into),
+                file.map(Into::into),
+                &read,
+            )
+        };
+        assert_eq!(secret(None, None).unwrap(), None);
+        assert_eq!(secret(Some("v"), None).unwrap().as_deref(), Some("v"));
         assert_eq!(
-            secret("k", Some("v".into()), None, &read),
-            Ok(Some("v".into()))
+            secret(None, Some("/s")).unwrap().as_deref(),
+            Some("hunter2")
         );
+        let both = secret(Some("v"), Some("/s")).unwrap_err();
+        assert!(
+            matches!(&both, SecretError::Both { value, file } if value == "k" && file == "k_file"),
+            "{both:?}"
+        );
+        assert_eq!(both.to_string(), "give k or k_file, not both");
+        let missing = secret(None, Some("/missing")).unwrap_err();
+        let SecretError::Read { setting, path, .. } = &missing else {
+            panic!("expected a read error, got {missing:?}");
+        };
         assert_eq!(
-            secret("k", None, Some("/s".into()), &read),
-            Ok(Some("hunter2".into()))
+            (setting.as_str(), path.as_path()),
+            ("k_file", Path::new("/missing"))
         );
-        assert!(secret("k", Some("v".into()), Some("/s".into()), &read)
-            .unwrap_err()
-            .contains("not both"));
-        assert!(secret("k", None, Some("/missing".into()), &read)
-            .unwrap_err()
-            .contains("k_file: cannot read /missing"));
+        // The io::Error is kept as the source, not only as text.
+        let io = std::error::Error::source(&missing)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the io::Error is the source");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            missing
+                .to_string()
+                .starts_with("k_file: cannot read /missing: "),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn s3_table_keys_name_themselves_in_errors() {
+        let read = files(&[("/sk", "SK\n")]);
+        let options = S3Settings {
+            endpoint: Some("http://minio:9000".into()),
+            secret_access_key_file: Some("/sk".into()),
+            allow_http: Some(true),
+            ..S3Settings::default()
+        }
+        .options(&read)
+        .unwrap();
+        assert!(!options.from_env);
+        assert_eq!(options.secret_access_key.as_deref(), Some("SK"));
+        assert_eq!(options.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(options.allow_http, Some(true));
+        let err = S3Settings {
+            session_token_file: Some("/none".into()),
+            ..S3Settings::default()
+        }
+        .options(&read)
+        .unwrap_err();
+        assert!(
+            matches!(&err, SecretError::Read { setting, .. } if setting == "session_token_file"),
+            "{err:?}"
+        );
+        let shown = format!(
+            "{:?}",
+            S3Settings {
+                secret_access_key: Some("SK-NOT-SHOWN".into()),
+                ..S3Settings::default()
+            }
+        );
+        assert!(!shown.contains("SK-NOT-SHOWN"), "{shown}");
     }
 
     #[test]
@@ -510,7 +698,8 @@ mod tests {
             ]),
             &read,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             both.contains("AWS_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY_FILE"),
             "{both}"
@@ -521,6 +710,11 @@ mod tests {
             &read,
         )
         .unwrap_err();
+        assert!(
+            matches!(&missing, SecretError::Read { setting, .. } if setting == "AWS_SESSION_TOKEN_FILE"),
+            "{missing:?}"
+        );
+        let missing = missing.to_string();
         // No S3 URL: the secret files are not read at all.
         let file_only = s3_from_env(
             ["file:///x"],

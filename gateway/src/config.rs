@@ -551,7 +551,7 @@ pub enum ConfigError {
     Zero(&'static str),
     /// A secret could not be read, or was given twice.
     #[error("archive: {0}")]
-    ArchiveSecret(String),
+    ArchiveSecret(#[source] imgfetch_common::settings::SecretError),
     /// The tokens file could not be read or parsed.
     #[error(transparent)]
     Tokens(#[from] crate::auth::TokensError),

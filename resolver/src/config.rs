@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use imgfetch_common::connect::NatsAuth;
 use imgfetch_common::provision::{ConsumerSettings, DeadLetterSettings, StreamSettings};
-use imgfetch_common::settings::{de_duration, duration, Renamed};
+use imgfetch_common::settings::{de_duration, duration, Renamed, S3Settings};
 pub use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
 use serde::Deserialize;
@@ -242,24 +242,9 @@ pub struct FileConfig {
 pub struct FileNetwork {
     /// `file:///dir` or `s3://bucket[/prefix]`.
     pub url: String,
-    /// S3 endpoint, for S3-compatible servers.
-    pub endpoint: Option<String>,
-    /// S3 region.
-    pub region: Option<String>,
-    /// S3 access key id.
-    pub access_key_id: Option<String>,
-    /// S3 secret access key.
-    pub secret_access_key: Option<String>,
-    /// File holding the S3 secret access key (a mounted Kubernetes Secret).
-    pub secret_access_key_file: Option<PathBuf>,
-    /// S3 session token.
-    pub session_token: Option<String>,
-    /// File holding the S3 session token.
-    pub session_token_file: Option<PathBuf>,
-    /// Allow plain-HTTP endpoints.
-    pub allow_http: Option<bool>,
-    /// Use virtual-hosted-style requests instead of path style.
-    pub virtual_hosted_style: Option<bool>,
+    /// The store's S3 settings; none for a `file://` store.
+    #[serde(flatten)]
+    pub s3: S3Settings,
 }
 
 /// One network this resolver serves.
@@ -600,26 +585,10 @@ fn file_network(
     net: FileNetwork,
     read_file: &impl Fn(&Path) -> std::io::Result<String>,
 ) -> Result<NetworkSpec, ConfigError> {
-    let secret = |key: &str, value, file| {
-        imgfetch_common::settings::secret(key, value, file, read_file)
-            .map_err(|e| ConfigError::Invalid(format!("network {name:?}: {e}")))
-    };
-    let secret_access_key = secret(
-        "secret_access_key",
-        net.secret_access_key,
-        net.secret_access_key_file,
-    )?;
-    let session_token = secret("session_token", net.session_token, net.session_token_file)?;
-    let options = S3Options {
-        from_env: false,
-        endpoint: net.endpoint,
-        region: net.region,
-        access_key_id: net.access_key_id,
-        secret_access_key,
-        session_token,
-        allow_http: net.allow_http,
-        virtual_hosted_style: net.virtual_hosted_style,
-    };
+    let options = net
+        .s3
+        .options(read_file)
+        .map_err(|e| ConfigError::Invalid(format!("network {name:?}: {e}")))?;
     let store = parse_store_url(&name, &net.url, options.clone())?;
     if matches!(store, StoreSpec::File { .. }) && options != S3Options::default() {
         return Err(ConfigError::Invalid(format!(
