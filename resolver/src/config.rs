@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use imgfetch_common::connect::NatsAuth;
+use imgfetch_common::connect::{NatsAuth, NatsSettings};
 use imgfetch_common::provision::{ConsumerSettings, DeadLetterSettings, StreamSettings};
 use imgfetch_common::settings::{de_duration, duration, Renamed, S3Settings};
 pub use imgfetch_common::store::{S3Options, StoreSpec};
@@ -95,13 +95,9 @@ pub struct Args {
     /// override it.
     #[arg(long, env = "IMGFETCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// NATS server URL, or a comma-separated list of the nodes of a cluster
-    /// [default: nats://127.0.0.1:4222].
-    #[arg(long, env = "IMGFETCH_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// NATS credentials and TLS, the same flags as the gateway's.
+    /// NATS URL, credentials and TLS, the same settings as the gateway's.
     #[command(flatten)]
-    pub nats_auth: NatsAuth,
+    pub nats: NatsSettings,
     /// A network and its store, as NAME=URL (file:///dir or s3://bucket[/prefix]); repeatable.
     /// S3 settings come from the standard AWS_* variables.
     #[arg(long = "network", env = "IMGFETCH_NETWORKS", value_delimiter = ',')]
@@ -178,16 +174,9 @@ pub struct Args {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// NATS server URL.
-    pub nats_url: Option<String>,
-    /// NATS .creds file.
-    pub nats_creds: Option<PathBuf>,
-    /// NATS user name.
-    pub nats_user: Option<String>,
-    /// File holding the NATS user's password.
-    pub nats_password_file: Option<PathBuf>,
-    /// PEM file of the CA to trust for NATS; makes the connection TLS.
-    pub nats_tls_ca: Option<PathBuf>,
+    /// NATS URL, credentials and TLS.
+    #[serde(flatten)]
+    pub nats: NatsSettings,
     /// Instance name.
     pub instance: Option<String>,
     /// Requests handled at once.
@@ -385,18 +374,14 @@ impl Config {
             ));
         }
 
+        let nats = args.nats.or(file.nats);
         let mut config = Config::new(
-            args.nats_url
-                .or(file.nats_url)
+            nats.nats_url
+                .clone()
                 .unwrap_or_else(|| defaults::NATS_URL.to_owned()),
             networks,
         );
-        config.nats_auth = args.nats_auth.or(NatsAuth {
-            creds_file: file.nats_creds,
-            user: file.nats_user,
-            password_file: file.nats_password_file,
-            tls_ca: file.nats_tls_ca,
-        });
+        config.nats_auth = nats.auth();
         config
             .nats_auth
             .check()
