@@ -264,6 +264,8 @@ impl Config {
     }
 }
 
+/// The host name (from `/etc/hostname`, each character other than A-Z, a-z, 0-9 and '-' made
+/// '_'), '-' and 8 random hex digits: unique per start, as the `--instance` help says.
 fn default_instance() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     let host: String = host

@@ -88,7 +88,8 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default)]
     pub networks: BTreeMap<String, FileNetwork>,
-    /// Name of this instance, for logs and pings [default: the host name].
+    /// Name of this instance, for logs and pings [default: the host name (/etc/hostname), '-'
+    /// and 8 random hex digits, e.g. node1-3fa85f64; without a host name, resolver-3fa85f64].
     #[arg(long, env = "IMGFETCH_INSTANCE")]
     pub instance: Option<String>,
     /// Requests handled at once [default: 16].

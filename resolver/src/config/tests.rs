@@ -485,3 +485,17 @@ fn errors_are_typed_and_keep_their_source() {
         ConfigError::S3OptionsForFile(name) if name == "dmz"
     ));
 }
+
+#[test]
+fn the_default_instance_is_the_host_name_and_a_random_suffix() {
+    let a = Config::new(defaults::NATS_URL, Vec::new()).instance;
+    let b = Config::new(defaults::NATS_URL, Vec::new()).instance;
+    assert_ne!(a, b, "instances must differ by default");
+    let (host, suffix) = a.rsplit_once('-').unwrap();
+    assert!(!host.is_empty(), "{a}");
+    assert!(
+        suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{a}"
+    );
+    imgfetch_common::validate::id(&a).expect("the default is a valid instance name");
+}
