@@ -1,38 +1,75 @@
 //! How the gateway and the resolver connect to NATS: who they are (a `.creds` file, or a user
 //! and a password read from a file) and whether the connection is TLS, trusting which CA.
 //!
-//! Both binaries take the same four settings (`--nats-creds`, `--nats-user`,
-//! `--nats-password-file`, `--nats-tls-ca`) and hand them here as a [`NatsAuth`], so that the
+//! Both binaries take the same five settings, declared once in [`NatsSettings`] (`--nats-url`,
+//! `--nats-creds`, `--nats-user`, `--nats-password-file`, `--nats-tls-ca`, their variables and
+//! TOML keys), and hand the four of identity and TLS here as a [`NatsAuth`], so that the
 //! connection is built in one place. A password is read from its file only when connecting,
 //! and never appears in logs or in `Debug` output: only the file's path does.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Credentials and TLS of a NATS connection. All empty: anonymous, plain TCP (what a server
-/// without `authorization` or `accounts` accepts). Both binaries take these as the same flags
-/// (`#[command(flatten)]`); the doc comments are their help.
-#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+/// The NATS settings of both binaries, declared once: as flags and `IMGFETCH_NATS_*` variables
+/// (`#[command(flatten)]`; the doc comments are their help) and as keys of the TOML file
+/// (`#[serde(flatten)]`). Each is optional here; [`NatsSettings::or`] puts the flags over the
+/// file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args, serde::Deserialize)]
+pub struct NatsSettings {
+    /// NATS server URL, or a comma-separated list of the nodes of a cluster
+    /// [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "IMGFETCH_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS .creds file (user JWT and nkey seed).
+    #[arg(long, env = "IMGFETCH_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name; the password comes from --nats-password-file.
+    #[arg(long, env = "IMGFETCH_NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password (never logged; trailing newlines are ignored).
+    #[arg(long, env = "IMGFETCH_NATS_PASSWORD_FILE", value_name = "FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// PEM file of the CA to trust for NATS; makes the connection TLS.
+    #[arg(long, env = "IMGFETCH_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+}
+
+impl NatsSettings {
+    /// These settings (flags and variables) over `file`'s: the URL if given here, and the
+    /// identity as [`NatsAuth::or`] merges it.
+    pub fn or(self, file: NatsSettings) -> NatsSettings {
+        let auth = self.auth().or(file.auth());
+        NatsSettings {
+            nats_url: self.nats_url.or(file.nats_url),
+            nats_creds: auth.creds_file,
+            nats_user: auth.user,
+            nats_password_file: auth.password_file,
+            nats_tls_ca: auth.tls_ca,
+        }
+    }
+
+    /// The credentials and TLS these settings name.
+    pub fn auth(&self) -> NatsAuth {
+        NatsAuth {
+            creds_file: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password_file: self.nats_password_file.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+        }
+    }
+}
+
+/// Credentials and TLS of a NATS connection, resolved from [`NatsSettings`]. All empty:
+/// anonymous, plain TCP (what a server without `authorization` or `accounts` accepts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NatsAuth {
     /// NATS .creds file (user JWT and nkey seed).
-    #[arg(long = "nats-creds", env = "IMGFETCH_NATS_CREDS", value_name = "FILE")]
     pub creds_file: Option<PathBuf>,
-    /// NATS user name; the password comes from --nats-password-file.
-    #[arg(long = "nats-user", env = "IMGFETCH_NATS_USER")]
+    /// NATS user name; the password comes from `password_file`.
     pub user: Option<String>,
-    /// File holding the NATS user's password (never logged; trailing newlines are ignored).
-    #[arg(
-        long = "nats-password-file",
-        env = "IMGFETCH_NATS_PASSWORD_FILE",
-        value_name = "FILE"
-    )]
+    /// File holding the NATS user's password.
     pub password_file: Option<PathBuf>,
-    /// PEM file of the CA to trust for NATS; makes the connection TLS.
-    #[arg(
-        long = "nats-tls-ca",
-        env = "IMGFETCH_NATS_TLS_CA",
-        value_name = "FILE"
-    )]
+    /// PEM file of the CA to trust; makes the connection TLS.
     pub tls_ca: Option<PathBuf>,
 }
 
@@ -397,6 +434,39 @@ mod tests {
         assert_eq!(merged.password_file, Some("/flag/password".into()));
         // Nothing given: the file's settings.
         assert_eq!(NatsAuth::default().or(file.clone()), file);
+    }
+
+    #[test]
+    fn nats_settings_put_flags_over_the_file_identity_whole() {
+        let file = NatsSettings {
+            nats_url: Some("nats://file:4222".into()),
+            nats_user: Some("resolver".into()),
+            nats_password_file: Some("/file/password".into()),
+            nats_tls_ca: Some("/file/ca.pem".into()),
+            ..NatsSettings::default()
+        };
+        let flags = NatsSettings {
+            nats_creds: Some("/flag/x.creds".into()),
+            ..NatsSettings::default()
+        };
+        let merged = flags.or(file.clone());
+        assert_eq!(merged.nats_url.as_deref(), Some("nats://file:4222"));
+        assert_eq!(
+            merged.auth(),
+            NatsAuth {
+                creds_file: Some("/flag/x.creds".into()),
+                user: None,
+                password_file: None,
+                tls_ca: Some("/file/ca.pem".into()),
+            }
+        );
+        let url = NatsSettings {
+            nats_url: Some("nats://flag:4222".into()),
+            ..NatsSettings::default()
+        };
+        let merged = url.or(file.clone());
+        assert_eq!(merged.nats_url.as_deref(), Some("nats://flag:4222"));
+        assert_eq!(merged.auth(), file.auth());
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!   and, through [`de_duration`], TOML keys;
 //! - [`read_toml`]: reads the file, refusing unknown keys with the key and the file named;
 //! - [`secret`]: a secret given either as itself or as a file holding it (the `*_FILE` twin),
-//!   never both;
-//! - [`s3_from_env`]: the `AWS_*` variables, with `AWS_SECRET_ACCESS_KEY_FILE` and
+//!   never both, or a [`SecretError`] naming the setting;
+//! - [`S3Settings`]: the S3 keys of a store, declared once, read from a TOML table or, through
+//!   [`s3_from_env`], from the `AWS_*` variables, with `AWS_SECRET_ACCESS_KEY_FILE` and
 //!   `AWS_SESSION_TOKEN_FILE` read at start;
 //! - [`renamed`]: settings whose names changed, refused with the new name rather than ignored.
 
@@ -55,13 +56,20 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// The TOML is malformed, has a key of the wrong type, or a key the binary does not know.
-    #[error("{path}: {message}")]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with the line and the key.
-        message: String,
-    },
+    #[error(transparent)]
+    Toml(Box<TomlError>),
+}
+
+/// A TOML file that does not parse into the settings.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct TomlError {
+    /// The file.
+    pub path: PathBuf,
+    /// The parser's message, with the line and the key, and the new name of a renamed key.
+    pub message: String,
+    /// The parser's error.
+    pub source: toml::de::Error,
 }
 
 /// Reads the TOML file at `path` through `read` (tests pass a map of files). The target type
@@ -78,9 +86,7 @@ pub fn read_toml<T: DeserializeOwned>(
         source,
     })?;
     toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|span| text[..span.start].matches('\n').count() + 1);
+        let line = error_line(&text, &e);
         let mut message = match line {
             Some(line) => format!("line {line}: {}", e.message()),
             None => e.message().to_owned(),
@@ -97,30 +103,209 @@ pub fn read_toml<T: DeserializeOwned>(
                 );
             }
         }
-        FileError::Toml {
+        FileError::Toml(Box::new(TomlError {
             path: path.to_owned(),
             message,
-        }
+            source: e,
+        }))
     })
 }
 
-/// A secret given as itself or as a file holding it (whitespace around it dropped), or neither.
-/// `name` is the setting's name, for the message when both are given.
+/// The line of the file a TOML error is on, if known. A key of a `#[serde(flatten)]` struct
+/// loses its place (serde buffers the table's keys): its error is reported for the whole table,
+/// with the span of the table's header, or an empty span for the top level. Then the line is
+/// that of the key an unknown-key error names, found in the table; else the header's, or none
+/// for the top level rather than a wrong one.
+fn error_line(text: &str, e: &toml::de::Error) -> Option<usize> {
+    let span = e.span()?;
+    let line_of = |at: usize| text[..at].matches('\n').count() + 1;
+    let top_level = span == (0..0);
+    if !top_level && !text[span.clone()].starts_with('[') {
+        return Some(line_of(span.start));
+    }
+    let unknown = e
+        .message()
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let found = unknown.and_then(|key| key_line(text, span.end, key, top_level));
+    match found {
+        Some(line) => Some(line_of(span.end) + line),
+        None => (!top_level).then(|| line_of(span.start)),
+    }
+}
+
+/// Where `key` is set in the table whose lines begin at byte `from`, in lines after the first:
+/// a `key = …` or `key.… = …` line before the next header, or, at the top level, a `[key]` or
+/// `[key.…]` header too.
+fn key_line(text: &str, from: usize, key: &str, top_level: bool) -> Option<usize> {
+    let names = |line: &str| {
+        let rest = line
+            .strip_prefix(key)
+            .or_else(|| line.strip_prefix(&format!("\"{key}\"")));
+        rest.is_some_and(|rest| rest.trim_start().starts_with(['=', '.', ']']))
+    };
+    let mut in_body = true;
+    for (n, line) in text[from..].lines().enumerate() {
+        let line = line.trim_start();
+        if let Some(header) = line.strip_prefix('[') {
+            if top_level && names(header.trim_start_matches('[').trim_start()) {
+                return Some(n);
+            }
+            in_body = false;
+        } else if in_body && names(line) {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// A secret given as itself (the setting `name`) or as a file holding it (the setting
+/// `file_name`, whitespace around the secret dropped), or neither; never both. The names are the
+/// settings' as the user wrote them (`secret_access_key_file`, `AWS_SECRET_ACCESS_KEY_FILE`),
+/// for the error.
 pub fn secret(
     name: &str,
+    file_name: &str,
     value: Option<String>,
     file: Option<PathBuf>,
     read: impl Fn(&Path) -> std::io::Result<String>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SecretError> {
     match (value, file) {
-        (Some(_), Some(_)) => Err(format!("give {name} or {name}_file, not both")),
+        (Some(_), Some(_)) => Err(SecretError::Both {
+            value: name.to_owned(),
+            file: file_name.to_owned(),
+        }),
         (Some(value), None) => Ok(Some(value)),
         (None, Some(path)) => match read(&path) {
             Ok(text) => Ok(Some(text.trim().to_owned())),
-            Err(e) => Err(format!("{name}_file: cannot read {}: {e}", path.display())),
+            Err(source) => Err(SecretError::Read {
+                setting: file_name.to_owned(),
+                path,
+                source,
+            }),
         },
         (None, None) => Ok(None),
     }
+}
+
+/// A secret that could not be had; each names the setting as the user wrote it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The secret was given both as itself and as a file.
+    #[error("give {value} or {file}, not both")]
+    Both {
+        /// The setting holding the secret itself.
+        value: String,
+        /// The setting naming its file.
+        file: String,
+    },
+    /// The file holding the secret could not be read.
+    #[error("{setting}: cannot read {}: {source}", path.display())]
+    Read {
+        /// The setting naming the file.
+        setting: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The S3 settings of a store, declared once for every place they are read: the keys of a TOML
+/// table (flattened into a resolver's `[networks.NAME]`), and the `AWS_*` variables
+/// ([`s3_from_env`]), where each key is a variable (`session_token_file` is
+/// `AWS_SESSION_TOKEN_FILE`). A secret is given as itself or as a file holding it (its `_file`
+/// twin, a mounted Kubernetes Secret), never both. `Debug` never shows a secret.
+///
+/// Unknown keys are refused by the table it is flattened into.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct S3Settings {
+    /// S3 endpoint, for S3-compatible servers.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// S3 access key id.
+    pub access_key_id: Option<String>,
+    /// S3 secret access key.
+    pub secret_access_key: Option<String>,
+    /// File holding the S3 secret access key (a mounted Kubernetes Secret).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// S3 session token.
+    pub session_token: Option<String>,
+    /// File holding the S3 session token.
+    pub session_token_file: Option<PathBuf>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: Option<bool>,
+    /// Use virtual-hosted-style requests instead of path style.
+    pub virtual_hosted_style: Option<bool>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("secret_access_key_file", &self.secret_access_key_file)
+            .field("session_token", &hidden(&self.session_token))
+            .field("session_token_file", &self.session_token_file)
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
+}
+
+impl S3Settings {
+    /// The store options of a TOML table, its secrets read from their files through `read`;
+    /// nothing comes from the `AWS_*` variables.
+    pub fn options(
+        self,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<S3Options, SecretError> {
+        self.resolve(str::to_owned, read)
+    }
+
+    /// The options, each secret read from its file; `name` gives a key's name where it was read,
+    /// for errors.
+    fn resolve(
+        self,
+        name: impl Fn(&str) -> String,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<S3Options, SecretError> {
+        let secret = |key: &str, value, file| {
+            secret(
+                &name(key),
+                &name(&format!("{key}_file")),
+                value,
+                file,
+                &read,
+            )
+        };
+        Ok(S3Options {
+            from_env: false,
+            endpoint: self.endpoint,
+            region: self.region,
+            access_key_id: self.access_key_id,
+            secret_access_key: secret(
+                "secret_access_key",
+                self.secret_access_key,
+                self.secret_access_key_file,
+            )?,
+            session_token: secret("session_token", self.session_token, self.session_token_file)?,
+            allow_http: self.allow_http,
+            virtual_hosted_style: self.virtual_hosted_style,
+        })
+    }
+}
+
+/// The `AWS_*` variable of an [`S3Settings`] key: `session_token_file` is
+/// `AWS_SESSION_TOKEN_FILE`.
+fn aws_variable(key: &str) -> String {
+    format!("AWS_{}", key.to_ascii_uppercase())
 }
 
 /// S3 settings from the standard `AWS_*` variables (read by the S3 client itself), plus the
@@ -133,27 +318,25 @@ pub fn s3_from_env<'a>(
     urls: impl IntoIterator<Item = &'a str>,
     env: impl Fn(&str) -> Option<String>,
     read: impl Fn(&Path) -> std::io::Result<String>,
-) -> Result<S3Options, String> {
+) -> Result<S3Options, SecretError> {
     if !urls.into_iter().any(is_s3_url) {
         return Ok(S3Options {
             from_env: true,
             ..S3Options::default()
         });
     }
-    let twin = |name: &str| {
-        secret(
-            name,
-            env(name),
-            env(&format!("{name}_FILE")).map(PathBuf::from),
-            &read,
-        )
-        .map_err(|e| e.replace(&format!("{name}_file"), &format!("{name}_FILE")))
+    let var = |key: &str| env(&aws_variable(key));
+    // The rest of the AWS_* variables are the S3 client's to read.
+    let secrets = S3Settings {
+        secret_access_key: var("secret_access_key"),
+        secret_access_key_file: var("secret_access_key_file").map(PathBuf::from),
+        session_token: var("session_token"),
+        session_token_file: var("session_token_file").map(PathBuf::from),
+        ..S3Settings::default()
     };
     Ok(S3Options {
         from_env: true,
-        secret_access_key: twin("AWS_SECRET_ACCESS_KEY")?,
-        session_token: twin("AWS_SESSION_TOKEN")?,
-        ..S3Options::default()
+        ..secrets.resolve(aws_variable, read)?
     })
 }
 
@@ -332,24 +515,154 @@ mod tests {
         );
     }
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Flat {
+        name: Option<String>,
+        #[serde(flatten)]
+        inner: Inner,
+        #[serde(default)]
+        tables: std::collections::BTreeMap<String, Table>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Inner {
+        flag: Option<bool>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        #[serde(flatten)]
+        inner: Inner,
+    }
+
+    #[test]
+    fn keys_of_flattened_structs_keep_their_line() {
+        let ok: Flat = read_toml(
+            Path::new("/f.toml"),
+            |_: &Path| Ok("name = \"x\"\nflag = true\n[tables.a]\nflag = false\n".to_owned()),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.name.as_deref(), Some("x"));
+        assert_eq!(ok.inner.flag, Some(true));
+        assert_eq!(ok.tables["a"].inner.flag, Some(false));
+        for (text, expect) in [
+            (
+                "name = \"x\"\n\ncolour = 1\n",
+                "line 3: unknown field `colour`",
+            ),
+            (
+                "name = \"x\"\n\"colour\" = 1\n",
+                "line 2: unknown field `colour`",
+            ),
+            (
+                "name = \"x\"\n[colour]\nx = 1\n",
+                "line 2: unknown field `colour`",
+            ),
+            (
+                "[tables.a]\nflag = true\n[tables.b]\n\nflg = 1\n",
+                "line 5: unknown field `flg`",
+            ),
+            // A wrong type in a table: its header's line.
+            (
+                "name = \"x\"\n[tables.a]\nflag = \"yes\"\n",
+                "line 2: invalid type",
+            ),
+            // At the top level, no line rather than line 1.
+            ("name = \"x\"\nflag = \"yes\"\n", "/f.toml: invalid type"),
+            // A key the struct itself holds keeps its precise place.
+            ("flag = true\nname = 5\n", "line 2: invalid type"),
+        ] {
+            let err = read_toml::<Flat>(Path::new("/f.toml"), |_: &Path| Ok(text.to_owned()), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expect),
+                "{text:?}: expected {expect:?} in {err:?}"
+            );
+        }
+    }
+
     #[test]
     fn secrets_come_from_their_value_or_their_file_never_both() {
         let read = files(&[("/s", "hunter2\n")]);
-        assert_eq!(secret("k", None, None, &read), Ok(None));
+        let secret = |value: Option<&str>, file: Option<&str>| {
+            secret(
+                "k",
+                "k_file",
+                value.map(Into::into),
+                file.map(Into::into),
+                &read,
+            )
+        };
+        assert_eq!(secret(None, None).unwrap(), None);
+        assert_eq!(secret(Some("v"), None).unwrap().as_deref(), Some("v"));
         assert_eq!(
-            secret("k", Some("v".into()), None, &read),
-            Ok(Some("v".into()))
+            secret(None, Some("/s")).unwrap().as_deref(),
+            Some("hunter2")
         );
+        let both = secret(Some("v"), Some("/s")).unwrap_err();
+        assert!(
+            matches!(&both, SecretError::Both { value, file } if value == "k" && file == "k_file"),
+            "{both:?}"
+        );
+        assert_eq!(both.to_string(), "give k or k_file, not both");
+        let missing = secret(None, Some("/missing")).unwrap_err();
+        let SecretError::Read { setting, path, .. } = &missing else {
+            panic!("expected a read error, got {missing:?}");
+        };
         assert_eq!(
-            secret("k", None, Some("/s".into()), &read),
-            Ok(Some("hunter2".into()))
+            (setting.as_str(), path.as_path()),
+            ("k_file", Path::new("/missing"))
         );
-        assert!(secret("k", Some("v".into()), Some("/s".into()), &read)
-            .unwrap_err()
-            .contains("not both"));
-        assert!(secret("k", None, Some("/missing".into()), &read)
-            .unwrap_err()
-            .contains("k_file: cannot read /missing"));
+        // The io::Error is kept as the source, not only as text.
+        let io = std::error::Error::source(&missing)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the io::Error is the source");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            missing
+                .to_string()
+                .starts_with("k_file: cannot read /missing: "),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn s3_table_keys_name_themselves_in_errors() {
+        let read = files(&[("/sk", "SK\n")]);
+        let options = S3Settings {
+            endpoint: Some("http://minio:9000".into()),
+            secret_access_key_file: Some("/sk".into()),
+            allow_http: Some(true),
+            ..S3Settings::default()
+        }
+        .options(&read)
+        .unwrap();
+        assert!(!options.from_env);
+        assert_eq!(options.secret_access_key.as_deref(), Some("SK"));
+        assert_eq!(options.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(options.allow_http, Some(true));
+        let err = S3Settings {
+            session_token_file: Some("/none".into()),
+            ..S3Settings::default()
+        }
+        .options(&read)
+        .unwrap_err();
+        assert!(
+            matches!(&err, SecretError::Read { setting, .. } if setting == "session_token_file"),
+            "{err:?}"
+        );
+        let shown = format!(
+            "{:?}",
+            S3Settings {
+                secret_access_key: Some("SK-NOT-SHOWN".into()),
+                ..S3Settings::default()
+            }
+        );
+        assert!(!shown.contains("SK-NOT-SHOWN"), "{shown}");
     }
 
     #[test]
@@ -385,7 +698,8 @@ mod tests {
             ]),
             &read,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             both.contains("AWS_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY_FILE"),
             "{both}"
@@ -396,6 +710,11 @@ mod tests {
             &read,
         )
         .unwrap_err();
+        assert!(
+            matches!(&missing, SecretError::Read { setting, .. } if setting == "AWS_SESSION_TOKEN_FILE"),
+            "{missing:?}"
+        );
+        let missing = missing.to_string();
         // No S3 URL: the secret files are not read at all.
         let file_only = s3_from_env(
             ["file:///x"],

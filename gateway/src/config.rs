@@ -1,14 +1,14 @@
 //! Gateway configuration: flags and `IMGFETCH_*` variables over an optional TOML file
-//! (`--config`) over built-in defaults, all named in [`defaults`]. The style is the resolver's
-//! ([`imgfetch_common::settings`]). The gateway needs no list of networks: it learns them from
-//! JetStream.
+//! (`--config`) over built-in defaults, all named in [`defaults`]. The resolver is configured
+//! the same way ([`imgfetch_common::settings`]). The gateway needs no list of networks: it
+//! learns them from JetStream.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use imgfetch_common::connect::NatsAuth;
+use imgfetch_common::connect::{NatsAuth, NatsSettings};
 use imgfetch_common::settings::{de_duration, duration, Renamed};
 use imgfetch_common::store::StoreSpec;
 use imgfetch_common::telemetry::LogFormat;
@@ -109,10 +109,7 @@ pub struct Args {
     /// are refused); flags and environment variables override it.
     #[arg(long, env = "IMGFETCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// NATS credentials and TLS, the same flags as the resolver's.
-    #[command(flatten)]
-    pub nats_auth: NatsAuth,
-    /// Every other setting.
+    /// Every setting.
     #[command(flatten)]
     pub settings: Settings,
     /// Only parse and validate the configuration (flags, environment, the TOML file and the
@@ -127,22 +124,10 @@ pub struct Args {
 #[derive(Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// NATS server URL, or a comma-separated list of the nodes of a cluster
-    /// [default: nats://127.0.0.1:4222].
-    #[arg(long, env = "IMGFETCH_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// NATS .creds file (in the TOML file; the flag is --nats-creds).
-    #[arg(skip)]
-    pub nats_creds: Option<PathBuf>,
-    /// NATS user name (in the TOML file; the flag is --nats-user).
-    #[arg(skip)]
-    pub nats_user: Option<String>,
-    /// File holding the NATS password (in the TOML file; the flag is --nats-password-file).
-    #[arg(skip)]
-    pub nats_password_file: Option<PathBuf>,
-    /// CA of a TLS NATS (in the TOML file; the flag is --nats-tls-ca).
-    #[arg(skip)]
-    pub nats_tls_ca: Option<PathBuf>,
+    /// NATS URL, credentials and TLS, the same settings as the resolver's.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nats: NatsSettings,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "IMGFETCH_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -240,11 +225,7 @@ impl Settings {
     /// These settings, each one missing taken from `file`.
     pub fn or(self, file: Settings) -> Settings {
         Settings {
-            nats_url: self.nats_url.or(file.nats_url),
-            nats_creds: self.nats_creds.or(file.nats_creds),
-            nats_user: self.nats_user.or(file.nats_user),
-            nats_password_file: self.nats_password_file.or(file.nats_password_file),
-            nats_tls_ca: self.nats_tls_ca.or(file.nats_tls_ca),
+            nats: self.nats.or(file.nats),
             listen: self.listen.or(file.listen),
             instance: self.instance.or(file.instance),
             stream: self.stream.or(file.stream),
@@ -365,18 +346,17 @@ impl Config {
             Some(path) => imgfetch_common::settings::read_toml::<Settings>(path, &read, RENAMED)?,
             None => Settings::default(),
         };
-        let nats_auth = args.nats_auth.or(NatsAuth {
-            creds_file: file.nats_creds.clone(),
-            user: file.nats_user.clone(),
-            password_file: file.nats_password_file.clone(),
-            tls_ca: file.nats_tls_ca.clone(),
-        });
         let s = args.settings.or(file);
-        let mut config = Config::new(s.nats_url.unwrap_or_else(|| defaults::NATS_URL.to_owned()));
+        let mut config = Config::new(
+            s.nats
+                .nats_url
+                .clone()
+                .unwrap_or_else(|| defaults::NATS_URL.to_owned()),
+        );
         if let Some(listen) = s.listen {
             config.listen = listen;
         }
-        config.nats_auth = nats_auth;
+        config.nats_auth = s.nats.auth();
         imgfetch_common::connect::server_addrs(&config.nats_url)?;
         config.nats_auth.check()?;
         if let Some(instance) = s.instance {
@@ -548,7 +528,7 @@ pub enum ConfigError {
     Zero(&'static str),
     /// A secret could not be read, or was given twice.
     #[error("archive: {0}")]
-    ArchiveSecret(String),
+    ArchiveSecret(#[source] imgfetch_common::settings::SecretError),
     /// The tokens file could not be read or parsed.
     #[error(transparent)]
     Tokens(#[from] crate::auth::TokensError),

@@ -4,7 +4,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags, environment and TOML file, resolved into a [`Config`].
+//! - [`config`] (folder): flags, variables and TOML file as one `Settings` (a flag over its
+//!   variable over the file over the default), the networks and their stores, resolved into a
+//!   [`Config`] or a typed `ConfigError`.
 //! - [`store`]: one `object_store` per network, built once, with its read pool; the single read
 //!   a request needs, and [`store::info`], the associated information (sidecar, store metadata
 //!   and EXIF, merged).

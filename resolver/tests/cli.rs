@@ -133,3 +133,39 @@ url = "file:///nonexistent/imgfetch"
         assert!(stderr.contains(expect), "expected {expect:?} in {stderr:?}");
     }
 }
+
+#[test]
+fn a_flag_wins_over_its_variable_and_a_variable_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("resolver.toml");
+    std::fs::write(
+        &file,
+        r#"
+nats_url = "nats://file:4222"
+stream = "FILE"
+http_listen = "127.0.0.1:9001"
+provision = false
+[networks.dmz]
+url = "file:///nonexistent/imgfetch"
+"#,
+    )
+    .unwrap();
+    let out = resolver()
+        .args(["--config", file.to_str().unwrap(), "--check-config"])
+        .args(["--http-listen", "127.0.0.1:9003"])
+        .env_remove("IMGFETCH_NETWORKS")
+        .env("IMGFETCH_NATS_URL", "nats://env:4222")
+        .env("IMGFETCH_STREAM", "ENV")
+        .env("IMGFETCH_HTTP_LISTEN", "127.0.0.1:9002")
+        .output()
+        .expect("run imgfetch-resolver");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        stdout.trim(),
+        "imgfetch-resolver: configuration ok: 1 network: dmz=file:///nonexistent/imgfetch; \
+         NATS nats://env:4222; stream ENV (verified only); health on 127.0.0.1:9003",
+        "the flag over its variable (health), variables over the file (NATS, stream), the file \
+         over the default (verified only)"
+    );
+}
