@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -115,10 +116,11 @@ impl Bare {
                 let file_dir = file_dir.clone();
                 async move {
                     let mut replies = replies.lock().await;
+                    // By hand: the bare ceiling uses none of imgfetch's messages.
                     let mut headers = HeaderMap::new();
                     headers.insert(CALLBACK, inbox.as_str());
                     headers.insert(
-                        "Nats-Msg-Id",
+                        NATS_MESSAGE_ID,
                         format!("bare-{}", crate::load::unique()).as_str(),
                     );
                     let index = crate::corpus::pick(n, images);

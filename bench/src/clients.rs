@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use futures::{FutureExt, SinkExt, StreamExt};
+use imgfetch_common::frames::{ClientFrame, ServerFrame};
+use imgfetch_common::protocol::http_header;
 use object_store::{local::LocalFileSystem, ObjectStore, ObjectStoreExt};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
@@ -31,7 +33,7 @@ pub fn http(base: &str, network: &str, images: usize, concurrency: usize) -> Vec
                     // An image the archive refused (its queue full) is a failure of the run.
                     let archive_error = response
                         .headers()
-                        .get("imgfetch-archive-error")
+                        .get(http_header::ARCHIVE_ERROR)
                         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                     let body = response.bytes().await.map_err(|e| e.to_string())?;
                     if !status.is_success() {
@@ -51,6 +53,22 @@ pub fn http(base: &str, network: &str, images: usize, concurrency: usize) -> Vec
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A `fetch` frame, as the text message that carries it.
+pub fn fetch_message(id: Option<String>, network: &str, key: &str) -> Message {
+    let frame = ClientFrame::Fetch {
+        id,
+        network: network.to_owned(),
+        key: key.to_owned(),
+        meta: Default::default(),
+    };
+    Message::text(serde_json::to_string(&frame).expect("frames serialise"))
+}
+
+/// A JSON frame from the gateway.
+pub fn read_frame(text: &str) -> serde_json::Result<ServerFrame<'static>> {
+    serde_json::from_str(text)
+}
 
 /// Opens a websocket to the gateway.
 pub async fn connect_ws(base: &str) -> anyhow::Result<Socket> {
@@ -76,12 +94,9 @@ pub async fn websocket(
             async move {
                 let mut socket = socket.lock().await;
                 let id = format!("ws{w}-{}", crate::load::unique());
-                let frame = serde_json::json!({
-                    "type": "fetch", "id": id, "network": &*network,
-                    "key": corpus::key(corpus::pick(n, images)),
-                });
+                let key = corpus::key(corpus::pick(n, images));
                 socket
-                    .send(Message::Text(frame.to_string().into()))
+                    .send(fetch_message(Some(id), &network, &key))
                     .await
                     .map_err(|e| e.to_string())?;
                 loop {
@@ -91,14 +106,13 @@ pub async fn websocket(
                         .ok_or("the gateway closed the websocket")?
                         .map_err(|e| e.to_string())?;
                     match message {
-                        Message::Text(text) => {
-                            let v: serde_json::Value =
-                                serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
-                            match v["type"].as_str() {
-                                Some("accepted") | Some("image") => continue,
-                                _ => return Err(format!("websocket answer: {text}")),
+                        Message::Text(text) => match read_frame(text.as_str()) {
+                            Ok(ServerFrame::Accepted { .. } | ServerFrame::Image { .. }) => {
+                                continue
                             }
-                        }
+                            Ok(_) => return Err(format!("websocket answer: {text}")),
+                            Err(e) => return Err(e.to_string()),
+                        },
                         Message::Binary(bytes) => return Ok(bytes.len()),
                         _ => continue,
                     }

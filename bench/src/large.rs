@@ -9,9 +9,11 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use imgfetch_common::digest::Hasher;
+use imgfetch_common::frames::ServerFrame;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::clients::{fetch_message, read_frame};
 use crate::procs::{Pipeline, PipelineSpec};
 
 /// Bytes per message of the raw NATS run: the chunk size the resolver uses.
@@ -171,8 +173,9 @@ pub async fn websocket(p: &Pipeline, size: usize, sha: &str) -> anyhow::Result<L
     let url = format!("{}/v1/ws", p.base.replacen("http://", "ws://", 1));
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await?;
     let start = Instant::now();
-    let fetch = serde_json::json!({"type":"fetch","network":"large","key":"large.jpg"});
-    socket.send(Message::text(fetch.to_string())).await?;
+    socket
+        .send(fetch_message(None, "large", "large.jpg"))
+        .await?;
     let mut hasher = Hasher::new();
     let mut got = 0u64;
     let mut frames_left = None::<u64>;
@@ -181,14 +184,11 @@ pub async fn websocket(p: &Pipeline, size: usize, sha: &str) -> anyhow::Result<L
             bail!("the socket closed after {got} bytes");
         };
         match message? {
-            Message::Text(t) => {
-                let frame: serde_json::Value = serde_json::from_str(t.as_str())?;
-                match frame["type"].as_str() {
-                    Some("accepted") => {}
-                    Some("image") => frames_left = frame["frames"].as_u64(),
-                    _ => bail!("unexpected frame {frame}"),
-                }
-            }
+            Message::Text(t) => match read_frame(t.as_str())? {
+                ServerFrame::Accepted { .. } => {}
+                ServerFrame::Image { frames, .. } => frames_left = Some(frames),
+                _ => bail!("unexpected frame {}", t.as_str()),
+            },
             Message::Binary(b) => {
                 hasher.update(&b);
                 got += b.len() as u64;

@@ -100,6 +100,20 @@ pub async fn take_request(
     )
 }
 
+/// What an answer says of image `key` of `network`, of media type `content_type`, and no
+/// more.
+pub fn image_head(network: &str, key: &str, content_type: &str) -> ImageHead {
+    ImageHead {
+        key: key.to_owned(),
+        content_type: content_type.to_owned(),
+        info: ImageInfo {
+            network: network.to_owned(),
+            ..ImageInfo::default()
+        },
+        ..ImageHead::default()
+    }
+}
+
 /// Answers request `id` on `callback` with `bytes` as an inline JPEG of `network`/`key`, as a
 /// resolver would.
 pub async fn answer_image(
@@ -113,14 +127,8 @@ pub async fn answer_image(
     let headers = ReplyHead::ok(
         id,
         ImageHead {
-            key: key.to_owned(),
-            content_type: "image/jpeg".to_owned(),
             sha256: Some(sha256_hex(&bytes)),
-            info: ImageInfo {
-                network: network.to_owned(),
-                ..ImageInfo::default()
-            },
-            ..ImageHead::default()
+            ..image_head(network, key, "image/jpeg")
         },
     )
     .to_headers();
@@ -244,14 +252,8 @@ async fn stream_with(
     let mut head = ReplyHead::ok(
         id,
         ImageHead {
-            key: "x.jpg".to_owned(),
-            content_type: "image/jpeg".to_owned(),
             size: Some(image.len() as u64),
-            info: ImageInfo {
-                network: "forge".to_owned(),
-                ..ImageInfo::default()
-            },
-            ..ImageHead::default()
+            ..image_head("forge", "x.jpg", "image/jpeg")
         },
     );
     head.chunked = Some(Chunked {

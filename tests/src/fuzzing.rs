@@ -671,7 +671,8 @@ pub fn check_client_frame(text: &str) {
     }
 }
 
-/// `Some("fetch")` or `Some("result")` for JSON shaped like that client frame.
+/// `Some("fetch")` or `Some("result")` for JSON shaped like that client frame. The oracle reads
+/// the JSON by hand, apart from `ClientFrame`, which it checks.
 fn frame_shape(v: &serde_json::Value) -> Option<&'static str> {
     use serde_json::Value;
     let obj = v.as_object()?;
@@ -931,6 +932,7 @@ pub fn header_input(
         };
         entries.push((name, value));
     }
+    // By hand: any header map, which no message type would write, is the input.
     let mut headers = async_nats::HeaderMap::new();
     let mut kept = Vec::new();
     for (name, value) in entries {
@@ -1039,6 +1041,7 @@ fn degrees(value: Option<&str>, limit: f64) -> Option<f64> {
 pub fn image_info_headers(data: &[u8]) {
     let (entries, headers) = header_input(data, &INFO_NAMES, &INFO_PREFIXES);
     let info = ImageInfo::from_headers(&headers);
+    // The oracle reads the headers by name, apart from the code under test.
     let get = |name: &str| first(&entries, name);
 
     assert_eq!(info.network, get(header::NETWORK).unwrap_or_default());
@@ -1133,6 +1136,7 @@ const STREAM_PREFIXES: [&str; 3] = ["Imgfetch-", "imgfetch-", "Imgfetch-Chunk"];
 /// Anything else is an error that says it is about the stream's head.
 pub fn stream_headers(data: &[u8]) {
     let (entries, headers) = header_input(data, &STREAM_NAMES, &STREAM_PREFIXES);
+    // The oracle reads the headers by name, apart from the code under test.
     let get = |name: &str| first(&entries, name).map(str::trim);
     let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
     let flow = get(header::FLOW).unwrap_or_default();

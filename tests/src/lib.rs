@@ -5,8 +5,10 @@
 //! - [`nats`]: a `nats-server` with JetStream in a temp directory, or a three-node cluster.
 //! - [`s3`]: an `s3s-fs` S3 server (it checks SigV4 signatures) in a temp directory.
 //! - [`pipeline`]: resolvers and gateways run in this process through their `run` functions,
-//!   plus the clients the tests talk through.
-//! - [`fake`]: a stand-in resolver that speaks the wire protocol by hand, for faults and forgery.
+//!   plus the clients the tests talk through, which write and read frames and messages through
+//!   `imgfetch_common`'s types.
+//! - [`fake`]: a stand-in resolver that sends exactly what a faulty or hostile resolver would,
+//!   for faults and forgery.
 //! - [`fuzzing`]: the fuzz targets' bodies and invariants, shared by `fuzz/` and the replay test.
 //!
 //! Each server's log is written to its temp directory and printed when a test fails, so a

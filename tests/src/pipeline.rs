@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use futures::{SinkExt, StreamExt};
-use imgfetch_common::protocol::{header, ping_subject};
+use imgfetch_common::frames::{ClientFrame, ServerFrame};
+use imgfetch_common::info::ImageInfo;
+use imgfetch_common::message::{ReplyHead, RequestHead, Status};
+use imgfetch_common::protocol::{header, ping_subject, ErrorCode, FetchRequest};
 use imgfetch_resolver::config::{NetworkSpec, StoreSpec};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -319,13 +321,66 @@ pub struct WsClient {
     >,
 }
 
+/// A JSON frame from the gateway, as a client reads it.
+pub type Frame = ServerFrame<'static>;
+
 /// One answer on a websocket: the JSON frame, and the bytes when it was an image.
 #[derive(Debug)]
 pub struct WsAnswer {
     /// The `image` or `error` frame.
-    pub frame: Value,
+    pub frame: Frame,
     /// The binary frames after an `image` frame, joined.
     pub bytes: Option<Vec<u8>>,
+}
+
+/// The code of an `error` frame; `None` for any other frame.
+pub fn error_code(frame: &Frame) -> Option<ErrorCode> {
+    match frame {
+        ServerFrame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// The id a frame names, if any.
+pub fn frame_id(frame: &Frame) -> Option<&str> {
+    match frame {
+        ServerFrame::Accepted { id }
+        | ServerFrame::Image { id, .. }
+        | ServerFrame::ArchiveFailed { id, .. } => Some(id),
+        ServerFrame::Error { id, .. } => id.as_deref(),
+    }
+}
+
+/// Where an `image` or `archive_failed` frame says the archive copy goes; `None` for any
+/// other frame.
+pub fn archived_as(frame: &Frame) -> Option<&str> {
+    match frame {
+        ServerFrame::Image { archived_as, .. } => archived_as.as_deref(),
+        ServerFrame::ArchiveFailed { archived_as, .. } => Some(archived_as),
+        _ => None,
+    }
+}
+
+/// Panics unless `frame` is an `image` frame.
+pub fn assert_image(frame: &Frame) {
+    assert!(
+        matches!(frame, ServerFrame::Image { .. }),
+        "expected an image frame, got {}",
+        frame.to_json()
+    );
+}
+
+/// Panics unless `frame` is an `error` frame with `code`.
+pub fn assert_error(frame: &Frame, code: ErrorCode) {
+    assert_eq!(error_code(frame), Some(code), "{}", frame.to_json());
+}
+
+/// The `info` of an `image` frame; panics on any other frame.
+pub fn image_info(frame: &Frame) -> &ImageInfo {
+    match frame {
+        ServerFrame::Image { info, .. } => info,
+        other => panic!("expected an image frame, got {}", other.to_json()),
+    }
 }
 
 impl WsClient {
@@ -356,13 +411,26 @@ impl WsClient {
         self.socket.send(message).await.expect("send");
     }
 
-    /// Sends a fetch frame.
-    pub async fn fetch(&mut self, frame: Value) {
-        self.send_text(&frame.to_string()).await;
+    /// Sends a frame.
+    pub async fn send_frame(&mut self, frame: &ClientFrame) {
+        let text = serde_json::to_string(frame).expect("frames serialise");
+        self.send_text(&text).await;
     }
 
-    /// Next JSON frame (panics on anything else or after 30 s).
-    pub async fn next_json(&mut self) -> Value {
+    /// Sends a `fetch` frame, with an id or without (the gateway makes one).
+    pub async fn fetch(&mut self, id: Option<&str>, network: &str, key: &str) {
+        self.send_frame(&ClientFrame::Fetch {
+            id: id.map(str::to_owned),
+            network: network.to_owned(),
+            key: key.to_owned(),
+            meta: Default::default(),
+        })
+        .await;
+    }
+
+    /// Next text frame as sent (panics on anything else or after 30 s): for a test of the
+    /// exact JSON on the wire.
+    pub async fn next_text(&mut self) -> String {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
                 .await
@@ -370,10 +438,24 @@ impl WsClient {
                 .expect("socket open")
                 .expect("frame ok");
             match msg {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON frame"),
+                Message::Text(t) => return t.as_str().to_owned(),
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected a JSON text frame, got {other:?}"),
             }
+        }
+    }
+
+    /// Next JSON frame (panics on anything else or after 30 s).
+    pub async fn next_frame(&mut self) -> Frame {
+        let text = self.next_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not a frame ({e}): {text}"))
+    }
+
+    /// Next frame, which must be `accepted`; returns its id.
+    pub async fn next_accepted(&mut self) -> String {
+        match self.next_frame().await {
+            ServerFrame::Accepted { id } => id.into_owned(),
+            other => panic!("expected an accepted frame, got {}", other.to_json()),
         }
     }
 
@@ -385,30 +467,35 @@ impl WsClient {
             .and_then(Result::ok)
     }
 
-    /// Reads the next answer (skipping `accepted` frames, which it returns separately).
+    /// Reads the next answer (skipping `accepted` frames).
     pub async fn next_answer(&mut self) -> WsAnswer {
         loop {
-            let frame = self.next_json().await;
-            match frame["type"].as_str() {
-                Some("accepted") => continue,
-                Some("image") => {
-                    let frames = frame["frames"].as_u64().unwrap_or(1);
+            let frame = self.next_frame().await;
+            match &frame {
+                ServerFrame::Accepted { .. } => continue,
+                ServerFrame::Image { frames, .. } => {
                     let mut bytes = Vec::new();
-                    for _ in 0..frames {
+                    for _ in 0..*frames {
                         match self.next_message().await {
                             Some(Message::Binary(b)) => bytes.extend_from_slice(&b),
                             // A streamed image that fails part-way ends with its error frame.
                             Some(Message::Text(t)) => {
-                                let error: Value = serde_json::from_str(t.as_str()).expect("JSON");
-                                assert_eq!(error["type"], "error", "{error} inside {frame}");
+                                let error: Frame = serde_json::from_str(t.as_str()).expect("JSON");
+                                assert!(
+                                    matches!(error, ServerFrame::Error { .. }),
+                                    "{} inside {}",
+                                    error.to_json(),
+                                    frame.to_json()
+                                );
                                 return WsAnswer {
                                     frame: error,
                                     bytes: None,
                                 };
                             }
-                            other => {
-                                panic!("expected a binary frame after {frame}, got {other:?}")
-                            }
+                            other => panic!(
+                                "expected a binary frame after {}, got {other:?}",
+                                frame.to_json()
+                            ),
                         }
                     }
                     return WsAnswer {
@@ -416,11 +503,28 @@ impl WsClient {
                         bytes: Some(bytes),
                     };
                 }
-                Some("error") => return WsAnswer { frame, bytes: None },
-                _ => panic!("unexpected frame {frame}"),
+                ServerFrame::Error { .. } => return WsAnswer { frame, bytes: None },
+                ServerFrame::ArchiveFailed { .. } => {
+                    panic!("unexpected frame {}", frame.to_json())
+                }
             }
         }
     }
+}
+
+/// A request body (JSON) for `key` with `meta`, with no network: the subject names it.
+pub fn request_body(
+    id: &str,
+    key: &str,
+    meta: impl IntoIterator<Item = (String, String)>,
+) -> String {
+    serde_json::to_string(&FetchRequest {
+        id: id.to_owned(),
+        network: None,
+        key: key.to_owned(),
+        meta: meta.into_iter().collect(),
+    })
+    .expect("a request serialises")
 }
 
 /// Publishes a body to `imgfetch.req.<network>` the way `nats pub -H` does, with the callback
@@ -441,13 +545,12 @@ pub async fn hand_publish(
         ),
         None => None,
     };
-    let mut headers = HeaderMap::new();
-    if let Some(cb) = callback {
-        headers.insert(header::CALLBACK, cb);
+    let headers = RequestHead {
+        callback: callback.map(str::to_owned),
+        msg_id: msg_id.map(str::to_owned),
+        ..RequestHead::default()
     }
-    if let Some(id) = msg_id {
-        headers.insert(header::MSG_ID, id);
-    }
+    .to_headers();
     client
         .publish_with_headers(subject.to_owned(), headers, body.to_owned().into())
         .await
@@ -501,7 +604,22 @@ pub async fn the_rest(
     rest
 }
 
-/// A header of a reply, as a string.
+/// The head of a reply on a callback subject (or of an `imgfetch.fetch` answer); panics on a
+/// malformed one.
+pub fn reply_head(msg: &async_nats::Message) -> ReplyHead {
+    ReplyHead::from_headers(msg.headers.as_ref())
+        .unwrap_or_else(|e| panic!("a malformed reply head ({e}): {:?}", msg.headers))
+}
+
+/// The status of an answer that is nothing but a status (`Status::to_headers`: a stat
+/// endpoint's, or an `imgfetch.fetch` error's). No message type reads one back, so it is read
+/// here by name.
+pub fn answer_status(msg: &async_nats::Message) -> Status {
+    Status::parse(header_of(msg, header::STATUS).as_deref())
+}
+
+/// A header of a message, as a string: for headers no message type reads (the micro
+/// protocol's), or a test of one exact spelling.
 pub fn header_of(msg: &async_nats::Message, name: &str) -> Option<String> {
     msg.headers
         .as_ref()

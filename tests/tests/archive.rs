@@ -4,14 +4,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgfetch_common::protocol::header;
+use imgfetch_common::frames::ServerFrame;
+use imgfetch_common::info::ImageInfo;
+use imgfetch_common::message::ReplyHead;
+use imgfetch_common::protocol::{http_header, reply_subject, request_subject};
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_resolver::config::NetworkSpec;
+use imgfetch_tests::fake::image_head;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    dir_resolver, hand_publish, header_of, next_within, resolver_config, sample_resolver, Gateway,
-    Resolver, WsClient,
+    archived_as, assert_image, dir_resolver, hand_publish, image_info, next_within, reply_head,
+    resolver_config, sample_resolver, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs, sample, within};
@@ -79,27 +83,32 @@ async fn exif_alone_places_the_image_by_coordinates_and_capture_time() {
     .await;
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"exif-1","network":"harbor","key":"cranes/crane-07.jpg"}))
+    ws.fetch(Some("exif-1"), "harbor", "cranes/crane-07.jpg")
         .await;
     let answer = ws.next_answer().await;
     let frame = &answer.frame;
-    assert_eq!(frame["type"], "image", "{frame}");
-    let info = &frame["info"];
-    assert_eq!(info["network"], "harbor");
+    let info = image_info(frame);
+    assert_eq!(info.network, "harbor");
     assert!(
-        (info["location"]["latitude"].as_f64().unwrap() - 36.0702).abs() < 1e-3,
-        "{info}"
+        (info.location.latitude.unwrap() - 36.0702).abs() < 1e-3,
+        "{info:?}"
     );
     assert!(
-        (info["location"]["longitude"].as_f64().unwrap() - 120.3911).abs() < 1e-3,
-        "{info}"
+        (info.location.longitude.unwrap() - 120.3911).abs() < 1e-3,
+        "{info:?}"
     );
-    assert!(info["location"].get("name").is_none(), "{info}");
-    assert_eq!(info["captured_at"], "2026-11-21T14:02:11+08:00");
-    assert_eq!(info["device"], "Axis P1468-LE (serial AX-7781)");
+    assert!(info.location.name.is_none(), "{info:?}");
+    assert_eq!(
+        info.captured_at.as_deref(),
+        Some("2026-11-21T14:02:11+08:00")
+    );
+    assert_eq!(
+        info.device.as_deref(),
+        Some("Axis P1468-LE (serial AX-7781)")
+    );
 
     let expected = "harbor/36.070N_120.391E/2026-11-21/36.070N_120.391E_20261121T140211_exif-1.jpg";
-    assert_eq!(frame["archived_as"], expected, "{frame}");
+    assert_eq!(archived_as(frame), Some(expected), "{}", frame.to_json());
     assert_eq!(
         archived_file(archive.path(), expected).await,
         sample("harbor/cranes/crane-07.jpg")
@@ -124,7 +133,7 @@ async fn a_sidecar_overrides_exif_and_http_reports_the_archive_path() {
 
     let r = reqwest::Client::new()
         .get(gateway.http("/v1/images/harbor/cams/east.jpg"))
-        .header("X-Request-Id", "side-1")
+        .header(http_header::REQUEST_ID, "side-1")
         .send()
         .await
         .unwrap();
@@ -139,7 +148,8 @@ async fn a_sidecar_overrides_exif_and_http_reports_the_archive_path() {
         percent_decode(raw)
     };
     let expected = "harbor/青岛市/2026-11-20/青岛市_20261120T081530_side-1.jpg";
-    assert_eq!(decode("imgfetch-archived-as"), expected);
+    assert_eq!(decode(http_header::ARCHIVED_AS), expected);
+    // The information's headers as docs/API.md spells them.
     assert_eq!(decode("imgfetch-location"), "青岛市");
     assert_eq!(decode("imgfetch-extra-operator"), "Li Wei");
     assert_eq!(decode("imgfetch-captured-at"), "2026-11-20T08:15:30+08:00");
@@ -218,31 +228,34 @@ async fn s3_metadata_sidecar_and_exif_merge_by_precedence_and_the_archive_can_be
     .await;
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"s3-1","network":"cams","key":"line/weld.jpg"}))
-        .await;
+    ws.fetch(Some("s3-1"), "cams", "line/weld.jpg").await;
     let answer = ws.next_answer().await;
-    let info = &answer.frame["info"];
+    let info = image_info(&answer.frame);
     assert_eq!(
-        info["location"]["name"], "sidecar place",
-        "sidecar wins: {info}"
+        info.location.name.as_deref(),
+        Some("sidecar place"),
+        "sidecar wins: {info:?}"
     );
     assert_eq!(
-        info["captured_at"], "2026-01-02T03:04:05-05:00",
-        "store metadata beats EXIF: {info}"
+        info.captured_at.as_deref(),
+        Some("2026-01-02T03:04:05-05:00"),
+        "store metadata beats EXIF: {info:?}"
     );
     assert_eq!(
-        info["device"], "Basler acA2440 (serial BS-1203)",
-        "EXIF fills the rest: {info}"
+        info.device.as_deref(),
+        Some("Basler acA2440 (serial BS-1203)"),
+        "EXIF fills the rest: {info:?}"
     );
     assert!(
-        (info["location"]["latitude"].as_f64().unwrap() - 31.2304).abs() < 1e-3,
-        "{info}"
+        (info.location.latitude.unwrap() - 31.2304).abs() < 1e-3,
+        "{info:?}"
     );
-    assert_eq!(info["extras"]["camera_group"], "north", "{info}");
-    assert_eq!(info["extras"]["district"], "北区", "{info}");
+    let extra = |name: &str| info.extras.get(name).map(String::as_str);
+    assert_eq!(extra("camera_group"), Some("north"), "{info:?}");
+    assert_eq!(extra("district"), Some("北区"), "{info:?}");
 
     let expected = "cams/sidecar-place/2026-01-02/sidecar-place_20260102T030405_s3-1.jpg";
-    assert_eq!(answer.frame["archived_as"], expected);
+    assert_eq!(archived_as(&answer.frame), Some(expected));
     let archive = s3.client("archive");
     let stored = eventually("the archived object in S3", Duration::from_secs(10), || {
         let archive = archive.clone();
@@ -279,10 +292,9 @@ async fn hostile_metadata_never_leaves_the_archive_or_breaks_a_segment() {
     })
     .await;
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"evil-1","network":"plant","key":"evil.png"}))
-        .await;
+    ws.fetch(Some("evil-1"), "plant", "evil.png").await;
     let answer = ws.next_answer().await;
-    let path = answer.frame["archived_as"].as_str().unwrap().to_owned();
+    let path = archived_as(&answer.frame).unwrap().to_owned();
     let segments: Vec<&str> = path.split('/').collect();
     assert_eq!(segments.len(), 3, "{path}");
     assert_eq!(segments[0], "plant");
@@ -292,7 +304,7 @@ async fn hostile_metadata_never_leaves_the_archive_or_breaks_a_segment() {
     assert_eq!(segments[2], "etc-gnp.exe-evil-1.png", "{path}");
     assert!(!path.contains(".."), "{path}");
     assert_eq!(
-        answer.frame["info"].get("captured_at"),
+        image_info(&answer.frame).captured_at,
         None,
         "an invalid time is dropped"
     );
@@ -313,7 +325,7 @@ async fn the_nats_cli_sees_the_associated_information_as_headers() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = hand_publish(
         &client,
-        "imgfetch.req.harbor",
+        &request_subject("harbor"),
         r#"{"id":"cli-i","key":"a.jpg"}"#,
         Some("me.i"),
         Some("cli-i"),
@@ -323,20 +335,20 @@ async fn the_nats_cli_sees_the_associated_information_as_headers() {
     let reply = next_within(&mut sub, Duration::from_secs(10))
         .await
         .expect("reply");
+    let info = reply_head(&reply).image.expect("an image").info;
+    assert_eq!(info.location.name.as_deref(), Some("Quay East"));
     assert_eq!(
-        header_of(&reply, header::LOCATION).as_deref(),
-        Some("Quay East")
-    );
-    assert_eq!(
-        header_of(&reply, header::CAPTURED_AT).as_deref(),
+        info.captured_at.as_deref(),
         Some("2026-11-20T08:15:30+08:00")
     );
-    assert_eq!(
-        header_of(&reply, header::LATITUDE).map(|v| v.starts_with("36.067")),
-        Some(true)
+    assert!(
+        info.location
+            .latitude
+            .is_some_and(|v| (36.067..36.068).contains(&v)),
+        "{info:?}"
     );
     assert_eq!(
-        header_of(&reply, header::DEVICE).as_deref(),
+        info.device.as_deref(),
         Some("Hikvision DS-2CD2387 (serial HK-0042)")
     );
 }
@@ -354,7 +366,7 @@ async fn archiving_the_same_id_again_writes_the_same_path_once() {
         let archive = imgfetch_gateway::archive::Archive::open(&config)
             .await
             .unwrap();
-        let info = imgfetch_common::info::ImageInfo {
+        let info = ImageInfo {
             network: "harbor".into(),
             captured_at: Some("2026-11-20T08:15:30+08:00".into()),
             ..Default::default()
@@ -405,12 +417,12 @@ async fn a_restarted_gateway_keeps_the_archive_consistent() {
         .await;
         let r = reqwest::Client::new()
             .get(gateway.http("/v1/images/harbor/cranes/crane-07.jpg"))
-            .header("X-Request-Id", *id)
+            .header(http_header::REQUEST_ID, *id)
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "round {round}");
-        let path = percent_decode(r.headers()["imgfetch-archived-as"].to_str().unwrap());
+        let path = percent_decode(r.headers()[http_header::ARCHIVED_AS].to_str().unwrap());
         gateway.stop().await;
         // Stopping drains archive writes: the file is complete once the gateway is gone.
         assert_eq!(
@@ -441,18 +453,24 @@ async fn a_failing_archive_never_keeps_the_image_from_the_client() {
     drop(s3); // the archive dies after the gateway started
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"af-1","network":"harbor","key":"quay-east.jpg"}))
-        .await;
+    ws.fetch(Some("af-1"), "harbor", "quay-east.jpg").await;
     let answer = ws.next_answer().await;
-    assert_eq!(answer.frame["type"], "image");
+    assert_image(&answer.frame);
     assert_eq!(
         answer.bytes.as_deref(),
         Some(sample("harbor/quay-east.jpg").as_slice())
     );
-    let failed = ws.next_json().await;
-    assert_eq!(failed["type"], "archive_failed", "{failed}");
-    assert_eq!(failed["id"], "af-1");
-    assert_eq!(failed["archived_as"], answer.frame["archived_as"]);
+    let failed = ws.next_frame().await;
+    let ServerFrame::ArchiveFailed {
+        id,
+        archived_as: path,
+        ..
+    } = &failed
+    else {
+        panic!("expected archive_failed, got {}", failed.to_json());
+    };
+    assert_eq!(id, "af-1");
+    assert_eq!(Some(path.as_ref()), archived_as(&answer.frame));
 
     let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
         .await
@@ -486,23 +504,23 @@ async fn a_redelivered_reply_for_the_same_id_is_not_archived_again() {
     })
     .await;
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"again","network":"harbor","key":"cranes/crane-07.jpg"}))
+    ws.fetch(Some("again"), "harbor", "cranes/crane-07.jpg")
         .await;
     let answer = ws.next_answer().await;
-    let path = answer.frame["archived_as"].as_str().unwrap().to_owned();
+    let path = archived_as(&answer.frame).unwrap().to_owned();
     let original = archived_file(archive.path(), &path).await;
 
     // What a resolver that crashed before its ack would send on redelivery: another reply for
     // the same id, here with other bytes so that a second write would show.
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(header::ID, "again");
-    headers.insert(header::STATUS, "ok");
-    headers.insert(header::NETWORK, "harbor");
-    headers.insert(header::CONTENT_TYPE, "image/png");
+    let headers = ReplyHead::ok(
+        "again",
+        image_head("harbor", "cranes/crane-07.jpg", "image/png"),
+    )
+    .to_headers();
     client
         .publish_with_headers(
-            "imgfetch.reply.gw-redeliver.again",
+            reply_subject("gw-redeliver", "again"),
             headers,
             sample("plant/line-3/overview.png").into(),
         )
@@ -535,12 +553,10 @@ async fn long_names_in_wide_scripts_keep_the_whole_id_and_extension() {
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
     let mut paths = Vec::new();
     for id in ["x".repeat(127) + "1", "x".repeat(127) + "2"] {
-        ws.fetch(json!({"type":"fetch","id":id,"network":"harbor","key":"a.jpg"}))
-            .await;
+        ws.fetch(Some(&id), "harbor", "a.jpg").await;
         let answer = ws.next_answer().await;
-        let path = answer.frame["archived_as"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}", answer.frame))
+        let path = archived_as(&answer.frame)
+            .unwrap_or_else(|| panic!("{}", answer.frame.to_json()))
             .to_owned();
         assert!(path.ends_with(&format!("_{id}.jpg")), "{path}");
         archived_file(archive.path(), &path).await;
@@ -571,17 +587,13 @@ async fn http_keeps_its_headers_small_when_extras_are_huge() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let h = r.headers();
-    assert_eq!(h["imgfetch-info-truncated"], "true");
+    assert_eq!(h[http_header::INFO_TRUNCATED], "true");
     assert_eq!(h["imgfetch-location"], "Quay");
     let total: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
     assert!(total < 12 * 1024, "{total} bytes of headers");
     // The websocket gets every extra.
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","network":"harbor","key":"a.jpg"}))
-        .await;
+    ws.fetch(None, "harbor", "a.jpg").await;
     let answer = ws.next_answer().await;
-    assert_eq!(
-        answer.frame["info"]["extras"].as_object().unwrap().len(),
-        32
-    );
+    assert_eq!(image_info(&answer.frame).extras.len(), 32);
 }

@@ -4,11 +4,15 @@
 use std::path::Path;
 
 use imgfetch_common::digest::sha256_hex;
+use imgfetch_common::protocol::ErrorCode;
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway, Resolver, WsClient};
+use imgfetch_tests::pipeline::{
+    assert_error, assert_image, dir_resolver, frame_id, sample_resolver, Gateway, Resolver,
+    WsClient,
+};
 use imgfetch_tests::{init_logs, sample};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
@@ -173,26 +177,23 @@ async fn websocket_with_a_valid_token_fetches_its_networks_and_is_refused_others
         let mut ws = WsClient::try_connect(request)
             .await
             .expect("a valid token opens the socket");
-        ws.fetch(json!({"type":"fetch","id":"other","network":"plant","key":"line-3/press-1.jpg"}))
-            .await;
+        ws.fetch(Some("other"), "plant", "line-3/press-1.jpg").await;
         let refused = ws.next_answer().await.frame;
-        assert_eq!(refused["type"], "error", "{refused}");
-        assert_eq!(refused["id"], "other", "{refused}");
-        assert_eq!(refused["code"], "forbidden", "{refused}");
+        let shown = refused.to_json();
+        assert_error(&refused, ErrorCode::Forbidden);
+        assert_eq!(frame_id(&refused), Some("other"), "{shown}");
         // The socket stays open and serves the token's own network.
-        ws.fetch(json!({"type":"fetch","network":"harbor","key":"quay-east.jpg"}))
-            .await;
+        ws.fetch(None, "harbor", "quay-east.jpg").await;
         let answer = ws.next_answer().await;
-        assert_eq!(answer.frame["type"], "image", "{}", answer.frame);
+        assert_image(&answer.frame);
         assert_eq!(answer.bytes.as_deref(), Some(expected.as_slice()));
     }
 
     let mut any = WsClient::try_connect(with_bearer(&url, ANY_TOKEN))
         .await
         .expect("a valid token opens the socket");
-    any.fetch(json!({"type":"fetch","network":"harbor","key":"quay-east.jpg"}))
-        .await;
-    assert_eq!(any.next_answer().await.frame["type"], "image");
+    any.fetch(None, "harbor", "quay-east.jpg").await;
+    assert_image(&any.next_answer().await.frame);
 }
 
 #[tokio::test]
@@ -204,9 +205,8 @@ async fn authentication_is_off_by_default() {
     let r = get(&gateway.http("/v1/images/harbor/quay-east.jpg"), None).await;
     assert_eq!(r.status(), 200);
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","network":"harbor","key":"quay-east.jpg"}))
-        .await;
-    assert_eq!(ws.next_answer().await.frame["type"], "image");
+    ws.fetch(None, "harbor", "quay-east.jpg").await;
+    assert_image(&ws.next_answer().await.frame);
 }
 
 #[tokio::test]
@@ -285,11 +285,10 @@ async fn a_revoked_token_is_refused_without_a_restart() {
         401
     );
     open_socket
-        .fetch(json!({"type":"fetch","id":"after","network":"harbor","key":"quay-east.jpg"}))
+        .fetch(Some("after"), "harbor", "quay-east.jpg")
         .await;
     let refused = open_socket.next_answer().await.frame;
-    assert_eq!(refused["type"], "error", "{refused}");
-    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    assert_error(&refused, ErrorCode::Unauthorized);
     assert_eq!(get(&image, Some(ANY_TOKEN)).await.status(), 200);
 
     // A broken file: the tokens in force stay.

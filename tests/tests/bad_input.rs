@@ -4,12 +4,16 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use imgfetch_common::protocol::{header, request_subject, ErrorCode};
+use imgfetch_common::frames::{ClientFrame, ServerFrame};
+use imgfetch_common::message::Status;
+use imgfetch_common::protocol::{
+    http_header, ping_subject, request_subject, ErrorCode, DEFAULT_STREAM, REPLY_PREFIX,
+};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    ask, dir_resolver, error_body, file_network, hand_publish, header_of, next_within,
-    resolver_config, sample_resolver, samples_dir, the_rest, wait_served, Gateway, Resolver,
-    WsClient,
+    ask, assert_error, assert_image, dir_resolver, error_body, error_code, file_network, frame_id,
+    hand_publish, next_within, reply_head, request_body, resolver_config, sample_resolver,
+    samples_dir, the_rest, wait_served, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{eventually, init_logs, sample};
@@ -19,13 +23,18 @@ async fn harbor(nats: &NatsServer) -> Resolver {
     sample_resolver(&nats.url(), "harbor").await
 }
 
+/// The status of a reply on a callback subject.
+fn status(reply: &async_nats::Message) -> Status {
+    reply_head(reply).status
+}
+
 /// Waits until the stream holds no message and the network's consumer has nothing pending.
 async fn queue_drained(client: &async_nats::Client) {
     let js = jetstream::new(client.clone());
     eventually("the work queue to drain", Duration::from_secs(15), || {
         let js = js.clone();
         async move {
-            let mut stream = js.get_stream("IMGFETCH").await.ok()?;
+            let mut stream = js.get_stream(DEFAULT_STREAM).await.ok()?;
             let info = stream.info().await.ok()?;
             (info.state.messages == 0).then_some(())
         }
@@ -45,37 +54,35 @@ async fn unknown_network_is_refused_at_once_on_every_path_and_never_queued() {
     assert_eq!(body["code"], "unknown_network", "{body}");
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"u1","network":"atlantis","key":"a.jpg"}))
-        .await;
-    let frame = ws.next_json().await;
+    ws.fetch(Some("u1"), "atlantis", "a.jpg").await;
+    let frame = ws.next_frame().await;
     assert_eq!(
-        frame["type"], "error",
-        "no accepted frame for an unknown network: {frame}"
+        error_code(&frame),
+        Some(ErrorCode::UnknownNetwork),
+        "no accepted frame for an unknown network: {}",
+        frame.to_json()
     );
-    assert_eq!(frame["code"], "unknown_network");
-    assert_eq!(frame["id"], "u1");
+    assert_eq!(frame_id(&frame), Some("u1"));
 
     // By hand: the gateway's sentinel answers, since no stream stores the request.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let reply = ask(
         &client,
-        "imgfetch.req.atlantis",
+        &request_subject("atlantis"),
         r#"{"id":"u2","key":"a.jpg"}"#,
         "u2",
     )
     .await;
-    assert_eq!(
-        header_of(&reply, header::STATUS).as_deref(),
-        Some("unknown_network")
-    );
-    assert_eq!(header_of(&reply, header::ID).as_deref(), Some("u2"));
+    let head = reply_head(&reply);
+    assert_eq!(head.status, Status::Error(ErrorCode::UnknownNetwork));
+    assert_eq!(head.id.as_deref(), Some("u2"));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "refusals are immediate"
     );
 
     let js = jetstream::new(client.clone());
-    let mut stream = js.get_stream("IMGFETCH").await.unwrap();
+    let mut stream = js.get_stream(DEFAULT_STREAM).await.unwrap();
     let info = stream.info().await.unwrap();
     assert!(
         !info.config.subjects.contains(&request_subject("atlantis")),
@@ -107,24 +114,22 @@ async fn hostile_keys_are_invalid_requests_at_the_gateway_and_at_the_resolver() 
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
     for (i, key) in keys.iter().enumerate() {
-        ws.fetch(json!({"type":"fetch","id":format!("k{i}"),"network":"harbor","key":key}))
-            .await;
-        let frame = ws.next_json().await;
-        assert_eq!(frame["type"], "error", "key {key:?}: {frame}");
-        assert_eq!(frame["code"], "invalid_request", "key {key:?}: {frame}");
-        assert!(
-            frame["message"].as_str().unwrap().starts_with("key:"),
-            "key {key:?}: {frame}"
-        );
+        ws.fetch(Some(&format!("k{i}")), "harbor", key).await;
+        let frame = ws.next_frame().await;
+        let ServerFrame::Error { code, message, .. } = &frame else {
+            panic!("key {key:?}: {}", frame.to_json());
+        };
+        assert_eq!(*code, ErrorCode::InvalidRequest, "key {key:?}: {message}");
+        assert!(message.starts_with("key:"), "key {key:?}: {message}");
     }
 
     // Published by hand, the resolver applies the same rules, answers, and terms the message.
     for (i, key) in keys.iter().enumerate() {
-        let body = json!({"id": format!("h{i}"), "key": key}).to_string();
-        let reply = ask(&client, "imgfetch.req.harbor", &body, &format!("h{i}")).await;
+        let body = request_body(&format!("h{i}"), key, []);
+        let reply = ask(&client, &request_subject("harbor"), &body, &format!("h{i}")).await;
         assert_eq!(
-            header_of(&reply, header::STATUS).as_deref(),
-            Some("invalid_request"),
+            status(&reply),
+            Status::Error(ErrorCode::InvalidRequest),
             "key {key:?}"
         );
     }
@@ -155,6 +160,7 @@ async fn malformed_bodies_and_missing_callbacks_never_block_the_queue() {
     let _gateway = Gateway::start(&nats.url(), |_| {}).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
 
+    // Malformed on purpose, so written by hand.
     for (i, body) in [
         r#"{"id":"x","key":"#,
         "\u{c1}\u{c1}garbage",
@@ -165,10 +171,16 @@ async fn malformed_bodies_and_missing_callbacks_never_block_the_queue() {
     .iter()
     .enumerate()
     {
-        let reply = ask(&client, "imgfetch.req.harbor", body, &format!("bad{i}")).await;
+        let reply = ask(
+            &client,
+            &request_subject("harbor"),
+            body,
+            &format!("bad{i}"),
+        )
+        .await;
         assert_eq!(
-            header_of(&reply, header::STATUS).as_deref(),
-            Some("invalid_request"),
+            status(&reply),
+            Status::Error(ErrorCode::InvalidRequest),
             "{body:?}"
         );
         assert!(!reply.payload.is_empty(), "the error says what is wrong");
@@ -176,7 +188,7 @@ async fn malformed_bodies_and_missing_callbacks_never_block_the_queue() {
     // No callback at all: nothing to answer, but the message must not stay in the queue.
     hand_publish(
         &client,
-        "imgfetch.req.harbor",
+        &request_subject("harbor"),
         r#"{"id":"nocb","key":"quay-east.jpg"}"#,
         None,
         Some("nocb"),
@@ -185,7 +197,7 @@ async fn malformed_bodies_and_missing_callbacks_never_block_the_queue() {
     // A wildcard callback cannot be answered either.
     hand_publish(
         &client,
-        "imgfetch.req.harbor",
+        &request_subject("harbor"),
         r#"{"id":"wild","key":"quay-east.jpg"}"#,
         Some("me.>"),
         Some("wild"),
@@ -195,12 +207,12 @@ async fn malformed_bodies_and_missing_callbacks_never_block_the_queue() {
     // The queue still works after all of that.
     let reply = ask(
         &client,
-        "imgfetch.req.harbor",
+        &request_subject("harbor"),
         r#"{"id":"good","key":"quay-east.jpg"}"#,
         "good",
     )
     .await;
-    assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(status(&reply), Status::Ok);
     queue_drained(&client).await;
 }
 
@@ -213,18 +225,19 @@ async fn oversized_requests_and_frames_are_refused() {
     let client = async_nats::connect(nats.url()).await.unwrap();
 
     // Too many meta entries.
-    let meta: serde_json::Map<_, _> = (0..40).map(|i| (format!("k{i}"), json!("v"))).collect();
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(
-        json!({"type":"fetch","id":"m1","network":"harbor","key":"quay-east.jpg","meta":meta}),
-    )
+    ws.send_frame(&ClientFrame::Fetch {
+        id: Some("m1".into()),
+        network: "harbor".into(),
+        key: "quay-east.jpg".into(),
+        meta: (0..40).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
+    })
     .await;
-    let frame = ws.next_json().await;
-    assert_eq!(frame["code"], "invalid_request", "{frame}");
+    let frame = ws.next_frame().await;
+    assert_error(&frame, ErrorCode::InvalidRequest);
 
     // A frame over the gateway's limit closes the socket instead of being buffered.
-    let huge = json!({"type":"fetch","network":"harbor","key":"k".repeat(64 * 1024)}).to_string();
-    ws.send_text(&huge).await;
+    ws.fetch(None, "harbor", &"k".repeat(64 * 1024)).await;
     let next = ws.next_message().await;
     assert!(
         matches!(
@@ -235,13 +248,13 @@ async fn oversized_requests_and_frames_are_refused() {
     );
 
     // By hand, over the stream's 64 KiB message limit: the sentinel says so.
-    let body =
-        json!({"id":"big","key":"quay-east.jpg","meta":{"pad":"x".repeat(70 * 1024)}}).to_string();
-    let reply = ask(&client, "imgfetch.req.harbor", &body, "big").await;
-    assert_eq!(
-        header_of(&reply, header::STATUS).as_deref(),
-        Some("invalid_request")
+    let body = request_body(
+        "big",
+        "quay-east.jpg",
+        [("pad".to_owned(), "x".repeat(70 * 1024))],
     );
+    let reply = ask(&client, &request_subject("harbor"), &body, "big").await;
+    assert_eq!(status(&reply), Status::Error(ErrorCode::InvalidRequest));
     assert!(
         String::from_utf8_lossy(&reply.payload).contains("limit"),
         "{:?}",
@@ -342,20 +355,17 @@ async fn duplicate_ids_get_an_answer_and_are_fetched_once() {
     let _r = harbor(&nats).await;
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut replies = client.subscribe("imgfetch.reply.>").await.unwrap();
+    let mut replies = client.subscribe(format!("{REPLY_PREFIX}.>")).await.unwrap();
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"dup","network":"harbor","key":"quay-east.jpg"}))
-        .await;
+    ws.fetch(Some("dup"), "harbor", "quay-east.jpg").await;
     let first = ws.next_answer().await;
-    assert_eq!(first.frame["type"], "image");
+    assert_image(&first.frame);
 
     let started = Instant::now();
-    ws.fetch(json!({"type":"fetch","id":"dup","network":"harbor","key":"quay-east.jpg"}))
-        .await;
-    let second = ws.next_json().await;
-    assert_eq!(second["type"], "error", "{second}");
-    assert_eq!(second["code"], ErrorCode::DuplicateId.as_str());
+    ws.fetch(Some("dup"), "harbor", "quay-east.jpg").await;
+    let second = ws.next_frame().await;
+    assert_error(&second, ErrorCode::DuplicateId);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "answered without waiting for a deadline"
@@ -365,11 +375,11 @@ async fn duplicate_ids_get_an_answer_and_are_fetched_once() {
     let (a, b) = tokio::join!(
         reqwest::Client::new()
             .get(gateway.http("/v1/images/harbor/quay-east.jpg"))
-            .header("X-Request-Id", "twin")
+            .header(http_header::REQUEST_ID, "twin")
             .send(),
         reqwest::Client::new()
             .get(gateway.http("/v1/images/harbor/quay-east.jpg"))
-            .header("X-Request-Id", "twin")
+            .header(http_header::REQUEST_ID, "twin")
             .send(),
     );
     let mut statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
@@ -379,14 +389,14 @@ async fn duplicate_ids_get_an_answer_and_are_fetched_once() {
     // The resolver answered each id once: no second fetch.
     let mut seen = Vec::new();
     for msg in the_rest(&mut replies, Duration::from_millis(700)).await {
-        seen.push(header_of(&msg, header::ID).unwrap_or_default());
+        seen.push(reply_head(&msg).id.unwrap_or_default());
     }
     seen.sort();
     assert_eq!(seen, ["dup", "twin"]);
 
     let r = reqwest::Client::new()
         .get(gateway.http("/v1/images/harbor/quay-east.jpg"))
-        .header("X-Request-Id", "bad id")
+        .header(http_header::REQUEST_ID, "bad id")
         .send()
         .await
         .unwrap();
@@ -413,7 +423,7 @@ async fn no_resolver_is_503_and_a_silent_one_is_504() {
 
     // Something answers pings but never takes work: the client gets its timeout, not a hang.
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut pings = client.subscribe("imgfetch.ping.harbor").await.unwrap();
+    let mut pings = client.subscribe(ping_subject("harbor")).await.unwrap();
     let responder = client.clone();
     tokio::spawn(async move {
         while let Some(m) = pings.next().await {
@@ -435,15 +445,12 @@ async fn no_resolver_is_503_and_a_silent_one_is_504() {
 
     // The request is still queued; a resolver that comes back takes it and sees its deadline
     // passed, so it answers `timeout` rather than fetching for nobody.
-    let mut late = client.subscribe("imgfetch.reply.>").await.unwrap();
+    let mut late = client.subscribe(format!("{REPLY_PREFIX}.>")).await.unwrap();
     let _back = harbor(&nats).await;
     let reply = next_within(&mut late, Duration::from_secs(10))
         .await
         .expect("the queued request is settled");
-    assert_eq!(
-        header_of(&reply, header::STATUS).as_deref(),
-        Some("timeout")
-    );
+    assert_eq!(status(&reply), Status::Error(ErrorCode::Timeout));
 }
 
 #[tokio::test]
@@ -507,14 +514,12 @@ async fn metadata_that_would_overflow_the_message_is_too_large_not_a_retry_loop(
     let _r = dir_resolver(&nats.url(), "plant", dir.path()).await;
 
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let meta: serde_json::Map<_, _> = (0..32)
-        .map(|i| (format!("m{i}"), json!("x".repeat(1000))))
-        .collect();
-    let body = json!({"id":"wide","key":"a.png","meta":meta}).to_string();
-    let reply = ask(&client, "imgfetch.req.plant", &body, "wide").await;
+    let meta = (0..32).map(|i| (format!("m{i}"), "x".repeat(1000)));
+    let body = request_body("wide", "a.png", meta);
+    let reply = ask(&client, &request_subject("plant"), &body, "wide").await;
     assert_eq!(
-        header_of(&reply, header::STATUS).as_deref(),
-        Some("too_large"),
+        status(&reply),
+        Status::Error(ErrorCode::TooLarge),
         "{:?}",
         reply.payload
     );

@@ -4,16 +4,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use imgfetch_common::protocol::header;
+use imgfetch_common::frames::{ClientFrame, ServerFrame};
+use imgfetch_common::message::{RequestHead, Status};
+use imgfetch_common::protocol::{http_header, request_subject, ErrorCode, DEFAULT_STREAM};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, hand_publish, header_of, next_within, resolver_config, sample_resolver,
-    samples_dir, the_rest, Gateway, Resolver, WsClient,
+    error_code, file_network, frame_id, hand_publish, header_of, next_within, reply_head,
+    request_body, resolver_config, sample_resolver, samples_dir, the_rest, Gateway, Resolver,
+    WsClient,
 };
 use imgfetch_tests::s3::S3Server;
 use imgfetch_tests::{init_logs, sample};
 use object_store::ObjectStoreExt;
-use serde_json::json;
 
 async fn one_zone(nats: &NatsServer) -> Resolver {
     sample_resolver(&nats.url(), "harbor").await
@@ -27,25 +29,47 @@ async fn websocket_client_gets_accepted_then_image_then_bytes() {
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
 
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"ws-1","network":"harbor","key":"quay-east.jpg","meta":{"camera":"east"}})).await;
-    let accepted = ws.next_json().await;
-    assert_eq!(accepted, json!({"type":"accepted","id":"ws-1"}));
+    ws.send_frame(&ClientFrame::Fetch {
+        id: Some("ws-1".into()),
+        network: "harbor".into(),
+        key: "quay-east.jpg".into(),
+        meta: [("camera".to_owned(), "east".to_owned())].into(),
+    })
+    .await;
+    // The `accepted` frame exactly as docs/API.md spells it.
+    let accepted: serde_json::Value = serde_json::from_str(&ws.next_text().await).unwrap();
+    assert_eq!(accepted, serde_json::json!({"type":"accepted","id":"ws-1"}));
     let answer = ws.next_answer().await;
-    let frame = &answer.frame;
-    assert_eq!(frame["type"], "image", "{frame}");
-    assert_eq!(frame["id"], "ws-1");
-    assert_eq!(frame["network"], "harbor");
-    assert_eq!(frame["key"], "quay-east.jpg");
-    assert_eq!(frame["content_type"], "image/jpeg");
-    assert_eq!(frame["meta"]["camera"], "east");
+    let ServerFrame::Image {
+        id,
+        network,
+        key,
+        content_type,
+        size,
+        metadata,
+        meta,
+        ..
+    } = &answer.frame
+    else {
+        panic!("expected an image frame, got {}", answer.frame.to_json());
+    };
+    assert_eq!(id, "ws-1");
+    assert_eq!(network, "harbor");
+    assert_eq!(key, "quay-east.jpg");
+    assert_eq!(content_type, "image/jpeg");
+    assert_eq!(meta.get("camera").map(String::as_str), Some("east"));
     let expected = sample("harbor/quay-east.jpg");
-    assert_eq!(frame["size"], expected.len());
-    assert_eq!(frame["metadata"]["size"], expected.len().to_string());
+    assert_eq!(*size, expected.len() as u64);
+    assert_eq!(
+        metadata.get("size").cloned(),
+        Some(expected.len().to_string())
+    );
     assert!(
-        frame["metadata"]["last_modified"]
-            .as_str()
+        metadata
+            .get("last_modified")
             .is_some_and(|s| s.contains('T')),
-        "{frame}"
+        "{}",
+        answer.frame.to_json()
     );
     assert_eq!(answer.bytes.as_deref(), Some(expected.as_slice()));
 }
@@ -59,16 +83,15 @@ async fn websocket_carries_many_requests_at_once_and_makes_ids_when_missing() {
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
     let keys = ["quay-east.jpg", "cranes/crane-07.jpg", "missing.jpg"];
     for key in keys {
-        ws.fetch(json!({"type":"fetch","network":"harbor","key":key}))
-            .await;
+        ws.fetch(None, "harbor", key).await;
     }
     let mut accepted = Vec::new();
     let mut answers = Vec::new();
     while answers.len() < keys.len() {
-        let frame = ws.next_json().await;
-        match frame["type"].as_str() {
-            Some("accepted") => accepted.push(frame["id"].as_str().unwrap().to_owned()),
-            Some("image") => {
+        let frame = ws.next_frame().await;
+        match &frame {
+            ServerFrame::Accepted { id } => accepted.push(id.to_string()),
+            ServerFrame::Image { key, .. } => {
                 let bytes = ws.next_message().await;
                 assert!(
                     matches!(
@@ -77,16 +100,12 @@ async fn websocket_carries_many_requests_at_once_and_makes_ids_when_missing() {
                     ),
                     "{bytes:?}"
                 );
-                answers.push((
-                    frame["key"].as_str().unwrap().to_owned(),
-                    "image".to_owned(),
-                ));
+                answers.push((key.to_string(), None));
             }
-            Some("error") => answers.push((
-                frame["id"].as_str().unwrap().to_owned(),
-                frame["code"].as_str().unwrap().to_owned(),
-            )),
-            other => panic!("unexpected frame type {other:?}"),
+            ServerFrame::Error { .. } => {
+                answers.push((frame_id(&frame).unwrap().to_owned(), error_code(&frame)))
+            }
+            other => panic!("unexpected frame {}", other.to_json()),
         }
     }
     assert_eq!(
@@ -97,14 +116,14 @@ async fn websocket_carries_many_requests_at_once_and_makes_ids_when_missing() {
     let unique: std::collections::HashSet<_> = accepted.iter().collect();
     assert_eq!(unique.len(), 3, "generated ids are unique: {accepted:?}");
     assert_eq!(
-        answers.iter().filter(|(_, kind)| kind == "image").count(),
+        answers.iter().filter(|(_, code)| code.is_none()).count(),
         2,
         "{answers:?}"
     );
     assert_eq!(
         answers
             .iter()
-            .filter(|(_, kind)| kind == "not_found")
+            .filter(|(_, code)| *code == Some(ErrorCode::NotFound))
             .count(),
         1,
         "{answers:?}"
@@ -121,13 +140,13 @@ async fn http_get_returns_bytes_content_type_and_request_id() {
 
     let response = http
         .get(gateway.http("/v1/images/harbor/cranes/crane-07.jpg"))
-        .header("X-Request-Id", "http-1")
+        .header(http_header::REQUEST_ID, "http-1")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/jpeg");
-    assert_eq!(response.headers()["x-request-id"], "http-1");
+    assert_eq!(response.headers()[http_header::REQUEST_ID], "http-1");
     assert_eq!(
         response.bytes().await.unwrap().as_ref(),
         sample("harbor/cranes/crane-07.jpg").as_slice()
@@ -140,7 +159,7 @@ async fn http_get_returns_bytes_content_type_and_request_id() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
+    let id = response.headers()[http_header::REQUEST_ID]
         .to_str()
         .unwrap()
         .to_owned();
@@ -167,7 +186,7 @@ async fn nats_cli_json_publish_with_callback_header_gets_raw_image() {
     let _resolver = one_zone(&nats).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
 
-    // Exactly what docs/PROTOCOL.md tells a NATS CLI user to publish.
+    // Exactly what docs/PROTOCOL.md tells a NATS CLI user to publish: the subject as spelled.
     let mut sub = hand_publish(
         &client,
         "imgfetch.req.harbor",
@@ -180,12 +199,14 @@ async fn nats_cli_json_publish_with_callback_header_gets_raw_image() {
     let reply = next_within(&mut sub, Duration::from_secs(10))
         .await
         .expect("a reply on the callback");
-    assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
-    assert_eq!(header_of(&reply, header::ID).as_deref(), Some("cli-1"));
+    let head = reply_head(&reply);
+    assert_eq!(head.status, Status::Ok);
+    assert_eq!(head.id.as_deref(), Some("cli-1"));
     assert_eq!(
-        header_of(&reply, header::CONTENT_TYPE).as_deref(),
+        head.image.map(|image| image.content_type).as_deref(),
         Some("image/jpeg")
     );
+    // The header a NATS CLI user sees for `meta`, as docs/PROTOCOL.md spells it.
     assert_eq!(
         header_of(&reply, "Imgfetch-Meta-who").as_deref(),
         Some("ops")
@@ -270,14 +291,17 @@ async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
     const N: usize = 60;
     let mut sub = client.subscribe("test.cb.>").await.unwrap();
     for i in 0..N {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(header::CALLBACK, format!("test.cb.{i}").as_str());
-        headers.insert(header::MSG_ID, format!("id-{i}").as_str());
+        let headers = RequestHead {
+            callback: Some(format!("test.cb.{i}")),
+            msg_id: Some(format!("id-{i}")),
+            ..RequestHead::default()
+        }
+        .to_headers();
         client
             .publish_with_headers(
-                "imgfetch.req.harbor",
+                request_subject("harbor"),
                 headers,
-                format!(r#"{{"id":"id-{i}","key":"quay-east.jpg"}}"#).into(),
+                request_body(&format!("id-{i}"), "quay-east.jpg", []).into(),
             )
             .await
             .unwrap();
@@ -287,14 +311,11 @@ async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut by_replica: HashMap<String, usize> = HashMap::new();
     let mut record = |msg: async_nats::Message| {
-        assert_eq!(
-            header_of(&msg, header::STATUS).as_deref(),
-            Some("ok"),
-            "{msg:?}"
-        );
+        let head = reply_head(&msg);
+        assert_eq!(head.status, Status::Ok, "{msg:?}");
         *counts.entry(msg.subject.to_string()).or_default() += 1;
         *by_replica
-            .entry(header_of(&msg, header::RESOLVER).unwrap_or_default())
+            .entry(head.resolver.unwrap_or_default())
             .or_default() += 1;
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -323,7 +344,7 @@ async fn two_replicas_share_one_network_and_each_request_is_answered_once() {
     );
 
     let js = async_nats::jetstream::new(client.clone());
-    let mut stream = js.get_stream("IMGFETCH").await.unwrap();
+    let mut stream = js.get_stream(DEFAULT_STREAM).await.unwrap();
     let info = stream.info().await.unwrap();
     assert_eq!(
         info.state.messages, 0,

@@ -2,16 +2,18 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::digest::sha256_hex;
-use imgfetch_common::protocol::{self, header};
-use imgfetch_tests::fake::{fake_resolver, take_request};
+use imgfetch_common::message::{ImageHead, ReplyHead};
+use imgfetch_common::protocol::{self, header, ping_subject, reply_subject, request_subject};
+use imgfetch_tests::fake::{fake_resolver, image_head, take_request};
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{hand_publish, header_of, sample_resolver, Gateway, WsClient};
+use imgfetch_tests::pipeline::{
+    assert_image, hand_publish, header_of, image_info, request_body, sample_resolver, Gateway,
+    WsClient,
+};
 use imgfetch_tests::{eventually, init_logs};
-use serde_json::json;
 
 #[tokio::test]
 async fn callbacks_on_server_and_imgfetch_subjects_get_no_reply_and_are_termed() {
@@ -21,27 +23,28 @@ async fn callbacks_on_server_and_imgfetch_subjects_get_no_reply_and_are_termed()
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     for (i, callback) in [
-        "imgfetch.req.harbor",
-        "imgfetch.ping.harbor",
-        "$JS.API.STREAM.INFO.IMGFETCH",
-        "$SYS.REQ.SERVER.PING",
+        request_subject("harbor"),
+        ping_subject("harbor"),
+        format!("$JS.API.STREAM.INFO.{}", protocol::DEFAULT_STREAM),
+        "$SYS.REQ.SERVER.PING".to_owned(),
     ]
     .into_iter()
     .enumerate()
     {
         let id = format!("hostile-{i}");
-        let body = json!({"id": id, "key": "quay-east.jpg"}).to_string();
+        let body = request_body(&id, "quay-east.jpg", []);
         let mut sub = hand_publish(
             &client,
-            "imgfetch.req.harbor",
+            &request_subject("harbor"),
             &body,
-            Some(callback),
+            Some(&callback),
             Some(&id),
         )
         .await
         .unwrap();
         // Whatever arrives on the callback subject (for the request subject itself, this test's
-        // own request), none of it is a reply.
+        // own request), none of it is a reply. Any message may come, so the status header is
+        // looked for by name: a reply is whatever carries one.
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
             assert!(
                 header_of(&msg, header::STATUS).is_none(),
@@ -77,31 +80,31 @@ async fn a_second_party_cannot_answer_a_waiting_clients_request() {
     let (resolver, consumer) = fake_resolver(&nats.url(), "forge").await;
     let gateway = Gateway::start(&nats.url(), |c| c.instance = "gw-victim".into()).await;
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"V","network":"forge","key":"mine.jpg"}))
-        .await;
+    ws.fetch(Some("V"), "forge", "mine.jpg").await;
     let (id, callback, msg) = take_request(&consumer).await;
     assert_eq!(id, "V");
     // The callback is the gateway's, but its last token is not the client's id.
     assert!(
-        callback.starts_with("imgfetch.reply.gw-victim."),
+        callback.starts_with(&reply_subject("gw-victim", "")),
         "{callback}"
     );
     assert!(!callback.ends_with(".V"), "{callback}");
 
     let reply = |id: &str, body: &'static [u8], network: &str| {
-        let mut h = HeaderMap::new();
-        h.insert(header::ID, id);
-        h.insert(header::STATUS, "ok");
-        h.insert(header::NETWORK, network);
-        h.insert(header::CONTENT_TYPE, "image/jpeg");
-        h.insert(header::SHA256, sha256_hex(body).as_str());
-        (h, Bytes::from_static(body))
+        let head = ReplyHead::ok(
+            id,
+            ImageHead {
+                sha256: Some(sha256_hex(body)),
+                ..image_head(network, "mine.jpg", "image/jpeg")
+            },
+        );
+        (head.to_headers(), Bytes::from_static(body))
     };
     // A second party answers on the subject the client's id would give, and on the real
     // callback with another id: neither reaches the client.
     let (h, b) = reply("V", b"someone else's image", "forge");
     resolver
-        .publish_with_headers("imgfetch.reply.gw-victim.V", h, b)
+        .publish_with_headers(reply_subject("gw-victim", "V"), h, b)
         .await
         .unwrap();
     let (h, b) = reply("W", b"someone else's image", "forge");
@@ -121,7 +124,12 @@ async fn a_second_party_cannot_answer_a_waiting_clients_request() {
         .unwrap();
     msg.ack().await.unwrap();
     let answer = ws.next_answer().await;
-    assert_eq!(answer.frame["type"], "image", "{}", answer.frame);
+    assert_image(&answer.frame);
     assert_eq!(answer.bytes.as_deref(), Some(&b"the real image"[..]));
-    assert_eq!(answer.frame["info"]["network"], "forge", "{}", answer.frame);
+    assert_eq!(
+        image_info(&answer.frame).network,
+        "forge",
+        "{}",
+        answer.frame.to_json()
+    );
 }

@@ -6,17 +6,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use imgfetch_common::digest::{sha256_hex, Hasher};
-use imgfetch_common::protocol::{self, header};
-use imgfetch_tests::fake::{fake_resolver, send_stream, take_request};
+use imgfetch_common::frames::ServerFrame;
+use imgfetch_common::message::{
+    Answer, Chunk, Chunked, Flow, ImageHead, ReplyHead, RequestHead, Status,
+};
+use imgfetch_common::protocol::{self, http_header, request_subject, ErrorCode, REPLY_PREFIX};
+use imgfetch_tests::fake::{fake_resolver, image_head, send_stream, take_request};
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{ask, dir_resolver, header_of, Gateway};
-use imgfetch_tests::pipeline::{WsAnswer, WsClient};
+use imgfetch_tests::pipeline::{
+    ask, assert_error, assert_image, dir_resolver, frame_id, image_info, reply_head, request_body,
+    Gateway,
+};
+use imgfetch_tests::pipeline::{Frame, WsAnswer, WsClient};
 use imgfetch_tests::{eventually, init_logs, write_large_image};
-use serde_json::json;
 
 const MB: usize = 1_000_000;
 
@@ -46,28 +51,28 @@ async fn hash_body(response: reqwest::Response, pause: Duration) -> Result<(Stri
 }
 
 /// The first frame after `accepted`: `image` or `error`.
-async fn answer_frame(ws: &mut WsClient) -> serde_json::Value {
+async fn answer_frame(ws: &mut WsClient) -> Frame {
     loop {
-        let frame = ws.next_json().await;
-        if frame["type"] != "accepted" {
+        let frame = ws.next_frame().await;
+        if !matches!(frame, ServerFrame::Accepted { .. }) {
             return frame;
         }
     }
 }
 
 /// Fetches over the websocket, hashing frames as they come; the `image` frame and the SHA-256.
-async fn ws_sha(
-    ws: &mut WsClient,
-    network: &str,
-    key: &str,
-    id: &str,
-) -> (serde_json::Value, String) {
-    ws.fetch(json!({"type":"fetch","id":id,"network":network,"key":key}))
-        .await;
+async fn ws_sha(ws: &mut WsClient, network: &str, key: &str, id: &str) -> (Frame, String) {
+    ws.fetch(Some(id), network, key).await;
     let frame = answer_frame(ws).await;
-    assert_eq!(frame["type"], "image", "{frame}");
-    let frames = frame["frames"].as_u64().unwrap();
-    let frame_bytes = frame["frame_bytes"].as_u64().unwrap();
+    let ServerFrame::Image {
+        frames,
+        frame_bytes,
+        size,
+        ..
+    } = frame
+    else {
+        panic!("expected an image frame, got {}", frame.to_json());
+    };
     let mut hasher = Hasher::new();
     let mut len = 0u64;
     for _ in 0..frames {
@@ -83,8 +88,13 @@ async fn ws_sha(
             other => panic!("expected a binary frame, got {other:?}"),
         }
     }
-    assert_eq!(len, frame["size"].as_u64().unwrap(), "{frame}");
+    assert_eq!(len, size, "{}", frame.to_json());
     (frame, hasher.finish())
+}
+
+/// What the stand-in resolver says of its image `forge`/`x.jpg`.
+fn forge_image() -> ImageHead {
+    image_head("forge", "x.jpg", "image/jpeg")
 }
 
 fn archived_file(archive: &Path, frame_path: &str) -> std::path::PathBuf {
@@ -140,13 +150,20 @@ async fn wire_counter(
     chunks_only: bool,
 ) -> (async_nats::Client, Arc<AtomicU64>) {
     let observer = async_nats::connect(nats.url()).await.unwrap();
-    let mut wire = observer.subscribe("imgfetch.reply.>").await.unwrap();
+    let mut wire = observer
+        .subscribe(format!("{REPLY_PREFIX}.>"))
+        .await
+        .unwrap();
     observer.flush().await.unwrap();
     let on_wire = Arc::new(AtomicU64::new(0));
     let counted = on_wire.clone();
     tokio::spawn(async move {
         while let Some(msg) = wire.next().await {
-            if !chunks_only || header_of(&msg, header::SEQ).is_some() {
+            let chunk = matches!(
+                Answer::from_headers(msg.headers.as_ref()),
+                Answer::Chunk { .. }
+            );
+            if !chunks_only || chunk {
                 counted.fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
             }
         }
@@ -195,7 +212,7 @@ async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archi
             size.to_string()
         );
         assert_eq!(response.headers()["content-type"], "image/jpeg");
-        let path = response.headers()[imgfetch_gateway::api::http::ARCHIVED_AS]
+        let path = response.headers()[http_header::ARCHIVED_AS]
             .to_str()
             .unwrap()
             .to_owned();
@@ -216,19 +233,27 @@ async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archi
     // Websocket: bounded binary frames, as announced, that add up to the image.
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
     let (frame, got) = ws_sha(&mut ws, "vault", "scan-300.jpg", "ws-300").await;
-    assert_eq!(got, sha300, "{frame}");
-    assert_eq!(frame["content_type"], "image/jpeg", "{frame}");
-    assert!(frame["frames"].as_u64().unwrap() > 1, "{frame}");
-    // Associated information still comes from the image's EXIF head.
-    assert!(frame["info"].is_object(), "{frame}");
+    let shown = frame.to_json();
+    assert_eq!(got, sha300, "{shown}");
+    // Associated information still comes from the image's EXIF head: an image frame without
+    // its `info` would not have parsed.
+    let ServerFrame::Image {
+        content_type,
+        frames,
+        ..
+    } = &frame
+    else {
+        unreachable!("ws_sha returns image frames");
+    };
+    assert_eq!(content_type, "image/jpeg", "{shown}");
+    assert!(*frames > 1, "{shown}");
     let (_, got) = ws_sha(&mut ws, "vault", "pano-50.jpg", "ws-50").await;
     assert_eq!(got, sha50);
 
     // Small images are still inline: one frame.
-    ws.fetch(json!({"type":"fetch","network":"vault","key":"pano-50.jpg","id":"again-50"}))
-        .await;
+    ws.fetch(Some("again-50"), "vault", "pano-50.jpg").await;
     let WsAnswer { frame, bytes } = ws.next_answer().await;
-    assert_eq!(frame["type"], "image", "{frame}");
+    assert_image(&frame);
     assert_eq!(sha256_hex(&bytes.unwrap()), sha50);
 
     // The nats-server never had to drop a message for a slow consumer.
@@ -309,10 +334,9 @@ async fn a_client_leaving_mid_stream_stops_the_resolver_and_leaves_no_archive_co
 
     // Websocket: take a few frames, then leave.
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"leaver","network":"vault","key":"big.jpg"}))
-        .await;
+    ws.fetch(Some("leaver"), "vault", "big.jpg").await;
     let frame = answer_frame(&mut ws).await;
-    assert_eq!(frame["type"], "image", "{frame}");
+    assert_image(&frame);
     for _ in 0..3 {
         assert!(matches!(
             ws.next_message().await,
@@ -363,16 +387,15 @@ async fn a_corrupted_or_missing_chunk_is_an_integrity_error_and_never_archived()
 
     // Websocket: chunk 3 flipped. The client gets an error frame, never the last frame.
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"bent","network":"forge","key":"x.jpg"}))
-        .await;
+    ws.fetch(Some("bent"), "forge", "x.jpg").await;
     let (id, callback, msg) = take_request(&consumer).await;
     assert_eq!(id, "bent");
     send_stream(&resolver, &id, &callback, &image, chunk, Some(3), None).await;
     msg.ack().await.unwrap();
     let answer = ws.next_answer().await;
-    assert_eq!(answer.frame["type"], "error", "{}", answer.frame);
-    assert_eq!(answer.frame["code"], "integrity", "{}", answer.frame);
-    assert_eq!(answer.frame["id"], "bent", "{}", answer.frame);
+    let shown = answer.frame.to_json();
+    assert_error(&answer.frame, ErrorCode::Integrity);
+    assert_eq!(frame_id(&answer.frame), Some("bent"), "{shown}");
     assert!(answer.bytes.is_none());
 
     // HTTP: chunk 2 missing. The body ends short of its length: an error for the client.
@@ -407,20 +430,23 @@ async fn a_corrupted_or_missing_chunk_is_an_integrity_error_and_never_archived()
     assert_eq!((sha, len), (sha256_hex(&image), image.len() as u64));
 
     // Inline replies carry a SHA-256 too: a damaged one is an error.
-    ws.fetch(json!({"type":"fetch","id":"inline-bent","network":"forge","key":"x.jpg"}))
-        .await;
+    ws.fetch(Some("inline-bent"), "forge", "x.jpg").await;
     let (id, callback, msg) = take_request(&consumer).await;
-    let mut h = HeaderMap::new();
-    h.insert(header::ID, id.as_str());
-    h.insert(header::STATUS, "ok");
-    h.insert(header::SHA256, sha256_hex(b"the real bytes").as_str());
+    let h = ReplyHead::ok(
+        &id,
+        ImageHead {
+            sha256: Some(sha256_hex(b"the real bytes")),
+            ..forge_image()
+        },
+    )
+    .to_headers();
     resolver
         .publish_with_headers(callback, h, Bytes::from_static(b"other bytes"))
         .await
         .unwrap();
     msg.ack().await.unwrap();
     let answer = ws.next_answer().await;
-    assert_eq!(answer.frame["code"], "integrity", "{}", answer.frame);
+    assert_error(&answer.frame, ErrorCode::Integrity);
 
     // Only the clean image reached the archive.
     let files = eventually("the clean copy", Duration::from_secs(10), || {
@@ -454,33 +480,34 @@ async fn a_stalled_stream_is_a_timeout_error_not_a_hang() {
     })
     .await;
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"stall","network":"forge","key":"x.jpg"}))
-        .await;
+    ws.fetch(Some("stall"), "forge", "x.jpg").await;
     let (id, callback, _msg) = take_request(&consumer).await;
     // A head and one chunk, then nothing: the resolver "died".
     let flow = protocol::new_flow_subject();
-    let mut head = HeaderMap::new();
-    head.insert(header::ID, id.as_str());
-    head.insert(header::STATUS, "ok");
-    head.insert(header::SIZE, "2000000");
-    head.insert(header::FLOW, flow.as_str());
-    head.insert(header::CHUNK_SIZE, "1000000");
-    head.insert(header::CHUNKS, "2");
+    let mut head = ReplyHead::ok(
+        &id,
+        ImageHead {
+            size: Some(2_000_000),
+            ..forge_image()
+        },
+    );
+    head.chunked = Some(Chunked {
+        flow: flow.clone(),
+        chunk_size: 1_000_000,
+        chunks: 2,
+    });
     resolver
-        .publish_with_headers(callback.clone(), head, Bytes::new())
+        .publish_with_headers(callback.clone(), head.to_headers(), Bytes::new())
         .await
         .unwrap();
-    let mut h = HeaderMap::new();
-    h.insert(header::ID, id.as_str());
-    h.insert(header::FLOW, flow.as_str());
-    h.insert(header::SEQ, "1");
+    let h = Chunk { id, flow, seq: 1 }.to_headers();
     resolver
         .publish_with_headers(callback, h, vec![1u8; 1_000_000].into())
         .await
         .unwrap();
     let started = std::time::Instant::now();
     let answer = ws.next_answer().await;
-    assert_eq!(answer.frame["code"], "timeout", "{}", answer.frame);
+    assert_error(&answer.frame, ErrorCode::Timeout);
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
@@ -495,14 +522,14 @@ async fn hand_published_requests_get_too_large_for_images_over_the_inline_limit(
     let client = async_nats::connect(nats.url()).await.unwrap();
     let reply = ask(
         &client,
-        "imgfetch.req.vault",
+        &request_subject("vault"),
         r#"{"id":"by-hand","key":"big.jpg"}"#,
         "by-hand",
     )
     .await;
     assert_eq!(
-        header_of(&reply, header::STATUS).as_deref(),
-        Some("too_large")
+        reply_head(&reply).status,
+        Status::Error(ErrorCode::TooLarge)
     );
     let text = String::from_utf8_lossy(&reply.payload).into_owned();
     assert!(text.contains("gateway"), "{text}");
@@ -510,14 +537,15 @@ async fn hand_published_requests_get_too_large_for_images_over_the_inline_limit(
     // One that fits comes inline, with its SHA-256.
     let reply = ask(
         &client,
-        "imgfetch.req.vault",
+        &request_subject("vault"),
         r#"{"id":"by-hand-2","key":"small.jpg"}"#,
         "by-hand-2",
     )
     .await;
-    assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
+    let head = reply_head(&reply);
+    assert_eq!(head.status, Status::Ok);
     assert_eq!(
-        header_of(&reply, header::SHA256).unwrap(),
+        head.image.and_then(|image| image.sha256).unwrap(),
         sha256_hex(&reply.payload)
     );
 }
@@ -551,8 +579,8 @@ async fn a_large_image_streams_from_an_s3_store_by_ranged_reads() {
     assert_eq!(got, sha);
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
     let (frame, got) = ws_sha(&mut ws, "cams", "pano/wide.jpg", "s3-ws").await;
-    assert_eq!(got, sha, "{frame}");
-    assert_eq!(frame["info"]["network"], "cams", "{frame}");
+    assert_eq!(got, sha, "{}", frame.to_json());
+    assert_eq!(image_info(&frame).network, "cams", "{}", frame.to_json());
 }
 
 /// Receivers that open a large image and then read slowly hold no request slot of the zone:
@@ -604,19 +632,22 @@ async fn receivers_that_read_slowly_do_not_starve_a_zone() {
     for i in 0..32 {
         let callback = format!("me.slow.{i}");
         let mut sub = nc.subscribe(callback.clone()).await.unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CALLBACK, callback.as_str());
-        headers.insert(header::ACCEPT_STREAM, "1");
+        let headers = RequestHead {
+            callback: Some(callback),
+            accept_stream: true,
+            ..RequestHead::default()
+        }
+        .to_headers();
         nc.publish_with_headers(
-            protocol::request_subject("vault"),
+            request_subject("vault"),
             headers,
-            format!(r#"{{"id":"slow-{i}","key":"big.bin"}}"#).into(),
+            request_body(&format!("slow-{i}"), "big.bin", []).into(),
         )
         .await
         .unwrap();
         heads.push(tokio::spawn(async move {
             let head = sub.next().await.expect("a head");
-            (sub, header_of(&head, header::FLOW))
+            (sub, reply_head(&head).chunked.map(|chunked| chunked.flow))
         }));
     }
     let mut readers = Vec::new();
@@ -631,8 +662,7 @@ async fn receivers_that_read_slowly_do_not_starve_a_zone() {
         // receiver that reads slowly.
         readers.push(tokio::spawn(async move {
             for credit in 1u64.. {
-                let mut h = HeaderMap::new();
-                h.insert(header::CREDIT, credit.to_string().as_str());
+                let h = Flow::Credit(credit).to_headers();
                 if nc
                     .publish_with_headers(flow.clone(), h, Bytes::new())
                     .await

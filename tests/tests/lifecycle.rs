@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use imgfetch_common::protocol::header;
+use imgfetch_common::message::{RequestHead, Status};
+use imgfetch_common::protocol::{gateway_request_subject, ping_subject, request_subject};
 use imgfetch_tests::init_logs;
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, header_of, next_within, resolver_config, samples_dir, the_rest, Gateway,
-    Resolver, WsClient,
+    assert_image, file_network, frame_id, next_within, reply_head, request_body, resolver_config,
+    samples_dir, the_rest, Gateway, Resolver, WsClient,
 };
-use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 fn harbor_config(nats: &NatsServer, instance: &str) -> imgfetch_resolver::Config {
@@ -24,14 +24,17 @@ fn harbor_config(nats: &NatsServer, instance: &str) -> imgfetch_resolver::Config
 
 async fn publish_burst(client: &async_nats::Client, n: usize) {
     for i in 0..n {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(header::CALLBACK, format!("burst.{i}").as_str());
-        headers.insert(header::MSG_ID, format!("b{i}").as_str());
+        let headers = RequestHead {
+            callback: Some(format!("burst.{i}")),
+            msg_id: Some(format!("b{i}")),
+            ..RequestHead::default()
+        }
+        .to_headers();
         client
             .publish_with_headers(
-                "imgfetch.req.harbor",
+                request_subject("harbor"),
                 headers,
-                format!(r#"{{"id":"b{i}","key":"quay-east.jpg"}}"#).into(),
+                request_body(&format!("b{i}"), "quay-east.jpg", []).into(),
             )
             .await
             .unwrap();
@@ -95,7 +98,7 @@ async fn requests_queued_while_no_resolver_runs_or_across_a_restart_are_each_ans
         let msg = next_within(&mut replies, Duration::from_secs(15))
             .await
             .unwrap_or_else(|| panic!("only {} of 40 answered: {counts:?}", counts.len()));
-        assert_eq!(header_of(&msg, header::STATUS).as_deref(), Some("ok"));
+        assert_eq!(reply_head(&msg).status, Status::Ok);
         *counts.entry(msg.subject.to_string()).or_default() += 1;
     }
     for msg in the_rest(&mut replies, Duration::from_millis(500)).await {
@@ -117,7 +120,7 @@ async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
         .await;
     // Something answers pings, so the gateway admits the request while no resolver works.
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut pings = client.subscribe("imgfetch.ping.harbor").await.unwrap();
+    let mut pings = client.subscribe(ping_subject("harbor")).await.unwrap();
     let responder = client.clone();
     let ping_task = tokio::spawn(async move {
         use futures::StreamExt;
@@ -132,9 +135,8 @@ async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let addr = gateway.addr;
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"drain-1","network":"harbor","key":"quay-east.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
+    ws.fetch(Some("drain-1"), "harbor", "quay-east.jpg").await;
+    ws.next_accepted().await;
 
     let stop = tokio::spawn(gateway.stop());
     let r = reqwest::get(format!("http://{addr}/readyz")).await;
@@ -152,8 +154,8 @@ async fn a_draining_gateway_is_not_ready_but_still_answers_what_it_accepted() {
     ping_task.abort();
     let _resolver = Resolver::start(harbor_config(&nats, "late")).await;
     let answer = ws.next_answer().await;
-    assert_eq!(answer.frame["type"], "image", "{}", answer.frame);
-    assert_eq!(answer.frame["id"], "drain-1");
+    assert_image(&answer.frame);
+    assert_eq!(frame_id(&answer.frame), Some("drain-1"));
     // Then the socket is closed as "going away", so the client reconnects elsewhere.
     let closed = loop {
         match ws.next_message().await {
@@ -193,7 +195,7 @@ async fn without_provisioning_a_resolver_only_verifies() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = imgfetch_tests::pipeline::hand_publish(
         &client,
-        "imgfetch.req.harbor",
+        &request_subject("harbor"),
         r#"{"id":"v1","key":"quay-east.jpg"}"#,
         Some("me.v1"),
         Some("v1"),
@@ -203,7 +205,7 @@ async fn without_provisioning_a_resolver_only_verifies() {
     let reply = next_within(&mut sub, Duration::from_secs(10))
         .await
         .expect("reply");
-    assert_eq!(header_of(&reply, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(reply_head(&reply).status, Status::Ok);
     resolver.stop().await;
 
     // A network the stream does not capture is refused, not added.
@@ -213,11 +215,12 @@ async fn without_provisioning_a_resolver_only_verifies() {
     );
     other.provision = false;
     let err = Resolver::start_err(other).await;
-    assert!(
-        err.to_string()
-            .contains("does not capture \"imgfetch.gwreq.plant\", \"imgfetch.req.plant\""),
-        "{err}"
+    let subjects = format!(
+        "does not capture {:?}, {:?}",
+        gateway_request_subject("plant"),
+        request_subject("plant")
     );
+    assert!(err.to_string().contains(&subjects), "{err}");
 }
 
 #[tokio::test]
@@ -302,15 +305,18 @@ async fn a_resolver_stopped_with_a_request_in_hand_gives_it_back_at_once() {
     // request, waiting.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut callback = client.subscribe("me.give-1").await.unwrap();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(header::CALLBACK, "me.give-1");
-    headers.insert(header::MSG_ID, "give-1");
-    headers.insert(header::ACCEPT_STREAM, "1");
+    let headers = RequestHead {
+        callback: Some("me.give-1".into()),
+        msg_id: Some("give-1".into()),
+        accept_stream: true,
+        deadline_ms: None,
+    }
+    .to_headers();
     let js = async_nats::jetstream::new(client.clone());
     js.publish_with_headers(
-        "imgfetch.req.slowzone",
+        request_subject("slowzone"),
         headers,
-        r#"{"id":"give-1","key":"big.jpg"}"#.into(),
+        request_body("give-1", "big.jpg", []).into(),
     )
     .await
     .unwrap()
@@ -324,10 +330,7 @@ async fn a_resolver_stopped_with_a_request_in_hand_gives_it_back_at_once() {
     .expect("the stream's head within 10 s")
     .unwrap();
     assert!(
-        head.headers
-            .as_ref()
-            .and_then(|h| h.get("Imgfetch-Flow"))
-            .is_some(),
+        reply_head(&head).chunked.is_some(),
         "a streamed answer's head"
     );
 

@@ -4,11 +4,14 @@
 use std::time::{Duration, Instant};
 
 use imgfetch_common::digest::sha256_hex;
+use imgfetch_common::frames::ServerFrame;
+use imgfetch_common::protocol::ErrorCode;
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::nats::NatsServer;
-use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway, WsClient};
+use imgfetch_tests::pipeline::{
+    assert_error, dir_resolver, error_code, frame_id, sample_resolver, Gateway, WsClient,
+};
 use imgfetch_tests::{eventually, init_logs, within, write_large_image};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -36,13 +39,14 @@ async fn idle_websocket_is_closed_with_a_reason_but_not_while_it_waits_for_an_an
 
     // A request in flight longer than the idle timeout: the client is waiting, not idle.
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"slow","network":"quiet","key":"a.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
+    ws.fetch(Some("slow"), "quiet", "a.jpg").await;
+    ws.next_accepted().await;
     let answer = ws.next_answer().await.frame;
     assert_eq!(
-        answer["code"], "timeout",
-        "the socket must stay open until its request is answered: {answer}"
+        error_code(&answer),
+        Some(ErrorCode::Timeout),
+        "the socket must stay open until its request is answered: {}",
+        answer.to_json()
     );
 
     // Then silence: closed with a close frame saying why.
@@ -68,12 +72,12 @@ async fn idle_websocket_is_closed_with_a_reason_but_not_while_it_waits_for_an_an
         tokio::time::sleep(Duration::from_millis(200)).await;
         busy.send(Message::Ping(Vec::new().into())).await;
     }
-    busy.fetch(json!({"type":"fetch","network":"quiet","key":"a.jpg"}))
-        .await;
-    assert_eq!(
-        busy.next_json().await["type"],
-        "accepted",
-        "a talking client must still be served after longer than the idle timeout"
+    busy.fetch(None, "quiet", "a.jpg").await;
+    let frame = busy.next_frame().await;
+    assert!(
+        matches!(frame, ServerFrame::Accepted { .. }),
+        "a talking client must still be served after longer than the idle timeout: {}",
+        frame.to_json()
     );
 }
 
@@ -271,9 +275,8 @@ async fn a_token_has_at_most_its_in_flight_requests_over_http_and_websocket() {
     let mut ws = WsClient::try_connect(format!("{}?token=token-a", gateway.ws_url()).as_str())
         .await
         .expect("connect with token a");
-    ws.fetch(json!({"type":"fetch","id":"held","network":"quiet","key":"a.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
+    ws.fetch(Some("held"), "quiet", "a.jpg").await;
+    ws.next_accepted().await;
 
     // Its next one is refused, by HTTP and on the websocket, at once.
     let started = Instant::now();
@@ -284,11 +287,11 @@ async fn a_token_has_at_most_its_in_flight_requests_over_http_and_websocket() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["code"], "too_many_requests", "{body}");
-    ws.fetch(json!({"type":"fetch","id":"more","network":"harbor","key":"quay-east.jpg"}))
-        .await;
-    let refused = ws.next_json().await;
-    assert_eq!(refused["id"], "more", "{refused}");
-    assert_eq!(refused["code"], "too_many_requests", "{refused}");
+    ws.fetch(Some("more"), "harbor", "quay-east.jpg").await;
+    let refused = ws.next_frame().await;
+    let shown = refused.to_json();
+    assert_eq!(frame_id(&refused), Some("more"), "{shown}");
+    assert_error(&refused, ErrorCode::TooManyRequests);
     assert!(started.elapsed() < Duration::from_secs(1), "refused slowly");
 
     // Token b has its own share.
@@ -299,8 +302,9 @@ async fn a_token_has_at_most_its_in_flight_requests_over_http_and_websocket() {
 
     // Once the held request is answered (by its deadline), token a may fetch again.
     let answer = ws.next_answer().await.frame;
-    assert_eq!(answer["id"], "held", "{answer}");
-    assert_eq!(answer["code"], "timeout", "{answer}");
+    let shown = answer.to_json();
+    assert_eq!(frame_id(&answer), Some("held"), "{shown}");
+    assert_error(&answer, ErrorCode::Timeout);
     let again = get("token-a", "/v1/images/harbor/quay-east.jpg")
         .await
         .unwrap();

@@ -2,19 +2,27 @@
 //! running that very roles block: each forbidden action is refused by the server, and the
 //! whole pipeline still serves images with every component logged in as its role. Also TLS:
 //! the binaries' `--nats-tls-ca` connects to a TLS server, and without it they fail clearly.
+//!
+//! The `$JS.API...` subjects and the `imgfetch.reply.>` wildcard are written out as the roles
+//! name them and as the server quotes them when it refuses.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use futures::StreamExt;
 use imgfetch_common::connect::NatsAuth;
-use imgfetch_common::protocol::header;
+use imgfetch_common::message::{FetchAnswer, RequestHead, Status};
+use imgfetch_common::protocol::{
+    dead_letter_subject, header, http_header, reply_subject, request_subject, stat_subject,
+    ErrorCode, DEFAULT_DLQ_STREAM, DEFAULT_STREAM, FETCH_SUBJECT, GATEWAY_SERVICE,
+    RESOLVER_SERVICE,
+};
 use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
 use imgfetch_tests::nats::{refused, NatsServer};
 use imgfetch_tests::pipeline::{
-    ask, file_network, header_of, next_within, resolver_config, samples_dir, Gateway, Resolver,
+    answer_status, ask, file_network, next_within, reply_head, resolver_config, samples_dir,
+    Gateway, Resolver,
 };
 use imgfetch_tests::{init_logs, sample};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -99,7 +107,7 @@ async fn results_under_roles(gateway: &Gateway) {
     let fetch = |path: &str, id: &str| {
         client
             .get(gateway.http(path))
-            .header("x-request-id", id)
+            .header(http_header::REQUEST_ID, id)
             .send()
     };
     let r = fetch("/v1/images/harbor/quay-east.jpg", "roles-ok")
@@ -172,7 +180,7 @@ async fn the_publisher_cannot_delete_or_purge_the_stream() {
     // The stream and its consumer are still there, and JetStream never answered.
     let js = async_nats::jetstream::new(publisher.clone());
     let mut stream = js
-        .get_stream("IMGFETCH")
+        .get_stream(DEFAULT_STREAM)
         .await
         .expect("the stream survives");
     assert_eq!(stream.info().await.unwrap().state.consumer_count, 1);
@@ -201,10 +209,7 @@ async fn the_publisher_cannot_listen_to_gateway_replies() {
     // here, the answer would have been too, had the subscription been allowed.
     let (resolver, _) = nats.connect_as("resolver").await;
     resolver
-        .publish(
-            format!("imgfetch.reply.{GATEWAY_INSTANCE}.x"),
-            "secret".into(),
-        )
+        .publish(reply_subject(GATEWAY_INSTANCE, "x"), "secret".into())
         .await
         .unwrap();
     resolver.publish("me.marker", "".into()).await.unwrap();
@@ -225,7 +230,7 @@ async fn the_publisher_cannot_publish_on_a_gateway_reply_subject() {
     init_logs();
     let nats = NatsServer::start_with_roles();
     let (gateway, _) = nats.connect_as("gateway").await;
-    let subject = format!("imgfetch.reply.{GATEWAY_INSTANCE}.forged");
+    let subject = reply_subject(GATEWAY_INSTANCE, "forged");
     let mut replies = gateway.subscribe(subject.clone()).await.unwrap();
     gateway.flush().await.unwrap();
     let (publisher, mut errors) = nats.connect_as("publisher").await;
@@ -283,11 +288,14 @@ async fn the_gateway_role_cannot_pull_from_a_consumer() {
     let nats = NatsServer::start_with_roles();
     let consumer = provision_harbor(&nats).await;
     let (publisher, _) = nats.connect_as("publisher").await;
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CALLBACK, "me.pull-1");
+    let headers = RequestHead {
+        callback: Some("me.pull-1".into()),
+        ..RequestHead::default()
+    }
+    .to_headers();
     async_nats::jetstream::new(publisher)
         .publish_with_headers(
-            "imgfetch.req.harbor",
+            request_subject("harbor"),
             headers,
             r#"{"id":"pull-1","key":"quay-east.jpg"}"#.into(),
         )
@@ -349,28 +357,29 @@ async fn service_under_roles(publisher: &async_nats::Client) {
             names.push(ping["name"].as_str()?.to_owned());
         }
         names.sort();
-        (names == ["imgfetch-gateway", "imgfetch-resolver"]).then_some(())
+        (names == [GATEWAY_SERVICE, RESOLVER_SERVICE]).then_some(())
     })
     .await;
     let ask = publisher.request(
-        "imgfetch.fetch",
+        FETCH_SUBJECT,
         r#"{"network":"harbor","key":"quay-east.jpg"}"#.into(),
     );
     let answer = tokio::time::timeout(Duration::from_secs(10), ask)
         .await
         .expect("an answer in time")
         .expect("an answer");
-    assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    let fetched = FetchAnswer::from_headers(answer.headers.as_ref()).expect("a fetch answer");
+    assert_eq!(fetched.head.status, Status::Ok);
     assert_eq!(
         answer.payload.as_ref(),
         sample("harbor/quay-east.jpg").as_slice()
     );
-    let ask = publisher.request("imgfetch.stat.harbor", r#"{"key":"quay-east.jpg"}"#.into());
+    let ask = publisher.request(stat_subject("harbor"), r#"{"key":"quay-east.jpg"}"#.into());
     let stat = tokio::time::timeout(Duration::from_secs(10), ask)
         .await
         .expect("a stat answer in time")
         .expect("a stat answer");
-    assert_eq!(header_of(&stat, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(answer_status(&stat), Status::Ok);
     let stat: serde_json::Value = serde_json::from_slice(&stat.payload).unwrap();
     assert_eq!(stat["size"], sample("harbor/quay-east.jpg").len());
 }
@@ -397,26 +406,26 @@ async fn the_whole_pipeline_serves_images_with_roles_on() {
     // answers a request no stream captured.
     let answer = ask(
         &publisher,
-        "imgfetch.req.harbor",
+        &request_subject("harbor"),
         r#"{"id":"cli-1","key":"quay-east.jpg"}"#,
         "cli-1",
     )
     .await;
-    assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(reply_head(&answer).status, Status::Ok);
     assert_eq!(
         answer.payload.as_ref(),
         sample("harbor/quay-east.jpg").as_slice()
     );
     let answer = ask(
         &publisher,
-        "imgfetch.req.atlantis",
+        &request_subject("atlantis"),
         r#"{"id":"cli-2","key":"x.jpg"}"#,
         "cli-2",
     )
     .await;
     assert_eq!(
-        header_of(&answer, header::STATUS).as_deref(),
-        Some("unknown_network")
+        reply_head(&answer).status,
+        Status::Error(ErrorCode::UnknownNetwork)
     );
     let ready = reqwest::get(gateway.http("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "the gateway role can read the stream");
@@ -454,12 +463,12 @@ async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
     );
     let answer = ask(
         &publisher,
-        "imgfetch.req.harbor",
+        &request_subject("harbor"),
         r#"{"id":"k8s-1","key":"quay-east.jpg"}"#,
         "k8s-1",
     )
     .await;
-    assert_eq!(header_of(&answer, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(reply_head(&answer).status, Status::Ok);
     results_under_roles(&gateway).await;
     service_under_roles(&publisher).await;
     gateway.stop().await;
@@ -671,27 +680,28 @@ async fn dead_letters_under_roles(nats: &NatsServer) {
     // Out of deliveries about 2 s after it is queued.
     let answer = ask(
         &publisher,
-        "imgfetch.req.stuck",
+        &request_subject("stuck"),
         r#"{"id":"dead-1","key":"quay-east.jpg"}"#,
         "dead-1",
     )
     .await;
     assert_eq!(
-        header_of(&answer, header::STATUS).as_deref(),
-        Some("undeliverable")
+        reply_head(&answer).status,
+        Status::Error(ErrorCode::Undeliverable)
     );
     stop.cancel();
 
     // The publisher reads the copy.
     let js = async_nats::jetstream::new(publisher.clone());
     let dlq = js
-        .get_stream("IMGFETCH_DLQ")
+        .get_stream(DEFAULT_DLQ_STREAM)
         .await
         .expect("the publisher reads the DLQ's info");
     let copy = dlq
-        .get_last_raw_message_by_subject("imgfetch.dlq.stuck")
+        .get_last_raw_message_by_subject(&dead_letter_subject("stuck"))
         .await
         .expect("the publisher reads a dead letter");
+    // A dead letter's headers are only written by a type (`DeadLetter`), so read by name.
     assert_eq!(
         copy.headers
             .get(header::DEAD_REASON)
@@ -703,7 +713,7 @@ async fn dead_letters_under_roles(nats: &NatsServer) {
     imgfetch_tests::eventually("the original deleted", Duration::from_secs(10), || {
         let js = js.clone();
         async move {
-            let mut requests = js.get_stream("IMGFETCH").await.ok()?;
+            let mut requests = js.get_stream(DEFAULT_STREAM).await.ok()?;
             (requests.info().await.ok()?.state.messages == 0).then_some(())
         }
     })

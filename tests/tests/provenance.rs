@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use imgfetch_common::connect::NatsAuth;
-use imgfetch_common::protocol::{self, header};
+use imgfetch_common::message::RequestHead;
+use imgfetch_common::protocol::{self, header, http_header};
 use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
 use imgfetch_tests::nats::{inbox_of, refused, NatsServer};
 use imgfetch_tests::pipeline::{
@@ -95,14 +95,14 @@ async fn sniff_and_race(nats: &NatsServer, gateway: NatsAuth, instance: &str) {
     let victim = tokio::spawn(async move {
         reqwest::Client::new()
             .get(victim_url)
-            .header("x-request-id", "victim-1")
+            .header(http_header::REQUEST_ID, "victim-1")
             .timeout(Duration::from_secs(30))
             .send()
             .await
     });
     // The victim's request as the stream holds it (the resolver role may read it by sequence):
     // what a sniffer would have learned.
-    let stream = js.get_stream("IMGFETCH").await.unwrap();
+    let stream = js.get_stream(protocol::DEFAULT_STREAM).await.unwrap();
     let callback = eventually(
         "the victim's request stored",
         Duration::from_secs(10),
@@ -115,10 +115,7 @@ async fn sniff_and_race(nats: &NatsServer, gateway: NatsAuth, instance: &str) {
                         continue;
                     };
                     if protocol::network_of_subject(&msg.subject) == Some("slow") {
-                        return msg
-                            .headers
-                            .get(header::CALLBACK)
-                            .map(|v| v.as_str().to_owned());
+                        return RequestHead::from_headers(Some(&msg.headers)).callback;
                     }
                 }
                 None
@@ -139,7 +136,7 @@ async fn sniff_and_race(nats: &NatsServer, gateway: NatsAuth, instance: &str) {
         heard.push(format!(
             "{} {:?}",
             msg.subject,
-            msg.headers.as_ref().and_then(|h| h.get(header::CALLBACK))
+            RequestHead::from_headers(msg.headers.as_ref()).callback
         ));
     }
     assert!(
@@ -150,9 +147,12 @@ async fn sniff_and_race(nats: &NatsServer, gateway: NatsAuth, instance: &str) {
     // 2. The race: a request for another image of a served network, with the victim's id and
     //    callback. The resolver refuses the callback, and copies the request to the dead
     //    letters with the reason.
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CALLBACK, callback.as_str());
-    headers.insert(header::MSG_ID, "race-1");
+    let headers = RequestHead {
+        callback: Some(callback.clone()),
+        msg_id: Some("race-1".into()),
+        ..RequestHead::default()
+    }
+    .to_headers();
     async_nats::jetstream::new(publisher.clone())
         .publish_with_headers(
             protocol::request_subject("harbor"),
@@ -170,10 +170,11 @@ async fn sniff_and_race(nats: &NatsServer, gateway: NatsAuth, instance: &str) {
         || {
             let js = publisher_js.clone();
             async move {
-                let mut dlq = js.get_stream("IMGFETCH_DLQ").await.ok()?;
+                let mut dlq = js.get_stream(protocol::DEFAULT_DLQ_STREAM).await.ok()?;
                 let last = dlq.info().await.ok()?.state.last_sequence;
                 for seq in 1..=last {
                     let msg = dlq.get_raw_message(seq).await.ok()?;
+                    // `DeadLetter` only writes its headers: read by name.
                     let reason = msg
                         .headers
                         .get(header::DEAD_REASON)

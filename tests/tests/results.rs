@@ -7,14 +7,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use imgfetch_common::digest::sha256_hex;
-use imgfetch_common::protocol::{header, FetchRequest};
+use imgfetch_common::frames::{ClientFrame, ServerFrame};
+use imgfetch_common::message::{Chunked, ImageHead, ReplyHead};
+use imgfetch_common::protocol::{
+    http_header, new_flow_subject, reply_subject, ErrorCode, FetchRequest, DEFAULT_RESULTS_BUCKET,
+};
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_gateway::auth::Tokens;
-use imgfetch_tests::fake::{answer_image, fake_resolver, send_stream, take_request};
+use imgfetch_tests::fake::{answer_image, fake_resolver, image_head, send_stream, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, resolver_config, sample_resolver, Gateway, Resolver, WsClient,
+    archived_as, assert_error, assert_image, error_code, file_network, frame_id, resolver_config,
+    sample_resolver, Frame, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::{eventually, init_logs, sample, write_large_image};
 use serde_json::{json, Value};
@@ -41,7 +46,7 @@ async fn get(url: &str, token: Option<&str>, id: Option<&str>) -> reqwest::Respo
         request = request.bearer_auth(t);
     }
     if let Some(id) = id {
-        request = request.header("x-request-id", id);
+        request = request.header(http_header::REQUEST_ID, id);
     }
     request.send().await.expect("HTTP request")
 }
@@ -83,21 +88,23 @@ async fn expect_error(r: reqwest::Response, status: u16, code: &str) -> Value {
 }
 
 /// The next JSON frame must be the answer itself: a result is never `accepted`.
-async fn result_over_ws(ws: &mut WsClient, id: &str) -> (Value, Option<Vec<u8>>) {
-    ws.fetch(json!({"type":"result","id":id})).await;
-    let frame = ws.next_json().await;
-    assert_ne!(
-        frame["type"], "accepted",
-        "a result is not accepted: {frame}"
-    );
-    if frame["type"] != "image" {
-        return (frame, None);
-    }
+async fn result_over_ws(ws: &mut WsClient, id: &str) -> (Frame, Option<Vec<u8>>) {
+    ws.send_frame(&ClientFrame::Result { id: id.to_owned() })
+        .await;
+    let frame = ws.next_frame().await;
+    let frames = match &frame {
+        ServerFrame::Accepted { .. } => panic!("a result is not accepted: {}", frame.to_json()),
+        ServerFrame::Image { frames, .. } => *frames,
+        _ => return (frame, None),
+    };
     let mut bytes = Vec::new();
-    for _ in 0..frame["frames"].as_u64().unwrap() {
+    for _ in 0..frames {
         match ws.next_message().await {
             Some(tokio_tungstenite::tungstenite::Message::Binary(b)) => bytes.extend_from_slice(&b),
-            other => panic!("expected a binary frame after {frame}, got {other:?}"),
+            other => panic!(
+                "expected a binary frame after {}, got {other:?}",
+                frame.to_json()
+            ),
         }
     }
     (frame, Some(bytes))
@@ -134,19 +141,28 @@ async fn an_answer_through_one_gateway_is_replayed_by_another_over_http_and_webs
 
     let mut ws = WsClient::connect(&two.ws_url()).await;
     let (frame, bytes) = result_over_ws(&mut ws, "r-1").await;
-    assert_eq!(frame["type"], "image", "{frame}");
-    assert_eq!(frame["id"], "r-1");
-    assert_eq!(frame["network"], "harbor");
-    assert_eq!(frame["key"], "quay-east.jpg");
-    assert_eq!(frame["content_type"], "image/jpeg");
-    let archived_as = headers
+    let ServerFrame::Image {
+        id,
+        network,
+        key,
+        content_type,
+        ..
+    } = &frame
+    else {
+        panic!("expected an image frame, got {}", frame.to_json());
+    };
+    assert_eq!(
+        [id, network, key, content_type].map(|v| &**v),
+        ["r-1", "harbor", "quay-east.jpg", "image/jpeg"]
+    );
+    let path = headers
         .iter()
-        .find(|(n, _)| n == "imgfetch-archived-as")
+        .find(|(n, _)| n == http_header::ARCHIVED_AS)
         .unwrap();
-    let archived_as = percent_encoding::percent_decode_str(&archived_as.1)
+    let path = percent_encoding::percent_decode_str(&path.1)
         .decode_utf8()
         .unwrap();
-    assert_eq!(frame["archived_as"], archived_as.as_ref());
+    assert_eq!(archived_as(&frame), Some(path.as_ref()));
     assert_eq!(bytes.unwrap(), sample(IMAGE));
 }
 
@@ -165,16 +181,17 @@ async fn an_error_replays_its_status_and_an_unknown_id_is_unknown_request() {
     .await;
     let original = expect_error(original, 404, "not_found").await;
     let replayed = get(&two.http("/v1/requests/e-1"), None, None).await;
-    assert_eq!(replayed.headers()["x-request-id"], "e-1");
+    assert_eq!(replayed.headers()[http_header::REQUEST_ID], "e-1");
     let replayed = expect_error(replayed, 404, "not_found").await;
     assert_eq!(replayed, original, "the same error body");
 
     let mut ws = WsClient::connect(&two.ws_url()).await;
     let (frame, _) = result_over_ws(&mut ws, "e-1").await;
-    assert_eq!(frame["type"], "error");
     assert_eq!(
-        (frame["id"].as_str(), frame["code"].as_str()),
-        (Some("e-1"), Some("not_found"))
+        (frame_id(&frame), error_code(&frame)),
+        (Some("e-1"), Some(ErrorCode::NotFound)),
+        "{}",
+        frame.to_json()
     );
 
     let unknown = get(&two.http("/v1/requests/never-asked"), None, None).await;
@@ -184,7 +201,7 @@ async fn an_error_replays_its_status_and_an_unknown_id_is_unknown_request() {
         "{body}"
     );
     let (frame, _) = result_over_ws(&mut ws, "never-asked").await;
-    assert_eq!(frame["code"], "unknown_request", "{frame}");
+    assert_error(&frame, ErrorCode::UnknownRequest);
     let bad = get(&two.http("/v1/requests/a%20b"), None, None).await;
     expect_error(bad, 400, "invalid_request").await;
 }
@@ -279,7 +296,7 @@ async fn a_token_cannot_read_another_tokens_result() {
     let ws_url = format!("{}?token={OTHER_TOKEN}", gw.ws_url());
     let mut ws = WsClient::connect(&ws_url).await;
     let (frame, _) = result_over_ws(&mut ws, "t-1").await;
-    assert_eq!(frame["code"], "unknown_request", "{frame}");
+    assert_error(&frame, ErrorCode::UnknownRequest);
 }
 
 #[tokio::test]
@@ -290,13 +307,15 @@ async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
     let Pair { one, two, _archive } = pair(&nats).await;
 
     let mut ws = WsClient::connect(&one.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"k-1","network":"slow","key":"a.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
+    ws.fetch(Some("k-1"), "slow", "a.jpg").await;
+    ws.next_accepted().await;
     // The stand-in holds the request and never answers it.
     let (id, callback, _held) = take_request(&consumer).await;
     assert_eq!(id, "k-1");
-    assert!(callback.starts_with("imgfetch.reply.gw-one."), "{callback}");
+    assert!(
+        callback.starts_with(&reply_subject("gw-one", "")),
+        "{callback}"
+    );
     one.kill().await;
 
     let url = two.http("/v1/requests/k-1");
@@ -306,7 +325,7 @@ async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
     let (retry_id, retry_callback, retried) = take_request(&consumer).await;
     assert_eq!(retry_id, "k-1.retry.1");
     assert!(
-        retry_callback.starts_with("imgfetch.reply.gw-two."),
+        retry_callback.starts_with(&reply_subject("gw-two", "")),
         "{retry_callback}"
     );
     let request: FetchRequest = imgfetch_common::codec::decode(&retried.payload).unwrap();
@@ -319,7 +338,7 @@ async fn a_request_held_when_its_gateway_dies_is_taken_over_by_another() {
 
     let r = fetch.await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-request-id"], "k-1");
+    assert_eq!(r.headers()[http_header::REQUEST_ID], "k-1");
     assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
     // Recorded under the original id: the next fetch replays it without another run.
     let again = get(&two.http("/v1/requests/k-1"), None, None).await;
@@ -347,12 +366,11 @@ async fn a_request_held_by_an_earlier_process_of_the_same_name_is_taken_over() {
     let first = gateway(&nats, archive.path(), same).await;
     let mut ws = WsClient::connect(&first.ws_url()).await;
     for id in ["p-1", "p-2"] {
-        ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
-            .await;
-        assert_eq!(ws.next_json().await["type"], "accepted");
+        ws.fetch(Some(id), "slow", "a.jpg").await;
+        ws.next_accepted().await;
         let (_, callback, _held) = take_request(&consumer).await;
         assert!(
-            callback.starts_with("imgfetch.reply.gw-pod-0."),
+            callback.starts_with(&reply_subject("gw-pod-0", "")),
             "{callback}"
         );
     }
@@ -368,7 +386,7 @@ async fn a_request_held_by_an_earlier_process_of_the_same_name_is_taken_over() {
         let (retry_id, retry_callback, _) = take_request(&consumer).await;
         assert_eq!(retry_id, format!("{id}.retry.1"));
         assert!(
-            retry_callback.starts_with(&format!("imgfetch.reply.{by}.")),
+            retry_callback.starts_with(&reply_subject(by, "")),
             "{retry_callback}"
         );
         answer_image(&fake, retry_callback, id, "slow", "a.jpg", bytes.clone()).await;
@@ -387,9 +405,8 @@ async fn fetch_then_leave(
     id: &str,
 ) -> (String, async_nats::jetstream::Message) {
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
+    ws.fetch(Some(id), "slow", "a.jpg").await;
+    ws.next_accepted().await;
     let (_, callback, msg) = take_request(consumer).await;
     ws.send(tokio_tungstenite::tungstenite::Message::Close(None))
         .await;
@@ -411,7 +428,7 @@ async fn a_websocket_client_that_leaves_before_its_answer_gets_it_by_id_later() 
     // Gateway one still archives and records the late answer; no second run is needed.
     let mut ws = WsClient::connect(&two.ws_url()).await;
     let (frame, got) = result_over_ws(&mut ws, "w-1").await;
-    assert_eq!(frame["type"], "image", "{frame}");
+    assert_image(&frame);
     assert_eq!(got.unwrap(), bytes);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), take_request_quietly(&consumer))
@@ -436,11 +453,10 @@ async fn a_streamed_answer_whose_client_left_is_still_archived_and_replayed() {
 
     let mut ws = WsClient::connect(&two.ws_url()).await;
     let (frame, bytes) = result_over_ws(&mut ws, "ls-1").await;
-    assert_eq!(frame["type"], "image", "{frame}");
-    assert_eq!(
-        (frame["size"].as_u64(), frame["frames"].as_u64()),
-        (Some(1_500_000), Some(2))
-    );
+    let ServerFrame::Image { size, frames, .. } = frame else {
+        panic!("expected an image frame, got {}", frame.to_json());
+    };
+    assert_eq!((size, frames), (1_500_000, 2));
     assert_eq!(bytes.unwrap(), image);
 }
 
@@ -474,8 +490,7 @@ async fn a_streamed_image_is_replayed_from_the_archive_in_frames() {
     let Pair { one, two, .. } = &pair(&nats).await;
 
     let mut ws = WsClient::connect(&one.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":"s-1","network":"vault","key":"big.jpg"}))
-        .await;
+    ws.fetch(Some("s-1"), "vault", "big.jpg").await;
     let original = ws.next_answer().await;
     let original_bytes = original.bytes.expect("the image");
     assert_eq!(
@@ -485,10 +500,18 @@ async fn a_streamed_image_is_replayed_from_the_archive_in_frames() {
 
     let mut ws = WsClient::connect(&two.ws_url()).await;
     let (frame, bytes) = result_over_ws(&mut ws, "s-1").await;
-    assert_eq!(frame["type"], "image", "{frame}");
-    assert_eq!(frame["size"], size as u64);
-    assert_eq!(frame["frames"], 4, "1 MiB frames: {frame}");
-    assert_eq!(frame["archived_as"], original.frame["archived_as"]);
+    let shown = frame.to_json();
+    let ServerFrame::Image {
+        size: replayed_size,
+        frames,
+        ..
+    } = frame
+    else {
+        panic!("expected an image frame, got {shown}");
+    };
+    assert_eq!(replayed_size, size as u64);
+    assert_eq!(frames, 4, "1 MiB frames: {shown}");
+    assert_eq!(archived_as(&frame), archived_as(&original.frame));
     assert_eq!(bytes.unwrap(), original_bytes);
 
     let r = get(&two.http("/v1/requests/s-1"), None, None).await;
@@ -501,7 +524,7 @@ async fn a_streamed_image_is_replayed_from_the_archive_in_frames() {
 async fn results_bucket(nats: &NatsServer) -> async_nats::jetstream::kv::Store {
     let client = async_nats::connect(nats.url()).await.unwrap();
     async_nats::jetstream::new(client)
-        .get_key_value("IMGFETCH_RESULTS")
+        .get_key_value(DEFAULT_RESULTS_BUCKET)
         .await
         .unwrap()
 }
@@ -551,9 +574,8 @@ async fn held(nats: &NatsServer, id: &str, earlier: Option<Value>) -> Held {
         kv.put(id, record.to_string().into()).await.unwrap();
     }
     let mut ws = WsClient::connect(&one.ws_url()).await;
-    ws.fetch(json!({"type":"fetch","id":id,"network":"slow","key":"a.jpg"}))
-        .await;
-    assert_eq!(ws.next_json().await["type"], "accepted");
+    ws.fetch(Some(id), "slow", "a.jpg").await;
+    ws.next_accepted().await;
     let (taken, callback, message) = take_request(&consumer).await;
     assert_eq!(taken, id);
     Held {
@@ -640,12 +662,12 @@ async fn the_results_bucket_is_created_again_after_it_was_deleted() {
 
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.delete_key_value("IMGFETCH_RESULTS").await.unwrap();
+    js.delete_key_value(DEFAULT_RESULTS_BUCKET).await.unwrap();
     // The request's record cannot be written: the gateway opens the bucket again.
     assert_eq!(get(&url, None, Some("w-2")).await.status(), 200);
     eventually("the bucket to exist again", Duration::from_secs(5), || {
         let js = js.clone();
-        async move { js.get_key_value("IMGFETCH_RESULTS").await.ok() }
+        async move { js.get_key_value(DEFAULT_RESULTS_BUCKET).await.ok() }
     })
     .await;
 
@@ -670,22 +692,20 @@ async fn an_owner_receiving_a_stream_marks_its_record_delivering() {
     let nats = NatsServer::start();
     let h = held(&nats, "d-1", None).await;
     // The head of a stream whose chunks are still to come, as for a large image.
-    let mut head = async_nats::HeaderMap::new();
-    for (name, value) in [
-        (header::ID, "d-1"),
-        (header::STATUS, "ok"),
-        (header::NETWORK, "slow"),
-        (header::KEY, "a.jpg"),
-        (header::CONTENT_TYPE, "image/jpeg"),
-        (header::SIZE, "2048"),
-        (header::FLOW, "imgfetch.flow.d-1"),
-        (header::CHUNK_SIZE, "1024"),
-        (header::CHUNKS, "2"),
-    ] {
-        head.insert(name, value);
-    }
+    let mut head = ReplyHead::ok(
+        "d-1",
+        ImageHead {
+            size: Some(2048),
+            ..image_head("slow", "a.jpg", "image/jpeg")
+        },
+    );
+    head.chunked = Some(Chunked {
+        flow: new_flow_subject(),
+        chunk_size: 1024,
+        chunks: 2,
+    });
     h.fake
-        .publish_with_headers(h.callback.clone(), head, Vec::new().into())
+        .publish_with_headers(h.callback.clone(), head.to_headers(), Vec::new().into())
         .await
         .unwrap();
     h.fake.flush().await.unwrap();

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use futures::StreamExt;
-use imgfetch_common::protocol::header;
+use imgfetch_common::message::{FetchAnswer, Status};
+use imgfetch_common::protocol::{stat_subject, FETCH_SUBJECT, GATEWAY_SERVICE, RESOLVER_SERVICE};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{
-    file_network, header_of, resolver_config, samples_dir, Gateway, Resolver,
+    answer_status, file_network, header_of, resolver_config, samples_dir, Gateway, Resolver,
 };
 use imgfetch_tests::{eventually, init_logs, sample, write_large_image};
 use serde_json::Value;
@@ -53,13 +55,13 @@ fn fetch_stats(stats: &Value) -> (u64, u64) {
 
 /// The micro protocol's error headers of an answer: its code and its message.
 fn service_error(msg: &async_nats::Message) -> (String, String) {
-    let code = header_of(msg, "Nats-Service-Error-Code").expect("an error code");
-    let error = header_of(msg, "Nats-Service-Error").expect("an error message");
+    let code = header_of(msg, NATS_SERVICE_ERROR_CODE).expect("an error code");
+    let error = header_of(msg, NATS_SERVICE_ERROR).expect("an error message");
     (code, error)
 }
 
 async fn fetch(client: &async_nats::Client, body: &str) -> async_nats::Message {
-    let ask = client.request("imgfetch.fetch", body.to_owned().into());
+    let ask = client.request(FETCH_SUBJECT, body.to_owned().into());
     tokio::time::timeout(Duration::from_secs(10), ask)
         .await
         .expect("an answer within 10 s")
@@ -92,9 +94,9 @@ async fn every_instance_is_listed_with_its_networks_and_counts() {
     .await;
     let mut pings = gather(&client, "$SRV.PING", 2).await.unwrap();
     pings.sort_by_key(|p| p["name"].as_str().unwrap().to_owned());
-    assert_eq!(pings[0]["name"], "imgfetch-gateway");
+    assert_eq!(pings[0]["name"], GATEWAY_SERVICE);
     assert_eq!(pings[0]["metadata"]["instance"], "gateway-1");
-    assert_eq!(pings[1]["name"], "imgfetch-resolver");
+    assert_eq!(pings[1]["name"], RESOLVER_SERVICE);
     assert_eq!(pings[1]["metadata"]["instance"], "resolver-1");
     assert_eq!(pings[1]["metadata"]["networks"], "harbor,plant");
     for ping in &pings {
@@ -102,34 +104,31 @@ async fn every_instance_is_listed_with_its_networks_and_counts() {
     }
 
     // The forms naming a service, and one instance of it.
-    let resolver = one(&client, "$SRV.PING.imgfetch-resolver").await;
+    let resolver = one(&client, &format!("$SRV.PING.{RESOLVER_SERVICE}")).await;
     assert_eq!(resolver["metadata"]["networks"], "harbor,plant");
     let id = pings[0]["id"].as_str().unwrap();
-    let by_id = one(&client, &format!("$SRV.INFO.imgfetch-gateway.{id}")).await;
+    let by_id = one(&client, &format!("$SRV.INFO.{GATEWAY_SERVICE}.{id}")).await;
     assert_eq!(by_id["id"], id);
     let endpoints = by_id["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 1, "{by_id}");
-    assert_eq!(endpoints[0]["subject"], "imgfetch.fetch");
-    assert_eq!(endpoints[0]["queue_group"], "imgfetch-gateway");
-    let info = one(&client, "$SRV.INFO.imgfetch-resolver").await;
+    assert_eq!(endpoints[0]["subject"], FETCH_SUBJECT);
+    assert_eq!(endpoints[0]["queue_group"], GATEWAY_SERVICE);
+    let info = one(&client, &format!("$SRV.INFO.{RESOLVER_SERVICE}")).await;
     assert_eq!(info["metadata"]["instance"], "resolver-1");
 
     // `nats micro stats`: the counts move with requests and errors.
-    let before = fetch_stats(&one(&client, "$SRV.STATS.imgfetch-gateway").await);
+    let before = fetch_stats(&one(&client, &format!("$SRV.STATS.{GATEWAY_SERVICE}")).await);
     assert_eq!(before, (0, 0));
     fetch(&client, r#"{"network":"harbor","key":"quay-east.jpg"}"#).await;
     fetch(&client, r#"{"network":"harbor","key":"missing.jpg"}"#).await;
-    let after = fetch_stats(&one(&client, "$SRV.STATS.imgfetch-gateway").await);
+    let after = fetch_stats(&one(&client, &format!("$SRV.STATS.{GATEWAY_SERVICE}")).await);
     assert_eq!(after, (2, 1));
     let all = gather(&client, "$SRV.STATS", 2).await.expect("two stats");
-    assert!(
-        all.iter().any(|s| s["name"] == "imgfetch-resolver"),
-        "{all:?}"
-    );
+    assert!(all.iter().any(|s| s["name"] == RESOLVER_SERVICE), "{all:?}");
 
     // The resolver: one stat endpoint per network, and in its `data` what the network's
     // requests from the stream ended in (the two fetches above: an image and a not_found).
-    let info = one(&client, "$SRV.INFO.imgfetch-resolver").await;
+    let info = one(&client, &format!("$SRV.INFO.{RESOLVER_SERVICE}")).await;
     let mut subjects: Vec<(String, String, String)> = info["endpoints"]
         .as_array()
         .unwrap()
@@ -148,18 +147,18 @@ async fn every_instance_is_listed_with_its_networks_and_counts() {
         [
             (
                 "harbor".into(),
-                "imgfetch.stat.harbor".into(),
-                "imgfetch-resolver".into()
+                stat_subject("harbor"),
+                RESOLVER_SERVICE.into()
             ),
             (
                 "plant".into(),
-                "imgfetch.stat.plant".into(),
-                "imgfetch-resolver".into()
+                stat_subject("plant"),
+                RESOLVER_SERVICE.into()
             ),
         ]
     );
     let data = eventually("the resolver's counts", Duration::from_secs(10), || async {
-        let stats = one(&client, "$SRV.STATS.imgfetch-resolver").await;
+        let stats = one(&client, &format!("$SRV.STATS.{RESOLVER_SERVICE}")).await;
         let harbor = endpoint_stats(&stats, "harbor");
         (harbor["data"] == serde_json::json!({"images": 1, "errors": 1})).then_some(stats)
     })
@@ -190,11 +189,11 @@ async fn a_resolver_says_what_its_store_knows_of_a_key_without_reading_it() {
     ))
     .await;
     let client = async_nats::connect(nats.url()).await.unwrap();
-    one(&client, "$SRV.INFO.imgfetch-resolver").await;
+    one(&client, &format!("$SRV.INFO.{RESOLVER_SERVICE}")).await;
     let stat = |body: &'static str| {
         let client = client.clone();
         async move {
-            let ask = client.request("imgfetch.stat.harbor", body.into());
+            let ask = client.request(stat_subject("harbor"), body.into());
             tokio::time::timeout(Duration::from_secs(10), ask)
                 .await
                 .expect("an answer within 10 s")
@@ -203,8 +202,8 @@ async fn a_resolver_says_what_its_store_knows_of_a_key_without_reading_it() {
     };
 
     let found = stat(r#"{"key":"quay-east.jpg"}"#).await;
-    assert_eq!(header_of(&found, "Nats-Service-Error-Code"), None);
-    assert_eq!(header_of(&found, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(header_of(&found, NATS_SERVICE_ERROR_CODE), None);
+    assert_eq!(answer_status(&found), Status::Ok);
     let answer: Value = serde_json::from_slice(&found.payload).unwrap();
     assert_eq!(answer["network"], "harbor");
     assert_eq!(answer["key"], "quay-east.jpg");
@@ -216,7 +215,7 @@ async fn a_resolver_says_what_its_store_knows_of_a_key_without_reading_it() {
         "{modified}"
     );
     let nested = stat(r#"{"key":"cranes/crane-07.jpg"}"#).await;
-    assert_eq!(header_of(&nested, header::STATUS).as_deref(), Some("ok"));
+    assert_eq!(answer_status(&nested), Status::Ok);
 
     for (body, code, prefix) in [
         (r#"{"key":"no/such.jpg"}"#, "404", "not_found: "),
@@ -230,14 +229,11 @@ async fn a_resolver_says_what_its_store_knows_of_a_key_without_reading_it() {
         let (got, error) = service_error(&msg);
         assert_eq!(got, code, "{body}: {error}");
         assert!(error.starts_with(prefix), "{body}: {error}");
-        assert_eq!(
-            header_of(&msg, header::STATUS).as_deref(),
-            Some(prefix.trim_end_matches(": "))
-        );
+        assert_eq!(answer_status(&msg).as_str(), prefix.trim_end_matches(": "));
     }
 
     // `nats micro stats`: eight stat requests, six of them errors.
-    let stats = one(&client, "$SRV.STATS.imgfetch-resolver").await;
+    let stats = one(&client, &format!("$SRV.STATS.{RESOLVER_SERVICE}")).await;
     let harbor = endpoint_stats(&stats, "harbor");
     assert_eq!(
         (
@@ -269,7 +265,7 @@ async fn fetch_answers_the_image_or_a_service_error() {
     .await;
     let _gateway = Gateway::start(&nats.url(), |_| {}).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
-    one(&client, "$SRV.INFO.imgfetch-gateway").await;
+    one(&client, &format!("$SRV.INFO.{GATEWAY_SERVICE}")).await;
 
     let body =
         r#"{"id":"nats-1","network":"harbor","key":"quay-east.jpg","meta":{"camera":"east"}}"#;
@@ -278,25 +274,19 @@ async fn fetch_answers_the_image_or_a_service_error() {
         msg.payload.as_ref(),
         sample("harbor/quay-east.jpg").as_slice()
     );
-    assert_eq!(header_of(&msg, "Nats-Service-Error-Code"), None);
-    assert_eq!(header_of(&msg, header::STATUS).as_deref(), Some("ok"));
-    assert_eq!(header_of(&msg, header::ID).as_deref(), Some("nats-1"));
+    assert_eq!(header_of(&msg, NATS_SERVICE_ERROR_CODE), None);
+    let answer = FetchAnswer::from_headers(msg.headers.as_ref()).expect("a fetch answer");
+    let head = answer.head;
+    assert_eq!(head.status, Status::Ok);
+    assert_eq!(head.id.as_deref(), Some("nats-1"));
+    assert_eq!(head.network.as_deref(), Some("harbor"));
+    let image = head.image.expect("an image");
+    assert_eq!(image.content_type, "image/jpeg");
+    assert_eq!(image.key, "quay-east.jpg");
+    assert_eq!(image.size, Some(5543));
+    assert_eq!(image.info.device.as_deref(), Some("Quay camera 3"));
     assert_eq!(
-        header_of(&msg, header::CONTENT_TYPE).as_deref(),
-        Some("image/jpeg")
-    );
-    assert_eq!(header_of(&msg, header::NETWORK).as_deref(), Some("harbor"));
-    assert_eq!(
-        header_of(&msg, header::KEY).as_deref(),
-        Some("quay-east.jpg")
-    );
-    assert_eq!(header_of(&msg, header::SIZE).as_deref(), Some("5543"));
-    assert_eq!(
-        header_of(&msg, header::DEVICE).as_deref(),
-        Some("Quay camera 3")
-    );
-    assert_eq!(
-        header_of(&msg, "Imgfetch-Meta-camera").as_deref(),
+        image.info.meta.get("camera").map(String::as_str),
         Some("east")
     );
 

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use imgfetch_common::frames::ServerFrame;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::ledger::{Ledger, Reask};
-use crate::clients::connect_ws;
+use crate::clients::{connect_ws, fetch_message, read_frame};
 use crate::corpus::{self, Corpus};
 
 /// The images a run asks for, by key, with their SHA-256.
@@ -168,11 +169,9 @@ async fn client(
                     let key = images.keys[corpus::pick(seq * 7919 + n, images.keys.len())].clone();
                     seq += 1;
                     ledger.with(&id, |e| e.key = key.clone());
-                    let frame = serde_json::json!({
-                        "type": "fetch", "id": id, "network": spec.network, "key": key,
-                    });
+                    let frame = fetch_message(Some(id.clone()), &spec.network, &key);
                     in_flight.insert(id.clone(), ());
-                    if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    if sink.send(frame).await.is_err() {
                         break;
                     }
                 }
@@ -210,23 +209,27 @@ fn on_text(
     in_flight: &mut HashMap<String, ()>,
     incoming: &mut Option<Incoming>,
 ) {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+    let Ok(frame) = read_frame(text) else {
         return;
     };
-    let Some(id) = v["id"].as_str() else {
-        return;
-    };
-    match v["type"].as_str() {
-        Some("accepted") => ledger.with(id, |e| e.accepted = Some(Instant::now())),
-        Some("image") => {
-            if v["archive_error"].is_string() {
-                ledger.with(id, |e| e.archive_failed = true);
+    match frame {
+        ServerFrame::Accepted { id } => ledger.with(&id, |e| e.accepted = Some(Instant::now())),
+        ServerFrame::Image {
+            id,
+            key,
+            size,
+            frames,
+            archive_error,
+            ..
+        } => {
+            if archive_error.is_some() {
+                ledger.with(&id, |e| e.archive_failed = true);
             }
             let image = Incoming {
-                id: id.to_owned(),
-                key: v["key"].as_str().unwrap_or_default().to_owned(),
-                frames_left: v["frames"].as_u64().unwrap_or(0),
-                size: v["size"].as_u64().unwrap_or(0),
+                id: id.into_owned(),
+                key: key.into_owned(),
+                frames_left: frames,
+                size,
                 got: 0,
                 hasher: Sha256::new(),
             };
@@ -236,13 +239,17 @@ fn on_text(
                 *incoming = Some(image);
             }
         }
-        Some("error") => {
-            let code = v["code"].as_str().unwrap_or("?").to_owned();
+        // An error without an id belongs to no request of this client.
+        ServerFrame::Error { id: None, .. } => {}
+        ServerFrame::Error {
+            id: Some(id), code, ..
+        } => {
+            let code = code.as_str().to_owned();
             if incoming.as_ref().is_some_and(|i| i.id == id) {
                 *incoming = None;
             }
-            in_flight.remove(id);
-            ledger.with(id, |e| {
+            in_flight.remove(id.as_ref());
+            ledger.with(&id, |e| {
                 if e.accepted.is_some() {
                     e.terminals.push(Err(code));
                 } else {
@@ -250,8 +257,7 @@ fn on_text(
                 }
             });
         }
-        Some("archive_failed") => ledger.with(id, |e| e.archive_failed = true),
-        _ => {}
+        ServerFrame::ArchiveFailed { id, .. } => ledger.with(&id, |e| e.archive_failed = true),
     }
 }
 
