@@ -38,6 +38,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::failure::Failure;
+use crate::metric;
 
 /// Why a tokens file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -465,7 +466,7 @@ pub async fn watch(
                 };
                 if forced || last.is_some() {
                     tracing::warn!(%err, "cannot re-read the tokens file; the tokens in force stay");
-                    metrics::counter!("imgfetch_gateway_tokens_reloads_total", "result" => "error")
+                    metrics::counter!(metric::TOKENS_RELOADS_TOTAL, "result" => "error")
                         .increment(1);
                 }
                 last = None;
@@ -497,13 +498,11 @@ pub async fn watch(
                     kept = r.kept,
                     "reloaded the tokens file"
                 );
-                metrics::counter!("imgfetch_gateway_tokens_reloads_total", "result" => "ok")
-                    .increment(1);
+                metrics::counter!(metric::TOKENS_RELOADS_TOTAL, "result" => "ok").increment(1);
             }
             Err(err) => {
                 tracing::warn!(%err, "the changed tokens file is not valid; the tokens in force stay");
-                metrics::counter!("imgfetch_gateway_tokens_reloads_total", "result" => "error")
-                    .increment(1);
+                metrics::counter!(metric::TOKENS_RELOADS_TOTAL, "result" => "error").increment(1);
             }
         }
     }

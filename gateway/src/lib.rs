@@ -20,6 +20,7 @@
 //! - [`auth`]: bearer tokens, the networks each may fetch, and its share of in-flight requests.
 //! - [`config`]: flags, environment and TOML file, resolved into a [`Config`].
 //! - [`failure`]: the one error type a request can end in.
+//! - [`metric`]: the names of the Prometheus series, each declared once.
 //!
 //! The reply router, the sentinel and the fetch service are supervised (`imgfetch_common::supervise`): one that
 //! ends early is restarted with a new subscription, and `/readyz` is false meanwhile.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod failure;
 pub mod image;
+pub mod metric;
 pub mod queue;
 pub mod results;
 
@@ -51,9 +53,6 @@ use imgfetch_common::supervise::Supervisor;
 
 /// Longest the last flush at shutdown may wait.
 const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-/// The counter of supervised task restarts.
-const RESTARTS_METRIC: &str = "imgfetch_gateway_task_restarts_total";
-
 /// Why the gateway could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -116,11 +115,15 @@ pub async fn run(
     };
     let draining = shutdown.child_token();
     // The gauges exist from the start, at zero, before the first client.
-    metrics::gauge!("imgfetch_gateway_requests_in_flight").increment(0.0);
-    metrics::gauge!("imgfetch_gateway_websockets").increment(0.0);
+    metrics::gauge!(metric::REQUESTS_IN_FLIGHT).increment(0.0);
+    metrics::gauge!(metric::WEBSOCKETS).increment(0.0);
     let health = Health::new();
     // Tasks stop when draining starts; the reply router only when the dispatcher closes, last.
-    let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, draining.clone());
+    let supervisor = Supervisor::new(
+        health.clone(),
+        metric::TASK_RESTARTS_TOTAL,
+        draining.clone(),
+    );
     // Stopped, or abandoned (the task aborted): the gateway stops answering on its liveness
     // subject and leaves NATS, so that other gateways take over what it held.
     let alive = CancellationToken::new();

@@ -17,6 +17,7 @@
 //! - [`service`]: the `imgfetch-resolver` micro service: a stat endpoint per network, and what
 //!   each network's requests ended in, for `nats micro stats`.
 //! - [`http`]: the optional `/livez`, `/readyz` and `/metrics` listener.
+//! - [`metric`]: the names of the Prometheus series, each declared once.
 //!
 //! Dependencies run one way: `handle` and `service` use `store`; nothing uses `handle` but
 //! [`run`].
@@ -28,6 +29,7 @@
 pub mod config;
 pub mod handle;
 pub mod http;
+pub mod metric;
 pub mod service;
 pub mod store;
 
@@ -96,8 +98,6 @@ pub enum RunError {
     },
 }
 
-/// The counter of supervised task restarts.
-const RESTARTS_METRIC: &str = "imgfetch_resolver_task_restarts_total";
 /// Longest the last flush at shutdown may wait: it waits for a reconnect that may never come.
 const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest the requests still in hand when the grace period ends may take to be given back.
@@ -178,7 +178,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .max(1024);
 
     let js = async_nats::jetstream::new(client.clone());
-    let supervisor = Supervisor::new(health.clone(), RESTARTS_METRIC, shutdown.clone());
+    let supervisor = Supervisor::new(
+        health.clone(),
+        metric::TASK_RESTARTS_TOTAL,
+        shutdown.clone(),
+    );
     let slots = Arc::new(Semaphore::new(config.concurrency));
     // Streams wait on their receivers without a slot; these bound how many run at once.
     let streams = Arc::new(Semaphore::new(config.max_streams));
@@ -259,12 +263,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         // Every network's series exist from the start, at zero, so that rates and alerts see
         // them before the first request.
         let network = net.name.clone();
-        metrics::counter!("imgfetch_resolver_redeliveries_total", "network" => network.clone())
-            .increment(0);
-        metrics::counter!("imgfetch_resolver_image_bytes_total", "network" => network.clone())
-            .increment(0);
-        metrics::gauge!("imgfetch_resolver_requests_in_flight", "network" => network)
-            .increment(0.0);
+        metrics::counter!(metric::REDELIVERIES_TOTAL, "network" => network.clone()).increment(0);
+        metrics::counter!(metric::IMAGE_BYTES_TOTAL, "network" => network.clone()).increment(0);
+        metrics::gauge!(metric::REQUESTS_IN_FLIGHT, "network" => network).increment(0.0);
         let counts = Arc::new(service::Counts::default());
         served.push(service::Network {
             name: net.name.clone(),

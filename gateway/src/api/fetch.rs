@@ -182,7 +182,7 @@ fn answer(outcome: Result<Image, Failure>) -> (Result<Bytes, service::error::Err
             };
             let (archived_as, archive_error) = match image.archived {
                 Archived::Planned { path, .. } => (Some(path), None),
-                Archived::Failed(why) => (None, Some(why)),
+                Archived::Failed(why) => (None, Some(why.to_string())),
                 Archived::Disabled => (None, None),
             };
             let answer = FetchAnswer {

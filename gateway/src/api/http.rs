@@ -318,7 +318,7 @@ fn image_response(id: &str, mut image: Image, held: impl Send + Sync + 'static) 
     }
     match &image.archived {
         Archived::Planned { path, .. } => insert_encoded(h, ARCHIVED_AS, path),
-        Archived::Failed(why) => insert_encoded(h, ARCHIVE_ERROR, why),
+        Archived::Failed(why) => insert_encoded(h, ARCHIVE_ERROR, &why.to_string()),
         Archived::Disabled => {}
     }
     response

@@ -9,6 +9,7 @@
 //! - On shutdown the loop stops accepting and every connection is told to finish its current
 //!   request and close; the loop returns when they have (websocket sessions are tracked apart).
 
+use crate::metric;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -117,7 +118,7 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("imgfetch_gateway_connections_refused_total").increment(1);
+            metrics::counter!(metric::CONNECTIONS_REFUSED_TOTAL).increment(1);
             // A fresh socket's send buffer is empty, so this write does not block; if it
             // cannot be written whole, the close alone still tells the client.
             let _ = tcp.try_write(OVER_CAPACITY);

@@ -37,6 +37,7 @@ use crate::archive::Archived;
 use crate::auth::Client;
 use crate::failure::Failure;
 use crate::image::outcome::{Body, Image};
+use crate::metric;
 use crate::queue::dispatch::Dispatcher;
 use crate::queue::replay;
 use crate::results::Results;
@@ -81,7 +82,7 @@ async fn send_frames<W: Sink<Message> + Unpin>(
         Ok(Err(_)) => false,
         Err(_) => {
             tracing::info!("websocket client too slow; disconnecting");
-            metrics::counter!("imgfetch_gateway_slow_clients_total").increment(1);
+            metrics::counter!(metric::SLOW_CLIENTS_TOTAL).increment(1);
             false
         }
     }
@@ -158,8 +159,7 @@ pub async fn session<W, R, E>(
     R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
-    let _open =
-        imgfetch_common::prometheus::Held::new(metrics::gauge!("imgfetch_gateway_websockets"));
+    let _open = imgfetch_common::prometheus::Held::new(metrics::gauge!(metric::WEBSOCKETS));
     // Each item is sent whole, so an image's JSON frame and its binary frames stay together.
     // A streamed image is pulled by the writer itself, so the socket's pace is the stream's.
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.max_in_flight.max(1));
@@ -226,7 +226,7 @@ pub async fn session<W, R, E>(
                     code: close_code::NORMAL,
                     reason: Utf8Bytes::from(reason),
                 }));
-                metrics::counter!("imgfetch_gateway_idle_websockets_closed_total").increment(1);
+                metrics::counter!(metric::IDLE_WEBSOCKETS_CLOSED_TOTAL).increment(1);
                 let _ = out_tx.send(Out::Frames(vec![close])).await;
                 break;
             }
@@ -372,7 +372,7 @@ pub async fn session<W, R, E>(
                         let frame = json(&ServerFrame::ArchiveFailed {
                             id: (&id).into(),
                             archived_as: (&path).into(),
-                            message: (&message).into(),
+                            message: message.to_string().into(),
                         });
                         let _ = out.send(Out::Frames(vec![frame])).await;
                     }
@@ -440,7 +440,7 @@ fn image_frame(
 ) -> Message {
     let (archived_as, archive_error) = match &image.archived {
         Archived::Planned { path, .. } => (Some(path.into()), None),
-        Archived::Failed(why) => (None, Some(why.into())),
+        Archived::Failed(why) => (None, Some(why.to_string().into())),
         Archived::Disabled => (None, None),
     };
     let (frames, frame_bytes) = (body.chunks(), body.chunk_size());

@@ -13,6 +13,7 @@
 //! - **Streamed images** are written part by part as they pass through ([`ArchiveSink`]),
 //!   and completed only once verified whole.
 
+use crate::metric;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,53 @@ pub enum ArchiveError {
     },
 }
 
+/// Why an image's archive copy was not written. Its text is what clients are told (the
+/// `imgfetch-archive-error` header, the `archive_failed` frame); the store's own error is kept as
+/// the source.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The templates gave no usable path for this image.
+    #[error("{0}")]
+    Plan(String),
+    /// The planned path is not a valid object path.
+    #[error("bad archive path {path:?}: {source}")]
+    BadPath {
+        /// The planned path.
+        path: String,
+        /// Why the store refuses it.
+        source: object_store::path::Error,
+    },
+    /// Too many bytes wait to be written already.
+    #[error("the archive has too many writes pending")]
+    Busy,
+    /// The store refused to start a multipart upload.
+    #[error("cannot start the archive copy: {0}")]
+    Start(#[source] object_store::Error),
+    /// The store failed a write.
+    #[error("archive write failed: {0}")]
+    Write(#[source] object_store::Error),
+    /// The image ended before any byte was written.
+    #[error("no bytes were written")]
+    Empty,
+    /// The transfer ended before the image was complete.
+    #[error("the transfer ended before the image was complete")]
+    Incomplete,
+    /// The image itself failed; its client hears of that, not of the archive.
+    #[error("the image failed: {0}")]
+    Discarded(String),
+}
+
+/// Why an archive copy cannot be read back (a result replayed by id).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The recorded path is not a valid object path.
+    #[error("bad archive path: {0}")]
+    BadPath(#[source] object_store::path::Error),
+    /// The store failed the read.
+    #[error("{0}")]
+    Store(#[source] object_store::Error),
+}
+
 /// What became of an image's archive copy.
 #[derive(Debug)]
 pub enum Archived {
@@ -98,10 +146,10 @@ pub enum Archived {
         /// The path in the archive.
         path: String,
         /// The write's result.
-        written: oneshot::Receiver<Result<(), String>>,
+        written: oneshot::Receiver<Result<(), WriteError>>,
     },
     /// The image will not be archived.
-    Failed(String),
+    Failed(WriteError),
 }
 
 /// The archive writer, shared by the whole gateway.
@@ -170,9 +218,16 @@ impl Archive {
     ) -> Result<(String, Path), Archived> {
         let path = self
             .plan(id, key, content_type, info, OffsetDateTime::now_utc())
-            .map_err(|why| not_archived(id, why))?;
-        let object = Path::parse(&path)
-            .map_err(|e| not_archived(id, format!("bad archive path {path:?}: {e}")))?;
+            .map_err(|why| not_archived(id, WriteError::Plan(why)))?;
+        let object = Path::parse(&path).map_err(|source| {
+            not_archived(
+                id,
+                WriteError::BadPath {
+                    path: path.clone(),
+                    source,
+                },
+            )
+        })?;
         Ok((path, object))
     }
 
@@ -191,7 +246,7 @@ impl Archive {
         };
         let kib = u32::try_from(bytes.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         let Ok(slot) = self.slots.clone().try_acquire_many_owned(kib) else {
-            return not_archived(id, "the archive has too many writes pending".into());
+            return not_archived(id, WriteError::Busy);
         };
         let (tx, written) = oneshot::channel();
         let store = self.store.clone();
@@ -206,12 +261,12 @@ impl Archive {
                 .put(&object, PutPayload::from_bytes(bytes))
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string());
+                .map_err(WriteError::Write);
             match &result {
-                Ok(()) => metrics::counter!("imgfetch_gateway_archived_total").increment(1),
+                Ok(()) => metrics::counter!(metric::ARCHIVED_TOTAL).increment(1),
                 Err(err) => {
-                    metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
-                    tracing::warn!(id, path = logged_path, err, "archive write failed");
+                    metrics::counter!(metric::ARCHIVE_FAILURES_TOTAL).increment(1);
+                    tracing::warn!(id, path = logged_path, %err, "archive write failed");
                 }
             }
             let _ = tx.send(result);
@@ -253,21 +308,14 @@ impl Archive {
     ) -> Result<
         (
             u64,
-            futures::stream::BoxStream<'static, Result<Bytes, String>>,
+            futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
         ),
-        String,
+        ReadError,
     > {
-        use futures::StreamExt;
-        let object = Path::parse(path).map_err(|e| format!("bad archive path: {e}"))?;
-        let found = self.store.get(&object).await.map_err(|e| e.to_string())?;
+        let object = Path::parse(path).map_err(ReadError::BadPath)?;
+        let found = self.store.get(&object).await.map_err(ReadError::Store)?;
         let size = found.meta.size;
-        Ok((
-            size,
-            found
-                .into_stream()
-                .map(|r| r.map_err(|e| e.to_string()))
-                .boxed(),
-        ))
+        Ok((size, found.into_stream()))
     }
 
     /// Waits for writes in progress, e.g. during shutdown.
@@ -307,9 +355,9 @@ pub fn plan_path(
     Ok(path)
 }
 
-fn not_archived(id: &str, why: String) -> Archived {
-    metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
-    tracing::warn!(id, why, "image not archived");
+fn not_archived(id: &str, why: WriteError) -> Archived {
+    metrics::counter!(metric::ARCHIVE_FAILURES_TOTAL).increment(1);
+    tracing::warn!(id, %why, "image not archived");
     Archived::Failed(why)
 }
 
@@ -323,7 +371,7 @@ pub struct ArchiveSink {
     part_bytes: usize,
     object: Path,
     upload: Option<WriteMultipart>,
-    report: Option<oneshot::Sender<Result<(), String>>>,
+    report: Option<oneshot::Sender<Result<(), WriteError>>>,
     id: String,
 }
 
@@ -338,7 +386,7 @@ impl ArchiveSink {
                 Ok(upload) => {
                     self.upload = Some(WriteMultipart::new_with_chunk_size(upload, self.part_bytes))
                 }
-                Err(e) => return self.fail(format!("cannot start the archive copy: {e}")),
+                Err(e) => return self.fail(WriteError::Start(e)),
             }
         }
         let Some(upload) = self.upload.as_mut() else {
@@ -348,7 +396,7 @@ impl ArchiveSink {
             // Copied into the part's own buffer, so the chunk (and the NATS read buffer it is
             // a slice of) is freed now rather than when the part is written.
             Ok(()) => upload.write(bytes),
-            Err(e) => self.fail(format!("archive write failed: {e}")),
+            Err(e) => self.fail(WriteError::Write(e)),
         }
     }
 
@@ -358,14 +406,14 @@ impl ArchiveSink {
             return;
         };
         let result = match self.upload.take() {
-            Some(upload) => upload.finish().await.map(|_| ()).map_err(|e| e.to_string()),
-            None => Err("no bytes were written".to_owned()),
+            Some(upload) => upload.finish().await.map(|_| ()).map_err(WriteError::Write),
+            None => Err(WriteError::Empty),
         };
         match &result {
-            Ok(()) => metrics::counter!("imgfetch_gateway_archived_total").increment(1),
+            Ok(()) => metrics::counter!(metric::ARCHIVED_TOTAL).increment(1),
             Err(err) => {
-                metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
-                tracing::warn!(id = self.id, err, "archive write failed");
+                metrics::counter!(metric::ARCHIVE_FAILURES_TOTAL).increment(1);
+                tracing::warn!(id = self.id, %err, "archive write failed");
             }
         }
         let _ = report.send(result);
@@ -377,11 +425,11 @@ impl ArchiveSink {
         if self.report.take().is_some() {
             tracing::info!(id = self.id, why, "archive copy discarded");
         }
-        self.fail(String::new());
+        self.fail(WriteError::Discarded(why.to_owned()));
     }
 
     /// Gives the copy up, saying why.
-    pub fn fail(&mut self, why: String) {
+    pub fn fail(&mut self, why: WriteError) {
         if let Some(upload) = self.upload.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
@@ -390,8 +438,8 @@ impl ArchiveSink {
             }
         }
         if let Some(report) = self.report.take() {
-            metrics::counter!("imgfetch_gateway_archive_failures_total").increment(1);
-            tracing::info!(id = self.id, why, "image not archived");
+            metrics::counter!(metric::ARCHIVE_FAILURES_TOTAL).increment(1);
+            tracing::info!(id = self.id, %why, "image not archived");
             let _ = report.send(Err(why));
         }
     }
@@ -399,7 +447,7 @@ impl ArchiveSink {
 
 impl Drop for ArchiveSink {
     fn drop(&mut self) {
-        self.fail("the transfer ended before the image was complete".into());
+        self.fail(WriteError::Incomplete);
     }
 }
 

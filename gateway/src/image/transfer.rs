@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::archive::ArchiveSink;
 use crate::failure::Failure;
+use crate::metric;
 
 /// Longest a credit grant or a cancel may wait for the connection; a lost grant shows as a
 /// stall, a lost cancel as a resolver that stops at its own idle limit.
@@ -109,7 +111,7 @@ impl Transfers {
     /// Never waits: a transfer's queue holds a whole
     /// window, so only a resolver that ignores its credit can fill it.
     pub fn route(&self, flow: &str, token: &str, part: Part) -> Routed {
-        let mut streams = self.inner.lock().expect("streams poisoned");
+        let mut streams = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = streams.get(flow) else {
             return Routed::Unknown;
         };
@@ -120,13 +122,13 @@ impl Transfers {
             Ok(()) => Routed::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 streams.remove(flow);
-                metrics::gauge!("imgfetch_gateway_streams").decrement(1.0);
+                metrics::gauge!(metric::STREAMS).decrement(1.0);
                 Routed::Unknown
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // Dropping the sender fails the transfer.
                 streams.remove(flow);
-                metrics::gauge!("imgfetch_gateway_streams").decrement(1.0);
+                metrics::gauge!(metric::STREAMS).decrement(1.0);
                 Routed::Overrun
             }
         }
@@ -135,7 +137,7 @@ impl Transfers {
     /// Flow subjects of transfers that have not started: their resolvers wait for a first
     /// credit, and are told now and then that the wait is wanted.
     pub fn waiting(&self) -> Vec<String> {
-        let streams = self.inner.lock().expect("streams poisoned");
+        let streams = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         streams
             .iter()
             .filter(|(_, e)| !e.started.load(Ordering::Relaxed))
@@ -145,7 +147,10 @@ impl Transfers {
 
     /// Transfers being received.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("streams poisoned").len()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// No stream is being received.
@@ -247,15 +252,19 @@ impl Transfer {
         let window = (settings.window_bytes / head.chunk_size.max(1)).clamp(2, 1024);
         let (tx, rx) = mpsc::channel(window as usize + 2);
         let started = Arc::new(AtomicBool::new(false));
-        streams.inner.lock().expect("streams poisoned").insert(
-            head.flow.clone(),
-            Entry {
-                tx,
-                started: started.clone(),
-                token: token.to_owned(),
-            },
-        );
-        metrics::gauge!("imgfetch_gateway_streams").increment(1.0);
+        streams
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                head.flow.clone(),
+                Entry {
+                    tx,
+                    started: started.clone(),
+                    token: token.to_owned(),
+                },
+            );
+        metrics::gauge!(metric::STREAMS).increment(1.0);
         Transfer {
             head,
             client,
@@ -356,8 +365,7 @@ impl Transfer {
                         self.held = Some(bytes);
                         continue;
                     }
-                    metrics::counter!("imgfetch_gateway_stream_bytes_total")
-                        .increment(bytes.len() as u64);
+                    metrics::counter!(metric::STREAM_BYTES_TOTAL).increment(bytes.len() as u64);
                     self.give_back(1);
                     return Some(Ok(bytes));
                 }
@@ -386,11 +394,10 @@ impl Transfer {
                     if let Some(archive) = self.archive.take() {
                         archive.finish().await;
                     }
-                    metrics::counter!("imgfetch_gateway_streams_completed_total").increment(1);
+                    metrics::counter!(metric::STREAMS_COMPLETED_TOTAL).increment(1);
                     let last = self.held.take().unwrap_or_default();
                     self.give_back(self.reserved);
-                    metrics::counter!("imgfetch_gateway_stream_bytes_total")
-                        .increment(last.len() as u64);
+                    metrics::counter!(metric::STREAM_BYTES_TOTAL).increment(last.len() as u64);
                     return Some(Ok(last));
                 }
                 Part::Failed(failure) => return Some(self.fail(failure)),
@@ -432,7 +439,7 @@ impl Transfer {
                     got = 1;
                 }
                 _ => {
-                    metrics::counter!("imgfetch_gateway_stream_buffer_full_total").increment(1);
+                    metrics::counter!(metric::STREAM_BUFFER_FULL_TOTAL).increment(1);
                     return Err(Failure::new(
                         ErrorCode::Unavailable,
                         format!(
@@ -481,7 +488,7 @@ impl Transfer {
         self.held = None;
         self.give_back(self.reserved);
         tracing::warn!(id = self.head.id, %failure, "streamed image failed");
-        metrics::counter!("imgfetch_gateway_streams_failed_total", "code" => failure.code.as_str())
+        metrics::counter!(metric::STREAMS_FAILED_TOTAL, "code" => failure.code.as_str())
             .increment(1);
         if let Some(mut archive) = self.archive.take() {
             archive.discard(&failure.message);
@@ -504,9 +511,13 @@ impl Transfer {
     }
 
     fn finish_registration(&mut self) {
-        let mut streams = self.streams.inner.lock().expect("streams poisoned");
+        let mut streams = self
+            .streams
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if streams.remove(&self.head.flow).is_some() {
-            metrics::gauge!("imgfetch_gateway_streams").decrement(1.0);
+            metrics::gauge!(metric::STREAMS).decrement(1.0);
         }
     }
 }
@@ -516,7 +527,7 @@ impl Drop for Transfer {
         self.give_back(self.reserved);
         if !self.done {
             tracing::info!(id = self.head.id, "streamed image abandoned by its client");
-            metrics::counter!("imgfetch_gateway_streams_abandoned_total").increment(1);
+            metrics::counter!(metric::STREAMS_ABANDONED_TOTAL).increment(1);
             self.cancel("the client left");
             if let Some(mut archive) = self.archive.take() {
                 archive.discard("the client left before the image was complete");

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -175,7 +176,7 @@ impl Directory {
         let recent = self
             .alive
             .lock()
-            .expect("alive map poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(network)
             .is_some_and(|t| t.elapsed() < ALIVE_TTL);
         if recent {
@@ -191,7 +192,7 @@ impl Directory {
         if ok {
             self.alive
                 .lock()
-                .expect("alive map poisoned")
+                .unwrap_or_else(PoisonError::into_inner)
                 .insert(network.to_owned(), Instant::now());
         }
         ok

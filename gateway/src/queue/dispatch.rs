@@ -18,6 +18,7 @@
 //! archive), then dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,7 @@ use crate::archive::Archive;
 use crate::failure::Failure;
 use crate::image::outcome::{self, Body, Outcome};
 use crate::image::transfer::{Head, Part, Routed, Transfer, TransferSettings, Transfers};
+use crate::metric;
 use crate::queue::directory::Directory;
 use crate::results::{Origin, Results, WriteOrder};
 
@@ -141,15 +143,15 @@ impl Ticket {
         let outcome = self.wait().await;
         let status = match &outcome {
             Ok(image) => {
-                metrics::counter!("imgfetch_gateway_image_bytes_total", "network" => network.clone())
+                metrics::counter!(metric::IMAGE_BYTES_TOTAL, "network" => network.clone())
                     .increment(image.body.size());
                 protocol::STATUS_OK
             }
             Err(failure) => failure.code.as_str(),
         };
-        metrics::counter!("imgfetch_gateway_requests_total", "network" => network.clone(), "status" => status)
+        metrics::counter!(metric::REQUESTS_TOTAL, "network" => network.clone(), "status" => status)
             .increment(1);
-        metrics::histogram!("imgfetch_gateway_request_seconds", "network" => network)
+        metrics::histogram!(metric::REQUEST_SECONDS, "network" => network)
             .record(started.elapsed().as_secs_f64());
         outcome
     }
@@ -162,7 +164,7 @@ impl Ticket {
                 "the gateway dropped the request",
             )),
             Err(_) => {
-                metrics::counter!("imgfetch_gateway_timeouts_total").increment(1);
+                metrics::counter!(metric::TIMEOUTS_TOTAL).increment(1);
                 Err(Failure::new(
                     ErrorCode::Timeout,
                     "no answer before the deadline",
@@ -174,7 +176,7 @@ impl Ticket {
     /// Forgets the waiter of a request the stream did not store: no reply can come, so it is
     /// not kept as an orphan (a failed publish must not evict real ones).
     fn discard(self) {
-        let mut pending = self.pending.lock().expect("pending map poisoned");
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.by_token.remove(&self.token);
         // Dropping the ticket below releases its id.
     }
@@ -182,7 +184,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut pending = self.pending.lock().expect("pending map poisoned");
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(waiter) = pending.by_token.remove(&self.token) {
             // The answer may still come: it is archived and recorded for a fetch by id.
             pending.orphan(self.token.clone(), waiter);
@@ -250,7 +252,7 @@ impl Dispatcher {
             .until(closed.clone())
             .spawn("reply router", move || {
                 let (router, closed, subject) = (router.clone(), closed.clone(), subject.clone());
-                let first = first.lock().expect("first subscription poisoned").take();
+                let first = first.lock().unwrap_or_else(PoisonError::into_inner).take();
                 async move { router.run(first, subject, closed).await }
             });
         Ok(dispatcher)
@@ -275,7 +277,7 @@ impl Dispatcher {
     pub fn in_flight(&self) -> usize {
         self.pending
             .lock()
-            .expect("pending map poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .by_token
             .len()
     }
@@ -370,7 +372,7 @@ impl Dispatcher {
         // 128 random bits, not a UUID (whose version bits leave 122).
         let token = protocol::random_token();
         {
-            let mut pending = self.pending.lock().expect("pending map poisoned");
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if pending.ids.contains_key(&id) {
                 return Err(duplicate(&id));
             }
@@ -393,7 +395,7 @@ impl Dispatcher {
             token: token.clone(),
             network: network.clone(),
             started: Instant::now(),
-            _in_flight: Held::new(metrics::gauge!("imgfetch_gateway_requests_in_flight")),
+            _in_flight: Held::new(metrics::gauge!(metric::REQUESTS_IN_FLIGHT)),
             recorded: None,
         };
 
@@ -441,7 +443,7 @@ impl Dispatcher {
                     return Err(duplicate(&id));
                 }
                 Ok(Ok(_)) => {
-                    metrics::counter!("imgfetch_gateway_accepted_total").increment(1);
+                    metrics::counter!(metric::ACCEPTED_TOTAL).increment(1);
                     if let Some(accepted) = accepted {
                         ticket.recorded = Some(accepted.write(deadline_ms.as_millis() as u64));
                     }
@@ -667,13 +669,13 @@ impl Router {
 
     /// Takes the waiter of `token`, if the reply's id (`Imgfetch-Id`) is the one on record.
     fn waiter(&self, token: &str, id: Option<&str>) -> Option<Waiter> {
-        let mut pending = self.pending.lock().expect("pending map poisoned");
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let recorded = match pending.by_token.get(token) {
             Some(recorded) => recorded,
             None => match pending.orphans.get(token) {
                 Some(orphan) => orphan,
                 None => {
-                    metrics::counter!("imgfetch_gateway_late_replies_total").increment(1);
+                    metrics::counter!(metric::LATE_REPLIES_TOTAL).increment(1);
                     tracing::debug!(token, "reply for a request nobody waits for; dropped");
                     return None;
                 }
@@ -691,7 +693,7 @@ impl Router {
         let waiter = match pending.by_token.remove(token) {
             Some(waiter) => waiter,
             None => {
-                metrics::counter!("imgfetch_gateway_orphan_replies_total").increment(1);
+                metrics::counter!(metric::ORPHAN_REPLIES_TOTAL).increment(1);
                 pending.orphan_order.retain(|t| t != token);
                 pending.orphans.remove(token)?
             }
@@ -741,7 +743,7 @@ enum RouterError {
 
 /// A reply that cannot be what the gateway asked for: dropped, counted, logged.
 fn forged(token: &str, why: &str) {
-    metrics::counter!("imgfetch_gateway_forged_replies_total").increment(1);
+    metrics::counter!(metric::FORGED_REPLIES_TOTAL).increment(1);
     tracing::warn!(token, why, "reply dropped as forged");
 }
 

@@ -2,6 +2,7 @@
 //! archive), waited for while its owner works on it, or taken over when its owner is gone or
 //! overdue and run again through the dispatcher.
 
+use futures::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::archive::Archived;
 use crate::auth::Client;
 use crate::failure::Failure;
 use crate::image::outcome::{Body, Image, Outcome, Stored};
+use crate::metric;
 use crate::queue::dispatch::Dispatcher;
 use crate::results::{
     bounded_stream, now_ms, record_failed, unavailable, unknown, Origin, Record, Results, State,
@@ -176,7 +178,7 @@ impl Results {
             Ok(Err(err)) => return Some(Err(unavailable(err))),
             Err(_) => return Some(Err(unavailable("no answer from NATS in time"))),
         };
-        metrics::counter!("imgfetch_gateway_result_takeovers_total").increment(1);
+        metrics::counter!(metric::RESULT_TAKEOVERS_TOTAL).increment(1);
         let origin = Origin {
             id: id.to_owned(),
             network: record.network.clone(),
@@ -240,8 +242,11 @@ impl Results {
             tokio::time::timeout(ARCHIVE_READ_TIMEOUT, archive.read(&archived_as))
                 .await
                 .map_err(|_| gone(format!("no answer within {ARCHIVE_READ_TIMEOUT:?}")))?
-                .map_err(&gone)?;
-        let source = bounded_stream(source, ARCHIVE_READ_TIMEOUT);
+                .map_err(|e| gone(e.to_string()))?;
+        let source = bounded_stream(
+            source.map_err(|e| e.to_string()).boxed(),
+            ARCHIVE_READ_TIMEOUT,
+        );
         if found != size {
             return Err(gone(format!(
                 "it holds {found} bytes, {size} were recorded"

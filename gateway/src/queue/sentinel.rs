@@ -9,6 +9,7 @@
 //! stream refuses without a word.
 
 use std::sync::Arc;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -49,7 +50,7 @@ pub async fn start(
 ) -> Result<(), SentinelError> {
     let first = Arc::new(std::sync::Mutex::new(Some(subscribe(&client).await?)));
     supervisor.spawn("sentinel", move || {
-        let sub = first.lock().expect("first subscription poisoned").take();
+        let sub = first.lock().unwrap_or_else(PoisonError::into_inner).take();
         run(client.clone(), dispatcher.clone(), shutdown.clone(), sub)
     });
     Ok(())

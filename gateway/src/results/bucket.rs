@@ -2,6 +2,7 @@
 //! compare-and-set writes of records.
 
 use std::sync::Arc;
+use std::sync::PoisonError;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use crate::archive::{Archive, Archived};
 use crate::failure::Failure;
 use crate::image::outcome::{Body, Image};
+use crate::metric;
 
 use super::record::{Origin, Record, State, WriteOrder};
 use super::{ResultSettings, ResultsError, CAS_TRIES, REOPEN_EVERY};
@@ -104,7 +106,7 @@ impl Results {
     pub(crate) fn kv(&self) -> kv::Store {
         self.kv
             .read()
-            .expect("results bucket lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -112,7 +114,7 @@ impl Results {
     /// so it is opened again, created when missing, at most once per [`REOPEN_EVERY`].
     pub(crate) async fn reopen(&self) {
         {
-            let mut last = self.reopened.lock().expect("reopen lock poisoned");
+            let mut last = self.reopened.lock().unwrap_or_else(PoisonError::into_inner);
             if last.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
                 return;
             }
@@ -121,14 +123,13 @@ impl Results {
         match get_or_create(&self.js, &self.settings, self.timeout).await {
             Ok((kv, created)) => {
                 if created {
-                    metrics::counter!("imgfetch_gateway_results_bucket_recreated_total")
-                        .increment(1);
+                    metrics::counter!(metric::RESULTS_BUCKET_RECREATED_TOTAL).increment(1);
                     tracing::warn!(
                         bucket = self.settings.bucket,
                         "the results bucket was gone; created it again"
                     );
                 }
-                *self.kv.write().expect("results bucket lock poisoned") = kv;
+                *self.kv.write().unwrap_or_else(PoisonError::into_inner) = kv;
             }
             Err(err) => tracing::warn!(%err, "cannot open the results bucket again"),
         }
@@ -197,7 +198,7 @@ impl Results {
         let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
         if let Some(last) = writes.last_written() {
             if !last.state.replaceable_by(&record.state) {
-                metrics::counter!("imgfetch_gateway_result_stale_writes_total").increment(1);
+                metrics::counter!(metric::RESULT_STALE_WRITES_TOTAL).increment(1);
                 tracing::debug!(id, "a newer record is kept over a late one");
                 return;
             }
@@ -231,8 +232,7 @@ impl Results {
                         && serde_json::from_slice::<Record>(&entry.value)
                             .is_ok_and(|old| !old.state.replaceable_by(&record.state));
                     if newer {
-                        metrics::counter!("imgfetch_gateway_result_stale_writes_total")
-                            .increment(1);
+                        metrics::counter!(metric::RESULT_STALE_WRITES_TOTAL).increment(1);
                         tracing::debug!(id, "a newer record is kept over a late one");
                         return;
                     }
@@ -296,7 +296,7 @@ impl Results {
                 unarchived("the gateway that fetched it archives nothing".into()),
             ),
             Archived::Failed(why) => {
-                self.record(origin, unarchived(why.clone()));
+                self.record(origin, unarchived(why.to_string()));
                 image.archived = Archived::Failed(why);
             }
             Archived::Planned { path, written } => {
@@ -330,7 +330,7 @@ impl Results {
                     let result = written.await;
                     let state = match &result {
                         Ok(Ok(())) => done,
-                        Ok(Err(why)) => unarchived(why.clone()),
+                        Ok(Err(why)) => unarchived(why.to_string()),
                         // The copy was discarded because the image itself failed part-way.
                         Err(_) => unarchived("the image did not arrive whole".into()),
                     };
@@ -432,6 +432,6 @@ pub(crate) fn bounded_stream(
 }
 
 pub(crate) fn record_failed(id: &str, err: &str) {
-    metrics::counter!("imgfetch_gateway_result_record_failures_total").increment(1);
+    metrics::counter!(metric::RESULT_RECORD_FAILURES_TOTAL).increment(1);
     tracing::warn!(id, err, "cannot record the request's result");
 }

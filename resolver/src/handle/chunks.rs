@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::context::{bounded, Context, Outgoing, Settle};
+use crate::metric;
 use crate::store::{Body, StoreError, StoreErrorKind};
 
 /// How a stream ended early.
@@ -64,7 +65,7 @@ pub async fn send(
             .publish_with_headers(out.callback.clone(), head, Bytes::new()),
     )
     .await?;
-    metrics::counter!("imgfetch_resolver_streams_total").increment(1);
+    metrics::counter!(metric::STREAMS_TOTAL).increment(1);
 
     let mut sender = Sender {
         ctx,
@@ -93,16 +94,16 @@ pub async fn send(
                     .publish_with_headers(out.callback.clone(), end, Bytes::new()),
             )
             .await?;
-            metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => STATUS_OK)
+            metrics::counter!(metric::REPLIES_TOTAL, "network" => ctx.network.clone(), "status" => STATUS_OK)
                 .increment(1);
-            metrics::counter!("imgfetch_resolver_image_bytes_total", "network" => ctx.network.clone())
+            metrics::counter!(metric::IMAGE_BYTES_TOTAL, "network" => ctx.network.clone())
                 .increment(out.size);
             Ok(Settle::Ack)
         }
         Err(StreamError::Nats(err)) => Err(err),
         Err(StreamError::Ended(Ended::Abandoned(why))) => {
             tracing::info!(id = out.id, why, "stream abandoned by its receiver");
-            metrics::counter!("imgfetch_resolver_streams_abandoned_total").increment(1);
+            metrics::counter!(metric::STREAMS_ABANDONED_TOTAL).increment(1);
             Ok(Settle::Term)
         }
         Err(StreamError::Ended(Ended::Failed(code, why))) => {
@@ -120,7 +121,7 @@ pub async fn send(
                     .publish_with_headers(out.callback.clone(), end, Bytes::from(why)),
             )
             .await?;
-            metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => code.as_str())
+            metrics::counter!(metric::REPLIES_TOTAL, "network" => ctx.network.clone(), "status" => code.as_str())
                 .increment(1);
             Ok(Settle::Term)
         }

@@ -23,6 +23,7 @@
 //!
 //! A failed step naks the advisory with [`RETRY_DELAY`]; this or another resolver takes it again.
 
+use crate::metric;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,7 +192,7 @@ impl DeadLetters {
                 "request copied to the dead-letter stream"
             );
             metrics::counter!(
-                "imgfetch_resolver_dead_letters_total",
+                metric::DEAD_LETTERS_TOTAL,
                 "reason" => letter.reason.as_str(),
                 "network" => network.to_owned()
             )

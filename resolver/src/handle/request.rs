@@ -32,6 +32,7 @@ use super::context::{
     bounded, wait_for_permit, Context, Decision, Lease, Outgoing, Reply, Settle, Unsettled,
     FLUSH_TIMEOUT,
 };
+use crate::metric;
 use crate::store::info;
 use crate::store::{Fetched, Limits, StoreError, StoreErrorKind};
 use imgfetch_common::info::ImageInfo;
@@ -44,18 +45,17 @@ pub async fn handle(
     message: jetstream::Message,
     mut lease: Lease,
 ) -> Result<(), async_nats::Error> {
-    let _in_flight = Held::new(
-        metrics::gauge!("imgfetch_resolver_requests_in_flight", "network" => ctx.network.clone()),
-    );
+    let _in_flight =
+        Held::new(metrics::gauge!(metric::REQUESTS_IN_FLIGHT, "network" => ctx.network.clone()));
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     if delivered > 1 {
-        metrics::counter!("imgfetch_resolver_redeliveries_total", "network" => ctx.network.clone())
+        metrics::counter!(metric::REDELIVERIES_TOTAL, "network" => ctx.network.clone())
             .increment(1);
     } else if let Ok(info) = message.info() {
         // From the stream storing the request to this resolver taking it; a redelivery's wait
         // would include its backoff, so only first deliveries are timed.
         let waited = time::OffsetDateTime::now_utc() - info.published;
-        metrics::histogram!("imgfetch_resolver_queue_wait_seconds", "network" => ctx.network.clone())
+        metrics::histogram!(metric::QUEUE_WAIT_SECONDS, "network" => ctx.network.clone())
             .record(waited.as_seconds_f64().max(0.0));
     }
     let callback = RequestHead::from_headers(message.headers.as_ref()).callback;
@@ -107,7 +107,7 @@ pub async fn handle(
                 &ctx.network,
             )
             .await;
-            let _counted = Held::new(metrics::gauge!("imgfetch_resolver_streams_in_progress"));
+            let _counted = Held::new(metrics::gauge!(metric::STREAMS_IN_PROGRESS));
             chunks::send(ctx, &message, out).await?
         }
         None => decision.settle,
@@ -159,7 +159,7 @@ pub async fn decide(
             "request without a usable {}; termed",
             header::CALLBACK
         );
-        metrics::counter!("imgfetch_resolver_dropped_total", "reason" => reason).increment(1);
+        metrics::counter!(metric::DROPPED_TOTAL, "reason" => reason).increment(1);
         return Decision {
             reply: None,
             settle: Settle::Term,
@@ -168,7 +168,7 @@ pub async fn decide(
     }
     let callback = callback.unwrap_or_default();
     let term_with = |id: Option<&str>, code: ErrorCode, message: String| {
-        metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => code.as_str())
+        metrics::counter!(metric::REPLIES_TOTAL, "network" => ctx.network.clone(), "status" => code.as_str())
             .increment(1);
         Decision {
             reply: Some((callback.clone(), error_reply(id, ctx, code, &message))),
@@ -262,9 +262,9 @@ pub async fn decide(
                     ),
                 );
             }
-            metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => STATUS_OK)
+            metrics::counter!(metric::REPLIES_TOTAL, "network" => ctx.network.clone(), "status" => STATUS_OK)
                 .increment(1);
-            metrics::counter!("imgfetch_resolver_image_bytes_total", "network" => ctx.network.clone())
+            metrics::counter!(metric::IMAGE_BYTES_TOTAL, "network" => ctx.network.clone())
                 .increment(reply.body.len() as u64);
             return Decision {
                 reply: Some((callback, reply)),
@@ -347,14 +347,14 @@ fn retry_or_give_up(
             .retry_delay
             .saturating_mul(factor)
             .min(ctx.retry_delay_max);
-        metrics::counter!("imgfetch_resolver_retries_total").increment(1);
+        metrics::counter!(metric::RETRIES_TOTAL).increment(1);
         return Decision {
             reply: None,
             settle: Settle::Nak(delay),
             stream: None,
         };
     }
-    metrics::counter!("imgfetch_resolver_replies_total", "network" => ctx.network.clone(), "status" => ErrorCode::StoreUnavailable.as_str()).increment(1);
+    metrics::counter!(metric::REPLIES_TOTAL, "network" => ctx.network.clone(), "status" => ErrorCode::StoreUnavailable.as_str()).increment(1);
     let message = format!("store failed {delivered} times; last error: {message}");
     Decision {
         reply: Some((
@@ -434,7 +434,7 @@ async fn read_with_info(
             info::MAX_SIDECAR_BYTES,
         )
         .await;
-    metrics::histogram!("imgfetch_resolver_store_read_seconds", "network" => ctx.network.clone())
+    metrics::histogram!(metric::STORE_READ_SECONDS, "network" => ctx.network.clone())
         .record(reading.elapsed().as_secs_f64());
     let fetched = image?;
     let sidecar = match sidecar {

@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::PoisonError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -269,7 +270,7 @@ impl ReadPool {
             .name(format!("imgfetch-reader-{n}"))
             .spawn(move || loop {
                 let job = {
-                    let queue = queue.lock().expect("reader queue poisoned");
+                    let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
                     if threads.load(Ordering::Acquire) > min {
                         queue.recv_timeout(READER_IDLE)
                     } else {
