@@ -14,6 +14,7 @@
 //! Each server's log is written to its temp directory and printed when a test fails, so a
 //! failure can be read.
 
+pub mod counted;
 pub mod fake;
 pub mod fuzzing;
 pub mod nats;

@@ -18,7 +18,7 @@ use imgfetch_tests::pipeline::{
     resolver_config, sample_resolver, Gateway, Resolver, WsClient,
 };
 use imgfetch_tests::s3::S3Server;
-use imgfetch_tests::{eventually, init_logs, sample, within};
+use imgfetch_tests::{counted, eventually, init_logs, sample, within};
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 use serde_json::json;
 
@@ -495,6 +495,7 @@ async fn a_bad_archive_stops_the_gateway_at_start() {
 #[tokio::test]
 async fn a_redelivered_reply_for_the_same_id_is_not_archived_again() {
     init_logs();
+    counted::recorder();
     let nats = NatsServer::start();
     let _r = sample_resolver(&nats.url(), "harbor").await;
     let archive = tempfile::tempdir().unwrap();
@@ -512,6 +513,7 @@ async fn a_redelivered_reply_for_the_same_id_is_not_archived_again() {
 
     // What a resolver that crashed before its ack would send on redelivery: another reply for
     // the same id, here with other bytes so that a second write would show.
+    let late_before = counted::total("imgfetch_gateway_late_replies_total", &[]);
     let client = async_nats::connect(nats.url()).await.unwrap();
     let headers = ReplyHead::ok(
         "again",
@@ -527,8 +529,17 @@ async fn a_redelivered_reply_for_the_same_id_is_not_archived_again() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    // The gateway must have seen the late reply before it stops and drains its writes.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The gateway must have seen (and dropped) the late reply before it stops and drains its
+    // writes. Other tests of this binary count into the same series, so this may end early, never
+    // late; the reply is then still in flight and the test checks less, not wrongly.
+    eventually(
+        "the gateway to drop the late reply",
+        Duration::from_secs(10),
+        || async {
+            (counted::total("imgfetch_gateway_late_replies_total", &[]) > late_before).then_some(())
+        },
+    )
+    .await;
     gateway.stop().await;
 
     assert_eq!(files_under(archive.path()), std::slice::from_ref(&path));

@@ -131,7 +131,13 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The load runs, and answers, before the node goes.
+    eventually(
+        "answers before the kill",
+        Duration::from_secs(20),
+        || async { (outcomes.lock().unwrap().get("ok").copied().unwrap_or(0) >= 20).then_some(()) },
+    )
+    .await;
     let killed_at = Instant::now();
     cluster.nodes[target].kill();
     let js_left = async_nats::jetstream::new(

@@ -8,7 +8,6 @@
 //! dead-letter processor.
 
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
@@ -24,8 +23,7 @@ use imgfetch_tests::pipeline::{
     file_network, hand_publish, next_within, reply_head, resolver_config, sample_resolver,
     samples_dir, Gateway, Resolver,
 };
-use imgfetch_tests::{eventually, init_logs, sample};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use imgfetch_tests::{counted, eventually, init_logs, sample};
 
 /// Redeliver after 1 s, twice at most: a request is dead about 2 s after it is queued.
 fn stuck_settings() -> ConsumerSettings {
@@ -36,29 +34,13 @@ fn stuck_settings() -> ConsumerSettings {
     }
 }
 
-/// The process's metrics; the recorder is installed once, by whichever test starts first, before
-/// anything is counted.
-fn metrics() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::set_global_recorder(recorder).expect("no other recorder in this test binary");
-        handle
-    })
-}
-
 /// `imgfetch_resolver_dead_letters_total` for one reason and network, 0 when never counted.
 /// Each test uses its own network names, so tests running at once do not mix their counts.
 fn dead_letters_counted(reason: &str, network: &str) -> u64 {
-    metrics()
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("imgfetch_resolver_dead_letters_total{"))
-        .filter(|l| l.contains(&format!("reason=\"{reason}\"")))
-        .filter(|l| l.contains(&format!("network=\"{network}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    counted::total(
+        "imgfetch_resolver_dead_letters_total",
+        &[("reason", reason), ("network", network)],
+    )
 }
 
 /// The dead letters of `network`, oldest first.
@@ -138,7 +120,7 @@ fn header(m: &jetstream::message::StreamMessage, name: &str) -> String {
 #[tokio::test]
 async fn a_request_out_of_deliveries_is_one_dead_letter_and_one_undeliverable_answer() {
     init_logs();
-    metrics();
+    counted::recorder();
     let nats = NatsServer::start();
     let _processor = sample_resolver(&nats.url(), "harbor").await;
     let (taken, _stop) = stuck_resolver(&nats.url(), "stuck", &stuck_settings()).await;
@@ -204,7 +186,7 @@ async fn a_request_out_of_deliveries_is_one_dead_letter_and_one_undeliverable_an
 #[tokio::test]
 async fn a_request_without_a_usable_callback_is_a_dead_letter() {
     init_logs();
-    metrics();
+    counted::recorder();
     let nats = NatsServer::start();
     let _resolver = Resolver::start(resolver_config(
         &nats.url(),
@@ -268,7 +250,7 @@ async fn a_request_without_a_usable_callback_is_a_dead_letter() {
 #[tokio::test]
 async fn a_hand_publisher_hears_undeliverable_once_and_a_replayed_copy_is_answered() {
     init_logs();
-    metrics();
+    counted::recorder();
     let nats = NatsServer::start();
     let _processor = sample_resolver(&nats.url(), "harbor").await;
     let (_, stop) = stuck_resolver(&nats.url(), "relay", &stuck_settings()).await;

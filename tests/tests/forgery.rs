@@ -13,7 +13,7 @@ use imgfetch_tests::pipeline::{
     assert_image, hand_publish, header_of, image_info, request_body, sample_resolver, Gateway,
     WsClient,
 };
-use imgfetch_tests::{eventually, init_logs};
+use imgfetch_tests::{counted, eventually, init_logs};
 
 #[tokio::test]
 async fn callbacks_on_server_and_imgfetch_subjects_get_no_reply_and_are_termed() {
@@ -76,6 +76,7 @@ async fn callbacks_on_server_and_imgfetch_subjects_get_no_reply_and_are_termed()
 #[tokio::test]
 async fn a_second_party_cannot_answer_a_waiting_clients_request() {
     init_logs();
+    counted::recorder();
     let nats = NatsServer::start();
     let (resolver, consumer) = fake_resolver(&nats.url(), "forge").await;
     let gateway = Gateway::start(&nats.url(), |c| c.instance = "gw-victim".into()).await;
@@ -102,6 +103,7 @@ async fn a_second_party_cannot_answer_a_waiting_clients_request() {
     };
     // A second party answers on the subject the client's id would give, and on the real
     // callback with another id: neither reaches the client.
+    let forged_before = counted::total("imgfetch_gateway_forged_replies_total", &[]);
     let (h, b) = reply("V", b"someone else's image", "forge");
     resolver
         .publish_with_headers(reply_subject("gw-victim", "V"), h, b)
@@ -113,7 +115,17 @@ async fn a_second_party_cannot_answer_a_waiting_clients_request() {
         .await
         .unwrap();
     resolver.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The router has refused the reply with the wrong id before the real one is sent. (One
+    // connection's messages also reach a subscriber in order; this makes it explicit.)
+    eventually(
+        "the gateway to refuse the forged reply",
+        Duration::from_secs(10),
+        || async {
+            (counted::total("imgfetch_gateway_forged_replies_total", &[]) > forged_before)
+                .then_some(())
+        },
+    )
+    .await;
 
     // The real answer, claiming another network, still reaches the client as its own, with the
     // network it asked for.
