@@ -13,7 +13,8 @@ use imgfetch_tests::nats::NatsServer;
 async fn a_resolver_killed_mid_stream_is_a_clean_error_and_the_next_one_serves_the_image() {
     let nats = NatsServer::start();
     let images = tempfile::tempdir().unwrap();
-    let size = 200_000_000;
+    // Six credit windows: the kill comes after 4 MB, well before the end.
+    let size = 24_000_000;
     let sha = imgfetch_tests::write_large_image(&images.path().join("big.jpg"), size, 11);
     let logs = tempfile::tempdir().unwrap();
     let gateway_args = ["--chunk-timeout".to_owned(), "3s".to_owned()];

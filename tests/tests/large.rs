@@ -188,21 +188,22 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archived_whole() {
-    init_logs();
+/// A `small` and a `big` image (in MB) stream whole through HTTP and websocket, hashed as they
+/// come, and their archive copies are whole.
+async fn large_images_stream_and_are_archived_whole(small: usize, big: usize) {
+    let (pano, scan) = (format!("pano-{small}.jpg"), format!("scan-{big}.jpg"));
     let nats = NatsServer::start();
     let images = tempfile::tempdir().unwrap();
-    let sha50 = write_large_image(&images.path().join("pano-50.jpg"), 50 * MB, 50);
-    let sha300 = write_large_image(&images.path().join("scan-300.jpg"), 300 * MB, 300);
+    let sha_small = write_large_image(&images.path().join(&pano), small * MB, small as u64);
+    let sha_big = write_large_image(&images.path().join(&scan), big * MB, big as u64);
     let _r = dir_resolver(&nats.url(), "vault", images.path()).await;
     let archive = tempfile::tempdir().unwrap();
     let gateway = archiving_gateway(&nats, archive.path()).await;
 
     // HTTP, both sizes; the body is hashed as it streams.
     for (key, sha, size) in [
-        ("pano-50.jpg", &sha50, 50 * MB),
-        ("scan-300.jpg", &sha300, 300 * MB),
+        (pano.as_str(), &sha_small, small * MB),
+        (scan.as_str(), &sha_big, big * MB),
     ] {
         let url = gateway.http(&format!("/v1/images/vault/{key}"));
         let response = reqwest::get(&url).await.unwrap();
@@ -232,9 +233,9 @@ async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archi
 
     // Websocket: bounded binary frames, as announced, that add up to the image.
     let mut ws = WsClient::connect(&gateway.ws_url()).await;
-    let (frame, got) = ws_sha(&mut ws, "vault", "scan-300.jpg", "ws-300").await;
+    let (frame, got) = ws_sha(&mut ws, "vault", &scan, "ws-big").await;
     let shown = frame.to_json();
-    assert_eq!(got, sha300, "{shown}");
+    assert_eq!(got, sha_big, "{shown}");
     // Associated information still comes from the image's EXIF head: an image frame without
     // its `info` would not have parsed.
     let ServerFrame::Image {
@@ -247,14 +248,14 @@ async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archi
     };
     assert_eq!(content_type, "image/jpeg", "{shown}");
     assert!(*frames > 1, "{shown}");
-    let (_, got) = ws_sha(&mut ws, "vault", "pano-50.jpg", "ws-50").await;
-    assert_eq!(got, sha50);
+    let (_, got) = ws_sha(&mut ws, "vault", &pano, "ws-small").await;
+    assert_eq!(got, sha_small);
 
     // Small images are still inline: one frame.
-    ws.fetch(Some("again-50"), "vault", "pano-50.jpg").await;
+    ws.fetch(Some("again-small"), "vault", &pano).await;
     let WsAnswer { frame, bytes } = ws.next_answer().await;
     assert_image(&frame);
-    assert_eq!(sha256_hex(&bytes.unwrap()), sha50);
+    assert_eq!(sha256_hex(&bytes.unwrap()), sha_small);
 
     // The nats-server never had to drop a message for a slow consumer.
     assert!(
@@ -262,6 +263,22 @@ async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archi
         "{}",
         nats.log()
     );
+}
+
+/// The everyday size: several credit windows and many chunks, each size through every path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_of_3_and_24_mb_stream_through_http_and_websocket_and_are_archived_whole() {
+    init_logs();
+    large_images_stream_and_are_archived_whole(3, 24).await;
+}
+
+/// The same at 50 and 300 MB: a debug build takes about a minute, so it runs in the long suite
+/// (`scripts/long-tests.sh`, release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long suite: scripts/long-tests.sh"]
+async fn images_of_50_and_300_mb_stream_through_http_and_websocket_and_are_archived_whole() {
+    init_logs();
+    large_images_stream_and_are_archived_whole(50, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
