@@ -67,6 +67,31 @@ pub fn id(value: &str) -> Result<(), Invalid> {
     check_token("id", value, MAX_ID_LEN)
 }
 
+/// A JetStream stream name, as nats-server takes it: not empty, at most 255 bytes, and no
+/// whitespace, control character, `.`, `*`, `>`, `/` or `\\` (names become subject tokens and
+/// file names on the server).
+pub fn stream_name(value: &str) -> Result<(), Invalid> {
+    const F: &str = "stream name";
+    if value.is_empty() {
+        return Err(invalid(F, "must not be empty"));
+    }
+    if value.len() > 255 {
+        return Err(invalid(F, "longer than 255 bytes"));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        return Err(invalid(F, format!("character {c:?} not allowed")));
+    }
+    Ok(())
+}
+
+/// A key-value bucket name: 1 to 255 of `[A-Za-z0-9_-]`.
+pub fn bucket_name(value: &str) -> Result<(), Invalid> {
+    check_token("bucket name", value, 255)
+}
+
 /// An image key: a relative path of plain segments.
 ///
 /// Rejected: empty, longer than 1024 bytes, absolute, a trailing `/`, empty `.` or `..`
@@ -196,6 +221,30 @@ pub fn request(req: &FetchRequest, subject_network: &str) -> Result<(), Invalid>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_and_bucket_names() {
+        for good in ["IMGFETCH", "imgfetch_DLQ-2", "ä"] {
+            assert!(stream_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a.b",
+            "a*",
+            "a>",
+            "a b",
+            "a/b",
+            "a\\b",
+            "a\tb",
+            &"x".repeat(256),
+        ] {
+            assert!(stream_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(bucket_name("IMGFETCH_RESULTS").is_ok());
+        for bad in ["", "a.b", "a b", "ä"] {
+            assert!(bucket_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn good_keys_pass() {

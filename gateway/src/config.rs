@@ -364,7 +364,7 @@ impl Config {
             config.instance = instance;
         }
         if let Some(stream) = s.stream {
-            if stream.is_empty() || stream.contains(['.', '*', '>', ' ']) {
+            if imgfetch_common::validate::stream_name(&stream).is_err() {
                 return Err(ConfigError::StreamName(stream));
             }
             config.stream = stream;
@@ -443,11 +443,7 @@ impl Config {
         results.ttl = positive("result_ttl", s.result_ttl, results.ttl)?;
         results.replicas = positive("results_replicas", s.results_replicas, results.replicas)?;
         if let Some(bucket) = s.results_bucket {
-            let valid = !bucket.is_empty()
-                && bucket
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid {
+            if imgfetch_common::validate::bucket_name(&bucket).is_err() {
                 return Err(ConfigError::ResultsBucket(bucket));
             }
             results.bucket = bucket;

@@ -59,6 +59,9 @@ pub enum ConfigError {
     /// The instance name is not a valid id.
     #[error("instance: {}", .0.reason)]
     Instance(#[source] Invalid),
+    /// A stream name cannot be a JetStream name.
+    #[error("stream name {0:?} is not a valid JetStream name")]
+    StreamName(String),
     /// The dead-letter stream is named as the request stream.
     #[error("the dead-letter stream must not be the request stream")]
     DeadLetterStream,

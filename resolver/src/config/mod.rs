@@ -19,6 +19,7 @@ use imgfetch_common::connect::NatsAuth;
 use imgfetch_common::provision::{ConsumerSettings, DeadLetterSettings, StreamSettings};
 pub use imgfetch_common::store::{S3Options, StoreSpec};
 use imgfetch_common::telemetry::LogFormat;
+use imgfetch_common::validate;
 
 pub mod defaults;
 mod error;
@@ -153,9 +154,11 @@ impl Config {
             1,
         )?;
         if let Some(stream) = s.stream {
+            validate::stream_name(&stream).map_err(|_| ConfigError::StreamName(stream.clone()))?;
             config.stream.name = stream;
         }
         if let Some(stream) = s.dlq_stream {
+            validate::stream_name(&stream).map_err(|_| ConfigError::StreamName(stream.clone()))?;
             config.dead_letters.name = stream;
         }
         if config.dead_letters.name == config.stream.name {

@@ -131,6 +131,14 @@ fn bad_configs_are_one_clear_error() {
             "must not be the request stream",
         ),
         (
+            &["--network", "a=file:///x", "--stream", "IMG.FETCH"],
+            "stream name \"IMG.FETCH\" is not a valid JetStream name",
+        ),
+        (
+            &["--network", "a=file:///x", "--dlq-stream", "dead letters"],
+            "is not a valid JetStream name",
+        ),
+        (
             &["--network", "a=file:///x", "--dlq-max-age", "30m"],
             "dlq_max_age must be at least 1h",
         ),
