@@ -542,6 +542,27 @@ impl DeadLetter {
         }
         headers
     }
+
+    /// Reads what a dead letter (a message of the dead-letter stream) adds to its request;
+    /// the request's own headers are read with [`RequestHead::from_headers`].
+    pub fn from_headers(headers: Option<&HeaderMap>) -> Result<DeadLetter, MessageError> {
+        const WHAT: &str = "dead letter";
+        let reason = get(headers, header::DEAD_REASON).ok_or(MessageError::Missing {
+            what: WHAT,
+            header: header::DEAD_REASON,
+        })?;
+        let reason = DeadReason::parse(reason).ok_or_else(|| MessageError::Bad {
+            what: WHAT,
+            header: header::DEAD_REASON,
+            value: reason.to_owned(),
+        })?;
+        Ok(DeadLetter {
+            reason,
+            deliveries: required(headers, WHAT, header::DEAD_DELIVERIES)?,
+            stream_seq: required(headers, WHAT, header::DEAD_STREAM_SEQ)?,
+            advisory: get_owned(headers, header::DEAD_ADVISORY),
+        })
+    }
 }
 
 /// The gateway's answer on `imgfetch.fetch`: a resolver's inline answer, plus what became of
@@ -776,6 +797,38 @@ mod tests {
         assert_eq!(
             letter.get(header::DEAD_REASON).unwrap().as_str(),
             "no_callback"
+        );
+    }
+
+    #[test]
+    fn dead_letters_round_trip_and_bad_ones_say_why() {
+        for reason in [
+            DeadReason::MaxDeliveries,
+            DeadReason::NoCallback,
+            DeadReason::BadCallback,
+            DeadReason::CallbackNotAllowed,
+        ] {
+            let letter = DeadLetter {
+                reason,
+                deliveries: 5,
+                stream_seq: 9,
+                advisory: (reason == DeadReason::MaxDeliveries).then(|| "{}".to_owned()),
+            };
+            let headers = letter.to_headers("IMGFETCH", None);
+            assert_eq!(DeadLetter::from_headers(Some(&headers)), Ok(letter));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::DEAD_REASON, "bored");
+        let err = DeadLetter::from_headers(Some(&headers)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dead letter has a bad Imgfetch-Dead-Reason: \"bored\""
+        );
+        headers.insert(header::DEAD_REASON, "no_callback");
+        let err = DeadLetter::from_headers(Some(&headers)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dead letter has no Imgfetch-Dead-Deliveries"
         );
     }
 }

@@ -272,6 +272,18 @@ impl DeadReason {
             DeadReason::CallbackNotAllowed => "callback_not_allowed",
         }
     }
+
+    /// Reads the wire spelling back; `None` for anything else.
+    pub fn parse(value: &str) -> Option<DeadReason> {
+        [
+            DeadReason::MaxDeliveries,
+            DeadReason::NoCallback,
+            DeadReason::BadCallback,
+            DeadReason::CallbackNotAllowed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == value)
+    }
 }
 
 impl fmt::Display for DeadReason {

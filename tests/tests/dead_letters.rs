@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use async_nats::HeaderMap;
-use imgfetch_common::message::Status;
+use imgfetch_common::message::{DeadLetter, Status};
 use imgfetch_common::protocol::{
-    self, header, http_header, ErrorCode, DEFAULT_DLQ_STREAM, DEFAULT_STREAM, REPLY_PREFIX,
+    self, header, http_header, DeadReason, ErrorCode, DEFAULT_DLQ_STREAM, DEFAULT_STREAM,
+    REPLY_PREFIX,
 };
 use imgfetch_common::provision::ConsumerSettings;
 use imgfetch_tests::fake::stuck_resolver;
@@ -110,6 +111,11 @@ async fn advisories_settled(js: &jetstream::Context) {
 
 /// A header of a dead letter. `common::message::DeadLetter` only writes them, so they are read
 /// here by name.
+/// What the dead letter `m` adds to its request.
+fn read_letter(m: &jetstream::message::StreamMessage) -> DeadLetter {
+    DeadLetter::from_headers(Some(&m.headers)).unwrap_or_else(|e| panic!("{e}: {:?}", m.headers))
+}
+
 fn header(m: &jetstream::message::StreamMessage, name: &str) -> String {
     m.headers
         .get(name)
@@ -148,11 +154,13 @@ async fn a_request_out_of_deliveries_is_one_dead_letter_and_one_undeliverable_an
     let letters = dead_letters(&js, "stuck").await;
     assert_eq!(letters.len(), 1, "exactly one dead letter: {letters:?}");
     let letter = &letters[0];
-    assert_eq!(header(letter, header::DEAD_REASON), "max_deliveries");
-    assert_eq!(header(letter, header::DEAD_DELIVERIES), "2");
-    let seq = header(letter, header::DEAD_STREAM_SEQ);
+    let dead = read_letter(letter);
+    assert_eq!(dead.reason, DeadReason::MaxDeliveries);
+    assert_eq!(dead.deliveries, 2);
+    let seq = dead.stream_seq.to_string();
     let advisory: serde_json::Value =
-        serde_json::from_str(&header(letter, header::DEAD_ADVISORY)).expect("advisory JSON");
+        serde_json::from_str(dead.advisory.as_deref().expect("an advisory"))
+            .expect("advisory JSON");
     assert_eq!(
         advisory["type"],
         "io.nats.jetstream.advisory.v1.max_deliver"
@@ -214,26 +222,17 @@ async fn a_request_without_a_usable_callback_is_a_dead_letter() {
     })
     .await;
     assert_eq!(letters.len(), 2, "one copy each: {letters:?}");
-    let reasons: Vec<String> = letters
-        .iter()
-        .map(|l| header(l, header::DEAD_REASON))
-        .collect();
-    assert!(reasons.contains(&"bad_callback".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"no_callback".to_owned()), "{reasons:?}");
+    let reasons: Vec<DeadReason> = letters.iter().map(|l| read_letter(l).reason).collect();
+    assert!(reasons.contains(&DeadReason::BadCallback), "{reasons:?}");
+    assert!(reasons.contains(&DeadReason::NoCallback), "{reasons:?}");
     for letter in &letters {
-        assert_eq!(
-            header(letter, header::DEAD_DELIVERIES),
-            "1",
-            "termed on first sight"
-        );
-        assert!(
-            letter.headers.get(header::DEAD_ADVISORY).is_none(),
-            "no advisory for a term"
-        );
+        let dead = read_letter(letter);
+        assert_eq!(dead.deliveries, 1, "termed on first sight");
+        assert!(dead.advisory.is_none(), "no advisory for a term");
     }
     let bad = letters
         .iter()
-        .find(|l| header(l, header::DEAD_REASON) == "bad_callback")
+        .find(|l| read_letter(l).reason == DeadReason::BadCallback)
         .unwrap();
     assert_eq!(header(bad, header::CALLBACK), subject);
     assert_eq!(&bad.payload[..], body.as_bytes(), "the body as published");

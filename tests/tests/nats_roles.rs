@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use imgfetch_common::connect::NatsAuth;
-use imgfetch_common::message::{FetchAnswer, RequestHead, Status};
+use imgfetch_common::message::{DeadLetter, FetchAnswer, RequestHead, Status};
 use imgfetch_common::protocol::{
-    dead_letter_subject, header, http_header, reply_subject, request_subject, stat_subject,
+    dead_letter_subject, http_header, reply_subject, request_subject, stat_subject, DeadReason,
     ErrorCode, DEFAULT_DLQ_STREAM, DEFAULT_STREAM, FETCH_SUBJECT, GATEWAY_SERVICE,
     RESOLVER_SERVICE,
 };
@@ -701,13 +701,9 @@ async fn dead_letters_under_roles(nats: &NatsServer) {
         .get_last_raw_message_by_subject(&dead_letter_subject("stuck"))
         .await
         .expect("the publisher reads a dead letter");
-    // A dead letter's headers are only written by a type (`DeadLetter`), so read by name.
     assert_eq!(
-        copy.headers
-            .get(header::DEAD_REASON)
-            .map(|v| v.as_str().to_owned())
-            .as_deref(),
-        Some("max_deliveries")
+        DeadLetter::from_headers(Some(&copy.headers)).map(|l| l.reason),
+        Ok(DeadReason::MaxDeliveries)
     );
     // The original left the work queue, deleted by the resolver role.
     imgfetch_tests::eventually("the original deleted", Duration::from_secs(10), || {

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use imgfetch_common::connect::NatsAuth;
-use imgfetch_common::message::RequestHead;
-use imgfetch_common::protocol::{self, header, http_header};
+use imgfetch_common::message::{DeadLetter, RequestHead};
+use imgfetch_common::protocol::{self, http_header, DeadReason};
 use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
 use imgfetch_tests::nats::{inbox_of, refused, NatsServer};
 use imgfetch_tests::pipeline::{
@@ -174,12 +174,8 @@ async fn sniff_and_race(nats: &NatsServer, gateway: NatsAuth, instance: &str) {
                 let last = dlq.info().await.ok()?.state.last_sequence;
                 for seq in 1..=last {
                     let msg = dlq.get_raw_message(seq).await.ok()?;
-                    // `DeadLetter` only writes its headers: read by name.
-                    let reason = msg
-                        .headers
-                        .get(header::DEAD_REASON)
-                        .map(|v| v.as_str().to_owned());
-                    if reason.as_deref() == Some("callback_not_allowed") {
+                    let letter = DeadLetter::from_headers(Some(&msg.headers)).ok()?;
+                    if letter.reason == DeadReason::CallbackNotAllowed {
                         return Some(());
                     }
                 }
