@@ -1,6 +1,6 @@
 //! The websocket protocol's frames (`/v1/ws`), defined once for the gateway and for any Rust
 //! client: JSON text frames from the client, JSON text frames to it, each image's bytes in the
-//! binary frames its `image` frame announces. `docs/PROTOCOL.md` describes the exchange.
+//! binary frames its `image` frame announces. `docs/API.md#websocket-v1ws` describes the exchange.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,7 +1,8 @@
 //! Pieces shared by the imgfetch gateway and resolver.
 //!
 //! Everything that crosses the wire is defined here, once, so the two sides cannot drift apart.
-//! `docs/PROTOCOL.md` is the prose version of this crate.
+//! `docs/PROTOCOL.md` (NATS subjects, headers, bodies, error codes) and `docs/API.md` (HTTP and
+//! websocket frames) are the prose version of this crate.
 //!
 //! # Layout
 //!
