@@ -332,17 +332,22 @@ pub struct Chunked {
 }
 
 impl Chunked {
-    /// Whether the flow subject is one a resolver listens on (`imgfetch.flow.<token>`): a
-    /// head that names any other subject would have its receiver publish there.
+    /// Whether the flow subject is one a resolver listens on (`imgfetch.flow.<token>`, or
+    /// `imgfetch.flow.<zone>.<token>` from a resolver of a zone): a head that names any other
+    /// subject would have its receiver publish there.
     pub fn flow_is_valid(&self) -> bool {
+        let plain = |token: &str| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        };
         self.flow
             .strip_prefix(FLOW_PREFIX)
             .and_then(|rest| rest.strip_prefix('.'))
-            .is_some_and(|token| {
-                !token.is_empty()
-                    && token
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            .is_some_and(|rest| match rest.split_once('.') {
+                Some((zone, token)) => plain(zone) && plain(token),
+                None => plain(rest),
             })
     }
 }
@@ -753,9 +758,16 @@ mod tests {
             chunks: 1,
         };
         assert!(chunked.flow_is_valid());
+        // A zone's resolver names its zone first.
+        chunked.flow = "imgfetch.flow.plant-7.a1_b-2".into();
+        assert!(chunked.flow_is_valid());
         for bad in [
             "imgfetch.flow.",
-            "imgfetch.flow.a.b",
+            "imgfetch.flow.a.",
+            "imgfetch.flow..b",
+            "imgfetch.flow.a.b.c",
+            "imgfetch.flow.a.*",
+            "imgfetch.flow.>",
             "_INBOX.x",
             "imgfetch.flowx",
         ] {

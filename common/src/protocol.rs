@@ -85,9 +85,40 @@ pub fn network_of_subject(subject: &str) -> Option<&str> {
     request_origin(subject).map(|(_, network)| network)
 }
 
-/// A fresh flow subject for one streamed answer: `imgfetch.flow.<128 random bits>`.
-pub fn new_flow_subject() -> String {
-    format!("{FLOW_PREFIX}.{}", random_token())
+/// A fresh flow subject for one streamed answer: `imgfetch.flow.<128 random bits>`, or, from a
+/// resolver of a zone, `imgfetch.flow.<zone>.<128 random bits>`, so that the zone's NATS user
+/// may listen under its own zone only (docs/DEPLOY.md, leaf zones).
+pub fn new_flow_subject(zone: Option<&str>) -> String {
+    match zone {
+        Some(zone) => format!("{FLOW_PREFIX}.{zone}.{}", random_token()),
+        None => format!("{FLOW_PREFIX}.{}", random_token()),
+    }
+}
+
+/// The inbox prefix of a resolver's connection: `_INBOX_resolver`, or for a resolver of a zone
+/// `_INBOX_resolver.<zone>`, which that zone's NATS user alone may read.
+pub fn resolver_inbox_prefix(zone: Option<&str>) -> String {
+    match zone {
+        Some(zone) => format!("{RESOLVER_INBOX_PREFIX}.{zone}"),
+        None => RESOLVER_INBOX_PREFIX.to_owned(),
+    }
+}
+
+/// The prefix of the JetStream API a resolver talks to: `$JS.API`, or `$JS.<domain>.API` for a
+/// hub's domain reached through a leaf node.
+pub fn jetstream_api_prefix(domain: Option<&str>) -> String {
+    match domain {
+        Some(domain) => format!("$JS.{domain}.API"),
+        None => "$JS.API".to_owned(),
+    }
+}
+
+/// The token a gateway ends a request's callback with: `<network>.<128 random bits>`. The
+/// network lets the server's permissions confine a zone's resolvers to the callbacks of their
+/// own networks' requests (`imgfetch.reply.*.<network>.>`); the random part makes it
+/// unguessable.
+pub fn callback_token(network: &str) -> String {
+    format!("{network}.{}", random_token())
 }
 
 /// 128 random bits as 32 lowercase hex digits: callback and flow tokens.
@@ -103,7 +134,7 @@ pub fn gateway_inbox_prefix(instance: &str) -> String {
 }
 
 /// Callback subject for one request held by one gateway instance: `token` is the gateway's
-/// unguessable per-request token, never the client's id.
+/// unguessable per-request token ([`callback_token`]), never the client's id.
 pub fn reply_subject(instance: &str, token: &str) -> String {
     format!("{REPLY_PREFIX}.{instance}.{token}")
 }
@@ -496,7 +527,19 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
-        assert!(new_flow_subject().starts_with("imgfetch.flow."));
+        assert!(new_flow_subject(None).starts_with("imgfetch.flow."));
+        assert_eq!(new_flow_subject(None).split('.').count(), 3);
+        assert!(new_flow_subject(Some("plant")).starts_with("imgfetch.flow.plant."));
+        assert_eq!(new_flow_subject(Some("plant")).split('.').count(), 4);
+        assert_eq!(resolver_inbox_prefix(None), "_INBOX_resolver");
+        assert_eq!(
+            resolver_inbox_prefix(Some("plant")),
+            "_INBOX_resolver.plant"
+        );
+        assert_eq!(jetstream_api_prefix(None), "$JS.API");
+        assert_eq!(jetstream_api_prefix(Some("hub")), "$JS.hub.API");
+        let token = callback_token("harbor");
+        assert!(token.starts_with("harbor.") && token.len() == "harbor.".len() + 32);
         assert_eq!(reply_subject("gw1", "abc"), "imgfetch.reply.gw1.abc");
         assert_eq!(reply_wildcard("gw1"), "imgfetch.reply.gw1.>");
         assert_eq!(dead_letter_subject("cams"), "imgfetch.dlq.cams");

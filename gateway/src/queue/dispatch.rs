@@ -369,8 +369,9 @@ impl Dispatcher {
 
         let id = request.id.clone();
         let (tx, rx) = oneshot::channel();
-        // 128 random bits, not a UUID (whose version bits leave 122).
-        let token = protocol::random_token();
+        // The network, then 128 random bits (not a UUID, whose version bits leave 122): a zone's
+        // resolvers may answer only on their own networks' callbacks (docs/SECURITY.md).
+        let token = protocol::callback_token(&network);
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if pending.ids.contains_key(&id) {
