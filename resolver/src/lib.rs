@@ -105,6 +105,75 @@ const ABANDON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest draining the connection (unsubscribing, flushing, closing) may take at the end.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Creates or extends what `config`'s networks need on the server (the stream, each network's
+/// consumer and, unless the collector is left to others, the dead letters), then returns: no
+/// store is opened and nothing is served. The hub's side of a leaf zone runs this, since the
+/// zone's own resolvers may not provision (docs/DEPLOY.md, "Leaf zones").
+pub async fn provision_only(config: &Config) -> Result<(), RunError> {
+    let client = config
+        .nats_auth
+        .connect(
+            &config.nats_url,
+            format!("imgfetch-resolver {} provisioning", config.instance),
+            &imgfetch_common::protocol::resolver_inbox_prefix(config.zone.as_deref()),
+        )
+        .await?;
+    let js = jetstream_of(&client, config);
+    if config.dead_letter_collector {
+        provision_dead_letters(&js, config, true).await?;
+    }
+    for net in &config.networks {
+        provision_network(&js, config, &net.name, true).await?;
+        tracing::info!(network = %net.name, "provisioned");
+    }
+    Ok(())
+}
+
+/// JetStream as this resolver reaches it: through the hub's domain behind a leaf node.
+fn jetstream_of(client: &async_nats::Client, config: &Config) -> async_nats::jetstream::Context {
+    match &config.jetstream_domain {
+        Some(domain) => async_nats::jetstream::with_domain(client.clone(), domain),
+        None => async_nats::jetstream::new(client.clone()),
+    }
+}
+
+/// Makes sure (or, without `create`, checks) that `network`'s stream subject and consumer exist,
+/// within [`worker::PROVISION_TIMEOUT`].
+async fn provision_network(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    network: &str,
+    create: bool,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, RunError> {
+    let ensure = provision::ensure_network(js, &config.stream, &config.consumer, network, create);
+    tokio::time::timeout(worker::PROVISION_TIMEOUT, ensure)
+        .await
+        .map_err(|_| RunError::ProvisionTimeout {
+            network: network.to_owned(),
+            timeout: worker::PROVISION_TIMEOUT,
+        })?
+        .map_err(|source| RunError::Provision {
+            network: network.to_owned(),
+            source,
+        })
+}
+
+/// The same for the dead-letter stream and its consumer.
+async fn provision_dead_letters(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    create: bool,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, RunError> {
+    let ensure = provision::ensure_dead_letters(js, &config.dead_letters, &config.stream, create);
+    tokio::time::timeout(worker::PROVISION_TIMEOUT, ensure)
+        .await
+        .map_err(|_| RunError::ProvisionTimeout {
+            network: "dead letters".to_owned(),
+            timeout: worker::PROVISION_TIMEOUT,
+        })?
+        .map_err(RunError::DeadLetters)
+}
+
 /// Runs the resolver until `shutdown` fires, then lets in-flight requests finish within the
 /// grace period.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -145,11 +214,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
     // The listener stops with the resolver, whichever way `run` returns.
     let _http_stop = http_stop.clone().drop_guard();
+    // The resolvers' own inbox, which no gateway or publisher may read (docs/SECURITY.md);
+    // a zone's, which no other zone may read.
+    let inbox = imgfetch_common::protocol::resolver_inbox_prefix(config.zone.as_deref());
     let connecting = config.nats_auth.connect_retrying(
         &config.nats_url,
         format!("imgfetch-resolver {}", config.instance),
-        // The resolvers' own inbox, which no gateway or publisher may read (docs/SECURITY.md).
-        imgfetch_common::protocol::RESOLVER_INBOX_PREFIX,
+        &inbox,
         &shutdown,
     );
     let Some(client) = connecting.await? else {
@@ -177,7 +248,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .min(max_payload.saturating_sub(4096))
         .max(1024);
 
-    let js = async_nats::jetstream::new(client.clone());
+    // Behind a leaf node, the hub's JetStream is reached through its domain.
+    let js = jetstream_of(&client, &config);
+    let api_prefix =
+        imgfetch_common::protocol::jetstream_api_prefix(config.jetstream_domain.as_deref());
     let supervisor = Supervisor::new(
         health.clone(),
         metric::TASK_RESTARTS_TOTAL,
@@ -193,17 +267,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         max_image_bytes,
         max_inline_bytes,
     };
-    // Before any request is taken: a request termed without an answer is copied first.
-    let advisories = tokio::time::timeout(
-        worker::PROVISION_TIMEOUT,
-        provision::ensure_dead_letters(&js, &config.dead_letters, &config.stream, config.provision),
-    )
-    .await
-    .map_err(|_| RunError::ProvisionTimeout {
-        network: "dead letters".to_owned(),
-        timeout: worker::PROVISION_TIMEOUT,
-    })?
-    .map_err(RunError::DeadLetters)?;
+    // Before any request is taken: a request termed without an answer is copied first. A zone's
+    // resolvers may leave the collector to others (--no-dead-letter-collector): it reads every
+    // network's requests.
+    let advisories = if !config.dead_letter_collector {
+        tracing::info!("the dead-letter collector is left to other resolvers");
+        None
+    } else {
+        Some(provision_dead_letters(&js, &config, config.provision).await?)
+    };
     let dead = Arc::new(dlq::DeadLetters {
         client: client.clone(),
         js: js.clone(),
@@ -221,7 +293,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         instance: config.instance.clone(),
     });
     let mut loops = Vec::new();
-    {
+    if let Some(advisories) = advisories {
         // The first run uses the consumer provisioned above; a restart (the dead-letter stream
         // or its consumer lost) provisions them again first.
         let mut first = Some(advisories);
@@ -272,28 +344,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             store: store.clone(),
             counts: counts.clone(),
         });
-        let ensure = provision::ensure_network(
-            &js,
-            &config.stream,
-            &config.consumer,
-            &net.name,
-            config.provision,
-        );
-        let consumer = tokio::time::timeout(worker::PROVISION_TIMEOUT, ensure)
-            .await
-            .map_err(|_| RunError::ProvisionTimeout {
-                network: net.name.clone(),
-                timeout: worker::PROVISION_TIMEOUT,
-            })?
-            .map_err(|source| RunError::Provision {
-                network: net.name.clone(),
-                source,
-            })?;
+        let consumer = provision_network(&js, &config, &net.name, config.provision).await?;
         let ctx = Arc::new(handle::Context {
             client: client.clone(),
             js: js.clone(),
             network: net.name.clone(),
             instance: config.instance.clone(),
+            zone: config.zone.clone(),
+            api_prefix: api_prefix.clone(),
             store,
             max_image_bytes,
             max_inline_bytes,

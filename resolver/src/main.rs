@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args: Args = imgfetch_common::settings::parse_args("imgfetch-resolver", RENAMED);
     let check_only = args.check_config;
+    let provision_only = args.provision_only;
     let resolved = Config::resolve(
         args,
         |p| std::fs::read_to_string(p),
@@ -30,6 +31,13 @@ async fn main() -> anyhow::Result<()> {
     }
     imgfetch_common::telemetry::init(config.log_format);
     config.metrics = Some(imgfetch_common::prometheus::install()?);
+    if provision_only {
+        if let Err(err) = imgfetch_resolver::provision_only(&config).await {
+            eprintln!("imgfetch-resolver: {err}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let shutdown = imgfetch_common::shutdown::on_signals();
     if let Err(err) = imgfetch_resolver::run(config, shutdown).await {
         eprintln!("imgfetch-resolver: {err}");

@@ -59,6 +59,12 @@ pub enum ConfigError {
     /// The instance name is not a valid id.
     #[error("instance: {}", .0.reason)]
     Instance(#[source] Invalid),
+    /// The JetStream domain cannot be a subject token.
+    #[error("jetstream_domain: {}", .0.reason)]
+    JetStreamDomain(#[source] Invalid),
+    /// The zone name cannot be a subject token.
+    #[error("zone: {}", .0.reason)]
+    Zone(#[source] Invalid),
     /// A stream name cannot be a JetStream name.
     #[error("stream name {0:?} is not a valid JetStream name")]
     StreamName(String),

@@ -47,6 +47,12 @@ pub struct Config {
     pub max_streams: usize,
     /// Create or extend the stream and consumers.
     pub provision: bool,
+    /// The hub's JetStream domain, for a resolver behind a leaf node; `None`: the local API.
+    pub jetstream_domain: Option<String>,
+    /// The zone, whose name scopes the inbox and flow subjects; `None`: no zone.
+    pub zone: Option<String>,
+    /// Collect the requests that ran out of deliveries (the dead-letter collector).
+    pub dead_letter_collector: bool,
     /// Stream limits.
     pub stream: StreamSettings,
     /// Consumer redelivery settings.
@@ -93,6 +99,9 @@ impl Config {
             concurrency: defaults::CONCURRENCY,
             max_streams: defaults::MAX_STREAMS,
             provision: true,
+            jetstream_domain: None,
+            zone: None,
+            dead_letter_collector: true,
             stream: StreamSettings::default(),
             consumer: ConsumerSettings::default(),
             dead_letters: DeadLetterSettings::default(),
@@ -171,6 +180,16 @@ impl Config {
             Duration::from_secs(3600),
         )?;
         config.provision = !s.no_provision && s.provision.unwrap_or(true);
+        if let Some(domain) = s.jetstream_domain {
+            validate::id(&domain).map_err(ConfigError::JetStreamDomain)?;
+            config.jetstream_domain = Some(domain);
+        }
+        if let Some(zone) = s.zone {
+            validate::id(&zone).map_err(ConfigError::Zone)?;
+            config.zone = Some(zone);
+        }
+        config.dead_letter_collector =
+            !s.no_dead_letter_collector && s.dead_letter_collector.unwrap_or(true);
         config.max_image_bytes = s.max_image_bytes.unwrap_or(defaults::MAX_IMAGE_BYTES);
         config.max_inline_bytes = s.max_inline_bytes;
         config.chunk_bytes = at_least(
@@ -251,8 +270,19 @@ impl Config {
             Some(addr) => format!("health on {addr}"),
             None => "no health listener".to_owned(),
         };
+        let zone = match (&self.zone, &self.jetstream_domain) {
+            (Some(zone), Some(domain)) => format!("zone {zone}, JetStream domain {domain}; "),
+            (Some(zone), None) => format!("zone {zone}; "),
+            (None, Some(domain)) => format!("JetStream domain {domain}; "),
+            (None, None) => String::new(),
+        };
+        let collector = if self.dead_letter_collector {
+            ""
+        } else {
+            "; dead letters collected elsewhere"
+        };
         format!(
-            "{} network{}: {}; NATS {}{user}; stream {} ({}); {http}",
+            "{zone}{} network{}: {}; NATS {}{user}; stream {} ({}){collector}; {http}",
             networks.len(),
             if networks.len() == 1 { "" } else { "s" },
             networks.join(", "),

@@ -60,12 +60,18 @@ pub struct Args {
     /// to nothing and opens no store.
     #[arg(long)]
     pub check_config: bool,
+    /// Create or extend the stream, each network's consumer and the dead letters (unless
+    /// --no-dead-letter-collector), then exit, serving nothing and opening no store: the hub's
+    /// side of a leaf zone, whose own resolvers may not (docs/DEPLOY.md, "Leaf zones").
+    #[arg(long, conflicts_with = "check_config")]
+    pub provision_only: bool,
 }
 
 /// The settings, as flags and variables and as the keys of the TOML file. Each is optional here:
 /// a flag or variable wins over the file, the file over the default. Two come in a different
-/// form from each side: the networks (`--network NAME=URL` flags, `[networks.NAME]` tables) and
-/// provisioning (`--no-provision`, `provision = false`).
+/// form from each side: the networks (`--network NAME=URL` flags, `[networks.NAME]` tables),
+/// provisioning (`--no-provision`, `provision = false`) and the dead-letter collector
+/// (`--no-dead-letter-collector`, `dead_letter_collector = false`).
 #[derive(Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -117,6 +123,25 @@ pub struct Settings {
     /// --no-provision).
     #[arg(skip)]
     pub provision: Option<bool>,
+    /// The JetStream domain of the hub whose stream this resolver serves, for a resolver that
+    /// reaches it through a leaf node: its JetStream requests go to `$JS.<domain>.API`
+    /// [default: none, the local `$JS.API`].
+    #[arg(long, env = "IMGFETCH_JETSTREAM_DOMAIN")]
+    pub jetstream_domain: Option<String>,
+    /// The zone this resolver runs in: its inbox becomes `_INBOX_resolver.<zone>` and its flow
+    /// subjects `imgfetch.flow.<zone>.<token>`, so that the zone's NATS user can be limited to
+    /// its own traffic (docs/DEPLOY.md, leaf zones) [default: none].
+    #[arg(long, env = "IMGFETCH_ZONE")]
+    pub zone: Option<String>,
+    /// Leave the dead-letter collector to other resolvers: it reads the server's advisories
+    /// and the requests of every network, which a zone's NATS user may not.
+    #[arg(long, env = "IMGFETCH_NO_DEAD_LETTER_COLLECTOR")]
+    #[serde(skip)]
+    pub no_dead_letter_collector: bool,
+    /// Run the dead-letter collector (in the TOML file, default true; the flag is
+    /// --no-dead-letter-collector).
+    #[arg(skip)]
+    pub dead_letter_collector: Option<bool>,
     /// Largest image served at all [default: 1 GiB].
     #[arg(long, env = "IMGFETCH_MAX_IMAGE_BYTES")]
     pub max_image_bytes: Option<u64>,
@@ -179,6 +204,11 @@ impl Settings {
             dlq_max_age: self.dlq_max_age.or(file.dlq_max_age),
             no_provision: self.no_provision || file.no_provision,
             provision: self.provision.or(file.provision),
+            jetstream_domain: self.jetstream_domain.or(file.jetstream_domain),
+            zone: self.zone.or(file.zone),
+            no_dead_letter_collector: self.no_dead_letter_collector
+                || file.no_dead_letter_collector,
+            dead_letter_collector: self.dead_letter_collector.or(file.dead_letter_collector),
             max_image_bytes: self.max_image_bytes.or(file.max_image_bytes),
             max_inline_bytes: self.max_inline_bytes.or(file.max_inline_bytes),
             chunk_bytes: self.chunk_bytes.or(file.chunk_bytes),

@@ -130,6 +130,11 @@ fn bad_configs_are_one_clear_error() {
             &["--network", "a=file:///x", "--dlq-stream", "IMGFETCH"],
             "must not be the request stream",
         ),
+        (&["--network", "a=file:///x", "--zone", "a.b"], "zone: "),
+        (
+            &["--network", "a=file:///x", "--jetstream-domain", "hub.>"],
+            "jetstream_domain: ",
+        ),
         (
             &["--network", "a=file:///x", "--stream", "IMG.FETCH"],
             "stream name \"IMG.FETCH\" is not a valid JetStream name",
@@ -506,4 +511,64 @@ fn the_default_instance_is_the_host_name_and_a_random_suffix() {
         "{a}"
     );
     imgfetch_common::validate::id(&a).expect("the default is a valid instance name");
+}
+
+#[test]
+fn a_leaf_zones_resolver_names_its_zone_and_the_hubs_domain() {
+    let plain = Config::resolve(args(&["--network", "a=file:///x"]), files(&[]), no_env).unwrap();
+    assert_eq!(plain.zone, None);
+    assert_eq!(plain.jetstream_domain, None);
+    assert!(plain.dead_letter_collector, "collected by default");
+
+    let zone = Config::resolve(
+        args(&[
+            "--network",
+            "a=file:///x",
+            "--zone",
+            "plant",
+            "--jetstream-domain",
+            "hub",
+            "--no-dead-letter-collector",
+        ]),
+        files(&[]),
+        no_env,
+    )
+    .unwrap();
+    assert_eq!(zone.zone.as_deref(), Some("plant"));
+    assert_eq!(zone.jetstream_domain.as_deref(), Some("hub"));
+    assert!(!zone.dead_letter_collector);
+    assert!(zone
+        .summary()
+        .starts_with("zone plant, JetStream domain hub; "));
+    assert!(zone.summary().contains("dead letters collected elsewhere"));
+
+    // The same from the file; the flag still wins over `dead_letter_collector = true`.
+    const FILE: &str = r#"
+        zone = "plant"
+        jetstream_domain = "hub"
+        dead_letter_collector = false
+        [networks.a]
+        url = "file:///x"
+    "#;
+    let file = Config::resolve(
+        args(&["--config", "/c.toml"]),
+        files(&[("/c.toml", FILE)]),
+        no_env,
+    )
+    .unwrap();
+    assert_eq!(file.zone.as_deref(), Some("plant"));
+    assert_eq!(file.jetstream_domain.as_deref(), Some("hub"));
+    assert!(!file.dead_letter_collector);
+    const COLLECTING: &str = r#"
+        dead_letter_collector = true
+        [networks.a]
+        url = "file:///x"
+    "#;
+    let flag = Config::resolve(
+        args(&["--config", "/c.toml", "--no-dead-letter-collector"]),
+        files(&[("/c.toml", COLLECTING)]),
+        no_env,
+    )
+    .unwrap();
+    assert!(!flag.dead_letter_collector, "the flag wins");
 }

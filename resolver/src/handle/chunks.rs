@@ -44,7 +44,7 @@ pub async fn send(
     message: &jetstream::Message,
     out: Outgoing,
 ) -> Result<Settle, async_nats::Error> {
-    let flow = protocol::new_flow_subject();
+    let flow = protocol::new_flow_subject(ctx.zone.as_deref());
     let mut credits = bounded(
         "the credit subscription",
         ctx.client.subscribe(flow.clone()),

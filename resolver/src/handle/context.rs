@@ -23,6 +23,10 @@ pub struct Context {
     pub network: String,
     /// This resolver's instance name, sent on every reply.
     pub instance: String,
+    /// The zone, if the resolver names one: its flow subjects carry it.
+    pub zone: Option<String>,
+    /// The JetStream API prefix pulls are sent under: `$JS.API`, or `$JS.<domain>.API`.
+    pub api_prefix: String,
     /// That network's store.
     pub store: Store,
     /// Largest image served at all.

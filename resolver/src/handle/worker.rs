@@ -124,8 +124,8 @@ pub async fn run(
     let info = consumer.cached_info();
     let mut puller = Puller {
         subject: format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            info.stream_name, info.name
+            "{}.CONSUMER.MSG.NEXT.{}.{}",
+            ctx.api_prefix, info.stream_name, info.name
         ),
         consumer,
         settings: PullSettings {
