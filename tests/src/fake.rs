@@ -246,7 +246,7 @@ async fn stream_with(
         stop_after,
     }: Faults,
 ) {
-    let flow = protocol::new_flow_subject();
+    let flow = protocol::new_flow_subject(None);
     let mut credits = client.subscribe(flow.clone()).await.unwrap();
     let chunks = image.len().div_ceil(chunk) as u64;
     let mut head = ReplyHead::ok(

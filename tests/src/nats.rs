@@ -3,6 +3,8 @@
 //! [`NatsServer::start_with_roles`] runs it with the roles block of the project's own
 //! `nats.conf` (between `# BEGIN imgfetch roles` and `# END imgfetch roles`), so the tests check
 //! the permissions that ship; [`NatsServer::auth`] logs in as one of those roles.
+//! [`NatsServer::start_hub`] and [`NatsServer::start_leaf`] make a hub and its leaf zones, from
+//! the same roles and the committed `deploy/leaf/leaf.conf`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -12,12 +14,20 @@ use std::time::Duration;
 
 use imgfetch_common::connect::NatsAuth;
 
+/// The JetStream domain of a hub (`nats.conf` names its JetStream `hub`): resolvers behind a
+/// leaf node reach it with `--jetstream-domain hub`.
+pub const HUB_DOMAIN: &str = "hub";
+
 /// A running nats-server.
 pub struct NatsServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
     log: PathBuf,
+    /// The environment its configuration reads (`$VARIABLES`), kept for restarts.
+    env: Vec<(String, String)>,
+    /// A hub's leafnode port.
+    leaf_port: Option<u16>,
 }
 
 impl NatsServer {
@@ -28,20 +38,104 @@ impl NatsServer {
 
     /// Starts a server with extra configuration lines (e.g. `max_payload: 512KB`).
     pub fn start_with(extra_config: &str) -> NatsServer {
+        NatsServer::start_jetstream("", extra_config, None)
+    }
+
+    /// Starts a hub for leaf zones: JetStream in the domain `hub` (as `nats.conf` sets it), a
+    /// leafnode port, and the committed roles, the zones' users (`zone-<zone>`) among them.
+    pub fn start_hub() -> NatsServer {
+        let leaf_port = crate::free_port();
+        let extra = format!(
+            "server_name: hub\nmax_payload: 8MB\nleafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n}}\n{}",
+            roles_block()
+        );
+        NatsServer::start_jetstream(
+            &format!("  domain: {HUB_DOMAIN}\n"),
+            &extra,
+            Some(leaf_port),
+        )
+    }
+
+    /// Starts a server whose JetStream block has `jetstream_extra` lines, with `extra_config`.
+    fn start_jetstream(
+        jetstream_extra: &str,
+        extra_config: &str,
+        leaf_port: Option<u16>,
+    ) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = dir.path().join("jetstream");
         let conf = dir.path().join("nats.conf");
         let text = format!(
-            "listen: 127.0.0.1:-1\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1GB\n  max_memory_store: 64MB\n}}\n{extra_config}\n"
+            "listen: 127.0.0.1:-1\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1GB\n  max_memory_store: 64MB\n{jetstream_extra}}}\n{extra_config}\n"
         );
         std::fs::write(&conf, text).expect("write nats.conf");
         let log = dir.path().join("nats-server.log");
-        let (child, port) = spawn(&conf, &log);
+        let (child, port) = spawn(&conf, &log, &[]);
         NatsServer {
             child,
             port,
             dir,
             log,
+            env: Vec::new(),
+            leaf_port,
+        }
+    }
+
+    /// Starts the leaf node of `zone`, from the committed `deploy/leaf/leaf.conf`, dialing out
+    /// to `hub`'s leafnode port as the user `zone-<zone>`. Its local user `resolver` has the
+    /// resolver's development password.
+    pub fn start_leaf(zone: &str, hub: &NatsServer) -> NatsServer {
+        let leaf_port = hub
+            .leaf_port
+            .expect("start the hub with NatsServer::start_hub");
+        let user = format!("zone-{zone}");
+        let env = vec![
+            ("IMGFETCH_LEAF_NAME".to_owned(), format!("leaf-{zone}")),
+            ("IMGFETCH_LEAF_LISTEN".to_owned(), "127.0.0.1:-1".to_owned()),
+            (
+                "IMGFETCH_HUB_LEAF_URL".to_owned(),
+                format!(
+                    "nats-leaf://{user}:{}@127.0.0.1:{leaf_port}",
+                    dev_password(&user)
+                ),
+            ),
+            (
+                "IMGFETCH_LEAF_RESOLVER_PASSWORD".to_owned(),
+                dev_password("resolver"),
+            ),
+        ];
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("nats.conf");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/leaf/leaf.conf");
+        std::fs::copy(&path, &conf)
+            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", path.display()));
+        let log = dir.path().join("nats-server.log");
+        let (child, port) = spawn(&conf, &log, &env);
+        let leaf = NatsServer {
+            child,
+            port,
+            dir,
+            log,
+            env,
+            leaf_port: None,
+        };
+        leaf.wait_for_links(1);
+        leaf
+    }
+
+    /// Waits (at most 20 s) until this leaf node's log shows its `n`th connection to the hub
+    /// (the first after a start, the second after the link is cut and made again, ...).
+    pub fn wait_for_links(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let seen = |log: &str| log.matches("Leafnode connection created").count();
+        while seen(&self.log()) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the leaf node did not reach the hub ({n} links) within 20 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -124,7 +218,12 @@ impl NatsServer {
             1,
         );
         std::fs::write(&conf, text).expect("write nats.conf");
-        let (child, port) = spawn(&conf, &self.log);
+        for (_, value) in &mut self.env {
+            if value == "127.0.0.1:-1" {
+                *value = format!("127.0.0.1:{}", self.port);
+            }
+        }
+        let (child, port) = spawn(&conf, &self.log, &self.env);
         assert_eq!(port, self.port, "nats-server came back on another port");
         self.child = child;
     }
@@ -359,9 +458,9 @@ impl Drop for NatsServer {
     }
 }
 
-/// Starts `nats-server -c conf`, appending its log to `log`, and returns it with the port it
-/// listens on (read from the log).
-fn spawn(conf: &std::path::Path, log: &std::path::Path) -> (Child, u16) {
+/// Starts `nats-server -c conf` with `env` set, appending its log to `log`, and returns it with
+/// the port it listens on (read from the log).
+fn spawn(conf: &std::path::Path, log: &std::path::Path, env: &[(String, String)]) -> (Child, u16) {
     let bin = crate::find_binary(
         "nats-server",
         "NATS_SERVER_BIN",
@@ -370,6 +469,7 @@ fn spawn(conf: &std::path::Path, log: &std::path::Path) -> (Child, u16) {
     let mut child = Command::new(&bin)
         .arg("-c")
         .arg(conf)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -500,7 +500,7 @@ async fn a_stalled_stream_is_a_timeout_error_not_a_hang() {
     ws.fetch(Some("stall"), "forge", "x.jpg").await;
     let (id, callback, _msg) = take_request(&consumer).await;
     // A head and one chunk, then nothing: the resolver "died".
-    let flow = protocol::new_flow_subject();
+    let flow = protocol::new_flow_subject(None);
     let mut head = ReplyHead::ok(
         &id,
         ImageHead {

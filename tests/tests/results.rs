@@ -700,7 +700,7 @@ async fn an_owner_receiving_a_stream_marks_its_record_delivering() {
         },
     );
     head.chunked = Some(Chunked {
-        flow: new_flow_subject(),
+        flow: new_flow_subject(None),
         chunk_size: 1024,
         chunks: 2,
     });
