@@ -42,6 +42,8 @@ TOML_KEYS = {
     "check-config": None,
     "network": "`[networks.NAME]` table",
     "no-provision": "`provision = false`",
+    "provision-only": None,
+    "no-dead-letter-collector": "`dead_letter_collector = false`",
 }
 
 # Flags every clap binary has; they are not settings.

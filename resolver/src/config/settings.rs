@@ -125,7 +125,7 @@ pub struct Settings {
     pub provision: Option<bool>,
     /// The JetStream domain of the hub whose stream this resolver serves, for a resolver that
     /// reaches it through a leaf node: its JetStream requests go to `$JS.<domain>.API`
-    /// [default: none, the local `$JS.API`].
+    /// [default: none, the local API].
     #[arg(long, env = "IMGFETCH_JETSTREAM_DOMAIN")]
     pub jetstream_domain: Option<String>,
     /// The zone this resolver runs in: its inbox becomes `_INBOX_resolver.<zone>` and its flow
