@@ -125,6 +125,7 @@ pub async fn through_pipeline(
     let p = Pipeline::start(PipelineSpec {
         bin_dir,
         nats_url,
+        resolver_nats_url: None,
         networks: &["large".to_owned()],
         store_url: image.store_url,
         archive: path == "http+archive",

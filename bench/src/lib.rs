@@ -11,6 +11,8 @@
 //! - [`clients`]: HTTP, websocket and direct-store request makers.
 //! - [`load`]: workers, warm-up, pacing and latency samples.
 //! - [`large`]: one very large image streamed on a default-payload server, against raw NATS.
+//! - [`leaf`]: the same requests through a resolver behind a leaf node, over a link slowed by a
+//!   latency proxy.
 //! - [`report`]: the table and the JSON.
 //! - [`compare`]: A/B: the same rows on two builds, alternately, in one run.
 //! - [`faults`]: the fault suite (`imgfetch-faults`): processes killed for real under load,
@@ -24,6 +26,7 @@ pub mod compare;
 pub mod corpus;
 pub mod faults;
 pub mod large;
+pub mod leaf;
 pub mod load;
 pub mod procs;
 pub mod report;
@@ -84,11 +87,25 @@ pub struct Options {
     /// Skip the large image.
     #[arg(long)]
     pub no_large: bool,
+    /// Leaf-zone rows: milliseconds added to the leaf link's round trip, one pipeline each
+    /// (empty: no leaf rows).
+    #[arg(long, value_delimiter = ',', default_value = "0,10,50")]
+    pub leaf_delays: Vec<u64>,
+    /// Leaf-zone rows: requests in flight, besides 1.
+    #[arg(long, value_delimiter = ',', default_value = "64,512")]
+    pub leaf_concurrency: Vec<usize>,
+    /// Leaf-zone rows: the resolver's --concurrency [default: the resolver's].
+    #[arg(long)]
+    pub leaf_resolver_concurrency: Option<usize>,
+    /// Run only the leaf-zone rows (at the first of --sizes).
+    #[arg(long)]
+    pub leaf_only: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/imgfetch-bench.json")]
     pub json: PathBuf,
     /// A tiny run that proves the benchmark works (CI): 16 KiB, concurrency 1 and 4, 20
-    /// images, 0.3 s runs, 3 networks, 20 idle websockets, a 160 MiB large image.
+    /// images, 0.3 s runs, 3 networks, 20 idle websockets, a leaf zone with no added delay, a
+    /// 160 MiB large image.
     #[arg(long)]
     pub smoke: bool,
 }
@@ -104,6 +121,8 @@ impl Options {
         self.networks = 3;
         self.idle_websockets = 20;
         self.large_size = 160 << 20;
+        self.leaf_delays = vec![0];
+        self.leaf_concurrency = vec![4];
         self.smoke = true;
         self
     }
@@ -222,6 +241,7 @@ impl Bench<'_> {
         Pipeline::start(PipelineSpec {
             bin_dir,
             nats_url: &self.nats.url(),
+            resolver_nats_url: None,
             networks,
             store_url: &corpus.url(),
             archive,
@@ -459,7 +479,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         compare::run(&mut bench, &baseline).await?;
         return Ok(std::mem::take(&mut bench.report));
     }
-    if !options.large_only {
+    if options.leaf_only {
+        bench.leaf_zone(options.sizes[0]).await?;
+    } else if !options.large_only {
         for &size in &options.sizes {
             bench.one_size(size).await?;
         }
@@ -470,8 +492,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         };
         bench.many_networks(busy_size).await?;
         bench.idle_websockets(busy_size).await?;
+        if !options.leaf_delays.is_empty() {
+            bench.leaf_zone(busy_size).await?;
+        }
     }
-    if !options.no_large {
+    if !options.no_large && !options.leaf_only {
         bench.large().await?;
     }
 

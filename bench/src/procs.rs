@@ -214,6 +214,8 @@ pub struct PipelineSpec<'a> {
     pub bin_dir: &'a Path,
     /// NATS URL.
     pub nats_url: &'a str,
+    /// The resolver's NATS URL when it is not `nats_url` (a leaf node's).
+    pub resolver_nats_url: Option<&'a str>,
     /// Network names, all served from `store_url`.
     pub networks: &'a [String],
     /// The store every network reads.
@@ -232,7 +234,8 @@ impl Pipeline {
     /// Starts the resolver, waits until it answers pings for every network, then the gateway,
     /// and waits until it is ready.
     pub async fn start(spec: PipelineSpec<'_>) -> anyhow::Result<Pipeline> {
-        let mut resolver_args = args_of_resolver(spec.nats_url, spec.networks, spec.store_url);
+        let resolver_url = spec.resolver_nats_url.unwrap_or(spec.nats_url);
+        let mut resolver_args = args_of_resolver(resolver_url, spec.networks, spec.store_url);
         resolver_args.extend(spec.resolver_args.iter().cloned());
         let resolver_bin = spec.bin_dir.join("imgfetch-resolver");
         let resolver_log = spec.log_dir.join("resolver.log");
@@ -240,7 +243,7 @@ impl Pipeline {
             &resolver_bin,
             &resolver_args,
             resolver_log.clone(),
-            spec.nats_url,
+            resolver_url,
             spec.networks,
         )
         .await?;
@@ -293,7 +296,7 @@ impl Pipeline {
             resolver_bin,
             resolver_args,
             resolver_log,
-            nats_url: spec.nats_url.to_owned(),
+            nats_url: resolver_url.to_owned(),
             networks: spec.networks.to_vec(),
         })
     }
@@ -341,6 +344,7 @@ pub async fn zone_pipeline(
     Pipeline::start(PipelineSpec {
         bin_dir: &test_bin_dir(),
         nats_url,
+        resolver_nats_url: None,
         networks: &["zone".to_owned()],
         store_url: &format!("file://{}", dir.display()),
         archive,

@@ -42,6 +42,7 @@ async fn the_smoke_run_measures_every_path_without_a_failed_request() {
         "bare paced",
         "http+archive",
         "http 1 busy",
+        "leaf+0ms",
     ] {
         assert!(
             paths.contains(path),

@@ -17,6 +17,7 @@
 pub mod counted;
 pub mod fake;
 pub mod fuzzing;
+pub mod latency;
 pub mod nats;
 pub mod pipeline;
 pub mod s3;

@@ -18,6 +18,10 @@ use imgfetch_common::connect::NatsAuth;
 /// leaf node reach it with `--jetstream-domain hub`.
 pub const HUB_DOMAIN: &str = "hub";
 
+/// The open hub's and leaf's one account, which everybody is (`no_auth_user`): a leaf link in
+/// the global account does not reach the hub's JetStream domain.
+const OPEN_ACCOUNT: &str = "accounts {\n  IMGFETCH {\n    jetstream: enabled\n    users: [ { user: open, password: open } ]\n  }\n}\nno_auth_user: open";
+
 /// A running nats-server.
 pub struct NatsServer {
     child: Child,
@@ -54,6 +58,48 @@ impl NatsServer {
             &extra,
             Some(leaf_port),
         )
+    }
+
+    /// A hub with no users, for measuring (the benchmark's leaf rows): JetStream in the domain
+    /// `hub`, leaf nodes on [`NatsServer::leaf_port`].
+    pub fn start_open_hub() -> NatsServer {
+        let leaf_port = crate::free_port();
+        let extra = format!(
+            "server_name: hub\nmax_payload: 8MB\nleafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n}}\n{OPEN_ACCOUNT}"
+        );
+        NatsServer::start_jetstream(
+            &format!("  domain: {HUB_DOMAIN}\n"),
+            &extra,
+            Some(leaf_port),
+        )
+    }
+
+    /// A leaf node with no users and no JetStream that dials `hub` (a hub's leafnode port, or a
+    /// proxy in front of it), for measuring; returns once its link is up.
+    pub fn start_open_leaf(hub: std::net::SocketAddr) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("nats.conf");
+        let text = format!(
+            "server_name: leaf\nlisten: 127.0.0.1:-1\nmax_payload: 8MB\nleafnodes {{\n  remotes: [ {{ urls: [\"nats-leaf://open:open@{hub}\"], account: IMGFETCH }} ]\n}}\n{OPEN_ACCOUNT}\n"
+        );
+        std::fs::write(&conf, text).expect("write nats.conf");
+        let log = dir.path().join("nats-server.log");
+        let (child, port) = spawn(&conf, &log, &[]);
+        let leaf = NatsServer {
+            child,
+            port,
+            dir,
+            log,
+            env: Vec::new(),
+            leaf_port: None,
+        };
+        leaf.wait_for_links(1);
+        leaf
+    }
+
+    /// A hub's leafnode port.
+    pub fn leaf_port(&self) -> Option<u16> {
+        self.leaf_port
     }
 
     /// Starts a server whose JetStream block has `jetstream_extra` lines, with `extra_config`.

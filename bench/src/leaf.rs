@@ -1,0 +1,100 @@
+//! Leaf zones over a slow link (docs/DEPLOY.md, "Leaf zones"): the same HTTP requests through a
+//! resolver behind a leaf node, with 0, 10, 50 ms (`--leaf-delays`) added to the link's round
+//! trip by a latency proxy ([`imgfetch_tests::latency`]) between the leaf and the hub. Each delay
+//! gets a hub and leaf of its own (no users: measuring, not isolation); the gateway is on the
+//! hub, the resolver on the leaf with `--zone` and `--jetstream-domain hub`. Rows are named
+//! `leaf+<ms>ms`, beside the direct `http` rows of the same run.
+
+use std::time::Duration;
+
+use imgfetch_tests::latency::LatencyProxy;
+use imgfetch_tests::nats::{NatsServer, HUB_DOMAIN};
+
+use crate::clients;
+use crate::corpus::Corpus;
+use crate::procs::{Pipeline, PipelineSpec};
+use crate::report::Row;
+use crate::{measure, Bench, Watched};
+
+/// The network (and zone) the leaf rows serve.
+const ZONE: &str = "zone";
+
+impl Bench<'_> {
+    /// The leaf rows for images of `size`: per added round trip, concurrency 1 and each of
+    /// `--leaf-concurrency`.
+    pub(crate) async fn leaf_zone(&mut self, size: usize) -> anyhow::Result<()> {
+        let o = self.options;
+        let corpus = Corpus::create(size, o.images)?;
+        let networks = vec![ZONE.to_owned()];
+        for &ms in &o.leaf_delays {
+            self.say(&format!("leaf zone, {ms} ms added to the round trip"));
+            let hub = NatsServer::start_open_hub();
+            let leaf_port = hub.leaf_port().expect("a hub has a leafnode port");
+            let proxy = LatencyProxy::start(
+                ([127, 0, 0, 1], leaf_port).into(),
+                Duration::from_micros(ms * 500),
+            )
+            .await?;
+            let leaf = NatsServer::start_open_leaf(proxy.addr);
+            hub_reachable(&leaf.url()).await?;
+            let mut resolver_args: Vec<String> = ["--zone", ZONE, "--jetstream-domain", HUB_DOMAIN]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            if let Some(n) = o.leaf_resolver_concurrency {
+                resolver_args.extend(["--concurrency".to_owned(), n.to_string()]);
+            }
+            let p = Pipeline::start(PipelineSpec {
+                bin_dir: &self.bin_dir,
+                nats_url: &hub.url(),
+                resolver_nats_url: Some(&leaf.url()),
+                networks: &networks,
+                store_url: &corpus.url(),
+                archive: false,
+                log_dir: self.logs.path(),
+                gateway_args: &[],
+                resolver_args: &resolver_args,
+            })
+            .await?;
+            let watched = Watched {
+                nats: hub.pid(),
+                resolver: Some(p.resolver.pid()),
+                gateway: Some(p.gateway.pid()),
+            };
+            let path = format!("leaf+{ms}ms");
+            for c in std::iter::once(1).chain(o.leaf_concurrency.iter().copied()) {
+                let fetches = clients::http(&p.base, ZONE, o.images, c);
+                let (s, cpu) = measure(o, fetches, size, None, &watched).await;
+                self.push(Row::new(&path, size, c, 1, &s), cpu, Some(&p));
+            }
+            drop(p);
+            drop(leaf);
+            drop(proxy);
+        }
+        Ok(())
+    }
+}
+
+/// Waits (at most 20 s) until the hub's JetStream answers through the leaf: the link is up
+/// before the hub's interest has crossed it, and a resolver started in between finds "no
+/// responders" where its stream should be.
+async fn hub_reachable(leaf_url: &str) -> anyhow::Result<()> {
+    let client = async_nats::connect(leaf_url).await?;
+    let subject = format!("$JS.{HUB_DOMAIN}.API.INFO");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let asked = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request(subject.clone(), "".into()),
+        )
+        .await;
+        if matches!(asked, Ok(Ok(_))) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the hub's JetStream did not answer through the leaf within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
