@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use imgfetch_tests::latency::LatencyProxy;
-use imgfetch_tests::nats::{NatsServer, HUB_DOMAIN};
+use imgfetch_tests::nats::{wait_hub_jetstream, NatsServer, HUB_DOMAIN};
 
 use crate::clients;
 use crate::corpus::Corpus;
@@ -36,7 +36,7 @@ impl Bench<'_> {
             )
             .await?;
             let leaf = NatsServer::start_open_leaf(proxy.addr);
-            hub_reachable(&leaf.url()).await?;
+            wait_hub_jetstream(&leaf.url()).await;
             let mut resolver_args: Vec<String> = ["--zone", ZONE, "--jetstream-domain", HUB_DOMAIN]
                 .iter()
                 .map(|s| s.to_string())
@@ -72,29 +72,5 @@ impl Bench<'_> {
             drop(proxy);
         }
         Ok(())
-    }
-}
-
-/// Waits (at most 20 s) until the hub's JetStream answers through the leaf: the link is up
-/// before the hub's interest has crossed it, and a resolver started in between finds "no
-/// responders" where its stream should be.
-async fn hub_reachable(leaf_url: &str) -> anyhow::Result<()> {
-    let client = async_nats::connect(leaf_url).await?;
-    let subject = format!("$JS.{HUB_DOMAIN}.API.INFO");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let asked = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.request(subject.clone(), "".into()),
-        )
-        .await;
-        if matches!(asked, Ok(Ok(_))) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the hub's JetStream did not answer through the leaf within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

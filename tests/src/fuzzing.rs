@@ -1130,7 +1130,7 @@ const STREAM_PREFIXES: [&str; 3] = ["Imgfetch-", "imgfetch-", "Imgfetch-Chunk"];
 /// It accepts exactly the heads whose trimmed `Imgfetch-Size`, `Imgfetch-Chunk-Size` and
 /// `Imgfetch-Chunks` are `u64`s with `chunk_size > 0` and `chunks == ceil(size / chunk_size)`
 /// (checked here in 128-bit arithmetic), and whose trimmed `Imgfetch-Flow` is `imgfetch.flow.`
-/// followed by one token of `[A-Za-z0-9_-]`, on an `ok` answer (`Imgfetch-Status`); an accepted
+/// followed by one or two (a zone, then the token) tokens of `[A-Za-z0-9_-]`, on an `ok` answer (`Imgfetch-Status`); an accepted
 /// head says what the headers say, and
 /// every chunk's end offset (`seq * chunk_size` before the last) fits in a `u64` below `size`.
 /// Anything else is an error that says it is about the stream's head.
@@ -1140,13 +1140,18 @@ pub fn stream_headers(data: &[u8]) {
     let get = |name: &str| first(&entries, name).map(str::trim);
     let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
     let flow = get(header::FLOW).unwrap_or_default();
+    // `imgfetch.flow.<token>`, or a zone's resolver's `imgfetch.flow.<zone>.<token>`.
     let flow_ok = flow
         .strip_prefix(protocol::FLOW_PREFIX)
         .and_then(|rest| rest.strip_prefix('.'))
-        .is_some_and(|t| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .is_some_and(|rest| {
+            let parts: Vec<&str> = rest.split('.').collect();
+            parts.len() <= 2
+                && parts.iter().all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
         });
     let (size, chunk_size, chunks) = (
         number(header::SIZE),

@@ -321,6 +321,17 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts the three nodes; JetStream elects its meta leader shortly after.
     pub fn start() -> NatsCluster {
+        NatsCluster::start_nodes(false)
+    }
+
+    /// A hub of three nodes for leaf zones, with no users (measuring and failover, not
+    /// isolation): JetStream in the domain `hub`, each node with a leafnode port
+    /// ([`NatsServer::leaf_port`]).
+    pub fn start_open_hub() -> NatsCluster {
+        NatsCluster::start_nodes(true)
+    }
+
+    fn start_nodes(hub: bool) -> NatsCluster {
         let routes: Vec<u16> = (0..3).map(|_| crate::free_port()).collect();
         let monitor_ports: Vec<u16> = (0..3).map(|_| crate::free_port()).collect();
         let route_list = routes
@@ -330,12 +341,23 @@ impl NatsCluster {
             .join(", ");
         let nodes = (0..3)
             .map(|i| {
-                NatsServer::start_with(&format!(
+                let node = format!(
                     "server_name: n{}\nhttp: 127.0.0.1:{}\ncluster {{\n  name: imgfetch\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
                     i + 1,
                     monitor_ports[i],
                     routes[i],
-                ))
+                );
+                if !hub {
+                    return NatsServer::start_with(&node);
+                }
+                let leaf_port = crate::free_port();
+                NatsServer::start_jetstream(
+                    &format!("  domain: {HUB_DOMAIN}\n"),
+                    &format!(
+                        "{node}max_payload: 8MB\nleafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n}}\n{OPEN_ACCOUNT}"
+                    ),
+                    Some(leaf_port),
+                )
             })
             .collect();
         NatsCluster {
@@ -556,6 +578,31 @@ fn spawn(conf: &std::path::Path, log: &std::path::Path, env: &[(String, String)]
             panic!("nats-server did not report its port within 20 s; log:\n{text}");
         }
     }
+}
+
+/// Waits (at most 20 s) until the hub's JetStream answers through the leaf node at `leaf_url`
+/// (no credentials): a leaf's link is up before the hub's interest has crossed it, and a
+/// resolver started in between finds "no responders" where its stream should be.
+pub async fn wait_hub_jetstream(leaf_url: &str) {
+    let client = async_nats::connect(leaf_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the leaf {leaf_url}: {e}"));
+    let subject = format!("$JS.{HUB_DOMAIN}.API.INFO");
+    crate::eventually(
+        "the hub's JetStream through the leaf",
+        Duration::from_secs(20),
+        || async {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                client.request(subject.clone(), "".into()),
+            )
+            .await
+            .ok()?
+            .ok()
+            .map(|_| ())
+        },
+    )
+    .await
 }
 
 /// Waits for the server to send this connection an error containing `expected`, and returns

@@ -1,5 +1,6 @@
 //! A three-node NATS cluster with an R3 stream: gateway and resolver take the URL list, and
-//! killing the stream's leader node under load loses no accepted request.
+//! killing the stream's leader node under load loses no accepted request; the same for a zone
+//! behind a leaf node attached to a three-node hub.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use imgfetch_common::protocol::DEFAULT_STREAM;
 use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
-use imgfetch_tests::nats::NatsCluster;
+use imgfetch_tests::nats::{wait_hub_jetstream, NatsCluster, NatsServer, HUB_DOMAIN};
 use imgfetch_tests::pipeline::{file_network, resolver_config, samples_dir, Gateway, Resolver};
 use imgfetch_tests::{eventually, init_logs};
 
@@ -27,6 +28,32 @@ async fn fetch(client: &reqwest::Client, url: &str) -> String {
     }
 }
 
+/// Creates the R3 stream with `network`'s subjects and consumer, once the cluster has elected its
+/// meta leader (JetStream answers only then).
+async fn create_r3_stream(js: &async_nats::jetstream::Context, network: &str) {
+    let stream_settings = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    eventually(
+        "the cluster to create an R3 stream",
+        Duration::from_secs(20),
+        || async {
+            provision::ensure_network(
+                js,
+                &stream_settings,
+                &ConsumerSettings::default(),
+                network,
+                true,
+            )
+            .await
+            .ok()
+            .map(|_| ())
+        },
+    )
+    .await;
+}
+
 async fn stream_leader(js: &async_nats::jetstream::Context) -> Option<String> {
     let mut stream = js.get_stream(DEFAULT_STREAM).await.ok()?;
     let info = stream.info().await.ok()?;
@@ -40,28 +67,7 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
     let urls = cluster.urls();
     let admin = async_nats::connect(cluster.nodes[0].url()).await.unwrap();
     let js = async_nats::jetstream::new(admin.clone());
-    let stream_settings = StreamSettings {
-        replicas: 3,
-        ..StreamSettings::default()
-    };
-    // JetStream answers once the cluster has elected its meta leader.
-    eventually(
-        "the cluster to create an R3 stream",
-        Duration::from_secs(20),
-        || async {
-            provision::ensure_network(
-                &js,
-                &stream_settings,
-                &ConsumerSettings::default(),
-                "harbor",
-                true,
-            )
-            .await
-            .ok()
-            .map(|_| ())
-        },
-    )
-    .await;
+    create_r3_stream(&js, "harbor").await;
 
     let mut config = resolver_config(
         &urls,
@@ -97,6 +103,63 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
     let target = (0..3)
         .find(|i| !busy.contains(i))
         .expect("two pipeline clients leave a node free");
+    kill_the_stream_leader_under_load(&mut cluster, &admin, &http, &url, target).await;
+    resolver.stop().await;
+    gateway.stop().await;
+}
+
+/// A zone behind a leaf node attached to node n1 of a three-node hub, the gateway on n1 too:
+/// killing the hub's stream leader (moved to n2 first) under load loses no accepted request.
+#[tokio::test]
+async fn a_leaf_zone_loses_nothing_when_the_hubs_stream_leader_is_killed() {
+    init_logs();
+    let mut cluster = NatsCluster::start_open_hub();
+    let leaf_port = cluster.nodes[0]
+        .leaf_port()
+        .expect("a hub node has a leafnode port");
+    let leaf = NatsServer::start_open_leaf(([127, 0, 0, 1], leaf_port).into());
+    let admin = async_nats::connect(cluster.nodes[0].url()).await.unwrap();
+    let js = async_nats::jetstream::new(admin.clone());
+    create_r3_stream(&js, "plant").await;
+    wait_hub_jetstream(&leaf.url()).await;
+    let mut config = resolver_config(
+        &leaf.url(),
+        vec![file_network("plant", samples_dir().join("plant"))],
+    );
+    config.zone = Some("plant".to_owned());
+    config.jetstream_domain = Some(HUB_DOMAIN.to_owned());
+    config.stream.replicas = 3;
+    config.consumer.ack_wait = Duration::from_secs(2);
+    config.pull_expires = Duration::from_secs(1);
+    let resolver = Resolver::start(config).await;
+    let gateway = Gateway::start(&cluster.nodes[0].url(), |c| {
+        c.request_timeout = Duration::from_secs(25);
+    })
+    .await;
+    let url = gateway.http("/v1/images/plant/line-3/overview.png");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    assert_eq!(fetch(&http, &url).await, "ok");
+    kill_the_stream_leader_under_load(&mut cluster, &admin, &http, &url, 1).await;
+    resolver.stop().await;
+    gateway.stop().await;
+}
+
+/// Moves the stream's leader to node `target`, puts 4 clients of `url` to work, kills `target`
+/// once 20 answers came, and keeps the load on until 20 more came through the new leader: no
+/// accepted request may be lost. `admin` may use the JetStream API (`$JS.API` of the nodes'
+/// account).
+async fn kill_the_stream_leader_under_load(
+    cluster: &mut NatsCluster,
+    admin: &async_nats::Client,
+    http: &reqwest::Client,
+    url: &str,
+    target: usize,
+) {
+    let api = "$JS.API";
+    let js = async_nats::jetstream::new(admin.clone());
     let target_name = format!("n{}", target + 1);
     eventually(
         "the stream leader to move to a free node",
@@ -108,7 +171,7 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
             let body = serde_json::json!({ "placement": { "preferred": target_name } });
             let _ = admin
                 .request(
-                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{DEFAULT_STREAM}"),
+                    format!("{api}.STREAM.LEADER.STEPDOWN.{DEFAULT_STREAM}"),
                     body.to_string().into(),
                 )
                 .await;
@@ -123,7 +186,7 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
     let mut clients = Vec::new();
     for _ in 0..4 {
         let (outcomes, stop, http, url) =
-            (outcomes.clone(), stop.clone(), http.clone(), url.clone());
+            (outcomes.clone(), stop.clone(), http.clone(), url.to_owned());
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let outcome = fetch(&http, &url).await;
@@ -182,6 +245,4 @@ async fn killing_the_stream_leader_under_load_loses_no_accepted_request() {
     );
     assert_eq!(lost, 0, "accepted requests without an image: {outcomes:?}");
     assert!(answered > 20);
-    resolver.stop().await;
-    gateway.stop().await;
 }
