@@ -158,6 +158,53 @@ async fn provision_network(
         })
 }
 
+/// Runs a start-up step of a resolver behind a leaf node (`--jetstream-domain`) again every
+/// [`UNREACHABLE_RETRY`] while the hub's JetStream cannot be reached (the link down, or up but
+/// the hub's interest not yet across it), instead of exiting; `None` when `shutdown` came
+/// first. Anything else, and every failure of a resolver connected to the hub itself, is
+/// returned at once.
+async fn until_reachable<T, F, Fut>(
+    config: &Config,
+    shutdown: &CancellationToken,
+    what: &str,
+    mut step: F,
+) -> Result<Option<T>, RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RunError>>,
+{
+    let mut logged = false;
+    loop {
+        let err = match step().await {
+            Ok(made) => return Ok(Some(made)),
+            Err(err) => err,
+        };
+        let unreachable = matches!(
+            err,
+            RunError::Provision {
+                source: ProvisionError::JetStream { .. },
+                ..
+            } | RunError::DeadLetters(ProvisionError::JetStream { .. })
+                | RunError::ProvisionTimeout { .. }
+        );
+        if config.jetstream_domain.is_none() || !unreachable {
+            return Err(err);
+        }
+        if !logged {
+            tracing::warn!(what, %err, "the hub's JetStream cannot be reached through the leaf node; retrying");
+            logged = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(UNREACHABLE_RETRY) => {}
+        }
+    }
+}
+
+/// How often a resolver behind a leaf node tries its start-up steps again while the hub's
+/// JetStream cannot be reached.
+const UNREACHABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The same for the dead-letter stream and its consumer.
 async fn provision_dead_letters(
     js: &async_nats::jetstream::Context,
@@ -274,7 +321,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         tracing::info!("the dead-letter collector is left to other resolvers");
         None
     } else {
-        Some(provision_dead_letters(&js, &config, config.provision).await?)
+        let made = until_reachable(&config, &shutdown, "the dead letters", || {
+            provision_dead_letters(&js, &config, config.provision)
+        })
+        .await?;
+        let Some(consumer) = made else {
+            return Ok(());
+        };
+        Some(consumer)
     };
     let dead = Arc::new(dlq::DeadLetters {
         client: client.clone(),
@@ -344,7 +398,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             store: store.clone(),
             counts: counts.clone(),
         });
-        let consumer = provision_network(&js, &config, &net.name, config.provision).await?;
+        let made = until_reachable(&config, &shutdown, &net.name, || {
+            provision_network(&js, &config, &net.name, config.provision)
+        })
+        .await?;
+        let Some(consumer) = made else {
+            return Ok(());
+        };
         let ctx = Arc::new(handle::Context {
             client: client.clone(),
             js: js.clone(),

@@ -1130,8 +1130,8 @@ const STREAM_PREFIXES: [&str; 3] = ["Imgfetch-", "imgfetch-", "Imgfetch-Chunk"];
 /// It accepts exactly the heads whose trimmed `Imgfetch-Size`, `Imgfetch-Chunk-Size` and
 /// `Imgfetch-Chunks` are `u64`s with `chunk_size > 0` and `chunks == ceil(size / chunk_size)`
 /// (checked here in 128-bit arithmetic), and whose trimmed `Imgfetch-Flow` is `imgfetch.flow.`
-/// followed by one or two (a zone, then the token) tokens of `[A-Za-z0-9_-]`, on an `ok` answer (`Imgfetch-Status`); an accepted
-/// head says what the headers say, and
+/// followed by one or two tokens (a zone, then the token) of `[A-Za-z0-9_-]`, on an `ok`
+/// answer (`Imgfetch-Status`); an accepted head says what the headers say, and
 /// every chunk's end offset (`seq * chunk_size` before the last) fits in a `u64` below `size`.
 /// Anything else is an error that says it is about the stream's head.
 pub fn stream_headers(data: &[u8]) {

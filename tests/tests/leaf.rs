@@ -26,6 +26,17 @@ async fn zone_resolver(
     zone: &str,
     inline: Option<u64>,
 ) -> Resolver {
+    let mut config = zone_config(leaf, zone);
+    if let Some(bytes) = inline {
+        config.max_inline_bytes = Some(bytes);
+        config.chunk_bytes = 1024;
+    }
+    // Served once the hub's side sees its pings answered over the link.
+    Resolver::start_pinging(config, hub_client).await
+}
+
+/// The configuration of a zone's resolver serving the samples of the network named as the zone.
+fn zone_config(leaf: &NatsServer, zone: &str) -> imgfetch_resolver::Config {
     let mut config = resolver_config(
         &leaf.url(),
         vec![file_network(zone, samples_dir().join(zone))],
@@ -36,12 +47,7 @@ async fn zone_resolver(
     config.jetstream_domain = Some(HUB_DOMAIN.to_owned());
     config.provision = false;
     config.dead_letter_collector = false;
-    if let Some(bytes) = inline {
-        config.max_inline_bytes = Some(bytes);
-        config.chunk_bytes = 1024;
-    }
-    // Served once the hub's side sees its pings answered over the link.
-    Resolver::start_pinging(config, hub_client).await
+    config
 }
 
 /// The hub's side of the zones: `imgfetch-resolver --provision-only` on the hub, as the
@@ -339,4 +345,39 @@ async fn a_cut_link_holds_the_zones_requests_in_the_hub_until_it_returns() {
 
     gateway.stop().await;
     plant.stop().await;
+}
+
+/// A zone's resolver started while its link is down (the hub gone, the leaf up) waits for the
+/// hub's JetStream instead of exiting, and serves once the hub is back.
+#[tokio::test]
+async fn a_zone_resolver_started_while_its_link_is_down_waits_for_the_hub() {
+    init_logs();
+    let mut hub = NatsServer::start_hub();
+    let plant_leaf = NatsServer::start_leaf("plant", &hub);
+    provision_on_hub(&hub).await;
+    hub.kill();
+
+    let config = zone_config(&plant_leaf, "plant");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(imgfetch_resolver::run(config, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !running.is_finished(),
+        "the resolver gave up while the hub was away: {:?}",
+        running.await
+    );
+
+    hub.restart();
+    plant_leaf.wait_for_links(2);
+    let gateway = gateway_on(&hub).await;
+    let (hub_gateway, _) = hub.connect_as("gateway").await;
+    imgfetch_tests::pipeline::wait_served(&hub_gateway, "plant").await;
+    fetch(&gateway, "plant", "line-3/overview.png").await;
+
+    gateway.stop().await;
+    stop.cancel();
+    within("the resolver to stop", Duration::from_secs(30), running)
+        .await
+        .expect("resolver task")
+        .expect("the resolver ran cleanly");
 }
