@@ -44,6 +44,9 @@ impl Bench<'_> {
             if let Some(n) = o.leaf_resolver_concurrency {
                 resolver_args.extend(["--concurrency".to_owned(), n.to_string()]);
             }
+            if let Some(n) = o.leaf_pull_ahead {
+                resolver_args.extend(["--pull-ahead".to_owned(), n.to_string()]);
+            }
             let p = Pipeline::start(PipelineSpec {
                 bin_dir: &self.bin_dir,
                 nats_url: &hub.url(),

@@ -97,6 +97,9 @@ pub struct Options {
     /// Leaf-zone rows: the resolver's --concurrency [default: the resolver's].
     #[arg(long)]
     pub leaf_resolver_concurrency: Option<usize>,
+    /// Leaf-zone rows: the resolver's --pull-ahead [default: the resolver's].
+    #[arg(long)]
+    pub leaf_pull_ahead: Option<usize>,
     /// Run only the leaf-zone rows (at the first of --sizes).
     #[arg(long)]
     pub leaf_only: bool,

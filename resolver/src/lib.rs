@@ -437,7 +437,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             status: health.component(format!("pull {}", net.name), "starting"),
         };
         let settings = worker::PullSettings {
-            limit: config.concurrency,
+            // Pulled ahead, a request waits for a slot as a small message (and says it is in
+            // progress): the link stays full without more images read at once.
+            limit: config.concurrency + config.pull_ahead,
             expires: config.pull_expires,
             ack_wait: config.consumer.ack_wait,
         };

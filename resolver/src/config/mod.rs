@@ -45,6 +45,8 @@ pub struct Config {
     pub concurrency: usize,
     /// Streamed answers in progress at once.
     pub max_streams: usize,
+    /// Requests pulled ahead of the free slots, per network.
+    pub pull_ahead: usize,
     /// Create or extend the stream and consumers.
     pub provision: bool,
     /// The hub's JetStream domain, for a resolver behind a leaf node; `None`: the local API.
@@ -98,6 +100,7 @@ impl Config {
             networks,
             concurrency: defaults::CONCURRENCY,
             max_streams: defaults::MAX_STREAMS,
+            pull_ahead: 0,
             provision: true,
             jetstream_domain: None,
             zone: None,
@@ -188,6 +191,11 @@ impl Config {
             validate::id(&zone).map_err(ConfigError::Zone)?;
             config.zone = Some(zone);
         }
+        // Behind a leaf node every pull crosses the link: pull ahead unless told otherwise.
+        config.pull_ahead = s.pull_ahead.unwrap_or(match config.jetstream_domain {
+            Some(_) => defaults::LEAF_PULL_AHEAD,
+            None => 0,
+        });
         config.dead_letter_collector =
             !s.no_dead_letter_collector && s.dead_letter_collector.unwrap_or(true);
         config.max_image_bytes = s.max_image_bytes.unwrap_or(defaults::MAX_IMAGE_BYTES);

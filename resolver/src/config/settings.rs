@@ -105,6 +105,12 @@ pub struct Settings {
     /// request slot back while it waits on its receiver [default: 64].
     #[arg(long, env = "IMGFETCH_MAX_STREAMS")]
     pub max_streams: Option<usize>,
+    /// Requests pulled ahead of the free slots, per network: they wait in this resolver, as
+    /// small request messages, until a slot frees. Over a slow link (a leaf zone) set it to
+    /// about the rate to serve times the link's round trip, so that pulls keep the link full
+    /// without more images read at once [default: 0, or 256 with --jetstream-domain].
+    #[arg(long, env = "IMGFETCH_PULL_AHEAD")]
+    pub pull_ahead: Option<usize>,
     /// JetStream stream name [default: IMGFETCH].
     #[arg(long, env = "IMGFETCH_STREAM")]
     pub stream: Option<String>,
@@ -199,6 +205,7 @@ impl Settings {
             instance: self.instance.or(file.instance),
             concurrency: self.concurrency.or(file.concurrency),
             max_streams: self.max_streams.or(file.max_streams),
+            pull_ahead: self.pull_ahead.or(file.pull_ahead),
             stream: self.stream.or(file.stream),
             dlq_stream: self.dlq_stream.or(file.dlq_stream),
             dlq_max_age: self.dlq_max_age.or(file.dlq_max_age),

@@ -529,11 +529,15 @@ fn a_leaf_zones_resolver_names_its_zone_and_the_hubs_domain() {
             "--jetstream-domain",
             "hub",
             "--no-dead-letter-collector",
+            "--pull-ahead",
+            "256",
         ]),
         files(&[]),
         no_env,
     )
     .unwrap();
+    assert_eq!(zone.pull_ahead, 256);
+    assert_eq!(plain.pull_ahead, 0, "nothing pulled ahead by default");
     assert_eq!(zone.zone.as_deref(), Some("plant"));
     assert_eq!(zone.jetstream_domain.as_deref(), Some("hub"));
     assert!(!zone.dead_letter_collector);
@@ -557,6 +561,11 @@ fn a_leaf_zones_resolver_names_its_zone_and_the_hubs_domain() {
     )
     .unwrap();
     assert_eq!(file.zone.as_deref(), Some("plant"));
+    assert_eq!(
+        file.pull_ahead,
+        defaults::LEAF_PULL_AHEAD,
+        "behind a leaf node, pulled ahead by default"
+    );
     assert_eq!(file.jetstream_domain.as_deref(), Some("hub"));
     assert!(!file.dead_letter_collector);
     const COLLECTING: &str = r#"
