@@ -173,8 +173,9 @@ mod tests {
         let clock = Clock::new(Duration::ZERO, Duration::from_millis(100), Some(200.0));
         let fetch: Fetch = Box::new(|n| async move { Ok(if n % 2 == 0 { 10 } else { 9 }) }.boxed());
         let sample = drive(clock, vec![fetch], 10).await;
-        assert!(sample.done >= 5, "{sample:?}");
-        assert!(sample.errors >= 5, "{sample:?}");
+        // How many fit in 100 ms depends on the machine; that they alternate does not.
+        assert!(sample.done >= 1 && sample.errors >= 1, "{sample:?}");
+        assert!(sample.done.abs_diff(sample.errors) <= 1, "{sample:?}");
         assert_eq!(sample.latencies_us.len() as u64, sample.done);
         assert!(sample.first_error.unwrap().contains("expected 10"));
     }
