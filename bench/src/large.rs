@@ -67,10 +67,46 @@ pub fn create_image(dir: &Path, size: usize) -> String {
 /// subscriber on another, as fast as the server relays them. Bytes lost to the server's slow
 /// consumer protection show as a shortfall, and fail the run.
 pub async fn raw_nats(nats_url: &str, size: usize) -> anyhow::Result<LargeRun> {
-    let sender = async_nats::connect(nats_url).await?;
-    let receiver = async_nats::connect(nats_url).await?;
+    raw_nats_between(nats_url, nats_url, size).await
+}
+
+/// [`raw_nats`] from a connection to `send_url` to one to `recv_url`: across a leaf link, from
+/// the leaf (where a zone's resolver sends) to the hub (where the gateway receives). The
+/// sender starts once a request of its own crossed to the receiver's side and back, so that
+/// the receiver's interest has crossed too.
+pub async fn raw_nats_between(
+    send_url: &str,
+    recv_url: &str,
+    size: usize,
+) -> anyhow::Result<LargeRun> {
+    let sender = async_nats::connect(send_url).await?;
+    let receiver = async_nats::connect(recv_url).await?;
     let mut sub = receiver.subscribe("bench.raw").await?;
+    let mut ready = receiver.subscribe("bench.raw-ready").await?;
     receiver.flush().await?;
+    let answering = receiver.clone();
+    tokio::spawn(async move {
+        while let Some(ask) = ready.next().await {
+            if let Some(reply) = ask.reply {
+                let _ = answering.publish(reply, Bytes::new()).await;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let asked = tokio::time::timeout(
+            Duration::from_secs(1),
+            sender.request("bench.raw-ready", Bytes::new()),
+        )
+        .await;
+        if matches!(asked, Ok(Ok(_))) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the receiver's side did not answer within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let expect = size as u64;
     let counting = tokio::spawn(async move {
         let mut got = 0u64;

@@ -100,6 +100,10 @@ pub struct Options {
     /// Leaf-zone rows: the resolver's --pull-ahead [default: the resolver's].
     #[arg(long)]
     pub leaf_pull_ahead: Option<usize>,
+    /// Leaf-zone large image: credit windows (bytes) to try besides the gateway's default, over
+    /// the largest of --leaf-delays; the image is --large-size.
+    #[arg(long, value_delimiter = ',', default_value = "67108864", value_parser = parse_size)]
+    pub leaf_window_bytes: Vec<usize>,
     /// Run only the leaf-zone rows (at the first of --sizes).
     #[arg(long)]
     pub leaf_only: bool,
@@ -501,6 +505,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     }
     if !options.no_large && !options.leaf_only {
         bench.large().await?;
+    }
+    // Not in the smoke run: a second large image through a leaf would double its longest step.
+    if !options.no_large && !options.smoke {
+        if let Some(&ms) = options.leaf_delays.iter().max() {
+            let windows: Vec<Option<u64>> = std::iter::once(None)
+                .chain(options.leaf_window_bytes.iter().map(|&b| Some(b as u64)))
+                .collect();
+            bench.leaf_large(options.large_size, ms, &windows).await?;
+        }
     }
 
     let mut report = std::mem::take(&mut bench.report);
