@@ -123,6 +123,21 @@ fn header(m: &jetstream::message::StreamMessage, name: &str) -> String {
         .unwrap_or_else(|| panic!("dead letter has no {name} header: {:?}", m.headers))
 }
 
+/// Asks for `quay-east.jpg` of `network` as request `id`, which must end `undeliverable` (502).
+async fn undeliverable(gateway: &Gateway, network: &str, id: &str) {
+    let url = gateway.http(&format!("/v1/images/{network}/quay-east.jpg"));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .header(http_header::REQUEST_ID, id)
+        .send()
+        .await
+        .expect("HTTP request");
+    assert_eq!(response.status(), 502, "an undeliverable request is a 502");
+    let body: serde_json::Value = response.json().await.expect("a JSON error body");
+    assert_eq!(body["code"], "undeliverable", "{body}");
+    assert_eq!(body["id"], id, "{body}");
+}
+
 #[tokio::test]
 async fn a_request_out_of_deliveries_is_one_dead_letter_and_one_undeliverable_answer() {
     init_logs();
@@ -133,17 +148,7 @@ async fn a_request_out_of_deliveries_is_one_dead_letter_and_one_undeliverable_an
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
 
-    let url = gateway.http("/v1/images/stuck/quay-east.jpg");
-    let response = reqwest::Client::new()
-        .get(&url)
-        .header(http_header::REQUEST_ID, "dead-1")
-        .send()
-        .await
-        .expect("HTTP request");
-    assert_eq!(response.status(), 502, "an undeliverable request is a 502");
-    let body: serde_json::Value = response.json().await.expect("a JSON error body");
-    assert_eq!(body["code"], "undeliverable", "{body}");
-    assert_eq!(body["id"], "dead-1", "{body}");
+    undeliverable(&gateway, "stuck", "dead-1").await;
     assert_eq!(
         taken.load(Ordering::SeqCst),
         2,
@@ -326,4 +331,40 @@ async fn a_hand_publisher_hears_undeliverable_once_and_a_replayed_copy_is_answer
     assert_eq!(head.id.as_deref(), Some("relay-1"));
     assert_eq!(&answer.payload[..], &sample("harbor/quay-east.jpg")[..]);
     assert_eq!(dead_letters_counted("max_deliveries", "relay"), 1);
+}
+
+/// A resolver with `--dead-letters-only` serves no network and collects the dead letters of
+/// all: the hub's one when every zone is behind a leaf node (whose resolvers leave the collector
+/// to the hub).
+#[tokio::test]
+async fn a_collector_that_serves_no_network_turns_an_exhausted_request_into_a_dead_letter() {
+    init_logs();
+    counted::recorder();
+    let nats = NatsServer::start();
+    let (taken, _stop) = stuck_resolver(&nats.url(), "remote", &stuck_settings()).await;
+    let mut config = imgfetch_resolver::Config::new(nats.url(), Vec::new());
+    config.dead_letter_collector = true;
+    let collector = Resolver::start(config).await;
+    let gateway = Gateway::start(&nats.url(), |_| {}).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+
+    undeliverable(&gateway, "remote", "dead-remote").await;
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        2,
+        "delivered max_deliver times"
+    );
+    let letters = dead_letters(&js, "remote").await;
+    assert_eq!(letters.len(), 1, "exactly one dead letter: {letters:?}");
+    assert_eq!(read_letter(&letters[0]).reason, DeadReason::MaxDeliveries);
+    advisories_settled(&js).await;
+    assert_eq!(
+        queued(&js, "remote").await,
+        0,
+        "the original left the work queue"
+    );
+    assert_eq!(dead_letters_counted("max_deliveries", "remote"), 1);
+
+    gateway.stop().await;
+    collector.stop().await;
 }

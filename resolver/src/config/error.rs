@@ -59,6 +59,9 @@ pub enum ConfigError {
     /// The instance name is not a valid id.
     #[error("instance: {}", .0.reason)]
     Instance(#[source] Invalid),
+    /// `--dead-letters-only` with a setting it cannot have.
+    #[error("--dead-letters-only: {0}")]
+    DeadLettersOnly(&'static str),
     /// The JetStream domain cannot be a subject token.
     #[error("jetstream_domain: {}", .0.reason)]
     JetStreamDomain(#[source] Invalid),

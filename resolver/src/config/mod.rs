@@ -139,7 +139,23 @@ impl Config {
             None => Settings::default(),
         };
         let s = args.settings.or(file);
-        let networks = networks::resolve(&s.network, s.networks, &read_file, env)?;
+        // A collector of dead letters serves no network; anything else serves at least one.
+        let networks = match networks::resolve(&s.network, s.networks, &read_file, env) {
+            Err(ConfigError::NoNetworks) if s.dead_letters_only => Vec::new(),
+            Ok(networks) if s.dead_letters_only && !networks.is_empty() => {
+                return Err(ConfigError::DeadLettersOnly(
+                    "it serves no network: drop --network and [networks.NAME]",
+                ))
+            }
+            resolved => resolved?,
+        };
+        if s.dead_letters_only
+            && (s.no_dead_letter_collector || s.dead_letter_collector == Some(false))
+        {
+            return Err(ConfigError::DeadLettersOnly(
+                "it is the dead-letter collector: drop --no-dead-letter-collector",
+            ));
+        }
         let mut config = Config::new(
             s.nats
                 .nats_url
@@ -289,11 +305,13 @@ impl Config {
         } else {
             "; dead letters collected elsewhere"
         };
+        let served = match networks.len() {
+            0 => "no network (dead letters only)".to_owned(),
+            1 => format!("1 network: {}", networks[0]),
+            n => format!("{n} networks: {}", networks.join(", ")),
+        };
         format!(
-            "{zone}{} network{}: {}; NATS {}{user}; stream {} ({}){collector}; {http}",
-            networks.len(),
-            if networks.len() == 1 { "" } else { "s" },
-            networks.join(", "),
+            "{zone}{served}; NATS {}{user}; stream {} ({}){collector}; {http}",
             self.nats_url,
             self.stream.name,
             if self.provision {

@@ -148,6 +148,11 @@ pub struct Settings {
     /// --no-dead-letter-collector).
     #[arg(skip)]
     pub dead_letter_collector: Option<bool>,
+    /// Serve no network and only collect dead letters: for the hub of a deployment whose
+    /// zones are all behind leaf nodes, where no resolver on the hub serves a network.
+    #[arg(long, env = "IMGFETCH_DEAD_LETTERS_ONLY")]
+    #[serde(default)]
+    pub dead_letters_only: bool,
     /// Largest image served at all [default: 1 GiB].
     #[arg(long, env = "IMGFETCH_MAX_IMAGE_BYTES")]
     pub max_image_bytes: Option<u64>,
@@ -216,6 +221,7 @@ impl Settings {
             no_dead_letter_collector: self.no_dead_letter_collector
                 || file.no_dead_letter_collector,
             dead_letter_collector: self.dead_letter_collector.or(file.dead_letter_collector),
+            dead_letters_only: self.dead_letters_only || file.dead_letters_only,
             max_image_bytes: self.max_image_bytes.or(file.max_image_bytes),
             max_inline_bytes: self.max_inline_bytes.or(file.max_inline_bytes),
             chunk_bytes: self.chunk_bytes.or(file.chunk_bytes),

@@ -132,6 +132,14 @@ fn bad_configs_are_one_clear_error() {
         ),
         (&["--network", "a=file:///x", "--zone", "a.b"], "zone: "),
         (
+            &["--network", "a=file:///x", "--dead-letters-only"],
+            "it serves no network",
+        ),
+        (
+            &["--dead-letters-only", "--no-dead-letter-collector"],
+            "it is the dead-letter collector",
+        ),
+        (
             &["--network", "a=file:///x", "--jetstream-domain", "hub.>"],
             "jetstream_domain: ",
         ),
@@ -580,4 +588,16 @@ fn a_leaf_zones_resolver_names_its_zone_and_the_hubs_domain() {
     )
     .unwrap();
     assert!(!flag.dead_letter_collector, "the flag wins");
+}
+
+#[test]
+fn a_dead_letter_collector_serves_no_network() {
+    let c = Config::resolve(args(&["--dead-letters-only"]), files(&[]), no_env).unwrap();
+    assert!(c.networks.is_empty());
+    assert!(c.dead_letter_collector);
+    assert!(
+        c.summary().starts_with("no network (dead letters only); "),
+        "{}",
+        c.summary()
+    );
 }
