@@ -5,6 +5,8 @@
 //! shows is whether a protocol keeps enough in flight to fill the bandwidth-delay product.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +19,10 @@ pub struct LatencyProxy {
     /// Where it listens, on 127.0.0.1.
     pub addr: SocketAddr,
     stop: CancellationToken,
+    /// Cancelled to close the connections of the current generation.
+    links: Arc<Mutex<CancellationToken>>,
+    /// While set, connections are accepted and closed at once: the link is down.
+    down: Arc<AtomicBool>,
 }
 
 impl LatencyProxy {
@@ -26,7 +32,9 @@ impl LatencyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let accepting = stop.clone();
+        let links = Arc::new(Mutex::new(stop.child_token()));
+        let down = Arc::new(AtomicBool::new(false));
+        let (accepting, current, refusing) = (stop.clone(), links.clone(), down.clone());
         tokio::spawn(async move {
             loop {
                 let inbound = tokio::select! {
@@ -36,7 +44,14 @@ impl LatencyProxy {
                         Err(_) => continue,
                     },
                 };
-                let stop = accepting.clone();
+                if refusing.load(Ordering::Acquire) {
+                    drop(inbound);
+                    continue;
+                }
+                let link = current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
@@ -46,19 +61,36 @@ impl LatencyProxy {
                     let (in_read, in_write) = inbound.into_split();
                     let (out_read, out_write) = outbound.into_split();
                     tokio::select! {
-                        _ = stop.cancelled() => {}
+                        _ = link.cancelled() => {}
                         _ = delayed(in_read, out_write, one_way) => {}
                         _ = delayed(out_read, in_write, one_way) => {}
                     }
                 });
             }
         });
-        Ok(LatencyProxy { addr, stop })
+        Ok(LatencyProxy {
+            addr,
+            stop,
+            links,
+            down,
+        })
     }
 
-    /// Closes every connection and stops listening, as a link cut.
+    /// Cuts the link: closes every connection, and every new one at once, until
+    /// [`restore`](Self::restore).
     pub fn cut(&self) {
-        self.stop.cancel();
+        self.down.store(true, Ordering::Release);
+        let mut links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        links.cancel();
+        *links = self.stop.child_token();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::Release);
     }
 }
 

@@ -46,11 +46,12 @@ impl NatsServer {
     }
 
     /// Starts a hub for leaf zones: JetStream in the domain `hub` (as `nats.conf` sets it), a
-    /// leafnode port, and the committed roles, the zones' users (`zone-<zone>`) among them.
+    /// leafnode port that is not advertised (a leaf keeps dialing the address it was given, a
+    /// proxy's included), and the committed roles, the zones' users (`zone-<zone>`) among them.
     pub fn start_hub() -> NatsServer {
         let leaf_port = crate::free_port();
         let extra = format!(
-            "server_name: hub\nmax_payload: 8MB\nleafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n}}\n{}",
+            "server_name: hub\nmax_payload: 8MB\nleafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n  no_advertise: true\n}}\n{}",
             roles_block()
         );
         NatsServer::start_jetstream(
@@ -65,7 +66,7 @@ impl NatsServer {
     pub fn start_open_hub() -> NatsServer {
         let leaf_port = crate::free_port();
         let extra = format!(
-            "server_name: hub\nmax_payload: 8MB\nleafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n}}\n{OPEN_ACCOUNT}"
+            "server_name: hub\nmax_payload: 8MB\nleafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n  no_advertise: true\n}}\n{OPEN_ACCOUNT}"
         );
         NatsServer::start_jetstream(
             &format!("  domain: {HUB_DOMAIN}\n"),
@@ -134,16 +135,19 @@ impl NatsServer {
         let leaf_port = hub
             .leaf_port
             .expect("start the hub with NatsServer::start_hub");
+        NatsServer::start_leaf_at(zone, ([127, 0, 0, 1], leaf_port).into())
+    }
+
+    /// [`start_leaf`](Self::start_leaf), dialing `hub_leafnodes` (a hub's leafnode port, or a
+    /// proxy in front of it).
+    pub fn start_leaf_at(zone: &str, hub_leafnodes: std::net::SocketAddr) -> NatsServer {
         let user = format!("zone-{zone}");
         let env = vec![
             ("IMGFETCH_LEAF_NAME".to_owned(), format!("leaf-{zone}")),
             ("IMGFETCH_LEAF_LISTEN".to_owned(), "127.0.0.1:-1".to_owned()),
             (
                 "IMGFETCH_HUB_LEAF_URL".to_owned(),
-                format!(
-                    "nats-leaf://{user}:{}@127.0.0.1:{leaf_port}",
-                    dev_password(&user)
-                ),
+                format!("nats-leaf://{user}:{}@{hub_leafnodes}", dev_password(&user)),
             ),
             (
                 "IMGFETCH_LEAF_RESOLVER_PASSWORD".to_owned(),

@@ -35,9 +35,11 @@ async fn create_r3_stream(js: &async_nats::jetstream::Context, network: &str) {
         replicas: 3,
         ..StreamSettings::default()
     };
+    // An attempt waits for JetStream's answer; on a loaded machine the election and one slow
+    // attempt took over 20 s.
     eventually(
         "the cluster to create an R3 stream",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             provision::ensure_network(
                 js,

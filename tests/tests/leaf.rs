@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use imgfetch_common::protocol::{self, gateway_request_subject, reply_subject, REQUEST_PREFIX};
+use imgfetch_tests::latency::LatencyProxy;
 use imgfetch_tests::nats::{NatsServer, HUB_DOMAIN};
 use imgfetch_tests::pipeline::{file_network, resolver_config, samples_dir, Gateway, Resolver};
 use imgfetch_tests::{init_logs, sample, within};
@@ -293,55 +294,11 @@ async fn a_cut_link_holds_the_zones_requests_in_the_hub_until_it_returns() {
 
     plant_leaf.kill();
     let cut = std::time::Instant::now();
-    let keys = ["line-3/weld-0001.jpg", "line-3/overview.png"];
-    let requests: Vec<_> = (0..8)
-        .map(|i| {
-            let key = keys[i % keys.len()];
-            let url = gateway.http(&format!("/v1/images/plant/{key}?id=cut-{i}"));
-            tokio::spawn(async move {
-                let response = reqwest::get(&url).await.expect("the gateway answers");
-                let status = response.status().as_u16();
-                let body = response.bytes().await.expect("body");
-                (key, status, body)
-            })
-        })
-        .collect();
-    // Held in the hub while the zone is away.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        requests.iter().all(|r| !r.is_finished()),
-        "a request ended while its zone was cut off"
-    );
+    let requests = requests_for_plant(&gateway);
+    held_while_cut(&requests).await;
     plant_leaf.restart();
     plant_leaf.wait_for_links(2);
-
-    let (mut ok, mut refused) = (0, 0);
-    for request in requests {
-        let (key, status, body) = within(
-            "an answer after the link returned",
-            Duration::from_secs(40),
-            request,
-        )
-        .await
-        .expect("request task");
-        match status {
-            200 => {
-                assert_eq!(body.as_ref(), sample(&format!("plant/{key}")).as_slice());
-                ok += 1;
-            }
-            503 => refused += 1,
-            other => panic!("a request for {key} ended {other}: lost, not served"),
-        }
-    }
-    eprintln!(
-        "link cut: accepted {}, ok {ok}, refused at once {refused}, lost 0, served again {:?} after the cut",
-        ok,
-        cut.elapsed()
-    );
-    assert_eq!(
-        ok, 8,
-        "every request made while the zone was known served waits and is served"
-    );
+    all_served(requests, cut).await;
 
     gateway.stop().await;
     plant.stop().await;
@@ -380,4 +337,95 @@ async fn a_zone_resolver_started_while_its_link_is_down_waits_for_the_hub() {
         .await
         .expect("resolver task")
         .expect("the resolver ran cleanly");
+}
+
+/// The join handle of one request for a sample of plant: its key, status and body.
+type PlantRequest = tokio::task::JoinHandle<(&'static str, u16, bytes::Bytes)>;
+
+/// Eight requests for plant's samples, each in a task of its own.
+fn requests_for_plant(gateway: &Gateway) -> Vec<PlantRequest> {
+    let keys = ["line-3/weld-0001.jpg", "line-3/overview.png"];
+    (0..8)
+        .map(|i| {
+            let key = keys[i % keys.len()];
+            let url = gateway.http(&format!("/v1/images/plant/{key}?id=cut-{i}"));
+            tokio::spawn(async move {
+                let response = reqwest::get(&url).await.expect("the gateway answers");
+                let status = response.status().as_u16();
+                let body = response.bytes().await.expect("body");
+                (key, status, body)
+            })
+        })
+        .collect()
+}
+
+/// After 1.5 s with the zone cut off, none of `requests` has ended: they wait in the hub.
+async fn held_while_cut(requests: &[PlantRequest]) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ended = requests.iter().filter(|r| r.is_finished()).count();
+    assert_eq!(
+        ended, 0,
+        "{ended} requests ended while their zone was cut off"
+    );
+}
+
+/// Every one of `requests` ends with its image once the link is back: none lost, none refused
+/// (each was made while the gateway still knew the zone as served).
+async fn all_served(requests: Vec<PlantRequest>, cut: std::time::Instant) {
+    let (mut ok, mut refused) = (0, 0);
+    for request in requests {
+        let (key, status, body) = within(
+            "an answer after the link returned",
+            Duration::from_secs(40),
+            request,
+        )
+        .await
+        .expect("request task");
+        match status {
+            200 => {
+                assert_eq!(body.as_ref(), sample(&format!("plant/{key}")).as_slice());
+                ok += 1;
+            }
+            503 => refused += 1,
+            other => panic!("a request for {key} ended {other}: lost, not served"),
+        }
+    }
+    eprintln!(
+        "link cut: accepted {ok}, ok {ok}, refused at once {refused}, lost 0, served again {:?} after the cut",
+        cut.elapsed()
+    );
+    assert_eq!(
+        ok, 8,
+        "every request made while the zone was known served waits and is served"
+    );
+}
+
+/// The link cut between the leaf and the hub (a proxy in between closes every connection and
+/// refuses new ones) with requests for the zone in flight, then restored: the leaf redials,
+/// and every request is served, none lost.
+#[tokio::test]
+async fn a_link_cut_between_leaf_and_hub_loses_nothing_when_restored() {
+    init_logs();
+    let hub = NatsServer::start_hub();
+    let leaf_port = hub.leaf_port().expect("a hub has a leafnode port");
+    let link = LatencyProxy::start(([127, 0, 0, 1], leaf_port).into(), Duration::ZERO)
+        .await
+        .expect("proxy");
+    let plant_leaf = NatsServer::start_leaf_at("plant", link.addr);
+    provision_on_hub(&hub).await;
+    let (hub_gateway, _) = hub.connect_as("gateway").await;
+    let plant = zone_resolver(&plant_leaf, &hub_gateway, "plant", None).await;
+    let gateway = gateway_on(&hub).await;
+    fetch(&gateway, "plant", "line-3/overview.png").await;
+
+    link.cut();
+    let cut = std::time::Instant::now();
+    let requests = requests_for_plant(&gateway);
+    held_while_cut(&requests).await;
+    link.restore();
+    plant_leaf.wait_for_links(2);
+    all_served(requests, cut).await;
+
+    gateway.stop().await;
+    plant.stop().await;
 }
