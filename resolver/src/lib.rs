@@ -158,6 +158,22 @@ async fn provision_network(
         })
 }
 
+/// The same for the dead-letter stream and its consumer.
+async fn provision_dead_letters(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    create: bool,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, RunError> {
+    let ensure = provision::ensure_dead_letters(js, &config.dead_letters, &config.stream, create);
+    tokio::time::timeout(worker::PROVISION_TIMEOUT, ensure)
+        .await
+        .map_err(|_| RunError::ProvisionTimeout {
+            network: "dead letters".to_owned(),
+            timeout: worker::PROVISION_TIMEOUT,
+        })?
+        .map_err(RunError::DeadLetters)
+}
+
 /// Runs a start-up step of a resolver behind a leaf node (`--jetstream-domain`) again every
 /// [`UNREACHABLE_RETRY`] while the hub's JetStream cannot be reached (the link down, or up but
 /// the hub's interest not yet across it), instead of exiting; `None` when `shutdown` came
@@ -204,22 +220,6 @@ where
 /// How often a resolver behind a leaf node tries its start-up steps again while the hub's
 /// JetStream cannot be reached.
 const UNREACHABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The same for the dead-letter stream and its consumer.
-async fn provision_dead_letters(
-    js: &async_nats::jetstream::Context,
-    config: &Config,
-    create: bool,
-) -> Result<async_nats::jetstream::consumer::PullConsumer, RunError> {
-    let ensure = provision::ensure_dead_letters(js, &config.dead_letters, &config.stream, create);
-    tokio::time::timeout(worker::PROVISION_TIMEOUT, ensure)
-        .await
-        .map_err(|_| RunError::ProvisionTimeout {
-            network: "dead letters".to_owned(),
-            timeout: worker::PROVISION_TIMEOUT,
-        })?
-        .map_err(RunError::DeadLetters)
-}
 
 /// Runs the resolver until `shutdown` fires, then lets in-flight requests finish within the
 /// grace period.

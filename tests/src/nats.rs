@@ -84,16 +84,7 @@ impl NatsServer {
             "server_name: leaf\nlisten: 127.0.0.1:-1\nmax_payload: 8MB\nleafnodes {{\n  remotes: [ {{ urls: [\"nats-leaf://open:open@{hub}\"], account: IMGFETCH }} ]\n}}\n{OPEN_ACCOUNT}\n"
         );
         std::fs::write(&conf, text).expect("write nats.conf");
-        let log = dir.path().join("nats-server.log");
-        let (child, port) = spawn(&conf, &log, &[]);
-        let leaf = NatsServer {
-            child,
-            port,
-            dir,
-            log,
-            env: Vec::new(),
-            leaf_port: None,
-        };
+        let leaf = NatsServer::launch(dir, Vec::new(), None);
         leaf.wait_for_links(1);
         leaf
     }
@@ -116,14 +107,24 @@ impl NatsServer {
             "listen: 127.0.0.1:-1\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1GB\n  max_memory_store: 64MB\n{jetstream_extra}}}\n{extra_config}\n"
         );
         std::fs::write(&conf, text).expect("write nats.conf");
+        NatsServer::launch(dir, Vec::new(), leaf_port)
+    }
+
+    /// Starts nats-server on the `nats.conf` written in `dir`, with `env` set.
+    fn launch(
+        dir: tempfile::TempDir,
+        env: Vec<(String, String)>,
+        leaf_port: Option<u16>,
+    ) -> NatsServer {
+        let conf = dir.path().join("nats.conf");
         let log = dir.path().join("nats-server.log");
-        let (child, port) = spawn(&conf, &log, &[]);
+        let (child, port) = spawn(&conf, &log, &env);
         NatsServer {
             child,
             port,
             dir,
             log,
-            env: Vec::new(),
+            env,
             leaf_port,
         }
     }
@@ -160,16 +161,7 @@ impl NatsServer {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/leaf/leaf.conf");
         std::fs::copy(&path, &conf)
             .unwrap_or_else(|e| panic!("cannot copy {}: {e}", path.display()));
-        let log = dir.path().join("nats-server.log");
-        let (child, port) = spawn(&conf, &log, &env);
-        let leaf = NatsServer {
-            child,
-            port,
-            dir,
-            log,
-            env,
-            leaf_port: None,
-        };
+        let leaf = NatsServer::launch(dir, env, None);
         leaf.wait_for_links(1);
         leaf
     }

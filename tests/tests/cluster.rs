@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use imgfetch_common::protocol::DEFAULT_STREAM;
 use imgfetch_common::provision::{self, ConsumerSettings, StreamSettings};
-use imgfetch_tests::nats::{wait_hub_jetstream, NatsCluster, NatsServer, HUB_DOMAIN};
+use imgfetch_tests::nats::{NatsCluster, NatsServer, HUB_DOMAIN};
 use imgfetch_tests::pipeline::{file_network, resolver_config, samples_dir, Gateway, Resolver};
 use imgfetch_tests::{eventually, init_logs};
 
@@ -123,7 +123,6 @@ async fn a_leaf_zone_loses_nothing_when_the_hubs_stream_leader_is_killed() {
     let admin = async_nats::connect(cluster.nodes[0].url()).await.unwrap();
     let js = async_nats::jetstream::new(admin.clone());
     create_r3_stream(&js, "plant").await;
-    wait_hub_jetstream(&leaf.url()).await;
     let mut config = resolver_config(
         &leaf.url(),
         vec![file_network("plant", samples_dir().join("plant"))],

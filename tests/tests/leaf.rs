@@ -285,12 +285,7 @@ async fn a_cut_link_holds_the_zones_requests_in_the_hub_until_it_returns() {
     init_logs();
     let hub = NatsServer::start_hub();
     let mut plant_leaf = NatsServer::start_leaf("plant", &hub);
-    provision_on_hub(&hub).await;
-    let (hub_gateway, _) = hub.connect_as("gateway").await;
-    let plant = zone_resolver(&plant_leaf, &hub_gateway, "plant", None).await;
-    let gateway = gateway_on(&hub).await;
-    // The gateway has just seen the zone served.
-    fetch(&gateway, "plant", "line-3/overview.png").await;
+    let (plant, gateway) = plant_served(&hub, &plant_leaf).await;
 
     plant_leaf.kill();
     let cut = std::time::Instant::now();
@@ -337,6 +332,17 @@ async fn a_zone_resolver_started_while_its_link_is_down_waits_for_the_hub() {
         .await
         .expect("resolver task")
         .expect("the resolver ran cleanly");
+}
+
+/// Zone plant served through `plant_leaf`: provisioned on the hub, its resolver, a gateway on
+/// the hub that has just fetched one of its images (so it knows the zone as served).
+async fn plant_served(hub: &NatsServer, plant_leaf: &NatsServer) -> (Resolver, Gateway) {
+    provision_on_hub(hub).await;
+    let (hub_gateway, _) = hub.connect_as("gateway").await;
+    let plant = zone_resolver(plant_leaf, &hub_gateway, "plant", None).await;
+    let gateway = gateway_on(hub).await;
+    fetch(&gateway, "plant", "line-3/overview.png").await;
+    (plant, gateway)
 }
 
 /// The join handle of one request for a sample of plant: its key, status and body.
@@ -412,11 +418,7 @@ async fn a_link_cut_between_leaf_and_hub_loses_nothing_when_restored() {
         .await
         .expect("proxy");
     let plant_leaf = NatsServer::start_leaf_at("plant", link.addr);
-    provision_on_hub(&hub).await;
-    let (hub_gateway, _) = hub.connect_as("gateway").await;
-    let plant = zone_resolver(&plant_leaf, &hub_gateway, "plant", None).await;
-    let gateway = gateway_on(&hub).await;
-    fetch(&gateway, "plant", "line-3/overview.png").await;
+    let (plant, gateway) = plant_served(&hub, &plant_leaf).await;
 
     link.cut();
     let cut = std::time::Instant::now();
