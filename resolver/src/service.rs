@@ -128,6 +128,12 @@ pub async fn serve(
         let network = Arc::new(network);
         endpoints.push(endpoint.map(move |request| (network.clone(), request)));
     }
+    if endpoints.is_empty() {
+        // A collector serving no network (`--dead-letters-only`): registered for discovery,
+        // with no stat endpoint whose end would mean a lost subscription.
+        shutdown.cancelled().await;
+        return Ok(());
+    }
     let answering = futures::stream::select_all(endpoints)
         .for_each_concurrent(CONCURRENT_STATS, |(network, request)| async move {
             answer(&network, request).await

@@ -344,7 +344,28 @@ async fn a_collector_that_serves_no_network_turns_an_exhausted_request_into_a_de
     let (taken, _stop) = stuck_resolver(&nats.url(), "remote", &stuck_settings()).await;
     let mut config = imgfetch_resolver::Config::new(nats.url(), Vec::new());
     config.dead_letter_collector = true;
+    let port = imgfetch_tests::free_port();
+    config.http_listen = Some(([127, 0, 0, 1], port).into());
     let collector = Resolver::start(config).await;
+    // Ready, and staying so: with no network there is no stat endpoint, which once made its
+    // service task end and restart without end, and kept /readyz false.
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut ready_since = None;
+    while ready_since.is_none_or(|t: tokio::time::Instant| t.elapsed() < Duration::from_secs(2)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the collector was not ready for 2 s in a row within 10 s: {:?}",
+            reqwest::get(&readyz).await.map(|r| r.status())
+        );
+        let ok = matches!(reqwest::get(&readyz).await, Ok(r) if r.status() == 200);
+        ready_since = if ok {
+            ready_since.or(Some(tokio::time::Instant::now()))
+        } else {
+            None
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let gateway = Gateway::start(&nats.url(), |_| {}).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
 
