@@ -2,7 +2,7 @@
 """Checks one rendering of the imgfetch Helm chart, or of the kustomize manifests in deploy/
 (called by scripts/check-deploy.sh).
 
-    check-deploy.py RENDERED.yaml --zones cams,dmz [--keda] [--nack] [--secure] [--creds]
+    check-deploy.py RENDERED.yaml --zones cams,dmz [--keda] [--nack] [--secure] [--creds] [--leaf Z]
         --resolver BIN --gateway BIN --nats-server BIN --work DIR
         [--reference nats.conf] [--nats-values deploy/nats-values.yaml]
     check-deploy.py KUSTOMIZED.yaml --kustomize --reference nats.conf
@@ -32,6 +32,10 @@ a schema cannot:
   chart's config reloader sees it, and can turn TLS on from a Secret;
 - each zone's resolver TOML and every gateway pod's environment through the binaries' own
   --check-config, with the paths moved into the temporary root.
+- leaf zones (--leaf): each zone's hub user limited to its own networks, its leaf node's
+  Service, its resolvers pointed at the leaf through the hub's JetStream domain; then live: a
+  hub nats-server with the rendered users and a TLS leafnode port, the rendered leaf node, the
+  hub side's --provision-only, and the hub side's collector and the zone's resolver until ready.
 
 Prints one line per finding; exits 1 on any.
 """
@@ -280,6 +284,23 @@ class StandIns:
             self._ca = open(crt).read()
         return self._ca
 
+    def server_cert(self):
+        """A server certificate for localhost and 127.0.0.1 signed by the stand-in CA: (cert,
+        key) paths."""
+        self.ca()
+        ca_key, ca_crt = os.path.join(self.work, "ca.key"), os.path.join(self.work, "ca.crt")
+        key, csr = os.path.join(self.work, "server.key"), os.path.join(self.work, "server.csr")
+        crt, ext = os.path.join(self.work, "server.crt"), os.path.join(self.work, "server.ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+                        "-CAcreateserial", "-out", crt, "-days", "1", "-extfile", ext],
+                       check=True, capture_output=True)
+        return crt, key
+
     @staticmethod
     def tokens():
         """A tokens file in the format of docs/SECURITY.md#authentication."""
@@ -456,6 +477,8 @@ class Pod:
         return "stand-in"
 
     def _run_init(self, c):
+        if c.get("args") == ["--provision-only"]:
+            return  # the hub side of the leaf zones: check_leaf_zones runs it
         env = {e["name"]: self.env_value(e) for e in c.get("env", [])}
         argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
                 for a in (c.get("command", []) + c.get("args", []))]
@@ -497,11 +520,36 @@ class Pod:
 # A live nats-server
 
 
-class NatsServer:
-    def __init__(self, binary, conf, log):
+class Process:
+    """A binary run until stop(), its output in `log`."""
+
+    def __init__(self, argv, env, log):
         self.log = log
         with open(log, "w") as out:
-            self.proc = subprocess.Popen([binary, "-c", conf], stdout=out, stderr=out)
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+
+    def wait_ready(self, url, seconds):
+        deadline = time.time() + seconds
+        while time.time() < deadline and self.proc.poll() is None:
+            if http_get(url)[0] == 200:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def tail(self):
+        return "".join(open(self.log).readlines()[-8:])
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class NatsServer(Process):
+    def __init__(self, binary, conf, log, env=None):
+        super().__init__([binary, "-c", conf], env, log)
         deadline = time.time() + 15
         self.port = None
         while time.time() < deadline and self.port is None:
@@ -515,13 +563,6 @@ class NatsServer:
         if self.port is None:
             self.stop()
             raise RuntimeError(f"nats-server did not start:\n{open(log).read()}")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 class Client:
@@ -604,6 +645,221 @@ def live_check(what, binary, accounts_conf, work, logins, gateways):
         server.stop()
     print(f"{what}: nats-server ran the users: {len(logins)} logins, each gateway pod limited "
           "to its own subjects, a wrong password refused")
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf zones
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url):
+    """The status of GET `url`, or None when nothing answers."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+    except OSError:
+        return None, ""
+
+
+def toml_value(text, key):
+    m = re.search(rf'^{key} = "?([^"\n]*)"?$', text, flags=re.M)
+    return m.group(1) if m else None
+
+
+def check_leaf_zones(args, leaf_zones, by_kind, rendered, stand_ins, users, networks, tomls,
+                     accounts_file, hub):
+    """Each leaf zone: its hub user limited to its own networks (and equal to nats.conf's user
+    of the same name), its leaf node's Service, its resolvers pointed at the leaf through the
+    hub's JetStream domain. Then live: a hub nats-server with the rendered users, JetStream
+    domain and a TLS leafnode port; each zone's leaf nats-server from its rendered Secret (the
+    hub's URL and CA as rendered, only the address moved to this machine); the hub side's
+    --provision-only making the consumers; and the hub side's collector and each zone's resolver
+    started from their rendered TOML until their /readyz says they serve."""
+    ref = conf_users(roles_block(args.reference)) if args.reference else {}
+    services = {d["metadata"]["name"]: d for d in by_kind.get("Service", [])}
+    leaves = {d["metadata"]["labels"]["imgfetch/zone"]: d for d in by_kind.get("Deployment", [])
+              if d["metadata"]["labels"].get("app.kubernetes.io/component") == "leaf"}
+    domain = None
+    for zone in leaf_zones:
+        user = f"zone-{zone}"
+        text = open(tomls[zone][0]).read() if zone in tomls else ""
+        domain = toml_value(text, "jetstream_domain")
+        if user not in users:
+            fail(f"leaf zone {zone}: no NATS user {user}")
+            continue
+        if user in ref and normalized(users[user]) != normalized(ref[user]):
+            fail(f"leaf zone {zone}: user {user}'s permissions differ from nats.conf's:\n  "
+                 f"{normalized(users[user])}\n  expected {normalized(ref[user])}")
+        publish, subscribe = users[user]["publish"], [p.split(" ")[0] for p in
+                                                     users[user]["subscribe"]]
+        for other, nets in networks.items():
+            for n in nets:
+                mine = other == zone
+                for patterns, subject in (
+                        (publish, f"$JS.{domain}.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-{n}"),
+                        (publish, f"imgfetch.reply.gw-0.{n}.token"),
+                        (subscribe, f"_INBOX_resolver.{other}.x"),
+                        (subscribe, f"imgfetch.flow.{other}.token")):
+                    allowed = any(subject_matches(p, subject) for p in patterns)
+                    if allowed != mine:
+                        fail(f"leaf zone {zone}: {user} {'may not' if mine else 'may'} use "
+                             f"{subject}")
+        if any(p.startswith(("$JS.API.", f"$JS.{domain}.API.STREAM.UPDATE",
+                             f"$JS.{domain}.API.CONSUMER.CREATE")) for p in publish):
+            fail(f"leaf zone {zone}: {user} may manage streams or consumers")
+        leaf = leaves.get(zone)
+        name = leaf["metadata"]["name"] if leaf else None
+        svc = services.get(name)
+        if not svc or [p["port"] for p in svc["spec"]["ports"]] != [4222] or \
+                any(leaf["spec"]["template"]["metadata"]["labels"].get(k) != v
+                    for k, v in svc["spec"]["selector"].items()):
+            fail(f"leaf zone {zone}: no Service {name} on 4222 selecting its leaf pods")
+        for key, want in (("nats_url", f"nats://{name}:4222"), ("zone", zone),
+                          ("provision", "false"), ("dead_letter_collector", "false")):
+            if toml_value(text, key) != want:
+                fail(f"leaf zone {zone}: resolver {key} = {toml_value(text, key)}, expected {want}")
+        if not domain:
+            fail(f"leaf zone {zone}: resolver has no jetstream_domain")
+    if not hub:
+        fail("leaf zones but no hub side")
+    if FAILURES or args.secure:
+        if args.secure:
+            print("leaf zones: the live run is left to the plain example (no client TLS here)")
+        return
+    print(f"leaf zones {', '.join(leaf_zones)}: users zone-<zone> limited to their own networks "
+          f"(and as nats.conf's), Services on 4222, resolvers through domain {domain}")
+
+    work = os.path.join(args.work, "leaf-live")
+    os.makedirs(work, exist_ok=True)
+    cert, key = stand_ins.server_cert()
+    leaf_port = free_port()
+    started = []
+    try:
+        hub_conf = os.path.join(os.path.dirname(accounts_file), "hub-live.conf")
+        with open(hub_conf, "w") as f:
+            f.write(f"listen: 127.0.0.1:-1\nserver_name: check-deploy-hub\n"
+                    f"max_payload: 8MB\n"
+                    f"jetstream {{ store_dir: {json.dumps(os.path.join(work, 'js'))}, "
+                    f"max_memory_store: 16MB, max_file_store: 1GB, domain: {domain} }}\n"
+                    f"leafnodes {{ listen: 127.0.0.1:{leaf_port}, no_advertise: true, "
+                    f"tls {{ cert_file: {json.dumps(cert)}, key_file: {json.dumps(key)} }} }}\n"
+                    f"include {json.dumps(os.path.basename(accounts_file))}\n")
+        hub_server = NatsServer(args.nats_server, hub_conf, os.path.join(work, "hub.log"))
+        started.append(hub_server)
+
+        # The hub side: --provision-only, then the collector.
+        spec = hub["spec"]["template"]["spec"]
+        pod = Pod("hub side", spec, f"{hub['metadata']['name']}-0",
+                  os.path.join(args.work, "pods", "resolver-hub"), rendered, stand_ins, {})
+        hub_http = free_port()
+
+        def hub_toml(container):
+            env = pod.env(container)
+            text = open(env["IMGFETCH_CONFIG"]).read()
+            text = re.sub(r'^nats_url = .*$', f'nats_url = "nats://127.0.0.1:{hub_server.port}"',
+                          text, flags=re.M)
+            text = re.sub(r'^(\w+_file|nats_creds) = "([^"]+)"$',
+                          lambda m: f'{m.group(1)} = "{pod.path(m.group(2))}"', text, flags=re.M)
+            text = re.sub(r'^http_listen = .*$', f'http_listen = "127.0.0.1:{hub_http}"', text,
+                          flags=re.M)
+            # One server here, where the chart's hub has three.
+            text = re.sub(r'^stream_replicas = .*$', 'stream_replicas = 1', text, flags=re.M)
+            path = os.path.join(work, container["name"] + ".toml")
+            with open(path, "w") as f:
+                f.write(text)
+            env["IMGFETCH_CONFIG"] = path
+            return env
+
+        for init in spec.get("initContainers", []):
+            env = hub_toml(init)
+            for attempt in range(10):
+                run = subprocess.run([args.resolver] + init["args"], env=env, capture_output=True,
+                                     text=True, timeout=60)
+                if run.returncode == 0 or attempt == 9:
+                    break
+                time.sleep(1)  # JetStream may still be starting
+            if run.returncode != 0:
+                fail(f"hub side: {init['name']} ({' '.join(init['args'])}) exit "
+                     f"{run.returncode}: {run.stderr.strip()[-400:]}")
+                return
+            print(f"hub side: {init['name']} ({' '.join(init['args'])}) made the leaf zones' "
+                  "consumers")
+        collector = Process([args.resolver], hub_toml(spec["containers"][0]),
+                            os.path.join(work, "collector.log"))
+        started.append(collector)
+        if not collector.wait_ready(f"http://127.0.0.1:{hub_http}/readyz", 30):
+            fail(f"hub side: the collector is not ready:\n{collector.tail()}")
+            return
+
+        for zone in leaf_zones:
+            leaf = leaves[zone]
+            name = leaf["metadata"]["name"]
+            lpod = Pod(f"zone {zone} leaf", leaf["spec"]["template"]["spec"], f"{name}-0",
+                       os.path.join(args.work, "pods", f"leaf-{zone}"), rendered, stand_ins, {})
+            c = leaf["spec"]["template"]["spec"]["containers"][0]
+            conf_path = c["command"][-1]
+            conf = lpod.read(conf_path)
+            client, monitor = free_port(), free_port()
+            conf = re.sub(r'(urls: \["[a-z-]+://[^@"]*@)[^"]+"',
+                          rf'\g<1>localhost:{leaf_port}"', conf)
+            conf = conf.replace('listen: "0.0.0.0:4222"', f'listen: "127.0.0.1:{client}"')
+            conf = conf.replace('http: "0.0.0.0:8222"', f'http: "127.0.0.1:{monitor}"')
+            for ca in re.findall(r'ca_file: "([^"]+)"', conf):
+                if not os.path.isfile(lpod.path(ca)):
+                    fail(f"zone {zone} leaf: ca_file {ca} is not in the pod")
+                conf = conf.replace(f'"{ca}"', json.dumps(lpod.path(ca)))
+            if "tls {" not in conf:
+                fail(f"zone {zone} leaf: no TLS to the hub (the example dials tls://)")
+            live = os.path.join(work, f"leaf-{zone}.conf")
+            with open(live, "w") as f:
+                f.write(conf)
+            leaf_server = NatsServer(args.nats_server, live, os.path.join(work, f"leaf-{zone}.log"),
+                                     env=lpod.env(c))
+            started.append(leaf_server)
+            deadline, linked = time.time() + 15, False
+            while time.time() < deadline and not linked:
+                status, body = http_get(f"http://127.0.0.1:{monitor}/leafz")
+                linked = status == 200 and json.loads(body).get("leafnodes", 0) >= 1
+                time.sleep(0.2)
+            if not linked:
+                fail(f"zone {zone} leaf: no link to the hub in 15 s:\n"
+                     f"{''.join(open(leaf_server.log).readlines()[-6:])}")
+                continue
+            print(f"zone {zone} leaf: linked to the hub over TLS as zone-{zone} (its /leafz)")
+
+            path, env = tomls[zone]
+            text = open(path).read()
+            store = os.path.join(work, f"store-{zone}")
+            os.makedirs(store, exist_ok=True)
+            zone_http = free_port()
+            text = re.sub(r'^nats_url = .*$', f'nats_url = "nats://127.0.0.1:{client}"', text,
+                          flags=re.M)
+            text = re.sub(r'^http_listen = .*$', f'http_listen = "127.0.0.1:{zone_http}"', text,
+                          flags=re.M)
+            text = re.sub(r'^url = "file://[^"]*"$', f'url = "file://{store}"', text, flags=re.M)
+            live_toml = os.path.join(work, f"resolver-{zone}.toml")
+            with open(live_toml, "w") as f:
+                f.write(text)
+            resolver = Process([args.resolver], dict(env, IMGFETCH_CONFIG=live_toml),
+                               os.path.join(work, f"resolver-{zone}.log"))
+            started.append(resolver)
+            if not resolver.wait_ready(f"http://127.0.0.1:{zone_http}/readyz", 30):
+                fail(f"zone {zone}: its resolver, behind the leaf node, is not ready:\n"
+                     f"{resolver.tail()}")
+                continue
+            print(f"zone {zone}: its resolver serves through the leaf node (/readyz 200)")
+    finally:
+        for process in reversed(started):
+            process.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,6 +1008,12 @@ def check_nats_values(path, accounts_secret):
         fail(f"{path}: {file} is outside /etc/, where the config reloader mounts volumes")
     if not need(values, "config.nats.tls.secretName"):
         fail(f"{path}: no config.nats.tls.secretName to turn TLS on with")
+    if need(values, "config.jetstream.merge.domain") != "hub" or \
+            need(values, "config.leafnodes.enabled") is not True or \
+            need(values, "config.leafnodes.merge.no_advertise") is not True or \
+            not need(values, "config.leafnodes.tls.secretName"):
+        fail(f"{path}: leaf zones need JetStream domain hub and a leafnodes port that advertises "
+             "nothing and can turn TLS on")
     for name in need(values, "container.env") or {}:
         if "PASSWORD" in name:
             fail(f"{path}: {name} in the server's environment")
@@ -772,11 +1034,22 @@ def check_chart(args, docs, by_kind, rendered):
     def zone_of(doc):
         return need(doc, "metadata.labels") and doc["metadata"]["labels"].get("imgfetch/zone")
 
-    # One resolver Deployment, PodDisruptionBudget and ConfigMap per zone, nothing else zoned.
+    def component(doc):
+        return (need(doc, "metadata.labels") or {}).get("app.kubernetes.io/component")
+
+    # One resolver Deployment, PodDisruptionBudget and ConfigMap per zone, nothing else zoned
+    # but the leaf zones' leaf nodes.
+    leaf_zones = args.leaf.split(",") if args.leaf else []
     for kind in ("Deployment", "PodDisruptionBudget", "ConfigMap"):
-        found = sorted(zone_of(d) for d in by_kind.get(kind, []) if zone_of(d))
+        found = sorted(zone_of(d) for d in by_kind.get(kind, [])
+                       if zone_of(d) and component(d) == "resolver")
         if found != sorted(zones):
             fail(f"{kind}s of zones {found}, expected one each of {sorted(zones)}")
+    leaves = sorted(zone_of(d) for d in by_kind.get("Deployment", []) if component(d) == "leaf")
+    if leaves != sorted(leaf_zones):
+        fail(f"leaf node Deployments of zones {leaves}, expected {sorted(leaf_zones)}")
+    resolver_deploys = [d for d in by_kind.get("Deployment", [])
+                        if zone_of(d) and component(d) == "resolver"]
 
     # Every container: probes, the restricted security context, no secret in a plain value.
     workloads = by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
@@ -799,14 +1072,21 @@ def check_chart(args, docs, by_kind, rendered):
                 if secretish and "value" in env:
                     fail(f"{name}: {env['name']} is a plain value")
         for c in pod["containers"]:
-            for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+            # nats-server's own health endpoint for the leaf nodes.
+            paths = ("/healthz", "/healthz") if component(w) == "leaf" else ("/livez", "/readyz")
+            for probe, path in zip(("livenessProbe", "readinessProbe"), paths):
                 if need(c, f"{probe}.httpGet.path") != path:
                     fail(f"{name}: {probe} is not on {path}")
 
     # The gateway: a StatefulSet that outlives its drain (preStop sleep + IMGFETCH_GRACE <
     # grace period), and whose replicas are each their own NATS identity.
     gateways = [d for d in by_kind.get("StatefulSet", []) if not zone_of(d)]
-    if [d for d in by_kind.get("Deployment", []) if not zone_of(d)] or len(gateways) != 1:
+    hub_side = [d for d in by_kind.get("Deployment", []) if component(d) == "resolver-hub"]
+    if len(hub_side) != (1 if leaf_zones else 0):
+        fail(f"{len(hub_side)} hub-side Deployments of the leaf zones, expected "
+             f"{1 if leaf_zones else 0}")
+    if [d for d in by_kind.get("Deployment", []) if not zone_of(d) and d not in hub_side] \
+            or len(gateways) != 1:
         fail(f"expected the gateway as one StatefulSet, found {len(gateways)}")
         return
     sts = gateways[0]
@@ -858,14 +1138,17 @@ def check_chart(args, docs, by_kind, rendered):
     # Each zone's TOML, as its pods read it, through the resolver's own check.
     networks = {}
     resolver_login = None
-    for deploy in by_kind.get("Deployment", []):
+    tomls = {}
+    for deploy in resolver_deploys:
         zone = zone_of(deploy)
-        cm = [d for d in by_kind.get("ConfigMap", []) if zone_of(d) == zone][0]
+        cm = [d for d in by_kind.get("ConfigMap", [])
+              if zone_of(d) == zone and component(d) == "resolver"][0]
         text = cm["data"]["resolver.toml"]
         networks[zone] = re.findall(r"^\[networks\.([^\]]+)\]$", text, flags=re.M)
         if args.nack and "provision = false" not in text:
             fail(f"zone {zone}: NACK on but the resolvers provision")
-        if args.secure and not re.search(r"^nats_tls_ca = ", text, flags=re.M):
+        if args.secure and zone not in leaf_zones and \
+                not re.search(r"^nats_tls_ca = ", text, flags=re.M):
             fail(f"zone {zone}: no nats_tls_ca")
         pod = Pod(f"zone {zone}", deploy["spec"]["template"]["spec"],
                   f"{deploy['metadata']['name']}-0",
@@ -888,13 +1171,15 @@ def check_chart(args, docs, by_kind, rendered):
         with open(path, "w") as f:
             f.write(toml)
         env["IMGFETCH_CONFIG"] = path
+        tomls[zone] = (path, env)
         code, line = run_check([args.resolver, "--check-config"], env=env)
         print(f"zone {zone}: resolver --check-config: {line}")
         if code != 0:
             fail(f"zone {zone}: resolver --check-config exit {code}")
         user = re.search(r'^nats_user = "([^"]+)"$', text, flags=re.M)
         password = re.search(r'^nats_password_file = "([^"]+)"$', text, flags=re.M)
-        if mode == "password" and user and password and os.path.isfile(pod.path(password.group(1))):
+        if mode == "password" and zone not in leaf_zones and user and password and \
+                os.path.isfile(pod.path(password.group(1))):
             resolver_login = (user.group(1), pod.read(password.group(1)).rstrip("\n"))
     all_networks = sorted(n for ns in networks.values() for n in ns)
 
@@ -916,12 +1201,17 @@ def check_chart(args, docs, by_kind, rendered):
             f.write(secret_data(accounts[0])["accounts.conf"])
         live_check("NATS users", args.nats_server, accounts_file, os.path.dirname(conf),
                    logins, pods)
+        if leaf_zones:
+            check_leaf_zones(args, leaf_zones, by_kind, rendered, stand_ins, users, networks,
+                             tomls, accounts_file, hub_side[0] if hub_side else None)
+    elif leaf_zones:
+        print("leaf zones in creds mode: the live link is checked in password mode only")
 
     for doc in custom:
         check_custom(doc, all_networks)
     scaled = {need(d, "spec.scaleTargetRef.name"): d for d in by_kind.get("ScaledObject", [])}
     if args.keda:
-        for deploy in by_kind.get("Deployment", []):
+        for deploy in resolver_deploys:
             zone = zone_of(deploy)
             so = scaled.get(deploy["metadata"]["name"])
             if not so:
@@ -1035,6 +1325,7 @@ def main():
     parser.add_argument("--work", required=True)
     parser.add_argument("--reference", help="nats.conf, whose roles the users must have")
     parser.add_argument("--nats-values", help="deploy/nats-values.yaml")
+    parser.add_argument("--leaf", help="the zones that are leaf zones (comma-separated)")
     args = parser.parse_args()
 
     docs = [d for d in yaml.safe_load_all(open(args.rendered)) if d]

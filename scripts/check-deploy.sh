@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the Helm chart offline: helm lint and helm template with the default values, with
 # deploy/helm/values-two-zones.yaml, and with deploy/helm/values-secure.yaml (every security
-# setting on) both with passwords and with creds files; every rendered built-in object against
+# setting on) both with passwords and with creds files, and with deploy/helm/values-leaf-zone.yaml
+# (one direct zone, one leaf zone, whose leaf node, hub side and resolver are started for real);
+# every rendered built-in object against
 # the Kubernetes schemas (kubernetes-validate --strict), the custom kinds (KEDA, NACK) and the
 # facts in scripts/check-deploy.py: the gateway replicas' NATS identities, the NATS users against
 # nats.conf's roles and on a live nats-server, deploy/nats-values.yaml, and each zone's resolver
@@ -115,6 +117,7 @@ check two-zones "-f deploy/helm/values-two-zones.yaml" cams,dmz --keda --nack
 check secure "-f deploy/helm/values-secure.yaml" harbor --secure
 check secure-creds "-f deploy/helm/values-secure.yaml --set nats.auth.mode=creds" harbor \
   --secure --creds
+check leaf-zone "-f deploy/helm/values-leaf-zone.yaml" harbor,plant --leaf plant
 
 # The plain kustomize manifests stay valid too, and their NATS users fit their gateways.
 echo "== kustomize deploy/"

@@ -202,6 +202,37 @@ subscribe:
   allow:
     - "me.>"
     - "_INBOX.>"
+{{- else if eq .role "zone" -}}
+{{- /* A leaf zone's user on the hub: (dict "root" $ "role" "zone" "zone" ZONE), as nats.conf's
+       zone-<zone> users. allow_responses and queue groups do not cross a leaf link, hence the
+       requesters' inboxes and the ping and stat subjects without a queue group. */ -}}
+{{- $api := printf "$JS.%s.API" .root.Values.nats.jetstreamDomain -}}
+publish:
+  allow:
+    - "{{ $api }}.STREAM.INFO.{{ $s }}"
+    {{- range $net := .zone.networks }}
+    - "{{ $api }}.CONSUMER.INFO.{{ $s }}.imgfetch-{{ $net.name }}"
+    - "{{ $api }}.CONSUMER.MSG.NEXT.{{ $s }}.imgfetch-{{ $net.name }}"
+    - "$JS.ACK.{{ $s }}.imgfetch-{{ $net.name }}.>"
+    - "imgfetch.dlq.{{ $net.name }}"
+    - "imgfetch.reply.*.{{ $net.name }}.>"
+    {{- end }}
+    - "me.>"
+    - "_INBOX.>"
+    - "_INBOX_gateway.>"
+subscribe:
+  allow:
+    - "_INBOX_resolver.{{ .zone.name }}.>"
+    - "imgfetch.flow.{{ .zone.name }}.>"
+    {{- range $net := .zone.networks }}
+    - "imgfetch.ping.{{ $net.name }}"
+    - "imgfetch.stat.{{ $net.name }}"
+    {{- end }}
+    - "$SRV.PING"
+    - "$SRV.INFO"
+    - "$SRV.STATS"
+    - "$SRV.*.imgfetch-resolver"
+    - "$SRV.*.imgfetch-resolver.*"
 {{- else -}}
 {{- fail (printf "no NATS role %q" .role) -}}
 {{- end -}}
@@ -299,28 +330,49 @@ subscribe:
 {{- . | lower | replace "_" "-" -}}
 {{- end -}}
 
+{{/* The resolver TOML's connection to the hub as the resolver role, and the streams. */}}
+{{- define "imgfetch.resolverNats" -}}
+nats_url = {{ .Values.nats.url | toJson }}
+{{- if eq .Values.nats.auth.mode "creds" }}
+# NATS role `resolver`: the user JWT and nkey seed of a .creds file from its Secret.
+nats_creds = "{{ include "imgfetch.natsPasswordDir" . }}/nats.creds"
+{{- else }}
+# NATS role `resolver`; the password is a file from its Secret.
+nats_user = {{ .Values.nats.auth.resolver.user | toJson }}
+nats_password_file = "{{ include "imgfetch.natsPasswordDir" . }}/password"
+{{- end }}
+{{- if .Values.nats.tls.enabled }}
+# TLS, trusting the CA of the NATS server's certificate.
+nats_tls_ca = "{{ include "imgfetch.natsCaFile" . }}"
+{{- end }}
+{{- end -}}
+
 {{/* The resolver TOML of one zone: (dict "root" $ "zone" ZONE). Everything but the instance
      name (the pod's) is here, so that --check-config on this file checks what the pods run. */}}
 {{- define "imgfetch.resolverToml" -}}
 {{- $root := .root -}}
 {{- $r := $root.Values.resolver -}}
-nats_url = {{ $root.Values.nats.url | toJson }}
-{{- if eq $root.Values.nats.auth.mode "creds" }}
-# NATS role `resolver`: the user JWT and nkey seed of a .creds file from its Secret.
-nats_creds = "{{ include "imgfetch.natsPasswordDir" $root }}/nats.creds"
-{{- else }}
-# NATS role `resolver`; the password is a file from its Secret.
-nats_user = {{ $root.Values.nats.auth.resolver.user | toJson }}
+{{- if .zone.leaf }}
+# A leaf zone: the zone's own leaf nats-server, as its local user `resolver`, whose password is
+# the zone's own (not the hub's); the hub's stream through its JetStream domain. The hub side
+# (<release>-resolver-hub) makes this zone's consumers and collects its dead letters.
+nats_url = "nats://{{ include "imgfetch.leafName" (dict "root" $root "zone" .zone) }}:4222"
+nats_user = "resolver"
 nats_password_file = "{{ include "imgfetch.natsPasswordDir" $root }}/password"
+jetstream_domain = {{ $root.Values.nats.jetstreamDomain | toJson }}
+zone = {{ .zone.name | toJson }}
+provision = false
+dead_letter_collector = false
+{{- with .zone.leaf.pullAhead }}
+pull_ahead = {{ int . }}
 {{- end }}
-{{- if $root.Values.nats.tls.enabled }}
-# TLS, trusting the CA of the NATS server's certificate.
-nats_tls_ca = "{{ include "imgfetch.natsCaFile" $root }}"
+{{- else }}
+{{ include "imgfetch.resolverNats" $root }}
 {{- end }}
 stream = {{ $root.Values.nats.stream | toJson }}
 dlq_stream = {{ $root.Values.nats.deadLetterStream | toJson }}
 stream_replicas = {{ int $root.Values.nats.streamReplicas }}
-{{- if $root.Values.nack.enabled }}
+{{- if and $root.Values.nack.enabled (not .zone.leaf) }}
 # NACK owns the streams and consumers: only verify them.
 provision = false
 {{- end }}
@@ -329,7 +381,7 @@ http_listen = "0.0.0.0:{{ int $r.adminPort }}"
 log_format = "json"
 grace = {{ include "imgfetch.duration" (list $r "grace" "graceSeconds" "resolver") | toJson }}
 {{- range $key, $value := $r.extraConfig }}
-{{- if has $key (list "nats_url" "nats_user" "nats_password_file" "nats_creds" "nats_tls_ca" "stream" "dlq_stream" "stream_replicas" "provision" "concurrency" "http_listen" "log_format" "grace" "networks") }}
+{{- if has $key (list "nats_url" "nats_user" "nats_password_file" "nats_creds" "nats_tls_ca" "stream" "dlq_stream" "stream_replicas" "provision" "concurrency" "http_listen" "log_format" "grace" "networks" "jetstream_domain" "zone" "dead_letter_collector" "dead_letters_only" "pull_ahead") }}
 {{- fail (printf "resolver.extraConfig.%s: the chart sets %s itself; use its own value (docs/DEPLOY.md)" $key $key) }}
 {{- end }}
 {{ $key }} = {{ $value | toJson }}
@@ -399,4 +451,63 @@ virtual_hosted_style = true
 {{/* Whole seconds of a duration, rounded up: (list VALUE "key.path"). */}}
 {{- define "imgfetch.durationSeconds" -}}
 {{- div (add (include "imgfetch.durationMs" .) 999) 1000 -}}
+{{- end -}}
+
+{{/* The leaf nats-server of a leaf zone (Deployment, Service and Secret): (dict "root" $ "zone" ZONE). */}}
+{{- define "imgfetch.leafName" -}}
+{{ include "imgfetch.fullname" .root }}-leaf-{{ .zone.name }}
+{{- end -}}
+
+{{/* The leaf zones, as a JSON list of zones. */}}
+{{- define "imgfetch.leafZones" -}}
+{{- $out := list -}}
+{{- range $zone := .Values.zones -}}
+{{- if $zone.leaf -}}
+{{- $out = append $out $zone -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The hub side of the leaf zones: (dict "root" $ "provision" BOOL). With provision, the TOML
+     of `imgfetch-resolver --provision-only`, which makes the leaf zones' consumers (it opens no
+     store: each network's url is only checked); without, that of the dead-letter collector
+     serving no network. */}}
+{{- define "imgfetch.hubToml" -}}
+{{- $root := .root -}}
+{{ include "imgfetch.resolverNats" $root }}
+stream = {{ $root.Values.nats.stream | toJson }}
+dlq_stream = {{ $root.Values.nats.deadLetterStream | toJson }}
+stream_replicas = {{ int $root.Values.nats.streamReplicas }}
+http_listen = "0.0.0.0:{{ int $root.Values.resolver.adminPort }}"
+log_format = "json"
+{{- if .provision }}
+{{- range $zone := include "imgfetch.leafZones" $root | fromJsonArray }}
+{{- range $net := $zone.networks }}
+
+# zone {{ $zone.name }}, behind its leaf node
+[networks.{{ $net.name }}]
+url = {{ $net.store.url | toJson }}
+{{- end }}
+{{- end }}
+{{- else }}
+dead_letters_only = true
+grace = {{ include "imgfetch.duration" (list $root.Values.resolver "grace" "graceSeconds" "resolver") | toJson }}
+{{- end }}
+{{- end -}}
+
+{{/* The volume mounts of the hub side of the leaf zones (leaf.yaml): its NATS credentials,
+     the NATS CA, the two TOML files. */}}
+{{- define "imgfetch.hubMounts" -}}
+- name: nats-credentials
+  mountPath: {{ include "imgfetch.natsPasswordDir" . }}
+  readOnly: true
+- name: config
+  mountPath: /etc/imgfetch
+  readOnly: true
+{{- if .Values.nats.tls.enabled }}
+- name: nats-ca
+  mountPath: {{ include "imgfetch.natsCaDir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
