@@ -46,6 +46,9 @@ pub mod defaults {
     /// Bytes of a streamed image the gateway lets a resolver send ahead of the client (its
     /// credit window); chosen by measurement, see `docs/PROTOCOL.md`.
     pub const STREAM_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+    /// The most a stream's window grows to when it is sized to a slow link (its
+    /// bandwidth-delay product).
+    pub const MAX_STREAM_WINDOW_BYTES: u64 = 64 * 1024 * 1024;
     /// Bytes all streamed images together may have granted and not yet handed out.
     pub const MAX_STREAM_BUFFER_BYTES: u64 = 256 * 1024 * 1024;
     /// How long a stream may go without a chunk, while it has credit, before it is failed.
@@ -158,9 +161,15 @@ pub struct Settings {
     /// Log format [default: text].
     #[arg(long, env = "IMGFETCH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Bytes of a streamed image a resolver may send ahead of the client [default: 4194304].
+    /// Bytes of a streamed image a resolver may send ahead of the client, at first; a stream
+    /// whose client waits on a grant crossing a slow link gets a window sized to the link
+    /// [default: 4194304].
     #[arg(long, env = "IMGFETCH_STREAM_WINDOW_BYTES")]
     pub stream_window_bytes: Option<u64>,
+    /// The most a stream's window grows to over a slow link (at least --stream-window-bytes)
+    /// [default: 67108864].
+    #[arg(long, env = "IMGFETCH_MAX_STREAM_WINDOW_BYTES")]
+    pub max_stream_window_bytes: Option<u64>,
     /// Bytes of streamed images all clients together may have buffered in this gateway (granted
     /// by credit, not yet read); a stream that finds it full waits, then fails `unavailable`
     /// [default: 268435456].
@@ -238,6 +247,9 @@ impl Settings {
             grace: self.grace.or(file.grace),
             log_format: self.log_format.or(file.log_format),
             stream_window_bytes: self.stream_window_bytes.or(file.stream_window_bytes),
+            max_stream_window_bytes: self
+                .max_stream_window_bytes
+                .or(file.max_stream_window_bytes),
             max_stream_buffer_bytes: self
                 .max_stream_buffer_bytes
                 .or(file.max_stream_buffer_bytes),
@@ -324,6 +336,7 @@ impl Config {
             grace: defaults::GRACE,
             streams: crate::image::transfer::TransferSettings {
                 window_bytes: defaults::STREAM_WINDOW_BYTES,
+                max_window_bytes: defaults::MAX_STREAM_WINDOW_BYTES,
                 max_buffer_bytes: defaults::MAX_STREAM_BUFFER_BYTES,
                 chunk_timeout: defaults::CHUNK_TIMEOUT,
             },
@@ -389,6 +402,12 @@ impl Config {
             s.stream_window_bytes,
             config.streams.window_bytes,
         )?;
+        config.streams.max_window_bytes = positive(
+            "max_stream_window_bytes",
+            s.max_stream_window_bytes,
+            config.streams.max_window_bytes,
+        )?
+        .max(config.streams.window_bytes);
         config.streams.max_buffer_bytes = positive(
             "max_stream_buffer_bytes",
             s.max_stream_buffer_bytes,

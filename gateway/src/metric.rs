@@ -41,6 +41,9 @@ pub const SLOW_CLIENTS_TOTAL: &str = "imgfetch_gateway_slow_clients_total";
 /// A counter: streams that found `--max-stream-buffer-bytes` spent for a whole `--chunk-timeout`
 /// and failed `unavailable` (SECURITY.md).
 pub const STREAM_BUFFER_FULL_TOTAL: &str = "imgfetch_gateway_stream_buffer_full_total";
+/// Counter: times a stream's credit window grew because its client waited on a grant crossing a
+/// slow link (sized to the link, up to `--max-stream-window-bytes`).
+pub const STREAM_WINDOWS_GROWN_TOTAL: &str = "imgfetch_gateway_stream_windows_grown_total";
 /// A counter: bytes of streamed images received.
 pub const STREAM_BYTES_TOTAL: &str = "imgfetch_gateway_stream_bytes_total";
 /// A gauge: streamed images being received.

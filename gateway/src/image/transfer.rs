@@ -5,6 +5,11 @@
 //!   [`next`](Transfer::next) grants a window of chunks, and each time half of it is used up
 //!   the window is topped up. A slow client therefore slows the resolver down, and the gateway
 //!   holds at most one window of the image (plus what NATS has in flight).
+//! - **Window.** When the client has read every chunk of the earlier grants and waits for the
+//!   first of a grant still on its way, half a window did not cover the link's round trip. The
+//!   window is then sized from that grant's round trip and the client's reading time, up to
+//!   its maximum, so that over a slow link it grows to the link's bandwidth-delay product; on
+//!   a fast one it stays about as set.
 //! - **Checks.** Chunks must come in order, with no gap and no byte beyond the announced size;
 //!   the SHA-256 on the end message must match what arrived. Until it does, the last chunk is
 //!   held back, so a client never receives the whole image unless it is verified: a damaged
@@ -14,7 +19,7 @@
 //! - **Leaving.** A transfer dropped before its end (the client left) tells the resolver to
 //!   stop, and aborts the archive copy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
@@ -25,6 +30,7 @@ use imgfetch_common::digest::Hasher;
 use imgfetch_common::message::{Chunked, Flow, ReplyHead};
 use imgfetch_common::protocol::{self, header, ErrorCode};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 
 use crate::archive::ArchiveSink;
 use crate::failure::Failure;
@@ -37,14 +43,40 @@ const CREDIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How streamed images are received.
 #[derive(Clone, Copy, Debug)]
 pub struct TransferSettings {
-    /// Bytes a resolver may send ahead of the client.
+    /// Bytes a resolver may send ahead of the client, at first.
     pub window_bytes: u64,
+    /// The most the window grows to when the resolver keeps running out of credit.
+    pub max_window_bytes: u64,
     /// Longest wait for a chunk while credit is out.
     pub chunk_timeout: Duration,
     /// Bytes all streams together may have granted and not yet handed to their clients: the
     /// most this gateway buffers for streamed images, however many clients read slowly.
     pub max_buffer_bytes: u64,
 }
+
+/// A grant of credit on its way to the resolver.
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    /// The credit before it.
+    before: u64,
+    /// The credit it gives.
+    limit: u64,
+    /// When it was sent.
+    sent: Instant,
+}
+
+/// How much longer than the client's reading of half a window a grant's round trip must be
+/// for the window to be sized to it: a stall of a quarter of that reading time or more.
+const STALL_RATIO: f64 = 1.25;
+
+/// The shortest stall the window is sized from: a resolver producing chunks in bursts (on a
+/// busy machine) makes the client wait a few milliseconds now and then, while the links a
+/// larger window helps (where 4 MiB per round trip is too little) have round trips of 10 ms
+/// and more.
+const MIN_STALL: Duration = Duration::from_millis(10);
+
+/// The most chunks a window holds, whatever the settings.
+const MAX_WINDOW_CHUNKS: u64 = 4096;
 
 /// The unit of the buffer budget's permits (a semaphore takes at most `u32::MAX` at once).
 const BUDGET_UNIT: u64 = 1024;
@@ -225,6 +257,16 @@ pub struct Transfer {
     streams: Transfers,
     started: Arc<AtomicBool>,
     window: u64,
+    /// The most `window` grows to, in chunks.
+    max_window: u64,
+    /// Grants not yet known to have reached the resolver, oldest first. A chunk past the
+    /// credit before a grant shows that it arrived.
+    in_flight: VecDeque<Grant>,
+    /// The credit the resolver is known to have had.
+    confirmed: u64,
+    /// Since when the client has waited for the first chunk of a grant still on its way,
+    /// having read everything before it.
+    stalled_since: Option<Instant>,
     chunk_timeout: Duration,
     granted: u64,
     /// Granted chunks whose share of the buffer budget is held: given back as each chunk goes
@@ -249,8 +291,11 @@ impl Transfer {
         settings: TransferSettings,
         archive: Option<ArchiveSink>,
     ) -> Transfer {
-        let window = (settings.window_bytes / head.chunk_size.max(1)).clamp(2, 1024);
-        let (tx, rx) = mpsc::channel(window as usize + 2);
+        let chunks_of = |bytes: u64| (bytes / head.chunk_size.max(1)).clamp(2, MAX_WINDOW_CHUNKS);
+        let window = chunks_of(settings.window_bytes);
+        let max_window = chunks_of(settings.max_window_bytes).max(window);
+        // Room for the largest window (a channel takes memory as it fills, not up front).
+        let (tx, rx) = mpsc::channel(max_window as usize + 2);
         let started = Arc::new(AtomicBool::new(false));
         streams
             .inner
@@ -272,6 +317,10 @@ impl Transfer {
             streams: streams.clone(),
             started,
             window,
+            max_window,
+            in_flight: VecDeque::new(),
+            confirmed: 0,
+            stalled_since: None,
             chunk_timeout: settings.chunk_timeout,
             granted: 0,
             reserved: 0,
@@ -310,6 +359,7 @@ impl Transfer {
             if let Err(failure) = self.top_up().await {
                 return Some(self.fail(failure));
             }
+            self.note_wait();
             let part = match tokio::time::timeout(self.chunk_timeout, self.rx.recv()).await {
                 Ok(Some(part)) => part,
                 Ok(None) => {
@@ -340,6 +390,7 @@ impl Transfer {
                         )));
                     }
                     self.received = seq;
+                    self.arrived(seq);
                     self.bytes += bytes.len() as u64;
                     let expected = if seq < self.head.chunks {
                         seq * self.head.chunk_size
@@ -413,6 +464,7 @@ impl Transfer {
         if self.granted >= self.head.chunks || outstanding > self.window / 2 {
             return Ok(());
         }
+
         let target = (self.received + self.window).min(self.head.chunks);
         let per = self.units_per_chunk();
         let mut want = target - self.granted;
@@ -454,6 +506,16 @@ impl Transfer {
         }
         self.reserved += got;
         let credit = self.granted + got;
+        if self.granted == 0 {
+            // Nothing can flow before the first grant: it is taken as arrived.
+            self.confirmed = credit;
+        } else {
+            self.in_flight.push_back(Grant {
+                before: self.granted,
+                limit: credit,
+                sent: Instant::now(),
+            });
+        }
         let headers = Flow::Credit(credit).to_headers();
         // A lost grant shows as a stall and ends in a timeout; nothing else to do here.
         let send = self
@@ -466,6 +528,70 @@ impl Transfer {
         }
         self.granted = credit;
         Ok(())
+    }
+
+    /// Notes that chunk `seq` came: every grant given before it was sent has reached the
+    /// resolver. If the client waited for it, the window is sized to the link (see
+    /// [`size_window`](Self::size_window)).
+    fn arrived(&mut self, seq: u64) {
+        while let Some(grant) = self.in_flight.front() {
+            if seq <= grant.before {
+                break;
+            }
+            let grant = *grant;
+            self.in_flight.pop_front();
+            self.confirmed = grant.limit;
+            if let Some(stalled) = self.stalled_since.take() {
+                self.size_window(grant, stalled);
+            }
+        }
+    }
+
+    /// Notes, before the client waits for a chunk, whether it waits on a grant still on its
+    /// way (every chunk of the earlier grants read, nothing queued).
+    fn note_wait(&mut self) {
+        if self.stalled_since.is_none()
+            && self.received == self.confirmed
+            && !self.in_flight.is_empty()
+            && self.rx.is_empty()
+        {
+            self.stalled_since = Some(Instant::now());
+        }
+    }
+
+    /// Sizes the window to the link after the client stalled on `grant`. The grant went out
+    /// with half a window (or less) still to come; the client read that in `stalled - sent`,
+    /// while the grant took `now - sent` to bear its first chunk: the link's round trip at the
+    /// rate the client reads. Half a window must cover that round trip, so the window becomes
+    /// its old size times their ratio (up to the maximum), and only grows. On a fast link a
+    /// stall is rare and short and barely moves it; over a slow one the first stall sizes it
+    /// to the bandwidth-delay product. It grows only while the buffer budget has room for two
+    /// such windows, so that growing never starves other streams of credit.
+    fn size_window(&mut self, grant: Grant, stalled: Instant) {
+        let reading = stalled.saturating_duration_since(grant.sent).as_secs_f64();
+        let round_trip = grant.sent.elapsed().as_secs_f64();
+        if round_trip < reading * STALL_RATIO || stalled.elapsed() < MIN_STALL {
+            // A short wait: a resolver that sends no faster than the client reads, or in
+            // bursts, has the client wait a chunk's time or so at a grant: not the link.
+            return;
+        }
+        let wanted = if reading > 0.0 {
+            (self.window as f64 * round_trip / reading).ceil()
+        } else {
+            f64::INFINITY
+        };
+        let sized = (wanted.min(self.max_window as f64) as u64).max(self.window);
+        let room = self.streams.budget.available_permits() as u64 * BUDGET_UNIT;
+        if sized > self.window && room >= 2 * sized * self.head.chunk_size {
+            self.window = sized;
+            metrics::counter!(metric::STREAM_WINDOWS_GROWN_TOTAL).increment(1);
+            tracing::debug!(
+                id = self.head.id,
+                window = self.window,
+                round_trip_ms = round_trip * 1e3,
+                "stream window sized to the link"
+            );
+        }
     }
 
     /// Budget units one chunk takes.
@@ -543,6 +669,16 @@ mod tests {
 
     const CHUNK: u64 = 256 * 1024;
 
+    /// A client that never connects: credit is published into its buffer, and no server is
+    /// needed for that.
+    async fn unconnected() -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .unwrap()
+    }
+
     fn head(flow: &str) -> Head {
         Head {
             id: flow.to_owned(),
@@ -558,14 +694,10 @@ mod tests {
     /// once the first chunk goes to its client the budget is back.
     #[tokio::test]
     async fn a_full_buffer_budget_is_unavailable_not_a_hang_and_comes_back() {
-        // Credit is published into the client's buffer; no server is needed for that.
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect("127.0.0.1:1")
-            .await
-            .unwrap();
+        let client = unconnected().await;
         let settings = TransferSettings {
             window_bytes: 4 * CHUNK,
+            max_window_bytes: 4 * CHUNK,
             chunk_timeout: Duration::from_millis(300),
             max_buffer_bytes: CHUNK,
         };
@@ -630,5 +762,110 @@ mod tests {
         assert_eq!(streams.budget.available_permits(), full);
         drop(a);
         assert_eq!(streams.budget.available_permits(), full);
+    }
+
+    /// A stream of `chunks` chunks with a window of 4 chunks that may grow to `max_chunks`,
+    /// with room in the budget for `budget_chunks`; its credit goes into an unconnected
+    /// client's buffer.
+    async fn windowed(
+        flow: &str,
+        chunks: u64,
+        max_chunks: u64,
+        budget_chunks: u64,
+    ) -> (Transfer, Transfers) {
+        let client = unconnected().await;
+        let settings = TransferSettings {
+            window_bytes: 4 * CHUNK,
+            max_window_bytes: max_chunks * CHUNK,
+            chunk_timeout: Duration::from_secs(10),
+            max_buffer_bytes: budget_chunks * CHUNK,
+        };
+        let streams = Transfers::with_budget(settings.max_buffer_bytes);
+        let head = Head {
+            id: flow.to_owned(),
+            flow: flow.to_owned(),
+            size: chunks * CHUNK,
+            chunk_size: CHUNK,
+            chunks,
+        };
+        let transfer = Transfer::new(head, "t", client, &streams, settings, None);
+        (transfer, streams)
+    }
+
+    fn send(streams: &Transfers, flow: &str, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            let bytes = Bytes::from(vec![0u8; CHUNK as usize]);
+            assert_eq!(
+                streams.route(flow, "t", Part::Chunk { seq, bytes }),
+                Routed::Queued
+            );
+        }
+    }
+
+    /// The first grant's 4 chunks come at once; the client takes `read` to read each. The grant
+    /// made after 2 of them bears its first chunk `link` after the client has read everything:
+    /// the window after that chunk.
+    async fn window_after_one_stall(
+        read: Duration,
+        link: Duration,
+        max_chunks: u64,
+        budget_chunks: u64,
+    ) -> u64 {
+        let flow = "imgfetch.flow.link";
+        let (mut t, streams) = windowed(flow, 64, max_chunks, budget_chunks).await;
+        t.top_up().await.unwrap();
+        send(&streams, flow, 1..=4);
+        for _ in 0..4 {
+            t.next().await.expect("a chunk").expect("not an error");
+            tokio::time::advance(read).await;
+        }
+        let late = streams.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(link).await;
+            send(&late, flow, 5..=8);
+        });
+        t.next().await.expect("a chunk").expect("not an error");
+        t.window
+    }
+
+    /// Over a 50 ms link the client, reading half a window in 2 ms, stalls on the grant for
+    /// 50 ms: the window becomes 4 x (2 + 50) / 2 = 104 chunks, or the maximum. A 10 ms wait
+    /// after 20 ms of reading moves it only to 4 x 30 / 20 = 6, and a wait under a quarter of
+    /// the reading time (a resolver no faster than its client) or under 10 ms (a burst) not at
+    /// all.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_on_a_grant_sizes_the_window_to_the_link() {
+        let ms = Duration::from_millis;
+        assert_eq!(window_after_one_stall(ms(1), ms(50), 1024, 4096).await, 104);
+        assert_eq!(window_after_one_stall(ms(1), ms(50), 64, 4096).await, 64);
+        assert_eq!(window_after_one_stall(ms(10), ms(10), 1024, 4096).await, 6);
+        // A wait under a quarter of the reading time, or under 10 ms.
+        assert_eq!(window_after_one_stall(ms(24), ms(11), 1024, 4096).await, 4);
+        assert_eq!(window_after_one_stall(ms(1), ms(9), 1024, 4096).await, 4);
+    }
+
+    /// On a fast link every grant bears chunks before the client runs out: the window stays.
+    /// Nor does it grow when the buffer budget has no room for two grown windows.
+    #[tokio::test(start_paused = true)]
+    async fn the_window_stays_on_a_fast_link_or_a_full_budget() {
+        let flow = "imgfetch.flow.fast";
+        let (mut t, streams) = windowed(flow, 64, 1024, 4096).await;
+        t.top_up().await.unwrap();
+        let mut sent = 0;
+        while t.received < 63 {
+            // The resolver has every grant at once.
+            send(&streams, flow, sent + 1..=t.granted.min(63));
+            sent = t.granted.min(63);
+            t.next().await.expect("a chunk").expect("not an error");
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(t.window, 4);
+
+        let (read, slow) = (Duration::from_millis(1), Duration::from_millis(50));
+        assert_eq!(
+            window_after_one_stall(read, slow, 1024, 64).await,
+            4,
+            "no room in a 64-chunk budget for two 104-chunk windows"
+        );
     }
 }
