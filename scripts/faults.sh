@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release binaries and runs the whole fault suite (docs/RELIABILITY.md#fault-suite):
 # real nats-server, gateway, resolver and s3s-fs processes killed, restarted and starved under a
-# steady websocket load, every request counted. About 9 minutes; exits non-zero if a request
+# steady websocket load, every request counted. About 12 minutes; exits non-zero if a request
 # was lost or answered twice. Arguments go to imgfetch-faults (see --help), e.g.
 # --fault gateway-kill, or --smoke for the two-minute version.
 # Writes target/imgfetch-faults.json and target/imgfetch-faults.md. Fault archive-full mounts a

@@ -1,7 +1,8 @@
 //! The fault suite's smoke version, with the debug binaries: a resolver SIGKILLed every 2 s,
 //! nats-server restarted (SIGTERM, then SIGKILL), a directory and an S3 store out for a few
-//! seconds, and a rolling restart (each gateway and each resolver in turn: SIGTERM, exit, a
-//! replacement). No accepted request may be lost or answered twice.
+//! seconds, a rolling restart (each gateway and each resolver in turn: SIGTERM, exit, a
+//! replacement), and the leaf node of resolvers behind one killed and restarted. No accepted
+//! request may be lost or answered twice.
 
 use imgfetch_bench::faults::{self, Fault, Options};
 
@@ -15,6 +16,7 @@ async fn no_request_is_lost_or_answered_twice_through_kills_restarts_and_store_o
             Fault::DirOutage,
             Fault::S3Outage,
             Fault::RollingRestart,
+            Fault::LeafRestart,
         ],
         all: false,
         smoke: true,
@@ -24,7 +26,7 @@ async fn no_request_is_lost_or_answered_twice_through_kills_restarts_and_store_o
         log_dir: Some(out.path().join("logs")),
     };
     let reports = faults::run(&options).await.unwrap();
-    assert_eq!(reports.len(), 5);
+    assert_eq!(reports.len(), 6);
     let mut failed = Vec::new();
     for r in &reports {
         // The load really ran, and the system served through and after the fault.

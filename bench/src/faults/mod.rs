@@ -49,11 +49,19 @@ pub enum Fault {
     ArchiveFull,
     /// The stream's leader SIGKILLed in a 3-node cluster with an R3 stream.
     ClusterLeader,
+    /// Resolvers behind a leaf node; the leaf node SIGKILLed and restarted, then SIGTERMed and
+    /// restarted.
+    LeafRestart,
+    /// Resolvers behind a leaf node; the link between leaf and hub cut by a proxy, restored.
+    LeafLinkCut,
+    /// Resolvers behind a leaf node on a 3-node hub with an R3 stream; the stream's leader
+    /// SIGKILLed.
+    LeafHubLeader,
 }
 
 impl Fault {
     /// Every fault, in suite order.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 12] = [
         Fault::ResolverKill,
         Fault::NatsRestart,
         Fault::StreamDelete,
@@ -63,6 +71,9 @@ impl Fault {
         Fault::GatewayKill,
         Fault::ArchiveFull,
         Fault::ClusterLeader,
+        Fault::LeafRestart,
+        Fault::LeafLinkCut,
+        Fault::LeafHubLeader,
     ];
 
     /// Its `--fault` name.
@@ -77,6 +88,9 @@ impl Fault {
             Fault::GatewayKill => "gateway-kill",
             Fault::ArchiveFull => "archive-full",
             Fault::ClusterLeader => "cluster-leader",
+            Fault::LeafRestart => "leaf-restart",
+            Fault::LeafLinkCut => "leaf-link-cut",
+            Fault::LeafHubLeader => "leaf-hub-leader",
         }
     }
 }

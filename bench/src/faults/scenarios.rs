@@ -9,9 +9,10 @@ use anyhow::Context as _;
 
 use super::client::{self, Images, Load, LoadSpec};
 use super::ledger::{FaultReport, Ledger};
-use super::servers::{NatsNode, S3Node, Tmpfs};
+use super::servers::{NatsNode, S3Node, Tmpfs, HUB_DOMAIN};
 use super::stack::{self, Stack, StackSpec, Store};
 use super::Fault;
+use imgfetch_tests::latency::LatencyProxy;
 
 /// The consumer's ack wait in every run: a killed resolver's requests come back this soon.
 const ACK_WAIT: Duration = Duration::from_secs(2);
@@ -82,6 +83,7 @@ impl Env {
             bin_dir: self.bin_dir.clone(),
             log_dir: self.log_dir(fault)?,
             nats_url: nats_url.to_owned(),
+            resolver_nats_url: None,
             network: "yard".to_owned(),
             store,
             resolver_args,
@@ -152,7 +154,92 @@ pub async fn run(env: &Env, fault: Fault) -> anyhow::Result<FaultReport> {
         Fault::GatewayKill => gateway_kill(env).await,
         Fault::ArchiveFull => archive_full(env).await,
         Fault::ClusterLeader => cluster_leader(env).await,
+        Fault::LeafRestart => leaf_restart(env).await,
+        Fault::LeafLinkCut => leaf_link_cut(env).await,
+        Fault::LeafHubLeader => leaf_hub_leader(env).await,
     }
+}
+
+/// A stack whose gateway is on the hub (`hub_urls`) and whose two resolvers are behind the
+/// leaf node at `leaf_url`, reaching the hub's stream through its JetStream domain as zone
+/// `yard`, with a short ack wait and `replicas` stream replicas.
+async fn behind_leaf(
+    env: &Env,
+    fault: Fault,
+    hub_urls: &str,
+    leaf_url: &str,
+    replicas: usize,
+) -> anyhow::Result<Stack> {
+    let first = hub_urls.split(',').next().unwrap_or(hub_urls);
+    let mut args = env.ack_wait_args(first, replicas).await?;
+    args.extend(
+        ["--jetstream-domain", HUB_DOMAIN, "--zone", "yard"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let store = Store::Dir(env.corpus.root().to_path_buf());
+    let mut spec = env.spec(fault, hub_urls, store, args)?;
+    spec.resolver_nats_url = Some(leaf_url.to_owned());
+    Stack::start(spec, 1, 2).await
+}
+
+/// The zone's leaf node stopped with SIGTERM and started again, then SIGKILLed and started
+/// again: its resolvers lose their server, requests wait in the hub's stream.
+async fn leaf_restart(env: &Env) -> anyhow::Result<FaultReport> {
+    let fault = Fault::LeafRestart;
+    let dir = temp()?;
+    let hub = NatsNode::hub(dir.path(), 1)?.remove(0);
+    let leaf_addr = hub.leaf_addr().context("a hub has a leafnode port")?;
+    let mut leaf = NatsNode::leaf(
+        dir.path(),
+        "leaf-yard",
+        &[format!("nats-leaf://{leaf_addr}")],
+    )?;
+    let stack = behind_leaf(env, fault, &hub.url(), &leaf.url(), 1).await?;
+    restart_twice(env, fault, &stack, &mut leaf, "leaf node").await
+}
+
+/// The link between the zone's leaf node and the hub cut (a proxy in between closes every
+/// connection and refuses new ones) and restored; both servers and all clients stay up, so
+/// the resolvers notice only that their pulls go unanswered.
+async fn leaf_link_cut(env: &Env) -> anyhow::Result<FaultReport> {
+    let fault = Fault::LeafLinkCut;
+    let dir = temp()?;
+    let hub = NatsNode::hub(dir.path(), 1)?.remove(0);
+    let leaf_addr = hub.leaf_addr().context("a hub has a leafnode port")?;
+    let proxy = LatencyProxy::start(leaf_addr, Duration::ZERO).await?;
+    let leaf = NatsNode::leaf(
+        dir.path(),
+        "leaf-yard",
+        &[format!("nats-leaf://{}", proxy.addr)],
+    )?;
+    let stack = behind_leaf(env, fault, &hub.url(), &leaf.url(), 1).await?;
+    let mut run = Run::start(env, fault, &stack);
+    pause(env.secs(10.0, 3.0)).await;
+    proxy.cut();
+    pause(env.secs(10.0, 3.0)).await;
+    proxy.restore();
+    run.event("leaf link cut, restored");
+    // A lost pull is noticed after its expiry and some slack (about 10 s).
+    pause(env.secs(30.0, 15.0)).await;
+    Ok(run.finish(env, &stack.base(0)).await)
+}
+
+/// A three-node hub with the stream R3 and the zone's leaf node attached to one node (able to
+/// redial the others); the stream's leader SIGKILLed under load.
+async fn leaf_hub_leader(env: &Env) -> anyhow::Result<FaultReport> {
+    let fault = Fault::LeafHubLeader;
+    let dir = temp()?;
+    let mut nodes = NatsNode::hub(dir.path(), 3)?;
+    let remotes = nodes
+        .iter()
+        .filter_map(|n| n.leaf_addr())
+        .map(|a| format!("nats-leaf://{a}"))
+        .collect::<Vec<_>>();
+    let leaf = NatsNode::leaf(dir.path(), "leaf-yard", &remotes)?;
+    let urls = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
+    let stack = behind_leaf(env, fault, &urls, &leaf.url(), 3).await?;
+    kill_stream_leader(env, fault, &stack, &mut nodes).await
 }
 
 /// One nats-server under `dir` and, on it, a stack of `gateways` gateways and two resolvers
@@ -205,17 +292,29 @@ async fn nats_restart(env: &Env) -> anyhow::Result<FaultReport> {
     let fault = Fault::NatsRestart;
     let dir = temp()?;
     let (mut nats, stack) = on_one_node(env, fault, dir.path(), None, None, 1).await?;
-    let mut run = Run::start(env, fault, &stack);
+    restart_twice(env, fault, &stack, &mut nats, "nats-server").await
+}
+
+/// Under load on `stack`: `node` stopped with SIGTERM, down a while, started again on the same
+/// port (and store); later SIGKILLed and started again.
+async fn restart_twice(
+    env: &Env,
+    fault: Fault,
+    stack: &Stack,
+    node: &mut NatsNode,
+    what: &str,
+) -> anyhow::Result<FaultReport> {
+    let mut run = Run::start(env, fault, stack);
     pause(env.secs(10.0, 3.0)).await;
-    nats.terminate();
+    node.terminate();
     pause(env.secs(3.0, 2.0)).await;
-    nats.start()?;
-    run.event("nats-server SIGTERM, started again");
+    node.start()?;
+    run.event(format!("{what} SIGTERM, started again"));
     pause(env.secs(20.0, 5.0)).await;
-    nats.kill();
+    node.kill();
     pause(env.secs(3.0, 2.0)).await;
-    nats.start()?;
-    run.event("nats-server SIGKILL, started again");
+    node.start()?;
+    run.event(format!("{what} SIGKILL, started again"));
     pause(env.secs(20.0, 5.0)).await;
     Ok(run.finish(env, &stack.base(0)).await)
 }
@@ -369,16 +468,27 @@ async fn cluster_leader(env: &Env) -> anyhow::Result<FaultReport> {
     let urls = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
     let store = Store::Dir(env.corpus.root().to_path_buf());
     let stack = Stack::start(env.spec(fault, &urls, store, args)?, 1, 2).await?;
+    kill_stream_leader(env, fault, &stack, &mut nodes).await
+}
+
+/// Under load on `stack`: the stream's leader among `nodes` SIGKILLed; the report fails if no
+/// other node leads the stream afterwards.
+async fn kill_stream_leader(
+    env: &Env,
+    fault: Fault,
+    stack: &Stack,
+    nodes: &mut [NatsNode],
+) -> anyhow::Result<FaultReport> {
     let leader = stream_leader(&nodes[0].url()).await?;
     let leader_at = nodes
         .iter()
         .position(|n| n.name == leader)
         .with_context(|| format!("the stream's leader {leader:?} is none of the nodes"))?;
-    let mut run = Run::start(env, fault, &stack);
+    let mut run = Run::start(env, fault, stack);
     pause(env.secs(10.0, 3.0)).await;
     nodes[leader_at].kill();
     run.event(format!("SIGKILL stream leader {leader}"));
-    pause(env.secs(40.0, 8.0)).await;
+    pause(env.secs(40.0, 10.0)).await;
     let mut report = run.finish(env, &stack.base(0)).await;
     let other = nodes[(leader_at + 1) % nodes.len()].url();
     match stream_leader(&other).await {

@@ -10,6 +10,9 @@ use anyhow::{bail, Context as _};
 
 use crate::procs::Proc;
 
+/// The hub's JetStream domain, which resolvers behind a leaf node name.
+pub const HUB_DOMAIN: &str = "hub";
+
 /// Access key of the fault suite's S3 server.
 pub const S3_ACCESS_KEY: &str = "imgfetch-faults";
 /// Secret key of the fault suite's S3 server.
@@ -44,11 +47,14 @@ fn wait_listening(what: &str, proc: &mut Proc, port: u16) -> anyhow::Result<()> 
     }
 }
 
-/// One `nats-server` with JetStream, on a port and store directory it keeps across restarts.
+/// One `nats-server` with JetStream (or a leaf node without), on a port and store directory it
+/// keeps across restarts.
 pub struct NatsNode {
     /// Its `server_name` (`n0`, `n1`, …), as stream info names a cluster's leader.
     pub name: String,
     port: u16,
+    /// A hub's leafnode port.
+    leaf_port: Option<u16>,
     conf: PathBuf,
     log: PathBuf,
     proc: Option<Proc>,
@@ -57,7 +63,7 @@ pub struct NatsNode {
 impl NatsNode {
     /// Starts one server with JetStream under `dir`.
     pub fn single(dir: &Path) -> anyhow::Result<NatsNode> {
-        let mut nodes = NatsNode::configure(dir, 1, false)?;
+        let mut nodes = NatsNode::configure(dir, 1, false, false)?;
         let mut node = nodes.remove(0);
         node.start()?;
         Ok(node)
@@ -65,14 +71,55 @@ impl NatsNode {
 
     /// Starts `count` servers routed into one cluster on loopback, JetStream on each.
     pub fn cluster(dir: &Path, count: usize) -> anyhow::Result<Vec<NatsNode>> {
-        let mut nodes = NatsNode::configure(dir, count, true)?;
+        let mut nodes = NatsNode::configure(dir, count, true, false)?;
         for node in &mut nodes {
             node.start()?;
         }
         Ok(nodes)
     }
 
-    fn configure(dir: &Path, count: usize, cluster: bool) -> anyhow::Result<Vec<NatsNode>> {
+    /// Starts a hub of `count` servers (a cluster when more than one): JetStream in domain
+    /// [`HUB_DOMAIN`], and a leafnode port on each that advertises nothing.
+    pub fn hub(dir: &Path, count: usize) -> anyhow::Result<Vec<NatsNode>> {
+        let mut nodes = NatsNode::configure(dir, count, count > 1, true)?;
+        for node in &mut nodes {
+            node.start()?;
+        }
+        Ok(nodes)
+    }
+
+    /// Starts a leaf node named `name`, without JetStream, dialing `remotes` (the hub's
+    /// leafnode URLs, or a proxy's).
+    pub fn leaf(dir: &Path, name: &str, remotes: &[String]) -> anyhow::Result<NatsNode> {
+        let port = free_port()?;
+        let urls = remotes
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\nleafnodes {{\n  remotes: [{{ urls: [{urls}] }}]\n}}\n"
+        );
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(&conf, text)?;
+        let mut node = NatsNode {
+            log: dir.join(format!("{name}.log")),
+            name: name.to_owned(),
+            port,
+            leaf_port: None,
+            conf,
+            proc: None,
+        };
+        node.start()?;
+        Ok(node)
+    }
+
+    fn configure(
+        dir: &Path,
+        count: usize,
+        cluster: bool,
+        hub: bool,
+    ) -> anyhow::Result<Vec<NatsNode>> {
         let ports = (0..count)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<anyhow::Result<Vec<(u16, u16)>>>()?;
@@ -85,9 +132,20 @@ impl NatsNode {
         for (i, (port, route)) in ports.iter().enumerate() {
             let name = format!("n{i}");
             let store = dir.join(format!("{name}-jetstream"));
+            let domain = if hub {
+                format!("  domain: {HUB_DOMAIN}\n")
+            } else {
+                String::new()
+            };
             let mut text = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1GB\n  max_memory_store: 64MB\n}}\n"
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1GB\n  max_memory_store: 64MB\n{domain}}}\n"
             );
+            let leaf_port = if hub { Some(free_port()?) } else { None };
+            if let Some(leaf) = leaf_port {
+                text.push_str(&format!(
+                    "leafnodes {{\n  listen: 127.0.0.1:{leaf}\n  no_advertise: true\n}}\n"
+                ));
+            }
             if cluster {
                 text.push_str(&format!(
                     "cluster {{\n  name: imgfetch-faults\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n"
@@ -99,6 +157,7 @@ impl NatsNode {
                 log: dir.join(format!("{name}.log")),
                 name,
                 port: *port,
+                leaf_port,
                 conf,
                 proc: None,
             });
@@ -133,6 +192,11 @@ impl NatsNode {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A hub's leafnode address, `127.0.0.1:<port>`.
+    pub fn leaf_addr(&self) -> Option<std::net::SocketAddr> {
+        self.leaf_port.map(|p| ([127, 0, 0, 1], p).into())
     }
 }
 

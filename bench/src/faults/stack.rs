@@ -38,6 +38,8 @@ pub struct StackSpec {
     pub log_dir: PathBuf,
     /// The NATS URL(s) both binaries are given.
     pub nats_url: String,
+    /// The resolvers' NATS URL instead, when they are behind a leaf node.
+    pub resolver_nats_url: Option<String>,
     /// The one network served.
     pub network: String,
     /// Its store.
@@ -106,9 +108,14 @@ impl Stack {
     pub fn spawn_resolver(&mut self) -> anyhow::Result<()> {
         self.started += 1;
         let instance = format!("resolver-{}", self.started);
+        let nats_url = self
+            .spec
+            .resolver_nats_url
+            .as_ref()
+            .unwrap_or(&self.spec.nats_url);
         let mut args = vec![
             "--nats-url".to_owned(),
-            self.spec.nats_url.clone(),
+            nats_url.clone(),
             "--instance".to_owned(),
             instance.clone(),
         ];
