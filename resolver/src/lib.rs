@@ -442,6 +442,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             limit: config.concurrency + config.pull_ahead,
             expires: config.pull_expires,
             ack_wait: config.consumer.ack_wait,
+            sized_for: config.pull_ahead_sized.then_some(config.concurrency),
         };
         let (slots, tracker, shutdown) = (slots.clone(), tracker.clone(), shutdown.clone());
         loops.push(supervisor.spawn(format!("pull {}", net.name), move || {

@@ -9,6 +9,9 @@ pub const DEAD_LETTERS_TOTAL: &str = "imgfetch_resolver_dead_letters_total";
 pub const DROPPED_TOTAL: &str = "imgfetch_resolver_dropped_total";
 /// A counter: bytes of the images answered whole. Labels: `network`.
 pub const IMAGE_BYTES_TOTAL: &str = "imgfetch_resolver_image_bytes_total";
+/// A gauge: requests a network pulls ahead of the slots, as sized to the link behind a leaf node
+/// (set only there, when `--pull-ahead` is not given). Labels: `network`.
+pub const PULL_AHEAD: &str = "imgfetch_resolver_pull_ahead";
 /// A histogram: from the stream storing a request to a resolver taking it (first deliveries only: a
 /// redelivery's wait includes its backoff). Labels: `network`.
 pub const QUEUE_WAIT_SECONDS: &str = "imgfetch_resolver_queue_wait_seconds";

@@ -47,6 +47,9 @@ pub struct Config {
     pub max_streams: usize,
     /// Requests pulled ahead of the free slots, per network.
     pub pull_ahead: usize,
+    /// Size the requests pulled ahead to the measured link, starting from `pull_ahead` (behind a
+    /// leaf node when `--pull-ahead` is not given).
+    pub pull_ahead_sized: bool,
     /// Create or extend the stream and consumers.
     pub provision: bool,
     /// The hub's JetStream domain, for a resolver behind a leaf node; `None`: the local API.
@@ -101,6 +104,7 @@ impl Config {
             concurrency: defaults::CONCURRENCY,
             max_streams: defaults::MAX_STREAMS,
             pull_ahead: 0,
+            pull_ahead_sized: false,
             provision: true,
             jetstream_domain: None,
             zone: None,
@@ -208,6 +212,8 @@ impl Config {
             config.zone = Some(zone);
         }
         // Behind a leaf node every pull crosses the link: pull ahead unless told otherwise.
+        // Behind a leaf node with no count given, the count is then sized to the link.
+        config.pull_ahead_sized = s.pull_ahead.is_none() && config.jetstream_domain.is_some();
         config.pull_ahead = s.pull_ahead.unwrap_or(match config.jetstream_domain {
             Some(_) => defaults::LEAF_PULL_AHEAD,
             None => 0,

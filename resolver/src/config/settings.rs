@@ -106,9 +106,10 @@ pub struct Settings {
     #[arg(long, env = "IMGFETCH_MAX_STREAMS")]
     pub max_streams: Option<usize>,
     /// Requests pulled ahead of the free slots, per network: they wait in this resolver, as
-    /// small request messages, until a slot frees. Over a slow link (a leaf zone) set it to
-    /// about the rate to serve times the link's round trip, so that pulls keep the link full
-    /// without more images read at once [default: 0, or 256 with --jetstream-domain].
+    /// small request messages, until a slot frees, so that pulls keep a slow link full without
+    /// more images read at once. With --jetstream-domain and no count given, it starts at 256
+    /// and is then sized to the link: 2 x slots x the round trip to the hub's JetStream / a
+    /// request's time in a slot [default: 0, or sized to the link with --jetstream-domain].
     #[arg(long, env = "IMGFETCH_PULL_AHEAD")]
     pub pull_ahead: Option<usize>,
     /// JetStream stream name [default: IMGFETCH].

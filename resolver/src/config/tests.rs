@@ -546,6 +546,21 @@ fn a_leaf_zones_resolver_names_its_zone_and_the_hubs_domain() {
     .unwrap();
     assert_eq!(zone.pull_ahead, 256);
     assert_eq!(plain.pull_ahead, 0, "nothing pulled ahead by default");
+    assert!(
+        !plain.pull_ahead_sized && !zone.pull_ahead_sized,
+        "a count given is kept"
+    );
+    let sized = Config::resolve(
+        args(&["--network", "a=file:///x", "--jetstream-domain", "hub"]),
+        files(&[]),
+        no_env,
+    )
+    .unwrap();
+    assert!(
+        sized.pull_ahead_sized,
+        "behind a leaf node, sized to the link"
+    );
+    assert_eq!(sized.pull_ahead, 256, "from 256 until measured");
     assert_eq!(zone.zone.as_deref(), Some("plant"));
     assert_eq!(zone.jetstream_domain.as_deref(), Some("hub"));
     assert!(!zone.dead_letter_collector);

@@ -4,7 +4,8 @@
 //! - **Credit, per network.** A network asks the server for at most `limit` requests beyond
 //!   those it is working on, and asks again only when half of that is used up, so a busy
 //!   network pulls in batches and a lone client's request is delivered at once (a pull is
-//!   always waiting at the server).
+//!   always waiting at the server). Behind a leaf node, unless a count was given, `limit`
+//!   is sized to the link as the loop runs (`Sizing`).
 //! - **Slots, shared.** A request takes one of the resolver's slots only when it has arrived,
 //!   so an idle network's waiting pull holds no slot and cannot starve a busy one. A request
 //!   that waits for a slot tells the server it is in progress, so it is not redelivered while
@@ -27,7 +28,7 @@
 //!   re-created when provisioning is on, until that succeeds; then pulling resumes. See
 //!   docs/RELIABILITY.md.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ use tracing::Instrument;
 
 use super::context::Context;
 use super::request;
+use crate::metric;
 
 /// Silence beyond a pull's expiry after which outstanding pulls are taken as lost.
 const PULL_LOST_SLACK: Duration = Duration::from_secs(5);
@@ -75,6 +77,59 @@ pub struct PullSettings {
     /// The consumer's ack wait: a request waiting for a slot says it is in progress well
     /// before this runs out.
     pub ack_wait: Duration,
+    /// Behind a leaf node with no `--pull-ahead` given: the resolver's slots, and the requests
+    /// pulled ahead of them are sized to the link ([`Sizing`]) instead of `limit`'s share.
+    pub sized_for: Option<usize>,
+}
+
+/// The most requests a network pulls ahead of its slots when sized to the link.
+pub const MAX_PULL_AHEAD: usize = 4096;
+/// Round-trip samples the link's round trip is the least of.
+const RTT_SAMPLES: usize = 8;
+
+/// Sizes the requests a network pulls ahead to the link: enough to keep every slot busy for
+/// two round trips (pulls are topped up when half of them is used, as the gateway's credit
+/// window), `2 × slots × round trip ÷ service time`, from the least round trip of the last
+/// [`RTT_SAMPLES`] consumer checks (each crosses the link to the hub's JetStream and back) and
+/// the requests' mean time in a slot. Between `2 × slots` and [`MAX_PULL_AHEAD`].
+struct Sizing {
+    slots: usize,
+    rtts: std::collections::VecDeque<Duration>,
+    /// Mean microseconds a request holds a slot (0: none yet), updated as requests finish.
+    service_us: Arc<AtomicU64>,
+}
+
+impl Sizing {
+    /// Notes a round trip; the requests to pull ahead, once both are measured.
+    fn ahead(&mut self, rtt: Duration) -> Option<usize> {
+        if self.rtts.len() == RTT_SAMPLES {
+            self.rtts.pop_front();
+        }
+        self.rtts.push_back(rtt);
+        let rtt = self.rtts.iter().min()?;
+        let service = self.service_us.load(Ordering::Relaxed);
+        Some(pull_ahead(self.slots, *rtt, service))
+    }
+}
+
+/// `2 × slots × rtt ÷ service` (service in microseconds; 0 or less than 1 µs counts as 1 µs),
+/// between `2 × slots` and [`MAX_PULL_AHEAD`].
+fn pull_ahead(slots: usize, rtt: Duration, service_us: u64) -> usize {
+    let per_slot = rtt.as_micros().div_ceil(u128::from(service_us.max(1)));
+    let ahead = usize::try_from(per_slot.saturating_mul(2 * slots as u128)).unwrap_or(usize::MAX);
+    ahead.clamp((2 * slots).min(MAX_PULL_AHEAD), MAX_PULL_AHEAD)
+}
+
+/// Folds one request's time in a slot into the mean (weight 1/8).
+fn note_service(mean_us: &AtomicU64, took: Duration) {
+    let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+    let _ = mean_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(if old == 0 {
+            took
+        } else {
+            old - old / 8 + took / 8
+        })
+    });
 }
 
 /// Why a pull loop had to start over.
@@ -134,6 +189,7 @@ pub async fn run(
         },
         in_flight: Arc::new(AtomicUsize::new(0)),
         freed: Arc::new(Notify::new()),
+        service_us: settings.sized_for.map(|_| Arc::new(AtomicU64::new(0))),
         ctx,
         slots,
         tracker,
@@ -227,6 +283,8 @@ struct Puller {
     settings: PullSettings,
     in_flight: Arc<AtomicUsize>,
     freed: Arc<Notify>,
+    /// Mean microseconds a request holds a slot, for [`Sizing`] (when sized to the link).
+    service_us: Option<Arc<AtomicU64>>,
     ctx: Arc<Context>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -236,7 +294,19 @@ impl Puller {
     /// One persistent pull: returns `Ok` after a clean stop, `Err` when it must start over.
     async fn pull(&self, shutdown: &CancellationToken) -> Result<(), PullError> {
         let client = &self.ctx.client;
-        let PullSettings { limit, expires, .. } = self.settings;
+        let PullSettings {
+            mut limit,
+            expires,
+            sized_for,
+            ..
+        } = self.settings;
+        let mut sizing = sized_for
+            .zip(self.service_us.clone())
+            .map(|(slots, service_us)| Sizing {
+                slots,
+                rtts: std::collections::VecDeque::with_capacity(RTT_SAMPLES),
+                service_us,
+            });
         let inbox = client.new_inbox();
         let mut sub = tokio::time::timeout(PUBLISH_TIMEOUT, client.subscribe(format!("{inbox}.*")))
             .await
@@ -345,7 +415,20 @@ impl Puller {
                         outstanding = 0;
                     }
                 }
-                _ = verify.tick(), if stop_by.is_none() => self.verify().await?,
+                _ = verify.tick(), if stop_by.is_none() => {
+                    let rtt = self.verify().await?;
+                    if let (Some(sizing), Some(rtt)) = (sizing.as_mut(), rtt) {
+                        if let Some(ahead) = sizing.ahead(rtt) {
+                            let sized = sizing.slots + ahead;
+                            if sized != limit {
+                                tracing::debug!(network = self.ctx.network, ahead, ?rtt, "pull-ahead sized to the link");
+                                limit = sized;
+                            }
+                            metrics::gauge!(metric::PULL_AHEAD, "network" => self.ctx.network.clone())
+                                .set(ahead as f64);
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(lost_at), if outstanding > 0 && stop_by.is_none() => {
                     tracing::debug!(network = self.ctx.network, outstanding, "pulls unanswered; asking again");
                     generation += 1;
@@ -355,9 +438,10 @@ impl Puller {
         }
     }
 
-    /// Asks the server about the consumer: `Err` when it or its stream is gone. No answer in
-    /// time is no verdict (a reconnect is handled apart).
-    async fn verify(&self) -> Result<(), PullError> {
+    /// Asks the server about the consumer: `Err` when it or its stream is gone, else the round
+    /// trip of an answer. No answer in time is no verdict (a reconnect is handled apart).
+    async fn verify(&self) -> Result<Option<Duration>, PullError> {
+        let asked = Instant::now();
         match tokio::time::timeout(CHECK_TIMEOUT, self.consumer.get_info()).await {
             Ok(Err(err))
                 if matches!(
@@ -369,9 +453,10 @@ impl Puller {
             }
             Ok(Err(err)) => {
                 tracing::debug!(network = self.ctx.network, %err, "consumer check failed");
-                Ok(())
+                Ok(None)
             }
-            Ok(Ok(_)) | Err(_) => Ok(()),
+            Ok(Ok(_)) => Ok(Some(asked.elapsed())),
+            Err(_) => Ok(None),
         }
     }
 
@@ -386,6 +471,7 @@ impl Puller {
         let slots = self.slots.clone();
         let in_flight = self.in_flight.clone();
         let freed = self.freed.clone();
+        let service_us = self.service_us.clone();
         let progress_every = self.settings.ack_wait / 3;
         self.tracker.spawn(async move {
             // Whatever happens to the handler, a panic included, the request stops counting
@@ -405,8 +491,9 @@ impl Puller {
                 .msg_id
                 .unwrap_or_default();
             let span = tracing::error_span!("request", id, network = ctx.network);
-            let handled = Self::handle_in_slot(&ctx, message, slots, progress_every, done)
-                .instrument(span.clone());
+            let handled =
+                Self::handle_in_slot(&ctx, message, slots, progress_every, done, service_us)
+                    .instrument(span.clone());
             tokio::select! {
                 () = handled => {}
                 // The grace period ran out: give the request back at once rather than leave it
@@ -434,12 +521,17 @@ impl Puller {
         slots: Arc<Semaphore>,
         progress_every: Duration,
         done: Arc<Done>,
+        service_us: Option<Arc<AtomicU64>>,
     ) {
         let permit =
             super::context::wait_for_permit(&slots, &message, progress_every, &ctx.network).await;
+        let started = Instant::now();
         let lease = super::Lease::new(permit, move || done.give_back());
         if let Err(err) = request::handle(ctx, message, lease).await {
             tracing::warn!(network = ctx.network, %err, "could not answer a request; it will be redelivered");
+        }
+        if let Some(mean) = service_us {
+            note_service(&mean, started.elapsed());
         }
     }
 }
@@ -489,6 +581,32 @@ fn pending_of(message: &async_nats::Message) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_ahead_keeps_every_slot_busy_for_a_round_trip() {
+        let ms = Duration::from_millis;
+        // 16 slots, 2 ms a request: 25 requests per slot in a 50 ms round trip, twice over.
+        assert_eq!(pull_ahead(16, ms(50), 2_000), 800);
+        // Never below twice the slots, never above the maximum; no service time yet counts as
+        // 1 µs.
+        assert_eq!(pull_ahead(16, Duration::from_micros(300), 2_000), 32);
+        assert_eq!(pull_ahead(16, ms(50), 0), MAX_PULL_AHEAD);
+        let mut sizing = Sizing {
+            slots: 16,
+            rtts: std::collections::VecDeque::new(),
+            service_us: Arc::new(AtomicU64::new(0)),
+        };
+        note_service(&sizing.service_us, ms(4));
+        note_service(&sizing.service_us, ms(4));
+        assert_eq!(sizing.service_us.load(Ordering::Relaxed), 4_000);
+        // The least of the recent round trips: a slow answer (a busy hub) does not inflate it.
+        assert_eq!(sizing.ahead(ms(40)), Some(320));
+        assert_eq!(sizing.ahead(ms(400)), Some(320));
+        for _ in 0..RTT_SAMPLES {
+            sizing.ahead(ms(80));
+        }
+        assert_eq!(sizing.ahead(ms(80)), Some(640), "the 40 ms sample aged out");
+    }
 
     #[test]
     fn pull_requests_carry_batch_and_expiry_in_nanoseconds() {
