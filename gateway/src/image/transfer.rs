@@ -580,7 +580,7 @@ impl Transfer {
         } else {
             f64::INFINITY
         };
-        let sized = (wanted.min(self.max_window as f64) as u64).max(self.window);
+        let sized = wanted.min(self.max_window as f64) as u64;
         let room = self.streams.budget.available_permits() as u64 * BUDGET_UNIT;
         if sized > self.window && room >= 2 * sized * self.head.chunk_size {
             self.window = sized;
