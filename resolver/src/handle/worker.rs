@@ -107,8 +107,9 @@ impl Sizing {
         }
         self.rtts.push_back(rtt);
         let rtt = self.rtts.iter().min()?;
+        // No request served yet: nothing to size by (an idle zone keeps its start value).
         let service = self.service_us.load(Ordering::Relaxed);
-        Some(pull_ahead(self.slots, *rtt, service))
+        (service > 0).then(|| pull_ahead(self.slots, *rtt, service))
     }
 }
 
@@ -596,6 +597,7 @@ mod tests {
             rtts: std::collections::VecDeque::new(),
             service_us: Arc::new(AtomicU64::new(0)),
         };
+        assert_eq!(sizing.ahead(ms(40)), None, "no request served yet");
         note_service(&sizing.service_us, ms(4));
         note_service(&sizing.service_us, ms(4));
         assert_eq!(sizing.service_us.load(Ordering::Relaxed), 4_000);
