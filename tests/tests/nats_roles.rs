@@ -73,8 +73,9 @@ async fn ensure_harbor(
 
 /// A resolver of `harbor` and a gateway, each logged in as its role; the gateway as user
 /// `gateway_user` with the instance name that user may listen under (`local-gateway` for the
-/// local `gateway`, the user's own name for a Kubernetes replica such as `gateway-0`). The
-/// resolver role may not ping, so the publisher's connection checks that it serves.
+/// local `gateway`, the user's own name for a Kubernetes replica such as
+/// `imgfetch-gateway-0`). The resolver role may not ping, so the publisher's connection checks
+/// that it serves.
 async fn role_pipeline(
     nats: &NatsServer,
     publisher: &async_nats::Client,
@@ -445,14 +446,14 @@ async fn the_whole_pipeline_serves_images_with_roles_on() {
 #[tokio::test]
 async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
     init_logs();
-    let nats = NatsServer::start_with_deploy_roles();
+    let nats = NatsServer::start_with_chart_roles();
     assert!(
         async_nats::connect(nats.url()).await.is_err(),
         "an anonymous connection must be refused"
     );
     let (publisher, mut errors) = nats.connect_as("publisher").await;
     // Each replica is a user of its own, named after its pod, and runs as that instance.
-    let (resolver, gateway) = role_pipeline(&nats, &publisher, "gateway-0").await;
+    let (resolver, gateway) = role_pipeline(&nats, &publisher, "imgfetch-gateway-0").await;
     let r = reqwest::get(gateway.http("/v1/images/harbor/quay-east.jpg"))
         .await
         .unwrap();
@@ -494,7 +495,7 @@ async fn the_kubernetes_roles_serve_the_pipeline_and_refuse_the_same() {
         "Permissions Violation for Subscription to \"imgfetch.reply.>\"",
     )
     .await;
-    let (gateway, mut errors) = nats.connect_as("gateway-0").await;
+    let (gateway, mut errors) = nats.connect_as("imgfetch-gateway-0").await;
     gateway
         .publish(
             "$JS.API.CONSUMER.MSG.NEXT.IMGFETCH.imgfetch-harbor",
@@ -741,5 +742,5 @@ async fn dead_letters_work_under_the_local_roles() {
 #[tokio::test]
 async fn dead_letters_work_under_the_kubernetes_roles() {
     init_logs();
-    dead_letters_under_roles(&NatsServer::start_with_deploy_roles()).await;
+    dead_letters_under_roles(&NatsServer::start_with_chart_roles()).await;
 }

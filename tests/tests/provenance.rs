@@ -1,6 +1,6 @@
 //! No role reads or steers another's traffic (docs/SECURITY.md, provenance and inboxes), against
 //! a real nats-server running the committed roles: the local ones of `nats.conf` and the
-//! Kubernetes ones of `deploy/nats.yaml`.
+//! Kubernetes ones the Helm chart renders (`tests/fixtures/chart-accounts.conf`).
 //!
 //! - The sniff-and-race attack: a publisher listening on `_INBOX.>` while a gateway's request
 //!   is delivered to a resolver, then publishing another request with that request's id and
@@ -225,13 +225,13 @@ async fn a_publisher_can_neither_sniff_nor_race_a_gateways_request_local_roles()
 #[tokio::test]
 async fn a_publisher_can_neither_sniff_nor_race_a_gateways_request_kubernetes_roles() {
     init_logs();
-    let nats = NatsServer::start_with_deploy_roles();
-    sniff_and_race(&nats, nats.auth("gateway-0"), "gateway-0").await;
+    let nats = NatsServer::start_with_chart_roles();
+    sniff_and_race(&nats, nats.auth("imgfetch-gateway-0"), "imgfetch-gateway-0").await;
 }
 
 /// Each role subscribes to the other roles' inboxes, and to the flow subjects only resolvers
 /// read: the server refuses every one. The roles' own inboxes are allowed. `gateway` is the
-/// gateway's user (`gateway` locally, a replica's such as `gateway-0` on Kubernetes).
+/// gateway's user (`gateway` locally, a replica's such as `imgfetch-gateway-0` on Kubernetes).
 async fn inboxes_are_private(nats: &NatsServer, gateway: &str) {
     let gateway_inbox = inbox_of(gateway);
     let resolver_inbox = inbox_of("resolver");
@@ -292,31 +292,31 @@ async fn no_role_reads_another_roles_inbox_local_roles() {
 #[tokio::test]
 async fn no_role_reads_another_roles_inbox_kubernetes_roles() {
     init_logs();
-    let nats = NatsServer::start_with_deploy_roles();
-    inboxes_are_private(&nats, "gateway-0").await;
+    let nats = NatsServer::start_with_chart_roles();
+    inboxes_are_private(&nats, "imgfetch-gateway-0").await;
 }
 
-/// On Kubernetes each gateway replica is a user of its own: `gateway-0` may not read
-/// `gateway-1`'s callbacks, liveness subject or inbox, nor every gateway's at once, while a
-/// reply to `gateway-1` reaches `gateway-1`.
+/// On Kubernetes each gateway replica is a user of its own, named after its pod:
+/// `imgfetch-gateway-0` may not read `imgfetch-gateway-1`'s callbacks, liveness subject or
+/// inbox, nor every gateway's at once, while a reply to `imgfetch-gateway-1` reaches it.
 #[tokio::test]
 async fn a_gateway_replica_cannot_read_another_replicas_traffic_kubernetes_roles() {
     init_logs();
-    let nats = NatsServer::start_with_deploy_roles();
-    let (zero, mut errors) = nats.connect_as("gateway-0").await;
-    let (one, _) = nats.connect_as("gateway-1").await;
+    let nats = NatsServer::start_with_chart_roles();
+    let (zero, mut errors) = nats.connect_as("imgfetch-gateway-0").await;
+    let (one, _) = nats.connect_as("imgfetch-gateway-1").await;
     let mut own = one
-        .subscribe(protocol::reply_wildcard("gateway-1"))
+        .subscribe(protocol::reply_wildcard("imgfetch-gateway-1"))
         .await
         .unwrap();
     one.flush().await.unwrap();
     let mut stolen = Vec::new();
     for subject in [
-        protocol::reply_wildcard("gateway-1"),
+        protocol::reply_wildcard("imgfetch-gateway-1"),
         format!("{}.>", protocol::REPLY_PREFIX),
-        protocol::gateway_subject("gateway-1"),
+        protocol::gateway_subject("imgfetch-gateway-1"),
         format!("{}.>", protocol::GATEWAY_PREFIX),
-        format!("{}.>", inbox_of("gateway-1")),
+        format!("{}.>", inbox_of("imgfetch-gateway-1")),
         format!("{}.>", protocol::GATEWAY_INBOX_PREFIX),
     ] {
         stolen.push(zero.subscribe(subject.clone()).await.unwrap());
@@ -326,24 +326,24 @@ async fn a_gateway_replica_cannot_read_another_replicas_traffic_kubernetes_roles
         )
         .await;
     }
-    // A resolver answers gateway-1: gateway-1 hears it, gateway-0 does not.
+    // A resolver answers replica 1: replica 1 hears it, replica 0 does not.
     let (resolver, _) = nats.connect_as("resolver").await;
     resolver
         .publish(
-            protocol::reply_subject("gateway-1", "t"),
-            "for gateway-1".into(),
+            protocol::reply_subject("imgfetch-gateway-1", "t"),
+            "for replica 1".into(),
         )
         .await
         .unwrap();
     resolver.flush().await.unwrap();
     let heard = next_within(&mut own, Duration::from_secs(5))
         .await
-        .expect("gateway-1 hears its own reply");
-    assert_eq!(heard.payload.as_ref(), b"for gateway-1");
+        .expect("replica 1 hears its own reply");
+    assert_eq!(heard.payload.as_ref(), b"for replica 1");
     for sub in &mut stolen {
         assert!(
             next_within(sub, Duration::from_millis(100)).await.is_none(),
-            "gateway-0 read gateway-1's traffic"
+            "replica 0 read replica 1's traffic"
         );
     }
 }
