@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds imgfetch's two container images without a container daemon or a registry, and runs
-# them for real (deploy/README.md, "Build the images"):
+# them for real (docs/DEPLOY.md, "Build the images"):
 #   1. the base image localhost/imgfetch-base:bookworm: a `debootstrap --variant=minbase`
 #      Debian bookworm with ca-certificates, trimmed like debian:bookworm-slim and imported into
 #      the containers store; made once, reused afterwards (IMGFETCH_REBUILD_BASE=1 remakes it);
