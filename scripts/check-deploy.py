@@ -1,12 +1,9 @@
 #!/usr/bin/env python3
-"""Checks one rendering of the imgfetch Helm chart, or of the kustomize manifests in deploy/
-(called by scripts/check-deploy.sh).
+"""Checks one rendering of the imgfetch Helm chart (called by scripts/check-deploy.sh).
 
     check-deploy.py RENDERED.yaml --zones cams,dmz [--keda] [--nack] [--secure] [--creds] [--leaf Z]
         --resolver BIN --gateway BIN --nats-server BIN --work DIR
         [--reference nats.conf] [--nats-values deploy/nats-values.yaml]
-    check-deploy.py KUSTOMIZED.yaml --kustomize --reference nats.conf
-        --resolver BIN --gateway BIN --nats-server BIN --work DIR
 
 Built-in kinds are validated by kubernetes-validate (run by the shell script); this checks what
 a schema cannot:
@@ -158,7 +155,7 @@ def roles_block(path):
 
 def conf_users(text):
     """user -> {password, publish, subscribe, allow_responses} from an `accounts { ... }` block
-    in nats-server's own syntax (nats.conf, deploy/nats.yaml): quoted subjects in
+    in nats-server's own syntax (nats.conf): quoted subjects in
     `publish: { allow: [...] }` and `subscribe: { allow: [...] }`."""
     block = text[text.index("accounts {"):]
     users = {}
@@ -1256,59 +1253,6 @@ def check_chart(args, docs, by_kind, rendered):
     print(f"{args.rendered}: {kinds}; zones {', '.join(zones)}; networks {', '.join(all_networks)}")
 
 
-def check_kustomize(args, docs, by_kind, rendered):
-    """deploy/'s manifests: the gateway replicas' users in nats.yaml against nats.conf's roles
-    and the gateway StatefulSet, the server's password variables against the pods' keys, and a
-    live nats-server on the block with the Secrets' values."""
-    stand_ins = StandIns(args.work)
-    sts = [d for d in by_kind.get("StatefulSet", []) if d["metadata"]["name"] == "gateway"]
-    nats = [d for d in by_kind.get("StatefulSet", []) if d["metadata"]["name"] == "nats"]
-    if len(sts) != 1 or len(nats) != 1:
-        fail("kustomize: expected the StatefulSets gateway and nats")
-        return
-    pods, identities, _ = check_gateway_identity(
-        "kustomize gateway", sts[0], None, by_kind.get("PodDisruptionBudget", []), rendered,
-        "password")
-    conf = rendered[("ConfigMap", "nats-config")]["data"]["nats.conf"]
-    users = conf_users(conf)
-    listed = sorted(u for u in users if re.fullmatch(r"gateway-\d+", u))
-    if listed != sorted(pods):
-        fail(f"kustomize: nats.yaml's gateway users {listed}, expected one per pod: {pods}")
-        return
-    check_isolation("kustomize gateway users", users, pods)
-    compare_roles("kustomize nats.yaml", users, pods, args.reference)
-    # Each user's $VARIABLE is the server's environment, from a Secret's key; a gateway user's
-    # is the key its pod's init container copies.
-    server_env = {e["name"]: e for e in nats[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    block = conf[conf.index("accounts {"):]
-    block = block[: block.index("\n}") + 2] if "\n}" in block else block
-    logins = {}
-    for user, u in users.items():
-        var = u["password"].lstrip("$")
-        ref = need(server_env.get(var, {}), "valueFrom.secretKeyRef")
-        if not ref:
-            fail(f"kustomize: {var} (user {user}'s password) is not from a Secret")
-            continue
-        if user in pods and (ref["name"], ref["key"]) != (identities, user):
-            fail(f"kustomize: {var} is key {ref['key']} of {ref['name']}, "
-                 f"not {user} of {identities}")
-        doc = rendered.get(("Secret", ref["name"]))
-        value = secret_data(doc).get(ref["key"]) if doc else None
-        if value is None:
-            fail(f"kustomize: Secret {ref['name']} has no key {ref['key']} ({var})")
-            continue
-        block = re.sub(re.escape(u["password"]) + r"\b", lambda _: json.dumps(value), block)
-        logins[user] = value
-    logins.update(run_gateways("kustomize gateway", sts[0], pods, args, rendered, stand_ins,
-                               {identities: (pods, "password")}, "password", False))
-    work = os.path.join(args.work, "nats")
-    os.makedirs(work, exist_ok=True)
-    accounts_file = os.path.join(work, "accounts.conf")
-    with open(accounts_file, "w") as f:
-        f.write(block)
-    live_check("kustomize nats.yaml", args.nats_server, accounts_file, work, logins, pods)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("rendered")
@@ -1318,7 +1262,6 @@ def main():
     parser.add_argument("--secure", action="store_true",
                         help="require tokens, NATS TLS and bcrypt hashes")
     parser.add_argument("--creds", action="store_true", help="expect NATS creds files")
-    parser.add_argument("--kustomize", action="store_true")
     parser.add_argument("--resolver", required=True)
     parser.add_argument("--gateway", required=True)
     parser.add_argument("--nats-server", required=True)
@@ -1334,10 +1277,7 @@ def main():
         by_kind.setdefault(doc["kind"], []).append(doc)
     rendered = {(d["kind"], d["metadata"]["name"]): d for d in docs
                 if d["kind"] in ("Secret", "ConfigMap")}
-    if args.kustomize:
-        check_kustomize(args, docs, by_kind, rendered)
-    else:
-        check_chart(args, docs, by_kind, rendered)
+    check_chart(args, docs, by_kind, rendered)
     if FAILURES:
         sys.exit(1)
 

