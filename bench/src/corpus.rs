@@ -1,14 +1,17 @@
-//! The images a benchmark serves: `count` files of `size` bytes under a temp directory, each a
-//! well-formed JPEG as a camera writes it: the headers of a committed sample photo (its EXIF
+//! The images a benchmark serves: `count` files of `size` bytes under a temp directory (or a
+//! directory given, for a store someone else runs), each a well-formed JPEG as a camera writes it: the headers of a committed sample photo (its EXIF
 //! with place, time and device included), then random entropy-coded data with the JPEG byte
 //! stuffing, then the end marker. Content sniffing, EXIF parsing and the archive's directory
-//! choice do for them what they do for a real photo, and the bytes do not compress.
+//! choice do for them what they do for a real photo, and the bytes do not compress. The bytes
+//! depend on `size` and `count` alone: every run makes the same images.
 
 use std::path::{Path, PathBuf};
 
 /// Images of one size in one directory.
 pub struct Corpus {
-    dir: tempfile::TempDir,
+    root: PathBuf,
+    /// The temp directory of [`Corpus::create`], removed on drop.
+    _temp: Option<tempfile::TempDir>,
     /// Bytes per image.
     pub size: usize,
     /// How many images.
@@ -16,23 +19,35 @@ pub struct Corpus {
 }
 
 impl Corpus {
-    /// Writes `count` images of `size` bytes.
+    /// Writes `count` images of `size` bytes under a new temp directory, removed on drop.
     pub fn create(size: usize, count: usize) -> std::io::Result<Corpus> {
-        let dir = tempfile::tempdir()?;
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ size as u64);
-        for i in 0..count {
-            let path = dir.path().join(key(i));
+        let temp = tempfile::tempdir()?;
+        let mut corpus = Corpus::create_in(temp.path(), size, count)?;
+        corpus._temp = Some(temp);
+        Ok(corpus)
+    }
+
+    /// Writes `count` images of `size` bytes under `dir` (created if missing, kept afterwards),
+    /// each at its [`key`], replacing a file of that name.
+    pub fn create_in(dir: &Path, size: usize, count: usize) -> std::io::Result<Corpus> {
+        for (key, bytes) in images(size, count) {
+            let path = dir.join(key);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(path, rng.image(size))?;
+            std::fs::write(path, bytes)?;
         }
-        Ok(Corpus { dir, size, count })
+        Ok(Corpus {
+            root: dir.to_path_buf(),
+            _temp: None,
+            size,
+            count,
+        })
     }
 
     /// The directory the images are in (a file store's root).
     pub fn root(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     /// `file://` URL of the root.
@@ -53,6 +68,13 @@ impl Corpus {
 /// The key of image `i`: two directory levels, as camera stores tend to have.
 pub fn key(i: usize) -> String {
     format!("cam{:02}/{:04}.jpg", i % 16, i)
+}
+
+/// The images of a corpus, key and bytes, in key order: the same `size` and `count` give the
+/// same bytes on every run, so a client can know their SHA-256 without reading a store.
+pub fn images(size: usize, count: usize) -> impl Iterator<Item = (String, Vec<u8>)> {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ size as u64);
+    (0..count).map(move |i| (key(i), rng.image(size)))
 }
 
 /// Which image the `n`th request of a run asks for: spread over the corpus, not sequential.
@@ -138,6 +160,19 @@ mod tests {
                 .is_some());
         }
         assert_ne!(corpus.read(0).unwrap(), corpus.read(1).unwrap());
+    }
+
+    #[test]
+    fn the_same_size_and_count_write_the_same_files() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = Corpus::create_in(&a.path().join("store"), 3000, 20).unwrap();
+        let second = Corpus::create_in(b.path(), 3000, 20).unwrap();
+        for (i, (key, bytes)) in images(3000, 20).enumerate() {
+            assert_eq!(key, super::key(i));
+            assert_eq!(first.read(i).unwrap(), bytes, "{key}");
+            assert_eq!(second.read(i).unwrap(), bytes, "{key}");
+        }
+        assert_eq!(first.root(), a.path().join("store"));
     }
 
     #[test]
