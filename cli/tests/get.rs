@@ -5,14 +5,13 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use imgfetch_common::digest::sha256_hex;
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::fake::{fake_resolver, send_stream, send_stream_part, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{dir_resolver, sample_resolver, Gateway};
-use imgfetch_tests::{eventually, init_logs, sample};
+use imgfetch_tests::{eventually, init_logs, sample, write_tokens_file};
 
 const NETWORK: &str = "harbor";
 
@@ -323,14 +322,7 @@ async fn the_token_is_sent_as_a_bearer_and_a_refusal_is_reported() {
     let work = tempfile::tempdir().unwrap();
     let tokens_path = work.path().join("tokens.toml");
     let token = "cli-test-token-0123456789";
-    std::fs::write(
-        &tokens_path,
-        format!(
-            "[[token]]\nname = \"cli\"\nsha256 = \"{}\"\nnetworks = [\"harbor\"]\n",
-            sha256_hex(token.as_bytes())
-        ),
-    )
-    .unwrap();
+    write_tokens_file(&tokens_path, "cli", token, &["harbor"]);
     let tokens = Tokens::load(&tokens_path).expect("a valid tokens file");
     let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
     let out_dir = work.path().join("out");

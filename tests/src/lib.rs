@@ -87,6 +87,20 @@ pub(crate) fn find_binary(name: &str, override_var: &str, hint: &str) -> std::pa
     panic!("`{name}` was not found on PATH (or in ${override_var}). Install it: {hint}");
 }
 
+/// Writes a gateway tokens file at `path` with one entry: `name` may fetch `networks` with the
+/// bearer token `token` (the file holds its SHA-256; the format is in docs/SECURITY.md).
+pub fn write_tokens_file(path: &std::path::Path, name: &str, token: &str, networks: &[&str]) {
+    let networks = networks
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sha256 = imgfetch_common::digest::sha256_hex(token.as_bytes());
+    let entry =
+        format!("[[token]]\nname = {name:?}\nsha256 = \"{sha256}\"\nnetworks = [{networks}]\n");
+    std::fs::write(path, entry).expect("write the tokens file");
+}
+
 /// A free TCP port on 127.0.0.1, for servers that cannot pick their own.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

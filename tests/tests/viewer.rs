@@ -14,14 +14,13 @@ use chromiumoxide::cdp::js_protocol::runtime::EventExceptionThrown;
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::Page;
 use futures::StreamExt;
-use imgfetch_common::digest::sha256_hex;
 use imgfetch_common::store::StoreSpec;
 use imgfetch_gateway::archive::ArchiveConfig;
 use imgfetch_gateway::auth::Tokens;
 use imgfetch_tests::fake::{answer_image, fake_resolver, take_request};
 use imgfetch_tests::nats::NatsServer;
 use imgfetch_tests::pipeline::{sample_resolver, Gateway};
-use imgfetch_tests::{eventually, init_logs, sample};
+use imgfetch_tests::{eventually, init_logs, sample, write_tokens_file};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -453,14 +452,7 @@ async fn with_tokens_the_page_asks_for_one_and_shows_only_its_networks() {
     let _plant = sample_resolver(&nats.url(), "plant").await;
     let secrets = tempfile::tempdir().unwrap();
     let tokens_file = secrets.path().join("tokens.toml");
-    std::fs::write(
-        &tokens_file,
-        format!(
-            "[[token]]\nname = \"harbor-viewer\"\nsha256 = \"{}\"\nnetworks = [\"harbor\"]\n",
-            sha256_hex(TOKEN.as_bytes())
-        ),
-    )
-    .unwrap();
+    write_tokens_file(&tokens_file, "harbor-viewer", TOKEN, &["harbor"]);
     let tokens = Tokens::load(&tokens_file).unwrap();
     let gateway = Gateway::start(&nats.url(), |c| c.clients.tokens = Some(tokens)).await;
 
