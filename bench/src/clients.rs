@@ -72,8 +72,26 @@ pub fn read_frame(text: &str) -> serde_json::Result<ServerFrame<'static>> {
 
 /// Opens a websocket to the gateway.
 pub async fn connect_ws(base: &str) -> anyhow::Result<Socket> {
+    Ok(connect_ws_as(base, None).await?)
+}
+
+/// Opens a websocket to the gateway, with `Authorization: Bearer <token>` on the upgrade when
+/// a token is given. The error is tungstenite's, so that a caller can tell a refused upgrade
+/// (its HTTP response) from a connection that failed.
+pub async fn connect_ws_as(
+    base: &str,
+    token: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+
     let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
-    let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut request = url.into_client_request()?;
+    if let Some(token) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
     Ok(socket)
 }
 

@@ -1,7 +1,8 @@
 //! The load of a fault run: websocket clients (`/v1/ws`) sending requests with known ids at a
 //! steady pace for images whose SHA-256 is known, verifying every image's bytes, moving to the
 //! next gateway when theirs goes away, and in the end asking again by id
-//! (`GET /v1/requests/{id}`) for whatever has no correct image.
+//! (`GET /v1/requests/{id}`) for whatever has no correct image. With a bearer token, both the
+//! websocket upgrade and the asking again carry it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::ledger::{Ledger, Reask};
-use crate::clients::{connect_ws, fetch_message, read_frame};
-use crate::corpus::{self, Corpus};
+use crate::clients::{connect_ws_as, fetch_message, read_frame};
+use crate::corpus;
 
 /// The images a run asks for, by key, with their SHA-256.
 pub struct Images {
@@ -24,16 +25,16 @@ pub struct Images {
 }
 
 impl Images {
-    /// Hashes every image of `corpus`.
-    pub fn of(corpus: &Corpus) -> std::io::Result<Images> {
+    /// Hashes every image of the corpus of `count` images of `size` bytes, as
+    /// [`corpus::images`] makes them (the bytes any store of that corpus holds).
+    pub fn generated(size: usize, count: usize) -> Images {
         let mut keys = Vec::new();
         let mut sha = HashMap::new();
-        for i in 0..corpus.count {
-            let key = corpus::key(i);
-            sha.insert(key.clone(), Sha256::digest(corpus.read(i)?).into());
+        for (key, bytes) in corpus::images(size, count) {
+            sha.insert(key.clone(), Sha256::digest(bytes).into());
             keys.push(key);
         }
-        Ok(Images { keys, sha })
+        Images { keys, sha }
     }
 
     /// The keys, for copying the images into another store.
@@ -49,8 +50,10 @@ impl Images {
 /// How the clients load the gateways.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    /// The network asked.
-    pub network: String,
+    /// The networks asked: client `n` asks network `n` modulo their number.
+    pub networks: Vec<String>,
+    /// A bearer token for the websocket upgrade, when the gateways have a tokens file.
+    pub token: Option<String>,
     /// Websocket clients.
     pub clients: usize,
     /// Each client sends one request per interval.
@@ -126,6 +129,7 @@ async fn client(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut gateway = n;
+    let network = &spec.networks[n % spec.networks.len()];
     let mut seq = 0usize;
     let mut drain_until: Option<Instant> = None;
     loop {
@@ -137,9 +141,14 @@ async fn client(
             let list = gateways.lock().expect("gateway list");
             list[gateway % list.len()].clone()
         };
-        let socket = match tokio::time::timeout(Duration::from_secs(5), connect_ws(&base)).await {
+        let connect = connect_ws_as(&base, spec.token.as_deref());
+        let socket = match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(socket)) => socket,
-            _ => {
+            failed => {
+                ledger.connect_failed(match failed {
+                    Ok(Err(e)) => why_not_connected(&e),
+                    _ => "timeout".to_owned(),
+                });
                 gateway += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -169,7 +178,7 @@ async fn client(
                     let key = images.keys[corpus::pick(seq * 7919 + n, images.keys.len())].clone();
                     seq += 1;
                     ledger.with(&id, |e| e.key = key.clone());
-                    let frame = fetch_message(Some(id.clone()), &spec.network, &key);
+                    let frame = fetch_message(Some(id.clone()), network, &key);
                     in_flight.insert(id.clone(), ());
                     if sink.send(frame).await.is_err() {
                         break;
@@ -199,6 +208,23 @@ async fn client(
             });
         }
         gateway += 1;
+    }
+}
+
+/// Why a websocket could not be opened, in few words so that failures add up by reason: the
+/// `code` of a refused upgrade's JSON body (`unauthorized`), else its HTTP status, else what
+/// the connection met (`connection refused`).
+fn why_not_connected(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Http(response) => response
+            .body()
+            .as_deref()
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .and_then(|v| v["code"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("HTTP {}", response.status())),
+        Error::Io(e) => e.kind().to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -300,9 +326,11 @@ fn finish_image(
     });
 }
 
-/// Asks `base` again, by id, for every accepted request without a correct image, and records
-/// the answers. A 404 without `{"code":"unknown_request"}` means the route does not exist.
-pub async fn reask(base: &str, images: &Images, ledger: &Ledger) {
+/// Asks again, by id, for every accepted request without a correct image, and records the
+/// answers: each id on the first of `bases` that answers at all (the next one is tried when
+/// the HTTP request itself fails), with `Authorization: Bearer <token>` when a token is given.
+/// A 404 without `{"code":"unknown_request"}` means the route does not exist.
+pub async fn reask(bases: &[String], token: Option<&str>, images: &Images, ledger: &Ledger) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(45))
         .build()
@@ -310,27 +338,14 @@ pub async fn reask(base: &str, images: &Images, ledger: &Ledger) {
     let ids = ledger.without_image();
     let answers = futures::stream::iter(ids.into_iter().map(|id| {
         let http = http.clone();
-        let url = format!("{base}/v1/requests/{id}");
         async move {
-            let answer = match http.get(url).send().await {
-                Err(e) => Err(Reask::Failed(e.to_string())),
-                Ok(response) => {
-                    let status = response.status();
-                    match response.bytes().await {
-                        Err(e) => Err(Reask::Failed(e.to_string())),
-                        Ok(body) if status.is_success() => Ok(Sha256::digest(&body).into()),
-                        Ok(body) => {
-                            let code = serde_json::from_slice::<serde_json::Value>(&body)
-                                .ok()
-                                .and_then(|v| v["code"].as_str().map(str::to_owned));
-                            Err(match code {
-                                Some(code) => Reask::Error(code),
-                                None => Reask::Failed(format!("HTTP {status}")),
-                            })
-                        }
-                    }
+            let mut answer = Err(Reask::Failed("no gateway to ask".to_owned()));
+            for base in bases {
+                answer = ask_by_id(&http, &format!("{base}/v1/requests/{id}"), token).await;
+                if !matches!(answer, Err(Reask::Failed(_))) {
+                    break;
                 }
-            };
+            }
             (id, answer)
         }
     }))
@@ -346,4 +361,35 @@ pub async fn reask(base: &str, images: &Images, ledger: &Ledger) {
             });
         });
     }
+}
+
+/// `GET url`: the SHA-256 of the image, or what came instead.
+async fn ask_by_id(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> Result<[u8; 32], Reask> {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| Reask::Failed(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| Reask::Failed(e.to_string()))?;
+    if status.is_success() {
+        return Ok(Sha256::digest(&body).into());
+    }
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_owned));
+    Err(match code {
+        Some(code) => Reask::Error(code),
+        None => Reask::Failed(format!("HTTP {status}")),
+    })
 }

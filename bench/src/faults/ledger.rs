@@ -37,10 +37,11 @@ pub struct Entry {
     pub reask: Option<Reask>,
 }
 
-/// Every request of one run, shared by its clients.
+/// Every request of one run, shared by its clients, and the websockets they could not open.
 #[derive(Default)]
 pub struct Ledger {
     entries: Mutex<HashMap<String, Entry>>,
+    connect_failures: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Ledger {
@@ -48,6 +49,16 @@ impl Ledger {
     pub fn with<R>(&self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> R {
         let mut entries = self.entries.lock().expect("ledger lock");
         f(entries.entry(id.to_owned()).or_default())
+    }
+
+    /// Counts a websocket that could not be opened, by `reason`.
+    pub fn connect_failed(&self, reason: String) {
+        *self
+            .connect_failures
+            .lock()
+            .expect("ledger lock")
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// The accepted ids that have no correct image yet.
@@ -68,6 +79,7 @@ impl Ledger {
         let mut r = FaultReport {
             fault: fault.to_owned(),
             wall_s: wall.as_secs_f64(),
+            connect_failures: self.connect_failures.lock().expect("ledger lock").clone(),
             ..FaultReport::default()
         };
         for (id, e) in entries.iter() {
@@ -162,6 +174,10 @@ pub struct FaultReport {
     pub accepted: usize,
     /// Requests refused before acceptance, by code.
     pub refused: BTreeMap<String, usize>,
+    /// Websockets that could not be opened, by reason: the code of a refused upgrade
+    /// (`unauthorized`: no valid token), else its HTTP status, else what the connection met
+    /// (`connection refused` while a gateway is down, `timeout`). No request was sent on them.
+    pub connect_failures: BTreeMap<String, usize>,
     /// Correct images (bytes verified) on the websocket.
     pub ok: usize,
     /// Terminal error frames of accepted requests, by code (`damaged`: an image whose bytes

@@ -28,6 +28,11 @@ use std::sync::Arc;
 
 pub use ledger::FaultReport;
 
+/// Bytes per image of the corpus the load asks for.
+pub const CORPUS_SIZE: usize = 16 * 1024;
+/// Images in the corpus the load asks for.
+pub const CORPUS_COUNT: usize = 40;
+
 /// A fault, by its `--fault` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -142,10 +147,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<FaultReport>> {
             .tempdir()?
             .keep(),
     };
-    let corpus = crate::corpus::Corpus::create(16 * 1024, 40)?;
+    let corpus = crate::corpus::Corpus::create(CORPUS_SIZE, CORPUS_COUNT)?;
     let env = scenarios::Env {
         bin_dir,
-        images: Arc::new(client::Images::of(&corpus)?),
+        images: Arc::new(client::Images::generated(CORPUS_SIZE, CORPUS_COUNT)),
         corpus,
         smoke: options.smoke,
         log_root,

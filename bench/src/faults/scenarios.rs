@@ -39,7 +39,8 @@ impl Env {
 
     fn load(&self, fault: Fault) -> LoadSpec {
         LoadSpec {
-            network: "yard".to_owned(),
+            networks: vec!["yard".to_owned()],
+            token: None,
             clients: if self.smoke { 4 } else { 8 },
             interval: Duration::from_millis(100),
             max_in_flight: 16,
@@ -129,7 +130,7 @@ impl Run {
     /// Stops the load, asks `reask_base` again for what has no image, and counts.
     async fn finish(self, env: &Env, reask_base: &str) -> FaultReport {
         self.load.finish().await;
-        client::reask(reask_base, &env.images, &self.ledger).await;
+        client::reask(&[reask_base.to_owned()], None, &env.images, &self.ledger).await;
         let mut report =
             self.ledger
                 .report(self.fault.name(), &self.events, self.started.elapsed());

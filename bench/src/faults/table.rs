@@ -15,6 +15,19 @@ fn codes(map: &BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
+/// Requests refused before acceptance, and after them the websockets not opened, if any (a
+/// Markdown cell).
+fn refused(r: &FaultReport) -> String {
+    if r.connect_failures.is_empty() {
+        return codes(&r.refused);
+    }
+    format!(
+        "{}; websockets not opened: {}",
+        codes(&r.refused),
+        codes(&r.connect_failures)
+    )
+}
+
 fn recovery(r: &FaultReport) -> String {
     if r.recoveries.is_empty() {
         return "n/a".to_owned();
@@ -48,6 +61,13 @@ pub fn text(r: &FaultReport) -> String {
         r.duplicated,
         recovery(r)
     );
+    if !r.connect_failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "  websockets not opened: {}",
+            codes(&r.connect_failures)
+        );
+    }
     for (what, ids) in [("lost", &r.lost_ids), ("duplicated", &r.duplicated_ids)] {
         if !ids.is_empty() {
             let shown = ids.iter().take(20).cloned().collect::<Vec<_>>().join("; ");
@@ -78,7 +98,7 @@ pub fn markdown(reports: &[FaultReport]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.fault,
             r.accepted,
-            codes(&r.refused),
+            refused(r),
             r.ok,
             codes(&r.errors),
             r.reask_ok,
