@@ -24,6 +24,8 @@ async fn no_request_is_lost_or_answered_twice_through_kills_restarts_and_store_o
         json: out.path().join("faults.json"),
         markdown: None,
         log_dir: Some(out.path().join("logs")),
+        write_corpus: None,
+        external: Default::default(),
     };
     let reports = faults::run(&options).await.unwrap();
     assert_eq!(reports.len(), 6);

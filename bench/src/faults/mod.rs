@@ -13,18 +13,24 @@
 //! - [`ledger`]: every request by id, and the counts of a [`FaultReport`].
 //! - [`scenarios`]: the faults, one function each.
 //! - [`table`]: the report as text and as Markdown.
+//! - [`external`]: the same load and counts against gateways someone else runs (`--against`),
+//!   for as long as they say.
 //!
-//! [`run`] runs the faults asked for, one after the other.
+//! [`run`] runs the faults asked for, one after the other; or writes the images the load asks
+//! for (`--write-corpus`), or loads gateways run elsewhere (`--against`).
 
 pub mod client;
+pub mod external;
 pub mod ledger;
 pub mod scenarios;
 pub mod servers;
 pub mod stack;
 pub mod table;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use anyhow::Context as _;
 
 pub use ledger::FaultReport;
 
@@ -129,11 +135,31 @@ pub struct Options {
     /// Where the processes' logs go; default: a temp directory kept after the run.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// Write the images the load asks for (40 JPEGs of 16 KiB, keys `cam00/0000.jpg` to
+    /// `cam07/0039.jpg`, the same bytes on every run) under this directory, print each one's
+    /// SHA-256 and key as `sha256sum` does, and exit: the store for `--against`'s gateways.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["faults", "all", "smoke", "against"])]
+    pub write_corpus: Option<PathBuf>,
+    /// Loading gateways that run elsewhere.
+    #[command(flatten)]
+    pub external: external::ExternalOptions,
 }
 
 /// Runs the faults of `options` one after the other; a fault whose setup fails is reported
-/// as failed and the next one runs.
+/// as failed and the next one runs. With `--write-corpus`, writes the images and returns no
+/// report; with `--against`, loads those gateways and returns the one report of that.
 pub async fn run(options: &Options) -> anyhow::Result<Vec<FaultReport>> {
+    if let Some(dir) = &options.write_corpus {
+        write_corpus(dir)?;
+        return Ok(Vec::new());
+    }
+    if !options.external.against.is_empty() {
+        let report = external::run(&options.external).await?;
+        println!("{}", table::text(&report));
+        let reports = vec![report];
+        write_reports(options, &reports)?;
+        return Ok(reports);
+    }
     let bin_dir = crate::procs::find_bin_dir(options.bin_dir.as_deref())?;
     let faults: Vec<Fault> = if options.all || options.faults.is_empty() {
         Fault::ALL.to_vec()
@@ -170,12 +196,42 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<FaultReport>> {
         println!("{}", table::text(&report));
         reports.push(report);
     }
+    write_reports(options, &reports)?;
+    Ok(reports)
+}
+
+/// Writes `reports` as JSON to `--json`, and as Markdown to `--markdown` if given.
+fn write_reports(options: &Options, reports: &[FaultReport]) -> anyhow::Result<()> {
     if let Some(parent) = options.json.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&options.json, serde_json::to_string_pretty(&reports)?)?;
+    std::fs::write(&options.json, serde_json::to_string_pretty(reports)?)
+        .with_context(|| format!("cannot write {}", options.json.display()))?;
     if let Some(path) = &options.markdown {
-        std::fs::write(path, table::markdown(&reports))?;
+        std::fs::write(path, table::markdown(reports))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(reports)
+    Ok(())
+}
+
+/// Writes the corpus under `dir`, then prints `<sha256>  <key>` for each image as read back
+/// (what `sha256sum -c` checks in `dir`), and a summary on stderr.
+fn write_corpus(dir: &Path) -> anyhow::Result<()> {
+    let corpus = crate::corpus::Corpus::create_in(dir, CORPUS_SIZE, CORPUS_COUNT)
+        .with_context(|| format!("cannot write the images under {}", dir.display()))?;
+    for i in 0..corpus.count {
+        let bytes = corpus.read(i)?;
+        println!(
+            "{}  {}",
+            imgfetch_common::digest::sha256_hex(&bytes),
+            crate::corpus::key(i)
+        );
+    }
+    eprintln!(
+        "wrote {} images of {} bytes under {}",
+        corpus.count,
+        corpus.size,
+        dir.display()
+    );
+    Ok(())
 }
