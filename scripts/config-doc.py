@@ -40,6 +40,7 @@ TABLES = {
 TOML_KEYS = {
     "config": None,
     "check-config": None,
+    "install-nats-identity": None,
     "network": "`[networks.NAME]` table",
     "no-provision": "`provision = false`",
     "provision-only": None,

@@ -120,6 +120,27 @@ pub struct Args {
     /// Connects to nothing, opens no archive and binds no port.
     #[arg(long)]
     pub check_config: bool,
+    /// Only copy this instance's NATS credentials, the file in DIR named after --instance, to
+    /// the file --nats-password-file or --nats-creds names (mode 0400), and exit: 0 when copied,
+    /// 64 when that key is missing or neither file is set. What the Helm chart's init container
+    /// runs: DIR holds every replica's credentials, the gateway container sees only its own.
+    #[arg(long, value_name = "DIR", conflicts_with = "check_config")]
+    pub install_nats_identity: Option<PathBuf>,
+}
+
+impl Args {
+    /// The flags and variables over the TOML file `--config` names (read through `read`):
+    /// every setting given, none defaulted.
+    pub fn merged_settings(
+        self,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => imgfetch_common::settings::read_toml::<Settings>(path, &read, RENAMED)?,
+            None => Settings::default(),
+        };
+        Ok(self.settings.or(file))
+    }
 }
 
 /// The settings, as flags and variables and as the keys of the TOML file. Each is optional here:
@@ -355,11 +376,7 @@ impl Config {
         read: impl Fn(&Path) -> std::io::Result<String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => imgfetch_common::settings::read_toml::<Settings>(path, &read, RENAMED)?,
-            None => Settings::default(),
-        };
-        let s = args.settings.or(file);
+        let s = args.merged_settings(&read)?;
         let mut config = Config::new(
             s.nats
                 .nats_url

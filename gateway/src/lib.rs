@@ -21,6 +21,8 @@
 //! - [`config`]: flags, environment and TOML file, resolved into a [`Config`].
 //! - [`failure`]: the one error type a request can end in.
 //! - [`metric`]: the names of the Prometheus series, each declared once.
+//! - [`nats_identity`]: `--install-nats-identity`, the copy of this replica's own NATS
+//!   credentials that the Helm chart's init container runs.
 //!
 //! The reply router, the sentinel and the fetch service are supervised (`imgfetch_common::supervise`): one that
 //! ends early is restarted with a new subscription, and `/readyz` is false meanwhile.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod failure;
 pub mod image;
 pub mod metric;
+pub mod nats_identity;
 pub mod queue;
 pub mod results;
 

@@ -2,6 +2,7 @@
 
 use imgfetch_common::settings::EXIT_CONFIG;
 use imgfetch_gateway::config::{Args, Config, RENAMED};
+use imgfetch_gateway::nats_identity;
 
 /// mimalloc keeps freed pages for reuse; with the system allocator every 64 KiB image buffer
 /// was fresh memory, page-faulted in and zeroed (see docs/PERFORMANCE.md).
@@ -11,7 +12,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Args = imgfetch_common::settings::parse_args("imgfetch-gateway", RENAMED);
+    let mut args: Args = imgfetch_common::settings::parse_args("imgfetch-gateway", RENAMED);
+    if let Some(dir) = args.install_nats_identity.take() {
+        // Only the instance and the NATS file settings matter: nothing else is resolved.
+        let settings = imgfetch_common::settings::or_exit(
+            "imgfetch-gateway",
+            args.merged_settings(|p| std::fs::read_to_string(p)),
+        );
+        let auth = settings.nats.auth();
+        match nats_identity::install(&dir, settings.instance.as_deref(), &auth) {
+            Ok(done) => println!("imgfetch-gateway: {done}"),
+            Err(err) => {
+                eprintln!("imgfetch-gateway: {err}");
+                std::process::exit(EXIT_CONFIG);
+            }
+        }
+        return Ok(());
+    }
     let check_only = args.check_config;
     let resolved = Config::resolve(
         args,

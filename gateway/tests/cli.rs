@@ -67,3 +67,57 @@ fn check_config_validates_without_binding_connecting_or_opening_the_archive() {
     assert!(stderr.contains("archive"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn install_nats_identity_copies_the_own_key_and_names_a_missing_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("imgfetch-cli-identity-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let identities = root.join("identities");
+    std::fs::create_dir_all(&identities).unwrap();
+    std::fs::create_dir_all(root.join("nats")).unwrap();
+    std::fs::write(identities.join("gateway-0"), "s3cret\n").unwrap();
+    std::fs::write(identities.join("gateway-1"), "other\n").unwrap();
+    let password = root.join("nats/password");
+
+    // As the chart's init container runs it: the instance and the file from the environment.
+    let out = gateway()
+        .arg("--install-nats-identity")
+        .arg(&identities)
+        .env("IMGFETCH_INSTANCE", "gateway-0")
+        .env("IMGFETCH_NATS_USER", "gateway-0")
+        .env("IMGFETCH_NATS_PASSWORD_FILE", &password)
+        .output()
+        .expect("run imgfetch-gateway");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("installed NATS password"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&password).unwrap(), "s3cret\n");
+    let mode = std::fs::metadata(&password).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o400);
+
+    for (args, expect) in [
+        (
+            &[
+                "--instance",
+                "gateway-2",
+                "--nats-creds",
+                "/nowhere/nats.creds",
+            ][..],
+            "no key \"gateway-2\" in",
+        ),
+        (&["--instance", "gateway-1"][..], "nowhere to install to"),
+    ] {
+        let out = gateway()
+            .arg("--install-nats-identity")
+            .arg(&identities)
+            .args(args)
+            .output()
+            .expect("run imgfetch-gateway");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
