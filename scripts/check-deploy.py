@@ -10,14 +10,17 @@ a schema cannot:
 
 - the custom kinds' required fields (KEDA ScaledObject, NACK Stream and Consumer), one resolver
   Deployment, PodDisruptionBudget and ConfigMap per zone, the gateway's drain timing, the
-  restricted security context, secrets never in plain environment values;
+  restricted security context, secrets never in plain environment values, no container of an
+  imgfetch image running a command of its own (the images hold no shell, sleep or cp);
 - every file a binary is told to read (password, creds, CA, tokens, S3 secret) is on a volume
   its container mounts, and is there once the pod's volumes are laid out in a temporary root
   (the chart's own Secrets with their rendered content, others as real stand-ins: a PEM CA made
   with openssl, a tokens file, a .creds file, a password) and its init containers have run;
 - the gateway replicas' NATS identities: a StatefulSet whose HPA and PodDisruptionBudget reach
   it, each pod copying only its own credentials (the key named after the pod) into a volume the
-  gateway container mounts instead of the Secret, its instance and NATS user both its pod name,
+  gateway container mounts instead of the Secret (its init container runs the gateway image with
+  --install-nats-identity, done here by the gateway binary itself in the laid-out pod), its
+  instance and NATS user both its pod name,
   and a NATS user with a password key for every ordinal up to the HPA's maxReplicas, whose
   subscribe permissions name only its own instance;
 - the NATS users' permissions against the roles block of the repository's nats.conf (the
@@ -83,6 +86,13 @@ def need(doc, path):
         else:
             return None
     return value
+
+
+def execs(value):
+    """Whether a lifecycle hook or probe runs a command: an `exec` action anywhere in it."""
+    if isinstance(value, dict):
+        return "exec" in value or any(execs(v) for v in value.values())
+    return isinstance(value, list) and any(execs(v) for v in value)
 
 
 def require(doc, paths):
@@ -403,15 +413,23 @@ def is_file_setting(name):
         "IMGFETCH_NATS_CREDS", "IMGFETCH_NATS_TLS_CA", "IMGFETCH_CONFIG")
 
 
+# The gateway's flag that its pods' init container runs (gateway/src/nats_identity.rs).
+INSTALL_IDENTITY = "--install-nats-identity"
+
+
 class Pod:
     """A pod of a workload laid out under `root`: its volumes written at their containers'
     mount paths (rendered Secrets and ConfigMaps with their content, other Secrets as
-    stand-ins), then its init containers run (only `/bin/cp SRC DST` is understood)."""
+    stand-ins), then its init containers run: the gateway's `--install-nats-identity DIR` by
+    the `gateway` binary, with the paths moved into the root."""
 
-    def __init__(self, what, spec, name, root, rendered, stand_ins, generated_keys):
+    def __init__(self, what, spec, name, root, rendered, stand_ins, generated_keys,
+                 gateway=None):
         self.what, self.spec, self.name, self.root = what, spec, name, root
         self.rendered, self.stand_ins = rendered, stand_ins
         self.generated_keys = generated_keys
+        self.gateway = gateway
+        self.init_logs = {}
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(root)
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -476,34 +494,46 @@ class Pod:
     def _run_init(self, c):
         if c.get("args") == ["--provision-only"]:
             return  # the hub side of the leaf zones: check_leaf_zones runs it
-        env = {e["name"]: self.env_value(e) for e in c.get("env", [])}
-        argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a)
-                for a in (c.get("command", []) + c.get("args", []))]
-        if len(argv) != 3 or argv[0] != "/bin/cp":
-            fail(f"{self.what}: init container {c['name']} runs {argv}; only /bin/cp SRC DST "
-                 "can be checked")
+        argv = c.get("command", []) + c.get("args", [])
+        if c.get("command") or len(argv) != 2 or argv[0] != INSTALL_IDENTITY:
+            fail(f"{self.what}: init container {c['name']} runs {argv}; only the gateway "
+                 f"image's {INSTALL_IDENTITY} DIR can be checked")
             return
-        mounts = [m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts", [])]
-        for p in argv[1:]:
-            if not any(p.startswith(m) for m in mounts):
-                fail(f"{self.what}: init container {c['name']}: {p} is on none of its volumes")
-                return
-        if not os.path.isfile(self.path(argv[1])):
-            fail(f"{self.what}: init container {c['name']}: cp: cannot stat {argv[1]}")
+        if self.gateway is None:
+            fail(f"{self.what}: init container {c['name']}: no gateway binary to run it with")
             return
-        shutil.copyfile(self.path(argv[1]), self.path(argv[2]))
+        if self._mount(c, argv[1]) is None:
+            fail(f"{self.what}: init container {c['name']}: {argv[1]} is on none of its volumes")
+            return
+        # The files it writes need not be there yet, but on a volume it may write to.
+        env = self.env(c, writes=True)
+        code, line = run_check([self.gateway, INSTALL_IDENTITY, self.path(argv[1])], env=env)
+        self.init_logs[c["name"]] = line
+        if code != 0:
+            fail(f"{self.what}: init container {c['name']} exit {code}: {line}")
 
-    def env(self, container):
+    @staticmethod
+    def _mount(container, path):
+        """The volume mount of `container` that `path` is on, or None."""
+        for m in container.get("volumeMounts", []):
+            if (path.rstrip("/") + "/").startswith(m["mountPath"].rstrip("/") + "/"):
+                return m
+        return None
+
+    def env(self, container, writes=False):
         """The container's environment for --check-config, file paths moved into the root,
-        checking that each such file is on a volume this container mounts and is there."""
+        checking that each such file is on a volume this container mounts and is there (or,
+        with `writes`, for the files an init container writes: on a volume mounted writable)."""
         env = {"PATH": os.environ.get("PATH", "")}
-        mounts = [m["mountPath"].rstrip("/") + "/" for m in container.get("volumeMounts", [])]
         for e in container.get("env", []):
             value = self.env_value(e)
             if is_file_setting(e["name"]) and "value" in e:
-                if not any(value.startswith(m) for m in mounts):
+                mount = self._mount(container, value)
+                if mount is None:
                     fail(f"{self.what}: {e['name']}={value} is on no mounted volume")
-                elif not os.path.isfile(self.path(value)):
+                elif writes and mount.get("readOnly"):
+                    fail(f"{self.what}: {e['name']}={value} is on a read-only mount")
+                elif not writes and not os.path.isfile(self.path(value)):
                     fail(f"{self.what}: {e['name']}={value}: no such file in the pod")
                 value = self.path(value)
             env[e["name"]] = value
@@ -890,21 +920,26 @@ def check_gateway_identity(what, sts, hpa, pdbs, rendered, mode):
              "credentials")
         return pods, None, None
     init = inits[0]
+    c = pod["containers"][0]
     cmd = init.get("command", []) + init.get("args", [])
     init_env = {e["name"]: e for e in init.get("env", [])}
     mounts = {m["name"]: m["mountPath"] for m in init.get("volumeMounts", [])}
     identities = [n for n in mounts if "secret" in volumes.get(n, {})]
-    if len(cmd) != 3 or cmd[0] != "/bin/cp" or len(identities) != 1 or \
-            cmd[1] != mounts[identities[0]].rstrip("/") + "/$(POD_NAME)" or \
-            need(init_env.get("POD_NAME", {}), "valueFrom.fieldRef.fieldPath") != "metadata.name":
-        fail(f"{what}: the init container does not copy the key named after the pod "
-             f"(/bin/cp <Secret>/$(POD_NAME) ...): {cmd}")
+    # The gateway image itself (it has no cp), copying the key named after the instance, which
+    # is the pod's name, to the file the gateway container reads.
+    target_var = "IMGFETCH_NATS_PASSWORD_FILE" if mode == "password" else "IMGFETCH_NATS_CREDS"
+    if init.get("command") or init.get("image") != c.get("image") or len(identities) != 1 or \
+            cmd != [INSTALL_IDENTITY, mounts[identities[0]]] or \
+            need(init_env.get("IMGFETCH_INSTANCE", {}), "valueFrom.fieldRef.fieldPath") != \
+            "metadata.name" or not need(init_env.get(target_var, {}), "value"):
+        fail(f"{what}: the init container does not install the key named after the pod (the "
+             f"gateway image with args {INSTALL_IDENTITY} <Secret>, IMGFETCH_INSTANCE the pod's "
+             f"name, {target_var} set): image {init.get('image')}, {cmd}")
         return pods, None, None
     secret = volumes[identities[0]]["secret"]
     if secret.get("items"):
         fail(f"{what}: the identities Secret is mounted with items; every pod needs its own key")
-    target = cmd[2]
-    c = pod["containers"][0]
+    target = init_env[target_var]["value"]
     main_mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
     if identities[0] in main_mounts:
         fail(f"{what}: the gateway container mounts every replica's credentials")
@@ -947,7 +982,12 @@ def run_gateways(what, sts, pods, args, rendered, stand_ins, generated, mode, se
     logins = {}
     for pod_name in pods:
         pod = Pod(f"{what} pod {pod_name}", sts["spec"]["template"]["spec"], pod_name,
-                  os.path.join(args.work, "pods", pod_name), rendered, stand_ins, generated)
+                  os.path.join(args.work, "pods", pod_name), rendered, stand_ins, generated,
+                  gateway=args.gateway)
+        if pod_name in (pods[0], pods[-1]):
+            for init, line in pod.init_logs.items():
+                print(f"{what} pod {pod_name}: init container {init}: "
+                      f"{line.replace(pod.root, '<pod>')}")
         c = pod.spec["containers"][0]
         env = pod.env(c)
         if secure:
@@ -1050,12 +1090,20 @@ def check_chart(args, docs, by_kind, rendered):
 
     # Every container: probes, the restricted security context, no secret in a plain value.
     workloads = by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
+    own_images = {c["image"] for w in workloads if component(w) in ("gateway", "resolver")
+                  for c in w["spec"]["template"]["spec"]["containers"]}
     for w in workloads:
         name = w["metadata"]["name"]
         pod = w["spec"]["template"]["spec"]
         if need(pod, "securityContext.runAsNonRoot") is not True:
             fail(f"{name}: pod not runAsNonRoot")
         for c in pod.get("initContainers", []) + pod["containers"]:
+            # The imgfetch images hold their binary and its libraries only: no shell, no sleep.
+            if c["image"] in own_images and (c.get("command") or execs(
+                    [c.get(k) for k in ("lifecycle", "livenessProbe", "readinessProbe",
+                                        "startupProbe")])):
+                fail(f"{name}: container {c['name']} of {c['image']} runs a command of its own; "
+                     "the image has only its binary (its entrypoint)")
             sc = c.get("securityContext") or {}
             if sc.get("readOnlyRootFilesystem") is not True:
                 fail(f"{name}: root filesystem writable")
@@ -1095,7 +1143,10 @@ def check_chart(args, docs, by_kind, rendered):
     if grace_seconds is None:
         fail(f"gateway: IMGFETCH_GRACE {grace!r} is not a duration such as 30s")
         grace_seconds = 0
-    sleep = int(need(c, "lifecycle.preStop.exec.command")[-1])
+    # The kubelet's sleep action: the image has no sleep to exec.
+    if need(c, "lifecycle.preStop.exec"):
+        fail("gateway: preStop execs a command; the image has none (use lifecycle.preStop.sleep)")
+    sleep = int(need(c, "lifecycle.preStop.sleep.seconds") or 0)
     period = pod["terminationGracePeriodSeconds"]
     if not period > sleep + grace_seconds:
         fail(f"gateway: terminationGracePeriodSeconds {period} <= {sleep} s + {grace}")

@@ -195,8 +195,8 @@ done
   --set resolver.terminationGracePeriodSeconds=40 >"$work/durations.yaml"
 "$HELM" template imgfetch "$CHART" --set gateway.graceSeconds=40 \
   --set gateway.preStopSleepSeconds=3 --set resolver.graceSeconds=25 >"$work/old-keys.yaml"
-for expect in 'durations.yaml|value: "1m"' 'durations.yaml|"/bin/sleep", "2"' 'durations.yaml|grace = "30s"' \
-  'old-keys.yaml|value: "40s"' 'old-keys.yaml|"/bin/sleep", "3"' 'old-keys.yaml|grace = "25s"'; do
+for expect in 'durations.yaml|value: "1m"' 'durations.yaml|seconds: 2' 'durations.yaml|grace = "30s"' \
+  'old-keys.yaml|value: "40s"' 'old-keys.yaml|seconds: 3' 'old-keys.yaml|grace = "25s"'; do
   if ! grep -qF "${expect#*|}" "$work/${expect%%|*}"; then
     echo "check-deploy: ${expect%%|*} has no ${expect#*|}" >&2
     exit 1
