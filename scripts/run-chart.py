@@ -81,7 +81,7 @@ def tokens():
                    f'networks = ["*"]\n')
 
 
-def nats_objects(nats_values, image, tls, operator_conf=None):
+def nats_objects(nats_values, image, tls, operator_conf=None, leaf_tls=None):
     """NATS as deploy/nats-values.yaml has the official chart run it, on one node: its
     config.merge, JetStream (file store, domain), leafnode port, monitoring, client TLS, and
     the imgfetch chart's accounts Secret mounted at /etc/nats-imgfetch and included."""
@@ -96,10 +96,13 @@ def nats_objects(nats_values, image, tls, operator_conf=None):
                  f"  max_memory_store: {js['memoryStore']['maxSize']}\n"
                  + "".join(f"  {k}: {v}\n" for k, v in js.get("merge", {}).items()) + "}")
     leaf = cfg.get("leafnodes", {})
+    leaf_tls = tls if leaf_tls is None else leaf_tls
     if leaf.get("enabled"):
+        leaf_conf = ("  tls {\n    cert_file: /etc/nats-certs/leafnodes/tls.crt\n"
+                    "    key_file: /etc/nats-certs/leafnodes/tls.key\n  }\n") if leaf_tls else ""
         lines.append("leafnodes {\n" f"  port: {leaf['port']}\n"
                      + "".join(f"  {k}: {str(v).lower()}\n" for k, v in leaf.get("merge", {}).items())
-                     + "}")
+                     + leaf_conf + "}")
     if tls:
         lines.append("tls {\n  cert_file: /etc/nats-certs/nats/tls.crt\n"
                      "  key_file: /etc/nats-certs/nats/tls.key\n}")
@@ -126,6 +129,10 @@ def nats_objects(nats_values, image, tls, operator_conf=None):
         mounts.append({"name": "server-tls", "mountPath": "/etc/nats-certs/nats", "readOnly": True})
         volumes.append({"name": "server-tls", "secret": {
             "secretName": cfg["nats"]["tls"]["secretName"]}})
+    if leaf_tls and leaf.get("enabled"):
+        mounts.append({"name": "leafnodes-tls", "mountPath": "/etc/nats-certs/leafnodes",
+                       "readOnly": True})
+        volumes.append({"name": "leafnodes-tls", "secret": {"secretName": leaf["tls"]["secretName"]}})
     probe = {"httpGet": {"path": "/healthz?js-enabled-only=true", "port": "monitor"},
              "periodSeconds": 2, "failureThreshold": 3}
     sts = {"apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -195,7 +202,7 @@ def s3_objects(image, s3s_fs):
 # -- rendering --------------------------------------------------------------------------------
 
 def values_for(args, example, passwords, gateway_max):
-    """The two-zone example with only what this machine needs changed, each change logged."""
+    """An example's values with only what this machine needs changed, each change logged."""
     with open(example) as f:
         values = yaml.safe_load(f)
     changes = []
@@ -217,6 +224,12 @@ def values_for(args, example, passwords, gateway_max):
             if "endpoint" in net.get("store", {}):
                 change(f"zones.{i}.networks.{j}.store.endpoint", "http://s3:9000")
                 change(f"zones.{i}.networks.{j}.store.accessKeyId", S3_KEY_ID)
+        if "leaf" in zone:
+            # The hub's leafnode port, as the zone reaches it here: the nats Service.
+            change(f"zones.{i}.leaf.hubUrl", "tls://nats:7422")
+    if any("leaf" in z for z in values["zones"]):
+        change("leaf.image", {"repository": args.nats_image.rsplit(":", 1)[0],
+                              "tag": args.nats_image.rsplit(":", 1)[1], "pullPolicy": "Never"})
     for c in changes:
         log(f"values: {c}")
     overlay = {"nats": {"auth": {
@@ -255,54 +268,65 @@ class Run:
     """One machine's "cluster": the network, NATS, S3, the Secrets made out of band, the
     stores, and the chart's workloads."""
 
-    def __init__(self, args, work, creds=False):
+    def __init__(self, args, work, creds=False, layout="two-zones"):
         self.args, self.work = args, work
         self.operator = Operator(work) if creds else None
         self.tls = make_tls(work)
         self.token, tokens_file = tokens()
         self.passwords = {f"gateway-{i}": secrets.token_hex(24) for i in range(10)}
         self.passwords.update(resolver=secrets.token_hex(24), publisher=secrets.token_hex(24))
-        claims = self.stores()
-        images = {}
-        self.cluster = Cluster(work, NAMESPACE, claims=claims, images=images)
+        claims, host_paths = self.stores(layout)
+        self.cluster = Cluster(work, NAMESPACE, claims=claims, host_paths=host_paths)
         out_of_band = [
             secret("imgfetch-nats-ca", {"ca.crt": self.tls["ca.crt"]}),
             secret("imgfetch-nats-server-tls", {k: self.tls[k] for k in ("tls.crt", "tls.key", "ca.crt")}),
             secret("imgfetch-gateway-tokens", {"tokens.toml": tokens_file}),
             secret("imgfetch-archive-s3", {"access_key_id": S3_KEY_ID, "secret_access_key": S3_SECRET}),
             secret("cams-s3", {"secret_access_key": S3_SECRET}),
+            # The leaf zones' trust in the hub's leafnode certificate, and that certificate.
+            secret("imgfetch-hub-ca", {"ca.crt": self.tls["ca.crt"]}),
+            secret("imgfetch-nats-leafnodes-tls", {k: self.tls[k] for k in ("tls.crt", "tls.key")}),
         ]
         self.cluster.apply(out_of_band)
         with open(os.path.join(ROOT, "deploy/nats-values.yaml")) as f:
             self.nats_values = yaml.safe_load(f)
 
-    def stores(self):
-        """The dmz share and the S3 server's buckets: the samples and the load's images."""
-        claims = {}
-        dmz = os.path.join(self.work, "stores", "dmz")
-        s3 = os.path.join(self.work, "stores", "s3")
-        cams = os.path.join(s3, "camera-images")
-        shutil.copytree(os.path.join(ROOT, "samples", "harbor"), dmz)
-        shutil.copytree(os.path.join(ROOT, "samples", "plant"), cams)
+    def stores(self, layout):
+        """The zones' stores with the samples and the load's images: for the two-zone example
+        the dmz share and the S3 bucket camera-images; for the leaf-zone example harbor's claim
+        and plant's hostPath. The S3 server also holds the archive bucket."""
+        stores = os.path.join(self.work, "stores")
+        s3 = os.path.join(stores, "s3")
         os.makedirs(os.path.join(s3, "imgfetch-archive"))
-        if self.args.corpus:
-            for d in (dmz, cams):
-                shutil.copytree(self.args.corpus, d, dirs_exist_ok=True)
-        for d in (dmz, s3):
-            subprocess.run(["chmod", "-R", "a+rX", d], check=True)
+        if layout == "two-zones":
+            dirs = {"dmz": (os.path.join(stores, "dmz"), "harbor", "quay-east.jpg"),
+                    "cams": (os.path.join(s3, "camera-images"), "plant", "line-3/overview.png")}
+            claims = {"dmz-images": dirs["dmz"][0]}
+            host_paths = {}
+        else:
+            dirs = {"harbor": (os.path.join(stores, "harbor"), "harbor", "quay-east.jpg"),
+                    "plant": (os.path.join(stores, "plant"), "plant", "line-3/overview.png")}
+            claims = {f"{RELEASE}-resolver-harbor-harbor": dirs["harbor"][0]}
+            host_paths = {"/srv/images/plant": dirs["plant"][0]}
+        self.cases = {}
+        for net, (path, sample, key) in dirs.items():
+            shutil.copytree(os.path.join(ROOT, "samples", sample), path)
+            if self.args.corpus:
+                shutil.copytree(self.args.corpus, path, dirs_exist_ok=True)
+            subprocess.run(["chmod", "-R", "a+rX", path], check=True)
+            self.cases[net] = (key, os.path.join(path, key))
+        self.networks = sorted(dirs)
         subprocess.run(["chown", "-R", "65532:65532", s3], check=True)
-        nats_data = os.path.join(self.work, "stores", "nats-0")
+        nats_data = os.path.join(stores, "nats-0")
         os.makedirs(nats_data)
         os.chown(nats_data, 65532, 65532)
-        bin_dir = os.path.join(self.work, "stores", "s3s-fs-bin")
-        claims.update({"dmz-images": dmz, "s3-data": s3, "nats-js-nats-0": nats_data,
+        claims.update({"s3-data": s3, "nats-js-nats-0": nats_data,
                        "s3s-fs-bin": self.args.s3s_fs})
-        self.dmz, self.cams = dmz, cams
         self.archive = os.path.join(s3, "imgfetch-archive")
-        del bin_dir
-        return claims
+        return claims, host_paths
 
     def start_backing(self, tls):
+        self.nats_tls = tls
         c = self.cluster
         c.apply(s3_objects(self.args.base_image, self.args.s3s_fs))
         self.nats_docs = nats_objects(self.nats_values, self.args.nats_image, tls,
@@ -363,7 +387,7 @@ class Run:
         return {"user": "publisher", "password": pw.decode().strip()}
 
     def close(self):
-        self.cluster.close()
+        self.cluster.close(last=("nats", "s3"))
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -425,7 +449,10 @@ def check_metrics(run):
                 continue
             url = f"http://{pod.ip}:{ann['prometheus.io/port']}{ann.get('prometheus.io/path', '/metrics')}"
             status, _, body = http_get(url)
-            if status != 200 or b"imgfetch_" not in body:
+            # The hub side's dead-letter collector serves no network: it has recorded nothing
+            # until a request dies, and a metric appears once recorded.
+            collector = w.name.endswith("-resolver-hub")
+            if status != 200 or (b"imgfetch_" not in body and not collector):
                 raise Failure(f"{pod.name}: {url} answered {status} without imgfetch_ metrics")
             seen += 1
     if seen == 0:
@@ -436,8 +463,7 @@ def check_metrics(run):
 def check_fetches(run, gateway, networks):
     """HTTP (urllib and the imgfetch CLI) and NATS hand requests on every network."""
     c = run.cluster
-    cases = {"dmz": ("quay-east.jpg", os.path.join(run.dmz, "quay-east.jpg")),
-             "cams": ("line-3/overview.png", os.path.join(run.cams, "line-3", "overview.png"))}
+    cases = run.cases
     for net in networks:
         key, path = cases[net]
         want = open(path, "rb").read()
@@ -445,19 +471,20 @@ def check_fetches(run, gateway, networks):
         if status != 200 or body != want:
             raise Failure(f"HTTP {net}/{key}: {status}, {len(body)} bytes: {body[:200]!r}")
         status, _, _ = http_get(f"{gateway}/v1/images/{net}/{key}")
-        if status != 401:
+        if run.token and status != 401:
             raise Failure(f"HTTP {net}/{key} without a token: {status}, not 401")
         out = os.path.join(run.work, "cli", net)
-        r = subprocess.run([run.args.cli, "get", "--gateway", gateway, "--network", net,
-                            "--token", run.token, "--keep-names", "--no-progress", "-o", out, key],
+        token = ["--token", run.token] if run.token else []
+        r = subprocess.run([run.args.cli, "get", "--gateway", gateway, "--network", net, *token,
+                            "--keep-names", "--no-progress", "-o", out, key],
                            capture_output=True, text=True, timeout=60)
         got = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs]
         if r.returncode != 0 or len(got) != 1 or open(got[0], "rb").read() != want:
             raise Failure(f"imgfetch get {net} {key}: exit {r.returncode} {r.stderr[-400:]}")
         passed(f"HTTP fetch on {net}", f"{key}, {len(want)} bytes, byte for byte (urllib and "
-               "the imgfetch CLI); 401 without a token")
+               "the imgfetch CLI)" + ("; 401 without a token" if run.token else ""))
     nats = c.services["nats"]["nats"]
-    ca = os.path.join(run.work, "tls", "ca.crt")
+    ca = os.path.join(run.work, "tls", "ca.crt") if run.nats_tls else None
     conn = Nats("127.0.0.1", nats.port, ca=ca, **run.nats_login())
     try:
         for net in networks:
@@ -474,7 +501,7 @@ def check_fetches(run, gateway, networks):
                 "imgfetch.fetch", json.dumps({"network": net, "key": key}).encode())
             if headers.get("Imgfetch-Status") != "ok" or body != want:
                 raise Failure(f"NATS imgfetch.fetch {net}/{key}: {headers}, {len(body)} bytes")
-            passed(f"NATS fetch on {net}", f"as publisher over {conn.tls}: imgfetch.req.{net} "
+            passed(f"NATS fetch on {net}", f"as publisher over {getattr(conn, 'tls', 'plain TCP')}: imgfetch.req.{net} "
                    "with a me.> callback, and imgfetch.fetch, byte for byte")
     finally:
         conn.close()
@@ -485,7 +512,7 @@ def check_tls(run):
     nats = run.cluster.workloads["nats"].pods[0]
     _, _, body = http_get(f"http://{nats.ip}:8222/connz?auth=true&limit=1024")
     conns = json.loads(body)["connections"]
-    plain = [x.get("authorized_user", "?") for x in conns if not x.get("tls_version")]
+    plain = [x for x in conns if not x.get("tls_version")]
     if not conns or plain:
         raise Failure(f"NATS connections without TLS: {plain} (of {len(conns)})")
     users = sorted({x.get("authorized_user", "?") for x in conns})
@@ -534,17 +561,20 @@ def check_rolling(run, docs, gateway, networks):
 
 # -- scenarios --------------------------------------------------------------------------------
 
-def chart_values(args, run, chart, tag, gateway_max=6):
-    example = os.path.join(chart, "..", "values-two-zones.yaml")
-    values, overlay = values_for(args, example, run.passwords, gateway_max)
+def chart_values(args, run, chart, tag, gateway_max=6, example="values-two-zones.yaml",
+                 secure=True):
+    values, overlay = values_for(args, os.path.join(chart, "..", example), run.passwords,
+                                 gateway_max)
     vfile = os.path.join(run.work, f"values-{tag}.yaml")
     ofile = os.path.join(run.work, f"overlay-{tag}.yaml")
     with open(vfile, "w") as f:
         yaml.safe_dump(values, f)
     with open(ofile, "w") as f:
         yaml.safe_dump(overlay, f)
-    files = [vfile, os.path.join(chart, "..", "values-secure.yaml"), ofile]
-    return files
+    files = [vfile] + ([os.path.join(chart, "..", "values-secure.yaml")] if secure else [])
+    if not secure:
+        run.token = None  # no tokens file: the client sends none
+    return files + [ofile]
 
 
 def image_sets(repo_tag_gateway, repo_tag_resolver):
@@ -569,7 +599,7 @@ def scenario_run(args, work):
         passed("every pod ready", f"{sum(len(w.pods) for w in run.cluster.workloads.values())} "
                f"pods in {time.monotonic() - t0:.0f} s")
         gateway = run.cluster.service_url(f"{RELEASE}-gateway")
-        networks = ["cams", "dmz"]
+        networks = run.networks
         check_pods(run, docs)
         check_fetches(run, gateway, networks)
         check_tls(run)
@@ -578,6 +608,42 @@ def scenario_run(args, work):
         check_probes(run)
         check_rolling(run, docs, gateway, networks)
         check_fetches(run, gateway, networks)
+    finally:
+        run.close()
+
+
+def scenario_leaf(args, work):
+    """deploy/helm/values-leaf-zone.yaml: harbor direct, plant behind a leaf node that dials the
+    hub's leafnode port over TLS; the hub side provisions plant's consumer and collects dead
+    letters."""
+    run = Run(args, work, layout="leaf")
+    try:
+        chart = args.chart
+        files = chart_values(args, run, chart, "leaf", example="values-leaf-zone.yaml",
+                             secure=False)
+        docs = render(args, chart, files, image_sets(args.gateway_image, args.resolver_image),
+                      work, "leaf")
+        run.start_backing(tls=False)
+        run.nats_docs = nats_objects(run.nats_values, args.nats_image, tls=False,
+                                     leaf_tls=True)
+        run.apply_chart(docs)
+        run.cluster.wait_all_ready(240)
+        passed("every pod ready", f"{sum(len(w.pods) for w in run.cluster.workloads.values())} "
+               "pods, the leaf node among them")
+        nats = run.cluster.workloads["nats"].pods[0]
+        _, _, body = http_get(f"http://{nats.ip}:8222/leafz")
+        leafs = json.loads(body).get("leafs", [])
+        if len(leafs) != 1 or leafs[0].get("account") != "IMGFETCH":
+            raise Failure(f"the hub's /leafz: {leafs}")
+        passed("the leaf node is connected", f"account {leafs[0]['account']}, from "
+               f"{leafs[0].get('name')}, over TLS to tls://nats:7422 (the hub's CA verified)")
+        gateway = run.cluster.service_url(f"{RELEASE}-gateway")
+        check_pods(run, docs)
+        check_fetches(run, gateway, run.networks)
+        check_metrics(run)
+        check_probes(run)
+        check_rolling(run, docs, gateway, run.networks)
+        check_fetches(run, gateway, run.networks)
     finally:
         run.close()
 
@@ -603,7 +669,7 @@ def scenario_creds(args, work):
         passed("every pod ready with creds files")
         gateway = run.cluster.service_url(f"{RELEASE}-gateway")
         check_pods(run, docs)
-        check_fetches(run, gateway, ["cams", "dmz"])
+        check_fetches(run, gateway, run.networks)
         check_tls(run)
         check_probes(run)
     finally:
@@ -638,7 +704,7 @@ def scenario_upgrade(args, work):
         run.cluster.wait_all_ready(240)
         passed("the previous release ready")
         gateway = run.cluster.service_url(f"{RELEASE}-gateway")
-        networks = ["cams", "dmz"]
+        networks = run.networks
         check_fetches(run, gateway, networks)
         report = os.path.join(work, "load-upgrade.json")
         load = Load(args.faults, [gateway], networks, run.token, report, label="upgrade")
@@ -676,7 +742,7 @@ def scenario_upgrade(args, work):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scenario", choices=["run", "creds", "upgrade"])
+    p.add_argument("scenario", choices=["run", "creds", "leaf", "upgrade"])
     p.add_argument("--helm", required=True)
     p.add_argument("--chart", default=os.path.join(ROOT, "deploy/helm/imgfetch"))
     p.add_argument("--gateway-image", required=True)
@@ -694,7 +760,8 @@ def main():
     args = p.parse_args()
     t0 = time.monotonic()
     try:
-        {"run": scenario_run, "creds": scenario_creds, "upgrade": scenario_upgrade}[args.scenario](args, args.work)
+        {"run": scenario_run, "creds": scenario_creds, "leaf": scenario_leaf,
+         "upgrade": scenario_upgrade}[args.scenario](args, args.work)
     except Failure as e:
         log(f"FAILED ({args.scenario}): {e}")
         sys.exit(1)

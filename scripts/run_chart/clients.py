@@ -126,10 +126,11 @@ class Nats:
         return self.next_msg(timeout)
 
     def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        for closable in (self.file, self.sock):
+            try:
+                closable.close()
+            except OSError:
+                pass
 
 
 class Load:

@@ -11,7 +11,8 @@ out).
   the other to completion, then its containers, each with the container's image, command and
   arguments (`$(VAR)` expanded), environment (values, Secret and ConfigMap keys, the downward
   API's metadata.name and metadata.namespace), volume mounts (Secret, ConfigMap, emptyDir (in
-  memory when `medium: Memory`), persistentVolumeClaim mapped to a host directory),
+  memory when `medium: Memory`), persistentVolumeClaim and hostPath mapped to directories of
+  the run),
   securityContext (user, group, fsGroup and supplementalGroups, read-only root, capabilities,
   no privilege escalation) and memory limit.
 - Probes (httpGet, tcpSocket) run at their declared period, timeout and thresholds; readiness
@@ -209,6 +210,12 @@ class Pod:
             elif "persistentVolumeClaim" in v:
                 claim = v["persistentVolumeClaim"]["claimName"]
                 vdir = self.cluster.claim_dir(claim)
+            elif "hostPath" in v:
+                path = v["hostPath"]["path"]
+                if path not in self.cluster.host_paths:
+                    raise Failure(f"pod {self.name}: hostPath {path} is not mapped to a "
+                                  "directory of this run")
+                vdir = self.cluster.host_paths[path]
             else:
                 raise Failure(f"pod {self.name}: volume kind not supported: {v}")
             dirs[v["name"]] = vdir
@@ -253,10 +260,26 @@ class Pod:
             raise Failure(f"pod {self.name}: envFrom not supported: {src}")
         return env
 
+    def nested_mount_points(self, c, dirs):
+        """As the kubelet does since Kubernetes 1.10: a mount point inside a Secret, ConfigMap
+        or other API data volume is made in that volume's directory, which the container
+        sees read-only and so could not get it otherwise."""
+        api = {v["name"] for v in self.spec.get("volumes", []) if "secret" in v or "configMap" in v}
+        mounts = c.get("volumeMounts", [])
+        for parent in mounts:
+            if parent["name"] not in api:
+                continue
+            for child in mounts:
+                rel = os.path.relpath(child["mountPath"], parent["mountPath"])
+                if child is parent or rel.startswith(".."):
+                    continue
+                os.makedirs(os.path.join(dirs[parent["name"]], rel), exist_ok=True)
+
     def run_args(self, c, dirs, detach):
         pod_sc = self.spec.get("securityContext", {})
         sc = {**pod_sc, **c.get("securityContext", {})}
         env = self.env_of(c)
+        self.nested_mount_points(c, dirs)
         args = ["run", "--pod", self.name, "--pull", "never"]
         args += ["--name", f"{self.name}-{c['name']}"]
         if detach:
@@ -352,10 +375,11 @@ class Pod:
             return
         now = time.monotonic()
         for name, cname in self.containers.items():
-            state, code = states.get(cname, ("missing", ""))
+            # A container missing from the snapshot was created after it was taken.
+            state, code = states.get(cname, ("unknown", ""))
             if self.terminating or self.stopped:
                 return
-            if state not in ("exited", "stopped", "missing"):
+            if state not in ("exited", "stopped"):
                 continue
             if not hasattr(self, "restart_at"):
                 self.restart_at = {}
@@ -635,12 +659,14 @@ class Workload:
 class Cluster:
     """Everything started for one run; `close()` removes it."""
 
-    def __init__(self, work, namespace="imgfetch", claims=None, images=None, limits=True):
+    def __init__(self, work, namespace="imgfetch", claims=None, images=None, limits=True,
+                 host_paths=None):
         self.work = work
         self.namespace = namespace
         self.network = f"imgfetch-run-{os.getpid()}"
         self.shm = os.path.join("/dev/shm", f"imgfetch-run-{os.getpid()}")
         self.claims = dict(claims or {})
+        self.host_paths = dict(host_paths or {})
         self.images = dict(images or {})
         self.limits = limits
         self.objects = {}  # (kind, name) -> object
@@ -756,14 +782,18 @@ class Cluster:
                         log(f"pod {pod.name}: {e}")
             time.sleep(0.5)
 
-    def close(self):
+    def close(self, last=()):
+        """Stops every pod, those of the workloads named in `last` (what the others depend
+        on, such as NATS) after the others, so that they drain as they would in a cluster."""
         self.closed = True
         pods = self.live_pods()
-        threads = [threading.Thread(target=p.stop) for p in pods if p.started]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        for group in ([p for p in pods if p.owner is None or p.owner.name not in last],
+                      [p for p in pods if p.owner is not None and p.owner.name in last]):
+            threads = [threading.Thread(target=p.stop) for p in group if p.started]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         for p in pods:
             podman("pod", "rm", "-f", p.name, check=False)
         podman("network", "rm", "-f", self.network, check=False)
