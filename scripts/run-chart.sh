@@ -7,12 +7,16 @@
 #             from s3s-fs; then HTTP, NATS-CLI-style and websocket fetches on both zones, the
 #             probes, the metrics ports, the archive, TLS on every NATS connection, and a rolling
 #             replacement of every Deployment and StatefulSet under load with nothing lost;
+#   creds     the same with nats.auth.mode=creds: NATS in operator mode, every binary logging in
+#             with a .creds file carrying its user's permissions;
+#   leaf      deploy/helm/values-leaf-zone.yaml: a zone behind a leaf node that dials the hub
+#             over TLS, fetches on both zones, and the rolling replacement, leaf node included;
 #   upgrade   the previous release's chart and images (PREVIOUS_RELEASE below) started the same
 #             way, then today's applied on the same NATS and stores under load: nothing lost,
 #             the stream and consumers keep their data;
-#   all       both (the default).
+#   all       all four (the default).
 #
-#   scripts/run-chart.sh [run|upgrade|all]
+#   scripts/run-chart.sh [run|creds|leaf|upgrade|all]
 #
 # Run it as root after scripts/images.sh (it runs that itself when this version's images are
 # missing). The first upgrade run also builds the previous release's images from git (a release
@@ -23,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 what=${1:-all}
-case "$what" in run | upgrade | all) ;; *) echo "usage: $0 [run|upgrade|all]" >&2; exit 2 ;; esac
+case "$what" in run | creds | leaf | upgrade | all) ;; *) echo "usage: $0 [run|creds|leaf|upgrade|all]" >&2; exit 2 ;; esac
 
 # The release before this one: its chart and images are what `upgrade` starts from.
 PREVIOUS_RELEASE=09dad67
@@ -101,17 +105,19 @@ common=(--helm "$HELM" --nats-image "$NATS_IMAGE" --base-image localhost/imgfetc
   --corpus "$work/corpus"
   --gateway-image "localhost/imgfetch-gateway:$version" --resolver-image "localhost/imgfetch-resolver:$version")
 
-if [[ "$what" == run || "$what" == all ]]; then
-  mkdir -p "$work/run"
-  python3 scripts/run-chart.py run "${common[@]}" --work "$work/run"
-fi
+for scenario in run creds leaf; do
+  if [[ "$what" == "$scenario" || "$what" == all ]]; then
+    mkdir -p "$work/$scenario"
+    python3 scripts/run-chart.py "$scenario" "${common[@]}" --work "$work/$scenario"
+  fi
+done
 
 if [[ "$what" == upgrade || "$what" == all ]]; then
   prev=localhost/imgfetch-gateway:$PREVIOUS_VERSION
   if ! podman image exists "$prev" || ! podman image exists "localhost/imgfetch-resolver:$PREVIOUS_VERSION"; then
     say "building the images of $PREVIOUS_VERSION ($PREVIOUS_RELEASE) with that commit's scripts/images.sh"
     prev_tree=$work/previous
-    git worktree add --detach "$prev_tree" "$PREVIOUS_RELEASE" >/dev/null
+    git worktree add --quiet --detach "$prev_tree" "$PREVIOUS_RELEASE"
     (cd "$prev_tree" && CARGO_TARGET_DIR=$root/target/previous-release scripts/images.sh)
   fi
   mkdir -p "$work/old-chart"

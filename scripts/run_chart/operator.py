@@ -74,9 +74,7 @@ class Operator:
         permissions (allow and deny lists, queue groups, allow_responses)."""
         key = self._key(USER)
         perms = user.get("permissions", {})
-        nats = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1,
-                "issuer_account": None}
-        del nats["issuer_account"]
+        nats = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
         for side, short in (("publish", "pub"), ("subscribe", "sub")):
             p = perms.get(side, {})
             nats[short] = {k: p[k] for k in ("allow", "deny") if k in p}
