@@ -8,7 +8,7 @@
 # root, the Helm chart's rendering run from the images with podman (scripts/run-chart.sh, about
 # 8 minutes with the images built; docs/DEPLOY.md, "Running the chart without a cluster").
 #
-#   ./scripts/long-tests.sh                # all three
+#   ./scripts/long-tests.sh                # all four
 #   IMGFETCH_LONG_SKIP_FAULTS=1 ./scripts/long-tests.sh   # without the fault suite
 #   IMGFETCH_LONG_SKIP_LEAF_BENCH=1 ./scripts/long-tests.sh   # without the leaf rows
 #   IMGFETCH_LONG_SKIP_CHART=1 ./scripts/long-tests.sh   # without the chart run

@@ -20,6 +20,8 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -276,7 +278,7 @@ class Run:
         self.passwords = {f"gateway-{i}": secrets.token_hex(24) for i in range(10)}
         self.passwords.update(resolver=secrets.token_hex(24), publisher=secrets.token_hex(24))
         claims, host_paths = self.stores(layout)
-        self.cluster = Cluster(work, NAMESPACE, claims=claims, host_paths=host_paths)
+        self.cluster = Cluster(work, args.run_id, NAMESPACE, claims=claims, host_paths=host_paths)
         out_of_band = [
             secret("imgfetch-nats-ca", {"ca.crt": self.tls["ca.crt"]}),
             secret("imgfetch-nats-server-tls", {k: self.tls[k] for k in ("tls.crt", "tls.key", "ca.crt")}),
@@ -393,24 +395,30 @@ class Run:
 # -- checks -----------------------------------------------------------------------------------
 
 def check_pods(run, docs):
-    """Every pod as the chart declares it: non-root, read-only root, no capabilities; the
-    gateways' containers see no other replica's password."""
+    """Every container as the chart declares it: not root, no capabilities left, a read-only
+    root; no gateway container mounts the Secret holding every replica's NATS credentials
+    (only the init container may)."""
+    identities = {f"{RELEASE}-nats-gateway", f"{RELEASE}-nats-gateway-creds"}
     for w in chart_workloads(run):
         for pod in w.pods:
+            secret_of = {v["name"]: v["secret"]["secretName"]
+                         for v in pod.spec.get("volumes", []) if "secret" in v}
+            for c in pod.spec["containers"]:
+                for m in c.get("volumeMounts", []):
+                    if secret_of.get(m["name"]) in identities:
+                        raise Failure(f"{pod.name}/{c['name']} mounts {secret_of[m['name']]}")
             for name, cname in pod.containers.items():
                 info = json.loads(podman("inspect", cname))[0]
-                pid = info["State"]["Pid"]
-                with open(f"/proc/{pid}/status") as f:
-                    uid = [ln.split()[1:] for ln in f if ln.startswith("Uid:")][0]
-                if uid[0] == "0":
+                with open(f"/proc/{info['State']['Pid']}/status") as f:
+                    status = dict(line.split(":", 1) for line in f if ":" in line)
+                if status["Uid"].split()[0] == "0":
                     raise Failure(f"{pod.name}/{name} runs as root")
+                if int(status["CapEff"].strip(), 16) != 0:
+                    raise Failure(f"{pod.name}/{name} has capabilities {status['CapEff'].strip()}")
                 if not info["HostConfig"]["ReadonlyRootfs"]:
                     raise Failure(f"{pod.name}/{name} has a writable root filesystem")
-                if w.name.endswith("-gateway"):
-                    for m in info["Mounts"]:
-                        if "nats-identities" in m["Source"]:
-                            raise Failure(f"{pod.name}/{name} mounts every gateway's password")
-    passed("every container non-root on a read-only root; gateways see only their own password")
+    passed("every container non-root, without capabilities, on a read-only root; no gateway "
+           "container mounts the Secret of every replica's credentials")
 
 
 def chart_workloads(run):
@@ -508,8 +516,13 @@ def check_fetches(run, gateway, networks):
 
 
 def check_tls(run):
-    """Every client connection NATS has is TLS (its /connz)."""
+    """NATS requires TLS (its INFO), and every client connection it has is TLS (its /connz):
+    the pods connected with the CA the chart mounted."""
     nats = run.cluster.workloads["nats"].pods[0]
+    with socket.create_connection((nats.ip, 4222), timeout=5) as raw:
+        info = json.loads(raw.makefile("rb").readline()[5:])
+    if not info.get("tls_required"):
+        raise Failure(f"NATS does not require TLS: {info}")
     _, _, body = http_get(f"http://{nats.ip}:8222/connz?auth=true&limit=1024")
     conns = json.loads(body)["connections"]
     plain = [x for x in conns if not x.get("tls_version")]
@@ -537,26 +550,55 @@ def restart_annotation(docs, name, stamp):
     return out
 
 
+def load_summary(r):
+    """The counts of a load report, refusals and websockets not opened included."""
+    out = ", ".join(f"{k} {r.get(k)}" for k in ("accepted", "ok", "lost", "duplicated"))
+    for k, what in (("refused", "refused before acceptance"),
+                    ("connect_failures", "websockets not opened")):
+        if r.get(k):
+            out += f", {what} " + " ".join(f"{n} {c}" for n, c in sorted(r[k].items()))
+    return out
+
+
+def under_load(run, networks, gateway, label, action):
+    """Runs `action()` under the fault suite's websocket load on `networks`; fails unless
+    every accepted request got the right image once, and every websocket opened (a Service
+    with a ready pod left accepts connections throughout a rollout)."""
+    report = os.path.join(run.work, f"load-{label}.json")
+    # --seconds only as a backstop: the load is stopped with SIGTERM once the action is done.
+    load = Load(run.args.faults, [gateway], networks, run.token, report, label=label,
+                seconds=1800)
+    try:
+        time.sleep(5)
+        detail = action()
+        time.sleep(5)
+    except BaseException:
+        try:
+            load.stop()
+        except Exception:  # noqa: BLE001 - the action's failure is the one to report
+            pass
+        raise
+    code, r = load.stop()
+    summary = load_summary(r)
+    if code != 0 or r.get("connect_failures"):
+        raise Failure(f"{label} under load: {summary}; {r.get('failures')}; "
+                      f"{open(report + '.log').read()[-1500:]}")
+    return f"{detail}: {summary}"
+
+
 def check_rolling(run, docs, gateway, networks):
     """`kubectl rollout restart` of every Deployment and StatefulSet of the chart, one after
     the other, under the fault suite's websocket load: nothing accepted may be lost."""
-    report = os.path.join(run.work, "load-rolling.json")
-    load = Load(run.args.faults, [gateway], networks, run.token, report, label="rolling")
-    time.sleep(5)
     names = [d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
-    current = docs
-    for n, name in enumerate(names):
-        current = restart_annotation(current, name, f"rolling-{n}")
-        run.cluster.apply(current, replicas_of=replicas_of(docs))
-        time.sleep(3)
-    time.sleep(5)
-    code, r = load.stop()
-    summary = ", ".join(f"{k} {r.get(k)}" for k in ("accepted", "ok", "lost", "duplicated")
-                        if k in r)
-    if code != 0:
-        raise Failure(f"rolling replacement under load: {summary}; {open(report + '.log').read()[-1500:]}")
-    passed("rolling replacement under load", f"{', '.join(names)}: {summary}")
-    return current
+
+    def roll():
+        current = docs
+        for n, name in enumerate(names):
+            current = restart_annotation(current, name, f"rolling-{n}")
+            run.cluster.apply(current, replicas_of=replicas_of(docs))
+            time.sleep(3)
+        return ", ".join(names)
+    passed("rolling replacement under load", under_load(run, networks, gateway, "rolling", roll))
 
 
 # -- scenarios --------------------------------------------------------------------------------
@@ -608,6 +650,7 @@ def scenario_run(args, work):
         check_probes(run)
         check_rolling(run, docs, gateway, networks)
         check_fetches(run, gateway, networks)
+        check_probes(run)
     finally:
         run.close()
 
@@ -644,6 +687,7 @@ def scenario_leaf(args, work):
         check_probes(run)
         check_rolling(run, docs, gateway, run.networks)
         check_fetches(run, gateway, run.networks)
+        check_probes(run)
     finally:
         run.close()
 
@@ -706,22 +750,21 @@ def scenario_upgrade(args, work):
         gateway = run.cluster.service_url(f"{RELEASE}-gateway")
         networks = run.networks
         check_fetches(run, gateway, networks)
-        report = os.path.join(work, "load-upgrade.json")
-        load = Load(args.faults, [gateway], networks, run.token, report, label="upgrade")
-        time.sleep(5)
-        before = jsz(run)
-        t0 = time.monotonic()
-        run.apply_chart(new)
-        run.cluster.wait_all_ready(240)
-        took = time.monotonic() - t0
-        time.sleep(5)
-        code, r = load.stop()
-        summary = ", ".join(f"{k} {r.get(k)}" for k in ("accepted", "ok", "lost", "duplicated")
-                            if k in r)
-        if code != 0:
-            raise Failure(f"upgrade under load: {summary}; {open(report + '.log').read()[-1500:]}")
-        passed("upgrade under load", f"every workload rolled in {took:.0f} s: {summary}")
+        before = {}
+
+        def upgrade():
+            before.update(jsz(run))
+            t0 = time.monotonic()
+            run.apply_chart(new)
+            run.cluster.wait_all_ready(240)
+            return f"every workload rolled in {time.monotonic() - t0:.0f} s"
+        passed("upgrade under load", under_load(run, networks, gateway, "upgrade", upgrade))
         after = jsz(run)
+        want = {"IMGFETCH": len(networks), "IMGFETCH_DLQ": 1}
+        for stream, consumers in want.items():
+            if len(before.get(stream, {}).get("consumers", {})) < consumers:
+                raise Failure(f"before the upgrade, /jsz shows no stream {stream} with "
+                              f"{consumers} consumers: {before.get(stream)}")
         for stream, s in before.items():
             a = after.get(stream)
             if a is None or a["created"] != s["created"] or a["last_seq"] < s["last_seq"]:
@@ -757,7 +800,12 @@ def main():
     p.add_argument("--faults", required=True, help="imgfetch-faults")
     p.add_argument("--corpus", help="the load's images (imgfetch-faults --write-corpus)")
     p.add_argument("--work", required=True)
+    p.add_argument("--run-id", required=True,
+                   help="names and labels what podman holds for the run (imgfetch-run=ID)")
     args = p.parse_args()
+    # Stopped from outside (scripts/run-chart.sh's trap, a CI cancel): unwind, so that every
+    # `finally` stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
     try:
         {"run": scenario_run, "creds": scenario_creds, "leaf": scenario_leaf,

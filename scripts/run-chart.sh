@@ -18,11 +18,13 @@
 #
 #   scripts/run-chart.sh [run|creds|leaf|upgrade|all]
 #
-# Run it as root after scripts/images.sh (it runs that itself when this version's images are
+# Run it as root, in a shell where cargo is on PATH (`sudo -i`, not `sudo scripts/...`, whose
+# reset PATH has no ~/.cargo/bin), after scripts/images.sh (it runs that itself when this version's images are
 # missing). The first upgrade run also builds the previous release's images from git (a release
 # build of that commit in target/previous-release, about 10 minutes once). Part of the long
 # suite (scripts/long-tests.sh), not of scripts/test.sh. Stops everything it started, whatever
-# happens; IMGFETCH_RUN_CHART_KEEP=1 keeps the work directory (pods' logs, renderings, reports).
+# happens (every podman object of a run is labelled imgfetch-run=<id> and removed by that label);
+# IMGFETCH_RUN_CHART_KEEP=1 keeps the work directory (pods' logs, renderings, reports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -39,10 +41,24 @@ t0=$(date +%s)
 [[ $(id -u) -eq 0 ]] || die "run as root (the root containers store, as scripts/images.sh)"
 
 work=$(mktemp -d /var/tmp/imgfetch-run-chart.XXXXXX)
+# Names and labels every podman pod, container and network of this run (imgfetch-run=<id>).
+run_id=imgfetch-run-$$
 prev_tree=
+py_pid=
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  # The runner stops its pods itself (SIGTERM unwinds it); then whatever it could not, by label.
+  if [[ -n "$py_pid" ]]; then kill -TERM "$py_pid" 2>/dev/null || true; wait "$py_pid" 2>/dev/null || true; fi
+  local pods
+  pods=$(podman pod ps -q --filter "label=imgfetch-run=$run_id" 2>/dev/null || true)
+  if [[ -n "$pods" ]]; then
+    say "removing pods a run left behind: $(echo "$pods" | wc -l)"
+    # shellcheck disable=SC2086
+    podman pod rm -f -t 5 $pods >/dev/null 2>&1 || true
+  fi
+  podman network rm -f "$run_id" >/dev/null 2>&1 || true
+  rm -rf "/dev/shm/$run_id"
   if [[ -n "$prev_tree" ]]; then git worktree remove --force "$prev_tree" >/dev/null 2>&1 || true; fi
   if [[ "${IMGFETCH_RUN_CHART_KEEP:-0}" == 1 ]]; then say "kept $work"; else rm -rf "$work"; fi
   exit "$status"
@@ -80,16 +96,28 @@ EOF
   export CONTAINERS_CONF=$work/containers.conf
 fi
 
-# NATS: the official image is not reachable from here, so nats-server (a static binary) in an
-# image of its own, run as the chart's pods are (non-root, read-only root).
+# NATS: the run pulls no image from a registry, so nats-server (a static binary) in an image of
+# its own, run as the chart's pods are (non-root, read-only root).
 nats_version=$("$NATS_SERVER_BIN" --version | sed -n 's/.*v\([0-9.]*\).*/\1/p')
 NATS_IMAGE=localhost/imgfetch-nats:$nats_version
 if ! podman image exists "$NATS_IMAGE"; then
   mkdir -p "$work/nats-image"
-  cp "$(readlink -f "$NATS_SERVER_BIN")" "$work/nats-image/nats-server" 2>/dev/null ||
-    cp "$(command -v nats-server)" "$work/nats-image/nats-server"
+  # NATS_SERVER_BIN may be a wrapper (a pyenv shim execs the real one): the executable of a
+  # running nats-server is the binary itself.
+  "$NATS_SERVER_BIN" -a 127.0.0.1 -p -1 -m 0 >/dev/null 2>&1 &
+  probe_pid=$!
+  nats_exe=
+  for _ in $(seq 1 50); do
+    nats_exe=$(readlink -f "/proc/$probe_pid/exe" 2>/dev/null || true)
+    [[ "$(basename "$nats_exe")" == nats-server ]] && break
+    sleep 0.1
+  done
+  kill "$probe_pid" 2>/dev/null || true
+  wait "$probe_pid" 2>/dev/null || true
+  [[ "$(basename "$nats_exe")" == nats-server ]] || die "cannot find the nats-server executable behind $NATS_SERVER_BIN"
+  cp "$nats_exe" "$work/nats-image/nats-server"
   file_out=$(od -An -c -N4 "$work/nats-image/nats-server" | tr -d ' ')
-  [[ "$file_out" == *ELF* ]] || die "$NATS_SERVER_BIN is not the nats-server binary itself (a wrapper?)"
+  [[ "$file_out" == *ELF* ]] || die "$nats_exe is not an executable"
   buildah build --quiet ${CONTAINERS_CONF:+--runtime runc} -f scripts/run_chart/Containerfile.nats \
     -t "$NATS_IMAGE" "$work/nats-image" >/dev/null
   say "built $NATS_IMAGE"
@@ -105,10 +133,21 @@ common=(--helm "$HELM" --nats-image "$NATS_IMAGE" --base-image localhost/imgfetc
   --corpus "$work/corpus"
   --gateway-image "localhost/imgfetch-gateway:$version" --resolver-image "localhost/imgfetch-resolver:$version")
 
+# The runner in the background, so that a signal reaches the trap at once (bash runs traps only
+# between foreground commands), which then stops the runner and waits for it to clean up.
+run_py() {
+  local rc=0
+  python3 scripts/run-chart.py "$@" --run-id "$run_id" &
+  py_pid=$!
+  wait "$py_pid" || rc=$?
+  py_pid=
+  return "$rc"
+}
+
 for scenario in run creds leaf; do
   if [[ "$what" == "$scenario" || "$what" == all ]]; then
     mkdir -p "$work/$scenario"
-    python3 scripts/run-chart.py "$scenario" "${common[@]}" --work "$work/$scenario"
+    run_py "$scenario" "${common[@]}" --work "$work/$scenario"
   fi
 done
 
@@ -123,7 +162,7 @@ if [[ "$what" == upgrade || "$what" == all ]]; then
   mkdir -p "$work/old-chart"
   git archive "$PREVIOUS_RELEASE" deploy/helm | tar -x -C "$work/old-chart"
   mkdir -p "$work/upgrade"
-  python3 scripts/run-chart.py upgrade "${common[@]}" --work "$work/upgrade" \
+  run_py upgrade "${common[@]}" --work "$work/upgrade" \
     --old-chart "$work/old-chart/deploy/helm/imgfetch" \
     --old-gateway-image "$prev" --old-resolver-image "localhost/imgfetch-resolver:$PREVIOUS_VERSION"
 fi

@@ -138,8 +138,10 @@ class Load:
     SIGTERM; every accepted request must end in a correct image, once."""
 
     def __init__(self, faults_bin, gateways, networks, token, report, clients=8, interval_ms=None,
-                 label="chart"):
+                 label="chart", seconds=None):
         args = [faults_bin, "--label", label, "--json", report, "--clients", str(clients)]
+        if seconds:
+            args += ["--seconds", str(seconds)]
         for g in gateways:
             args += ["--against", g]
         for n in networks:
@@ -153,7 +155,8 @@ class Load:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self, timeout=120):
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -6,8 +6,9 @@ out).
 - Secrets and ConfigMaps are kept by name; a volume of one is a directory of its keys, written
   again when the object changes (as the kubelet updates mounted Secrets), group-owned by the
   pod's fsGroup.
-- A pod is a podman pod on one network, named as Kubernetes names it, with the names of the
-  Services that select it as network aliases (cluster DNS); its init containers run one after
+- A pod is a podman pod on one network (podman's name prefixed with the run's id, its host name
+  and downward-API name the Kubernetes one), with the names of the Services that select it as
+  network aliases (cluster DNS); its init containers run one after
   the other to completion, then its containers, each with the container's image, command and
   arguments (`$(VAR)` expanded), environment (values, Secret and ConfigMap keys, the downward
   API's metadata.name and metadata.namespace), volume mounts (Secret, ConfigMap, emptyDir (in
@@ -140,6 +141,9 @@ class Pod:
 
     def __init__(self, cluster, name, owner, template):
         self.cluster, self.name, self.owner = cluster, name, owner
+        # podman's names are global to its store: the run's id keeps two runs (or one left
+        # behind) apart. The pod itself knows only its Kubernetes name (host name, fieldRef).
+        self.pname = f"{cluster.run_id}-{name}"
         self.template = copy.deepcopy(template)
         self.spec = self.template["spec"]
         self.labels = dict(self.template.get("metadata", {}).get("labels", {}))
@@ -280,8 +284,8 @@ class Pod:
         sc = {**pod_sc, **c.get("securityContext", {})}
         env = self.env_of(c)
         self.nested_mount_points(c, dirs)
-        args = ["run", "--pod", self.name, "--pull", "never"]
-        args += ["--name", f"{self.name}-{c['name']}"]
+        args = ["run", "--pod", self.pname, "--pull", "never"]
+        args += ["--name", f"{self.pname}-{c['name']}", "--label", self.cluster.label]
         if detach:
             args.append("-d")
         uid, gid = sc.get("runAsUser"), sc.get("runAsGroup")
@@ -306,11 +310,14 @@ class Pod:
             args += ["--memory", str(quantity_bytes(memory))]
         for k, v in env.items():
             args += ["-e", f"{k}={v}"]
+        api = {v["name"] for v in self.spec.get("volumes", []) if "secret" in v or "configMap" in v}
         for m in c.get("volumeMounts", []):
             src = dirs[m["name"]]
             if m.get("subPath"):
                 src = os.path.join(src, m["subPath"])
-            args += ["-v", f"{src}:{m['mountPath']}{':ro' if m.get('readOnly') else ''}"]
+            # Secrets and ConfigMaps are read-only whatever the mount says, as in Kubernetes.
+            ro = m.get("readOnly") or m["name"] in api
+            args += ["-v", f"{src}:{m['mountPath']}{':ro' if ro else ''}"]
         if c.get("workingDir"):
             args += ["--workdir", c["workingDir"]]
         command = [expand(str(x), env) for x in c.get("command", [])]
@@ -323,12 +330,13 @@ class Pod:
     def start(self):
         os.makedirs(self.dir, exist_ok=True)
         aliases = self.cluster.aliases_for(self.labels)
-        create = ["pod", "create", "--name", self.name, "--hostname", self.name,
+        create = ["pod", "create", "--name", self.pname, "--hostname", self.name,
+                  "--label", self.cluster.label,
                   "--network", self.cluster.network]
         for a in aliases:
             create += ["--network-alias", a]
         podman(*create)
-        infra = podman("pod", "inspect", self.name, "--format", "{{.InfraContainerID}}")
+        infra = podman("pod", "inspect", self.pname, "--format", "{{.InfraContainerID}}")
         podman("start", infra)
         self.ip = podman("inspect", infra, "--format",
                          "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % self.cluster.network)
@@ -340,7 +348,7 @@ class Pod:
             while True:
                 r = subprocess.run(["podman", *self.run_args(c, dirs, detach=False), ],
                                    capture_output=True, text=True, timeout=300)
-                subprocess.run(["podman", "rm", "-f", f"{self.name}-{c['name']}"],
+                subprocess.run(["podman", "rm", "-f", f"{self.pname}-{c['name']}"],
                                capture_output=True)
                 if r.returncode == 0:
                     break
@@ -352,7 +360,7 @@ class Pod:
                 backoff = min(backoff * 2, 10)
         for c in self.spec["containers"]:
             podman(*self.run_args(c, dirs, detach=True))
-            self.containers[c["name"]] = f"{self.name}-{c['name']}"
+            self.containers[c["name"]] = f"{self.pname}-{c['name']}"
             self.restarts[c["name"]] = 0
             for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
                 if kind in c:
@@ -384,6 +392,10 @@ class Pod:
             if not hasattr(self, "restart_at"):
                 self.restart_at = {}
             if name not in self.restart_at:
+                with self.lock:
+                    for p in self.probes:
+                        if p.container["name"] == name:
+                            p.ok = False
                 self.restarts[name] += 1
                 delay = min(2 ** self.restarts[name], 10)
                 self.restart_at[name] = now + delay
@@ -423,8 +435,13 @@ class Pod:
                 log(f"pod {self.name}: liveness probe of {name} failed ({p.last}); restarting")
                 self.restarts[name] += 1
                 grace = self.spec.get("terminationGracePeriodSeconds", 30)
-                podman("restart", "-t", str(grace), self.containers[name], check=False,
-                       timeout=grace + 30)
+                with self.lock:
+                    for q in self.probes:
+                        if q.container["name"] == name:
+                            q.ok = False
+                threading.Thread(target=podman, daemon=True,
+                                 args=("restart", "-t", str(grace), self.containers[name]),
+                                 kwargs={"check": False, "timeout": grace + 30}).start()
                 p.failures = 0
 
     def stop(self):
@@ -464,7 +481,7 @@ class Pod:
             with open(os.path.join(self.dir, f"{name}.log"), "w") as f:
                 f.write(podman("logs", cname, check=False, timeout=60))
         self.stopped = True
-        podman("pod", "rm", "-f", self.name, check=False)
+        podman("pod", "rm", "-f", self.pname, check=False)
         shutil.rmtree(os.path.join(self.cluster.shm, self.name), ignore_errors=True)
         log(f"pod {self.name} stopped in {time.monotonic() - t0:.1f} s "
             f"(exit {', '.join(f'{k} {v}' for k, v in self.exit_codes.items())})")
@@ -583,11 +600,20 @@ class Workload:
             pod = Pod(self.cluster, self.new_pod_name(i), self, self.template)
             pod.ordinal = i
             self.pods.append(pod)
-        threads = [threading.Thread(target=self.cluster.start_pod, args=(p,)) for p in self.pods]
+        errors = []
+
+        def start(pod):
+            try:
+                self.cluster.start_pod(pod)
+            except Exception as e:  # noqa: BLE001 - raised again below, with the others
+                errors.append(e)
+        threads = [threading.Thread(target=start, args=(p,)) for p in self.pods]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise Failure(f"{self.kind} {self.name}: " + "; ".join(str(e) for e in errors))
 
     def wait_ready(self, pods, timeout):
         deadline = time.monotonic() + timeout
@@ -659,12 +685,16 @@ class Workload:
 class Cluster:
     """Everything started for one run; `close()` removes it."""
 
-    def __init__(self, work, namespace="imgfetch", claims=None, images=None, limits=True,
+    def __init__(self, work, run_id, namespace="imgfetch", claims=None, images=None, limits=True,
                  host_paths=None):
         self.work = work
         self.namespace = namespace
-        self.network = f"imgfetch-run-{os.getpid()}"
-        self.shm = os.path.join("/dev/shm", f"imgfetch-run-{os.getpid()}")
+        # Everything podman holds for this run carries the label, so that scripts/run-chart.sh
+        # can remove what a run killed outright left behind.
+        self.run_id = run_id
+        self.label = f"imgfetch-run={run_id}"
+        self.network = run_id
+        self.shm = os.path.join("/dev/shm", run_id)
         self.claims = dict(claims or {})
         self.host_paths = dict(host_paths or {})
         self.images = dict(images or {})
@@ -675,7 +705,7 @@ class Cluster:
         self.services = {}  # name -> {port name or number: ServiceProxy}
         self.closed = False
         os.makedirs(self.shm, exist_ok=True)
-        podman("network", "create", self.network)
+        podman("network", "create", "--label", self.label, self.network)
         self.kubelet = threading.Thread(target=self._kubelet_loop, daemon=True)
         self.kubelet.start()
 
@@ -795,6 +825,6 @@ class Cluster:
             for t in threads:
                 t.join()
         for p in pods:
-            podman("pod", "rm", "-f", p.name, check=False)
+            podman("pod", "rm", "-f", p.pname, check=False)
         podman("network", "rm", "-f", self.network, check=False)
         shutil.rmtree(self.shm, ignore_errors=True)

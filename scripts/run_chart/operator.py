@@ -4,11 +4,13 @@ user JWT per NATS user carrying exactly the permissions the chart renders for th
 password mode (docs/DEPLOY.md, "NATS credentials files": "render the chart in password mode
 once to read them"). The nkeys and ed25519 signatures are scripts/check-deploy.py's (openssl)."""
 
+import atexit
 import base64
 import importlib.util
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 
@@ -94,3 +96,4 @@ def sign(seed, data):
 
 
 _SIGN_DIR = tempfile.mkdtemp(prefix="run-chart-sign-")
+atexit.register(shutil.rmtree, _SIGN_DIR, True)

@@ -593,9 +593,9 @@ mod tests {
         inline: 1 << 20,
     };
 
-    /// Awaits `f`, or fails the test naming `what` after 5 s: a pool bug must not hang it.
-    /// Ends a test that hangs. The bound is generous on purpose: it is not a timing (a job
-    /// takes microseconds), and a thread start on a loaded 2-core machine has taken over 5 s.
+    /// Awaits `f`, or fails the test naming `what` after 30 s: a pool bug must not hang it.
+    /// The bound ends a hang and is not a timing (a job takes microseconds): a thread start
+    /// on a loaded 2-core machine has taken over 5 s.
     async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         tokio::time::timeout(Duration::from_secs(30), f)
             .await
