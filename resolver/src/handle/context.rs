@@ -1,6 +1,6 @@
 //! What every step of handling a request shares: the [`Context`] of a network's handlers, the
 //! [`Lease`] a request holds while it is worked on, the [`Decision`] taken for it and how it is
-//! [`Settle`]d, and [`bounded`] waits on the connection.
+//! [`Settle`]d, and `bounded` waits on the connection.
 
 use std::time::Duration;
 
