@@ -57,6 +57,11 @@ import time
 
 import yaml
 
+# The NATS client protocol by hand, shared with scripts/run-chart.py.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_chart.clients import Nats  # noqa: E402
+from run_chart.kubelet import Failure  # noqa: E402
+
 FAILURES = []
 
 
@@ -592,41 +597,6 @@ class NatsServer(Process):
             raise RuntimeError(f"nats-server did not start:\n{open(log).read()}")
 
 
-class Client:
-    """The NATS client protocol by hand: CONNECT, SUB, and PING to learn what was refused."""
-
-    def __init__(self, port, user, password):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-        self.file.readline()  # INFO
-        connect = {"user": user, "pass": password, "verbose": False, "pedantic": False,
-                   "protocol": 1, "headers": True, "name": "check-deploy"}
-        self.sid = 0
-        self.errors = self._send(f"CONNECT {json.dumps(connect)}\r\nPING\r\n")
-
-    def _send(self, text):
-        self.sock.sendall(text.encode())
-        errors = []
-        while True:
-            line = self.file.readline().decode().strip()
-            if not line:
-                return errors or ["connection closed"]
-            if line == "PONG":
-                return errors
-            if line == "PING":
-                self.sock.sendall(b"PONG\r\n")
-            elif line.startswith("-ERR"):
-                errors.append(line)
-
-    def subscribe(self, subject):
-        """The server's errors for a subscription to `subject` (none: allowed)."""
-        self.sid += 1
-        return self._send(f"SUB {subject} {self.sid}\r\nPING\r\n")
-
-    def close(self):
-        self.sock.close()
-
-
 def live_check(what, binary, accounts_conf, work, logins, gateways):
     """Runs nats-server on `accounts_conf` (a file with the `accounts` block, included from a
     main configuration), then: every gateway pod logs in with its own password and may subscribe
@@ -645,29 +615,33 @@ def live_check(what, binary, accounts_conf, work, logins, gateways):
     server = NatsServer(binary, conf, os.path.join(work, "nats-live.log"))
     try:
         for user, password in logins.items():
-            c = Client(server.port, user, password)
-            if c.errors:
-                fail(f"{what}: {user} cannot log in: {c.errors}")
+            try:
+                c = Nats("127.0.0.1", server.port, user, password)
+            except Failure as err:
+                fail(f"{what}: {user} cannot log in: {err}")
                 continue
             if user in gateways:
                 i = gateways.index(user)
                 for subject in ("imgfetch.reply.{}.>", "imgfetch.gateway.{}",
                                 "_INBOX_gateway.{}.>"):
-                    if c.subscribe(subject.format(user)):
+                    if c.sub_errors(subject.format(user)):
                         fail(f"{what}: {user} may not subscribe to {subject.format(user)}")
                     if len(gateways) > 1:
                         other = subject.format(gateways[(i + 1) % len(gateways)])
-                        if not any("Permissions Violation" in e for e in c.subscribe(other)):
+                        if not any("Permissions Violation" in e for e in c.sub_errors(other)):
                             fail(f"{what}: {user} may subscribe to {other}")
                 for subject in ("imgfetch.reply.>", "_INBOX.>"):
-                    if not any("Permissions Violation" in e for e in c.subscribe(subject)):
+                    if not any("Permissions Violation" in e for e in c.sub_errors(subject)):
                         fail(f"{what}: {user} may subscribe to {subject}")
             c.close()
         if gateways:
-            c = Client(server.port, gateways[0], logins[gateways[0]] + "x")
-            if not any("Authorization Violation" in e for e in c.errors):
-                fail(f"{what}: a wrong password for {gateways[0]} was not refused: {c.errors}")
-            c.close()
+            try:
+                Nats("127.0.0.1", server.port, gateways[0], logins[gateways[0]] + "x").close()
+                refused = "logged in"
+            except Failure as err:
+                refused = str(err)
+            if "Authorization Violation" not in refused:
+                fail(f"{what}: a wrong password for {gateways[0]} was not refused: {refused}")
     finally:
         server.stop()
     print(f"{what}: nats-server ran the users: {len(logins)} logins, each gateway pod limited "

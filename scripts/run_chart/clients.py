@@ -1,6 +1,7 @@
 """The clients of a chart run: HTTP with urllib, a NATS connection speaking the client protocol
 as the NATS CLI does (CONNECT with a user and password, TLS after INFO, SUB, HPUB, HMSG), and
-the fault suite's websocket load (`imgfetch-faults --against`)."""
+the fault suite's websocket load (`imgfetch-faults --against`). scripts/check-deploy.py uses
+the same NATS connection to try the rendered users' permissions."""
 
 import json
 import os
@@ -75,6 +76,23 @@ class Nats:
         self.sid += 1
         self._send(f"SUB {subject} {self.sid}\r\n".encode())
         return self.sid
+
+    def sub_errors(self, subject):
+        """Subscribes to `subject` and returns the server's errors for it (none: allowed),
+        learnt by a PING after the SUB."""
+        self.sub(subject)
+        self._send(b"PING\r\n")
+        errors = []
+        while True:
+            line = self.file.readline().decode().strip()
+            if not line:
+                return errors or ["connection closed"]
+            if line == "PONG":
+                return errors
+            if line == "PING":
+                self._send(b"PONG\r\n")
+            elif line.startswith("-ERR"):
+                errors.append(line)
 
     def pub(self, subject, payload, headers=None, reply=""):
         if headers:
