@@ -327,12 +327,13 @@ class Run:
         self.archive = os.path.join(s3, "imgfetch-archive")
         return claims, host_paths
 
-    def start_backing(self, tls):
+    def start_backing(self, tls, leaf_tls=None):
         self.nats_tls = tls
         c = self.cluster
         c.apply(s3_objects(self.args.base_image, self.args.s3s_fs))
         self.nats_docs = nats_objects(self.nats_values, self.args.nats_image, tls,
-                                      self.operator.server_config() if self.operator else None)
+                                      self.operator.server_config() if self.operator else None,
+                                      leaf_tls)
         # NATS waits for the chart's accounts Secret, as its pods do (ContainerCreating).
         self.nats_started = False
 
@@ -667,9 +668,7 @@ def scenario_leaf(args, work):
                              secure=False)
         docs = render(args, chart, files, image_sets(args.gateway_image, args.resolver_image),
                       work, "leaf")
-        run.start_backing(tls=False)
-        run.nats_docs = nats_objects(run.nats_values, args.nats_image, tls=False,
-                                     leaf_tls=True)
+        run.start_backing(tls=False, leaf_tls=True)
         run.apply_chart(docs)
         run.cluster.wait_all_ready(240)
         passed("every pod ready", f"{sum(len(w.pods) for w in run.cluster.workloads.values())} "

@@ -153,6 +153,7 @@ class Pod:
         self.containers = {}  # name -> podman container name
         self.probes = []
         self.restarts = {}
+        self.restart_at = {}  # container -> when an exited one is started again
         self.terminating = False
         self.started = False
         self.stopped = False
@@ -306,7 +307,7 @@ class Pod:
         if sc.get("allowPrivilegeEscalation") is False:
             args += ["--security-opt", "no-new-privileges"]
         memory = c.get("resources", {}).get("limits", {}).get("memory")
-        if memory and self.cluster.limits:
+        if memory:
             args += ["--memory", str(quantity_bytes(memory))]
         for k, v in env.items():
             args += ["-e", f"{k}={v}"]
@@ -324,8 +325,7 @@ class Pod:
         cargs = [expand(str(x), env) for x in c.get("args", [])]
         if command:
             args += ["--entrypoint", json.dumps(command)]
-        image = self.cluster.image(c["image"])
-        return args + [image] + cargs
+        return args + [c["image"]] + cargs
 
     def start(self):
         os.makedirs(self.dir, exist_ok=True)
@@ -341,7 +341,6 @@ class Pod:
         self.ip = podman("inspect", infra, "--format",
                          "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % self.cluster.network)
         dirs = self.volume_dirs()
-        self.dirs = dirs
         for c in self.spec.get("initContainers", []):
             deadline = time.monotonic() + 120
             backoff = 1
@@ -389,8 +388,6 @@ class Pod:
                 return
             if state not in ("exited", "stopped"):
                 continue
-            if not hasattr(self, "restart_at"):
-                self.restart_at = {}
             if name not in self.restart_at:
                 with self.lock:
                     for p in self.probes:
@@ -685,8 +682,7 @@ class Workload:
 class Cluster:
     """Everything started for one run; `close()` removes it."""
 
-    def __init__(self, work, run_id, namespace="imgfetch", claims=None, images=None, limits=True,
-                 host_paths=None):
+    def __init__(self, work, run_id, namespace="imgfetch", claims=None, host_paths=None):
         self.work = work
         self.namespace = namespace
         # Everything podman holds for this run carries the label, so that scripts/run-chart.sh
@@ -697,8 +693,6 @@ class Cluster:
         self.shm = os.path.join("/dev/shm", run_id)
         self.claims = dict(claims or {})
         self.host_paths = dict(host_paths or {})
-        self.images = dict(images or {})
-        self.limits = limits
         self.objects = {}  # (kind, name) -> object
         self.workloads = {}
         self.extra_pods = []
@@ -729,9 +723,6 @@ class Cluster:
             os.makedirs(path, exist_ok=True)
             self.claims[claim] = path
         return self.claims[claim]
-
-    def image(self, ref):
-        return self.images.get(ref, ref)
 
     def aliases_for(self, labels):
         return sorted(name for (kind, name), obj in self.objects.items()
