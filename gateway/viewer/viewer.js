@@ -37,6 +37,8 @@
   /** Ids to send (or ask for again) when the socket has room. */
   const waiting = [];
   let socket = null;
+  // The token `socket` was opened with (it goes in the upgrade's query).
+  let socketToken = '';
   let online = false;
   let everOpened = false;
   let retryMs = RETRY_MIN_MS;
@@ -87,6 +89,7 @@
         everOpened ? 'Reconnecting to the gateway…' : 'Connecting to the gateway…');
     }
     let opened = false;
+    socketToken = token();
     const ws = new WebSocket(socketUrl());
     ws.binaryType = 'blob';
     socket = ws;
@@ -556,8 +559,12 @@
 
   ui.token.addEventListener('change', () => {
     sessionStorage.setItem(TOKEN_KEY, token());
-    setConnection('connecting', 'Connecting with the new token…');
     loadNetworks();
+    // The reconnect loop may have opened a socket with this very token while it was being
+    // typed: keep that one, and the requests already out on it (closing it would lose an image
+    // on its way, which a gateway without an archive cannot give again).
+    if (socket && socketToken === token()) return;
+    setConnection('connecting', 'Connecting with the new token…');
     // The token is given at the upgrade: a new token needs a new socket.
     if (socket) socket.close(1000, 'new token');
     else connect();
