@@ -291,8 +291,11 @@ async fn a_revoked_token_is_refused_without_a_restart() {
     assert_error(&refused, ErrorCode::Unauthorized);
     assert_eq!(get(&image, Some(ANY_TOKEN)).await.status(), 200);
 
-    // A broken file: the tokens in force stay.
-    std::fs::write(&path, "[[token]]\nname = 3\n").unwrap();
+    // A broken file: the tokens in force stay. Renamed into place like the one above: written
+    // in place, the reload could read it empty (truncated, not yet written), a valid file of no
+    // tokens, which refuses everyone by design.
+    std::fs::write(&next, "[[token]]\nname = 3\n").unwrap();
+    std::fs::rename(&next, &path).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(get(&image, Some(ANY_TOKEN)).await.status(), 200);
     assert_eq!(get(&image, Some(HARBOR_TOKEN)).await.status(), 401);
